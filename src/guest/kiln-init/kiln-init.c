@@ -1,0 +1,967 @@
+/*
+ * kiln-init: PID 1 of kiln microVM guests (DESIGN.md §3).
+ *
+ * Runs from the initramfs before any root exists: loads the modules the guest
+ * needs, reads the config drive, mounts the image read-only under a writable
+ * overlay, switches into it, runs the workload and reports on the console,
+ * which is the only channel to the host.
+ *
+ * Console protocol. kiln-init owns every byte written to the console. Control
+ * lines start with "@kiln:" followed by an event name and key=value pairs:
+ *   boot, ready, exit, error, poweroff          (guest -> host)
+ *   stop grace_ms=<n>                           (host -> guest)
+ * The workload's stdout and stderr are forwarded through pipes; any forwarded
+ * line that would start with "@kiln:" gets a space in front so it cannot be
+ * mistaken for a marker.
+ *
+ * Config drive: "KILNCFG1\n" then NUL-terminated key=value strings, ending at
+ * an empty string or end of data (at most 1 MiB).
+ *
+ * Build: gcc -static -Os -Wall -Wextra -Werror -o kiln-init kiln-init.c
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/timerfd.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MARK "@kiln:"
+#define MARK_LEN 6
+#define CFG_MAGIC "KILNCFG1\n"
+#define CFG_MAGIC_LEN 9
+#define CFG_MAX (1 << 20)
+#define IN_LINE_MAX 4096
+#define DEVICE_WAIT_MS 5000
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct drive {
+	int set;
+	const char *serial;
+	unsigned long index;
+	char dev[64];           /* resolved name, e.g. "vdb" */
+};
+
+static struct {
+	char **argv;
+	char **env;
+	const char *cwd;
+	const char *hostname;
+	unsigned long uid, gid, grace_ms;
+	struct drive root, scratch;
+} cfg = { .cwd = "/", .grace_ms = 5000 };
+
+static char cfgbuf[CFG_MAX + 1];   /* config strings point into this; never freed */
+
+static int con_in = -1;            /* nonblocking read side of the console */
+static int con_at_bol;             /* last console byte was '\n'; unknown at start, so false */
+static int sigfd = -1;
+static int scratch_fd = -1;        /* the scratch mount stays reachable after the root switch */
+
+static pid_t workload;             /* main workload pid, 0 once reaped */
+static int workload_status;
+static int stopping;
+
+static void shutdown_vm(void) __attribute__((noreturn));
+
+static long long now_ms(clockid_t clk)
+{
+	struct timespec ts;
+
+	clock_gettime(clk, &ts);
+	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+/* ---------------------------------------------------------------- console */
+
+static void con_write(const char *p, size_t n)
+{
+	if (n == 0)
+		return;
+	con_at_bol = p[n - 1] == '\n';
+	while (n > 0) {
+		ssize_t w = write(STDOUT_FILENO, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return;
+		}
+		p += w;
+		n -= w;
+	}
+}
+
+/* Emits one control line, in a single write so it is not split up. */
+static void marker(const char *fmt, ...)
+{
+	char line[600];
+	size_t n = 0;
+	va_list ap;
+	int r;
+
+	if (!con_at_bol)
+		line[n++] = '\n';
+	memcpy(line + n, MARK, MARK_LEN);
+	n += MARK_LEN;
+	va_start(ap, fmt);
+	r = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+	va_end(ap);
+	if (r > 0)
+		n += (size_t)r < sizeof(line) - n - 1 ? (size_t)r : sizeof(line) - n - 2;
+	line[n++] = '\n';
+	con_write(line, n);
+}
+
+static void vreport(const char *stage, int err, const char *fmt, va_list ap)
+{
+	char msg[400];
+
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	for (char *p = msg; *p; p++)
+		if ((unsigned char)*p <= ' ' || *p == 0x7f)
+			*p = '_';
+	marker("error stage=%s errno=%d msg=%s", stage, err, msg);
+}
+
+/* A failure worth telling the host about, but not one that stops the boot. */
+static void report(const char *stage, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport(stage, err, fmt, ap);
+	va_end(ap);
+}
+
+static void __attribute__((noreturn)) die(const char *stage, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreport(stage, err, fmt, ap);
+	va_end(ap);
+	shutdown_vm();
+}
+
+static void console_raw(int fd)
+{
+	struct termios t;
+
+	if (tcgetattr(fd, &t) != 0)
+		return;
+	/* No echo, no line editing, no signals from the host's bytes, no XON/XOFF
+	 * (a stray ^S would stop all output), but keep "\n" -> "\r\n" on output
+	 * so the serial log reads normally. */
+	t.c_iflag &= ~(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON | IXOFF);
+	t.c_lflag &= ~(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+	t.c_cflag = (t.c_cflag & ~(CSIZE | PARENB)) | CS8;
+	t.c_oflag |= OPOST | ONLCR;
+	t.c_cc[VMIN] = 1;
+	t.c_cc[VTIME] = 0;
+	tcsetattr(fd, TCSANOW, &t);
+}
+
+static void setup_console(void)
+{
+	/* No O_CLOEXEC: fds 0-2 are replaced in the workload anyway. */
+	int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+
+	if (fd >= 0) {
+		for (int i = 0; i <= 2; i++)
+			if (fd != i)
+				dup2(fd, i);
+		if (fd > 2)
+			close(fd);
+	}
+	/* Raw from the start, so that nothing the host sends early is echoed. */
+	console_raw(STDIN_FILENO);
+	con_in = open("/dev/console", O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+}
+
+/* ------------------------------------------------------- workload output */
+
+struct stream {
+	int fd;
+	int bol;    /* the stream itself is at the start of a line */
+	int held;   /* bytes of MARK seen at a line start and not yet written, or -1 */
+};
+
+/*
+ * A line "starts" both where the stream's own previous byte was '\n' and where
+ * the console is at the start of a line (the other stream or a marker may have
+ * just ended one). Either way the first MARK_LEN bytes are held back until it
+ * is clear whether they spell MARK.
+ */
+static void forward(struct stream *s, const char *buf, size_t n)
+{
+	char out[2 * 4096 + 2 * MARK_LEN];
+	size_t o = 0;
+	int bol = con_at_bol;   /* console state as if `out` were already written */
+
+	for (size_t i = 0; i < n; i++) {
+		char c = buf[i];
+
+		if (s->held < 0 && (s->bol || bol))
+			s->held = 0;
+		if (s->held >= 0) {
+			if (c == MARK[s->held]) {
+				if (++s->held < MARK_LEN)
+					continue;
+				out[o++] = ' ';
+				memcpy(out + o, MARK, MARK_LEN);
+				o += MARK_LEN;
+				s->held = -1;
+				s->bol = bol = 0;
+				continue;
+			}
+			memcpy(out + o, MARK, s->held);
+			o += s->held;
+			s->held = -1;
+		}
+		out[o++] = c;
+		s->bol = bol = c == '\n';
+	}
+	con_write(out, o);
+}
+
+static void stream_close(struct stream *s)
+{
+	/* A held partial prefix is written escaped: written bare, the other
+	 * stream could complete it into a marker on the same console line. */
+	if (s->held > 0) {
+		con_write(" ", 1);
+		con_write(MARK, s->held);
+	}
+	s->held = -1;
+	close(s->fd);
+	s->fd = -1;
+}
+
+/* Forwards one read's worth; returns 0 when there is nothing more right now. */
+static int pump(struct stream *s)
+{
+	char buf[4096];
+	ssize_t n = read(s->fd, buf, sizeof(buf));
+
+	if (n > 0) {
+		forward(s, buf, n);
+		return 1;
+	}
+	if (n == 0 || (errno != EAGAIN && errno != EINTR))
+		stream_close(s);
+	return 0;
+}
+
+/* ------------------------------------------------------------ processes */
+
+static void signal_workload(int sig)
+{
+	if (workload <= 0)
+		return;
+	/* Right after fork the child may not have called setsid() yet. */
+	if (kill(-workload, sig) != 0 && errno == ESRCH)
+		kill(workload, sig);
+}
+
+static void stop_workload(unsigned long grace_ms, int timer_fd)
+{
+	struct itimerspec it = { .it_value = { grace_ms / 1000, (grace_ms % 1000) * 1000000 } };
+
+	if (stopping || workload <= 0)
+		return;
+	stopping = 1;
+	signal_workload(SIGTERM);
+	if (grace_ms == 0 || timerfd_settime(timer_fd, 0, &it, NULL) != 0)
+		signal_workload(SIGKILL);
+}
+
+/* PID 1 inherits every orphan, so reap whatever has exited. */
+static void reap_children(void)
+{
+	pid_t pid;
+	int st;
+
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+		if (pid == workload) {
+			workload = 0;
+			workload_status = st;
+		}
+	}
+}
+
+static void drain_sigfd(void)
+{
+	struct signalfd_siginfo si;
+
+	while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+		;
+}
+
+/* Reaps until no children are left or `ms` have passed. */
+static void reap_for(int ms)
+{
+	long long deadline = now_ms(CLOCK_MONOTONIC) + ms;
+
+	for (;;) {
+		pid_t pid;
+		long long left;
+		struct pollfd p = { sigfd, POLLIN, 0 };
+
+		while ((pid = waitpid(-1, NULL, WNOHANG)) > 0)
+			;
+		left = deadline - now_ms(CLOCK_MONOTONIC);
+		if (pid < 0 || left <= 0)
+			return;
+		poll(&p, 1, (int)left);
+		drain_sigfd();
+	}
+}
+
+static void shutdown_vm(void)
+{
+	char path[64];
+
+	kill(-1, SIGTERM);
+	reap_for(1000);
+	kill(-1, SIGKILL);
+	reap_for(1000);
+	sync();
+	/* The scratch mount is unreachable by name after the root switch, but
+	 * the magic link of an fd opened at its root still names the mount.
+	 * A clean read-only ext4 needs no journal replay on the next boot. */
+	if (scratch_fd >= 0) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", scratch_fd);
+		mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY, NULL);
+	}
+	marker("poweroff");
+	reboot(RB_POWER_OFF);
+	/* Returning from PID 1 would panic the kernel. */
+	report("poweroff", errno, "reboot failed");
+	for (;;)
+		pause();
+}
+
+/* ------------------------------------------------------------ boot steps */
+
+static void mount_early(void)
+{
+	static const struct { const char *dir, *type; } fs[] = {
+		{ "/dev", "devtmpfs" }, { "/proc", "proc" }, { "/sys", "sysfs" },
+	};
+	int err[3];
+
+	for (int i = 0; i < 3; i++) {
+		mkdir(fs[i].dir, 0755);
+		err[i] = mount(fs[i].type, fs[i].dir, fs[i].type, MS_NOSUID, NULL) == 0 ||
+			errno == EBUSY ? 0 : errno;
+	}
+	/* Only now is there a console to say anything on. */
+	setup_console();
+	for (int i = 0; i < 3; i++)
+		if (err[i])
+			report("mount", err[i], "%s", fs[i].dir);
+}
+
+static void setup_signals(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGUSR1);
+	sigaddset(&set, SIGUSR2);
+	sigaddset(&set, SIGPWR);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	/* Ctrl-Alt-Del becomes SIGINT to us instead of an instant reboot. */
+	reboot(RB_DISABLE_CAD);
+}
+
+static void load_modules(void)
+{
+	char name[256], path[300];
+	FILE *f = fopen("/lib/kiln/modules.order", "re");
+
+	if (!f)
+		return;   /* a kernel with everything built in needs no modules */
+	while (fgets(name, sizeof(name), f)) {
+		int fd;
+
+		name[strcspn(name, "\r\n")] = 0;
+		if (!name[0])
+			continue;
+		snprintf(path, sizeof(path), "/lib/kiln/modules/%s", name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST))
+			report("modules", errno, "%s", name);
+		if (fd >= 0)
+			close(fd);
+	}
+	fclose(f);
+}
+
+/* Block devices can appear a little after their driver loads. */
+static int wait_for(int (*probe)(void *), void *arg)
+{
+	long long deadline = now_ms(CLOCK_MONOTONIC) + DEVICE_WAIT_MS;
+	struct timespec nap = { 0, 2 * 1000000 };
+
+	while (!probe(arg)) {
+		if (now_ms(CLOCK_MONOTONIC) >= deadline)
+			return 0;
+		nanosleep(&nap, NULL);
+	}
+	return 1;
+}
+
+/* Calls fn(name, arg) for each virtio disk until it returns non-zero. */
+static int each_vd(int (*fn)(const char *, void *), void *arg)
+{
+	DIR *d = opendir("/sys/block");
+	struct dirent *e;
+	int r = 0;
+
+	if (!d)
+		return 0;
+	while (!r && (e = readdir(d)))
+		if (!strncmp(e->d_name, "vd", 2))
+			r = fn(e->d_name, arg);
+	closedir(d);
+	return r;
+}
+
+static int is_config_drive(const char *name, void *dev)
+{
+	char head[CFG_MAGIC_LEN];
+	int fd, ok;
+
+	snprintf(dev, 64, "/dev/%s", name);
+	fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ok = read(fd, head, sizeof(head)) == sizeof(head) && !memcmp(head, CFG_MAGIC, sizeof(head));
+	close(fd);
+	return ok;
+}
+
+static int find_config_drive(void *dev)
+{
+	return each_vd(is_config_drive, dev);
+}
+
+static int serial_matches(const char *name, void *arg)
+{
+	struct drive *d = arg;
+	char path[300], serial[64];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/serial", name);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	n = read(fd, serial, sizeof(serial) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	serial[n] = 0;
+	serial[strcspn(serial, "\n")] = 0;
+	if (!serial[0] || strcmp(serial, d->serial))
+		return 0;
+	snprintf(d->dev, sizeof(d->dev), "%s", name);
+	return 1;
+}
+
+/*
+ * QEMU passes the serial the host chose. Firecracker has no serials (it
+ * answers with an id made from the image file's inode, which the host cannot
+ * predict), so there the name follows the attach order.
+ */
+static int resolve_drive(void *arg)
+{
+	struct drive *d = arg;
+	char path[300];
+
+	if (each_vd(serial_matches, d))
+		return 1;
+	if (d->index >= 26)
+		return 0;
+	snprintf(d->dev, sizeof(d->dev), "vd%c", (char)('a' + d->index));
+	snprintf(path, sizeof(path), "/sys/block/%s", d->dev);
+	return access(path, F_OK) == 0;
+}
+
+static int parse_num(const char *s, unsigned long *out)
+{
+	unsigned long v;
+	char *end;
+
+	if (*s < '0' || *s > '9')
+		return -1;
+	errno = 0;
+	v = strtoul(s, &end, 10);
+	if (*end || errno)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static const char *env_get(const char *name)
+{
+	size_t n = strlen(name);
+
+	for (char **e = cfg.env; *e; e++)
+		if (!strncmp(*e, name, n) && (*e)[n] == '=')
+			return *e + n + 1;
+	return NULL;
+}
+
+static void parse_config(size_t len)
+{
+	char *p, *next, *end = cfgbuf + len;   /* cfgbuf[len] is always NUL */
+	size_t count = 0, na = 0, ne = 0;
+
+	for (p = cfgbuf + CFG_MAGIC_LEN; p < end && *p; p += strlen(p) + 1)
+		count++;
+	cfg.argv = calloc(count + 1, sizeof(char *));
+	cfg.env = calloc(count + 4, sizeof(char *));
+	if (!cfg.argv || !cfg.env)
+		die("config", ENOMEM, "out of memory");
+
+	for (p = cfgbuf + CFG_MAGIC_LEN; p < end && *p; p = next) {
+		char *v = strchr(p, '=');
+		unsigned long *num = NULL;
+
+		next = p + strlen(p) + 1;
+		if (!v)
+			die("config", EINVAL, "entry without '=': %.40s", p);
+		*v++ = 0;
+		if (!strcmp(p, "argv"))
+			cfg.argv[na++] = v;
+		else if (!strcmp(p, "env"))
+			cfg.env[ne++] = v;
+		else if (!strcmp(p, "cwd"))
+			cfg.cwd = v;
+		else if (!strcmp(p, "hostname"))
+			cfg.hostname = v;
+		else if (!strcmp(p, "uid"))
+			num = &cfg.uid;
+		else if (!strcmp(p, "gid"))
+			num = &cfg.gid;
+		else if (!strcmp(p, "stop_grace_ms"))
+			num = &cfg.grace_ms;
+		else if (!strcmp(p, "drive")) {
+			char *c1 = strchr(v, ','), *c2 = c1 ? strchr(c1 + 1, ',') : NULL;
+			struct drive *d = NULL;
+
+			if (!c2)
+				die("config", EINVAL, "bad drive: %.40s", v);
+			*c1 = *c2 = 0;
+			if (!strcmp(v, "root"))
+				d = &cfg.root;
+			else if (!strcmp(v, "scratch"))
+				d = &cfg.scratch;
+			if (d) {
+				d->set = 1;
+				d->serial = c1 + 1;
+				if (parse_num(c2 + 1, &d->index))
+					die("config", EINVAL, "bad drive index: %.40s", c2 + 1);
+			}
+		}
+		/* Unknown keys are ignored, so the host can add some ahead of us. */
+		if (num && parse_num(v, num))
+			die("config", EINVAL, "bad number: %s=%.40s", p, v);
+	}
+	if (!env_get("PATH"))
+		cfg.env[ne++] = "PATH=" DEFAULT_PATH;
+	if (!env_get("HOME"))
+		cfg.env[ne++] = "HOME=/";
+	if (!env_get("TERM"))
+		cfg.env[ne++] = "TERM=linux";
+}
+
+static void read_config(void)
+{
+	char dev[64];
+	size_t len = 0;
+	ssize_t n = 0;
+	int fd;
+
+	if (!wait_for(find_config_drive, dev))
+		die("config", ENODEV, "no config drive found");
+	fd = open(dev, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		die("config", errno, "open %s", dev);
+	while (len < CFG_MAX && (n = read(fd, cfgbuf + len, CFG_MAX - len)) > 0)
+		len += n;
+	if (n < 0)
+		die("config", errno, "read %s", dev);
+	close(fd);
+
+	parse_config(len);
+	if (!cfg.argv[0])
+		die("config", EINVAL, "no argv");
+	if (!cfg.root.set)
+		die("config", EINVAL, "no root drive");
+	if (!wait_for(resolve_drive, &cfg.root))
+		die("root", ENODEV, "root drive %s not found", cfg.root.serial);
+	if (cfg.scratch.set && !wait_for(resolve_drive, &cfg.scratch))
+		die("scratch", ENODEV, "scratch drive %s not found", cfg.scratch.serial);
+}
+
+/* Picks the filesystem by its magic, so the kernel does not log a failed
+ * mount attempt for each wrong guess. NULL: unknown, try them all. */
+static const char *detect_fs(const char *dev)
+{
+	unsigned char sb[1084];
+	int fd = open(dev, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : pread(fd, sb, sizeof(sb), 0);
+
+	if (fd >= 0)
+		close(fd);
+	if (n >= 4 && !memcmp(sb, "hsqs", 4))
+		return "squashfs";
+	if (n >= 1028 && !memcmp(sb + 1024, "\xe2\xe1\xf5\xe0", 4))
+		return "erofs";
+	if (n >= 1082 && sb[1080] == 0x53 && sb[1081] == 0xef)
+		return "ext4";
+	return NULL;
+}
+
+static void mkdir_or_die(const char *stage, const char *dir)
+{
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		die(stage, errno, "mkdir %s", dir);
+}
+
+static void mount_root(void)
+{
+	static const char *const types[] = { "squashfs", "erofs", "ext4" };
+	const char *type;
+	char dev[80];
+	int err = 0;
+
+	mkdir_or_die("root", "/kiln");
+	mkdir_or_die("root", "/kiln/lower");
+	mkdir_or_die("root", "/kiln/rw");
+	mkdir_or_die("root", "/kiln/root");
+
+	snprintf(dev, sizeof(dev), "/dev/%s", cfg.root.dev);
+	type = detect_fs(dev);
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		if (type && strcmp(type, types[i]))
+			continue;
+		if (mount(dev, "/kiln/lower", types[i], MS_RDONLY, NULL) == 0) {
+			err = 0;
+			break;
+		}
+		err = errno;
+	}
+	if (err)
+		die("root", err, "mount %s (%s) on /kiln/lower", dev, type ? type : "unknown fs");
+
+	if (cfg.scratch.set) {
+		snprintf(dev, sizeof(dev), "/dev/%s", cfg.scratch.dev);
+		if (mount(dev, "/kiln/rw", "ext4", MS_NOATIME, NULL) != 0)
+			die("scratch", errno, "mount %s on /kiln/rw", dev);
+	} else if (mount("tmpfs", "/kiln/rw", "tmpfs", 0, "mode=0755") != 0) {
+		die("scratch", errno, "mount tmpfs on /kiln/rw");
+	}
+	scratch_fd = cfg.scratch.set ? open("/kiln/rw", O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+	mkdir_or_die("overlay", "/kiln/rw/upper");
+	mkdir_or_die("overlay", "/kiln/rw/work");
+	if (mount("overlay", "/kiln/root", "overlay", 0,
+		  "lowerdir=/kiln/lower,upperdir=/kiln/rw/upper,workdir=/kiln/rw/work") != 0)
+		die("overlay", errno, "mount overlay on /kiln/root");
+}
+
+static void switch_root(void)
+{
+	static const char *const moved[] = { "/dev", "/proc", "/sys" };
+	char dst[32];
+
+	for (int i = 0; i < 3; i++) {
+		snprintf(dst, sizeof(dst), "/kiln/root%s", moved[i]);
+		mkdir(dst, 0755);
+		if (mount(moved[i], dst, NULL, MS_MOVE, NULL) != 0)
+			die("switch", errno, "move %s", moved[i]);
+	}
+	/* The initramfs stays underneath (this binary runs from it): there is
+	 * no pivot_root out of rootfs, only moving the new root over it. */
+	if (chdir("/kiln/root") != 0 || mount(".", "/", NULL, MS_MOVE, NULL) != 0 ||
+	    chroot(".") != 0 || chdir("/") != 0)
+		die("switch", errno, "switch to /kiln/root");
+}
+
+static void setup_loopback(void)
+{
+	struct ifreq ifr;
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+
+	if (s < 0) {
+		report("net", errno, "socket");
+		return;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	strcpy(ifr.ifr_name, "lo");
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	memcpy(&ifr.ifr_addr, &sin, sizeof(sin));
+	if (ioctl(s, SIOCSIFADDR, &ifr) != 0)
+		report("net", errno, "lo address");
+	sin.sin_addr.s_addr = htonl(0xff000000);
+	memcpy(&ifr.ifr_netmask, &sin, sizeof(sin));
+	if (ioctl(s, SIOCSIFNETMASK, &ifr) != 0)
+		report("net", errno, "lo netmask");
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0)
+		report("net", errno, "lo flags");
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0)
+		report("net", errno, "lo up");
+	close(s);
+}
+
+/* Failures here leave a usable if imperfect system, so they are reported only. */
+static void setup_new_root(void)
+{
+	static const char *const links[][2] = {
+		{ "/proc/self/fd", "/dev/fd" },
+		{ "/proc/self/fd/0", "/dev/stdin" },
+		{ "/proc/self/fd/1", "/dev/stdout" },
+		{ "/proc/self/fd/2", "/dev/stderr" },
+	};
+
+	mkdir("/tmp", 01777);
+	if (mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
+		report("setup", errno, "mount /tmp");
+	mkdir("/dev/shm", 01777);
+	if (mount("shm", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
+		report("setup", errno, "mount /dev/shm");
+	mkdir("/dev/pts", 0755);
+	if (mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "ptmxmode=0666,mode=0620") != 0)
+		report("setup", errno, "mount /dev/pts");
+	for (size_t i = 0; i < sizeof(links) / sizeof(links[0]); i++)
+		if (symlink(links[i][0], links[i][1]) != 0 && errno != EEXIST)
+			report("setup", errno, "symlink %s", links[i][1]);
+	if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) != 0)
+		report("setup", errno, "hostname");
+	setup_loopback();
+}
+
+/* ------------------------------------------------------------- workload */
+
+static void __attribute__((noreturn)) child_fail(const char *what, const char *arg)
+{
+	dprintf(STDERR_FILENO, "kiln-init: %s %s: %s\n", what, arg, strerror(errno));
+	_exit(127);
+}
+
+static void __attribute__((noreturn)) exec_workload(int out_w, int err_w)
+{
+	const char *file = cfg.argv[0];
+	int null = open("/dev/null", O_RDONLY);
+	sigset_t none;
+	int saved = ENOENT;
+
+	setsid();
+	if (null >= 0)
+		dup2(null, STDIN_FILENO);
+	else
+		close(STDIN_FILENO);
+	dup2(out_w, STDOUT_FILENO);
+	dup2(err_w, STDERR_FILENO);
+	if (null > STDERR_FILENO)
+		close(null);
+	for (int sig = 1; sig < NSIG; sig++)
+		signal(sig, SIG_DFL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+
+	if (chdir(cfg.cwd) != 0)
+		child_fail("chdir", cfg.cwd);
+	if ((cfg.uid || cfg.gid) && setgroups(0, NULL) != 0)
+		child_fail("setgroups", "0");
+	if (cfg.gid && setgid(cfg.gid) != 0)
+		child_fail("setgid", "");
+	if (cfg.uid && setuid(cfg.uid) != 0)
+		child_fail("setuid", "");
+
+	/* The search uses the workload's PATH, not ours (execvpe would not). */
+	if (strchr(file, '/')) {
+		execve(file, cfg.argv, cfg.env);
+		child_fail("exec", file);
+	}
+	for (const char *p = env_get("PATH"), *colon; ; p = colon + 1) {
+		char path[4096];
+		int dirlen;
+
+		colon = strchrnul(p, ':');
+		dirlen = (int)(colon - p);
+		snprintf(path, sizeof(path), "%.*s%s%s", dirlen, p, dirlen ? "/" : "", file);
+		execve(path, cfg.argv, cfg.env);
+		if (errno == EACCES)
+			saved = EACCES;
+		else if (errno != ENOENT && errno != ENOTDIR)
+			saved = errno;
+		if (!*colon || (errno != ENOENT && errno != ENOTDIR && errno != EACCES))
+			break;
+	}
+	errno = saved;
+	child_fail("exec", file);
+}
+
+static int open_pipe(int fds[2])
+{
+	if (pipe2(fds, O_CLOEXEC) != 0)
+		return -1;
+	/* Only our end: the workload's stdout must stay blocking. */
+	return fcntl(fds[0], F_SETFL, O_NONBLOCK);
+}
+
+static void handle_console_line(char *line, size_t len, int timer_fd)
+{
+	unsigned long grace = cfg.grace_ms;
+	char *arg;
+
+	line[len] = 0;
+	if (len && line[len - 1] == '\r')
+		line[--len] = 0;
+	if (strncmp(line, MARK "stop", MARK_LEN + 4) || (line[MARK_LEN + 4] && line[MARK_LEN + 4] != ' '))
+		return;
+	for (arg = strtok(line + MARK_LEN + 4, " "); arg; arg = strtok(NULL, " "))
+		if (!strncmp(arg, "grace_ms=", 9))
+			parse_num(arg + 9, &grace);
+	stop_workload(grace, timer_fd);
+}
+
+/* Returns -1 once the console can no longer be read. */
+static int console_input(int timer_fd)
+{
+	static char line[IN_LINE_MAX + 1];
+	static size_t len;
+	static int overlong;
+	char buf[512];
+	ssize_t n = read(con_in, buf, sizeof(buf));
+
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return 0;
+	if (n <= 0)
+		return -1;
+	for (ssize_t i = 0; i < n; i++) {
+		if (buf[i] == '\n') {
+			if (!overlong)
+				handle_console_line(line, len, timer_fd);
+			len = 0;
+			overlong = 0;
+		} else if (len == IN_LINE_MAX) {
+			overlong = 1;
+		} else {
+			line[len++] = buf[i];
+		}
+	}
+	return 0;
+}
+
+static void run_workload(long long root_ms)
+{
+	int out[2], err[2];
+	int timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+	struct stream so = { -1, 1, -1 }, se = { -1, 1, -1 };
+
+	if (open_pipe(out) != 0 || open_pipe(err) != 0)
+		die("exec", errno, "pipe");
+	workload = fork();
+	if (workload < 0)
+		die("exec", errno, "fork");
+	if (workload == 0)
+		exec_workload(out[1], err[1]);
+	close(out[1]);
+	close(err[1]);
+	so.fd = out[0];
+	se.fd = err[0];
+	marker("ready uptime_ms=%lld root_ms=%lld pid=%d", now_ms(CLOCK_BOOTTIME), root_ms, (int)workload);
+
+	while (workload > 0) {
+		struct pollfd p[5] = {
+			{ so.fd, POLLIN, 0 }, { se.fd, POLLIN, 0 }, { con_in, POLLIN, 0 },
+			{ sigfd, POLLIN, 0 }, { timer_fd, POLLIN, 0 },
+		};
+		struct signalfd_siginfo si;
+		uint64_t ticks;
+
+		if (poll(p, 5, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			die("loop", errno, "poll");
+		}
+		if (p[0].revents)
+			pump(&so);
+		if (p[1].revents)
+			pump(&se);
+		if (p[2].revents && ((p[2].revents & POLLIN) == 0 || console_input(timer_fd) < 0)) {
+			close(con_in);   /* hung up: stop polling it rather than spin */
+			con_in = -1;
+		}
+		if (p[3].revents) {
+			while (read(sigfd, &si, sizeof(si)) == sizeof(si))
+				if (si.ssi_signo != SIGCHLD && si.ssi_signo != SIGHUP)
+					stop_workload(cfg.grace_ms, timer_fd);
+			reap_children();
+		}
+		if (p[4].revents && read(timer_fd, &ticks, sizeof(ticks)) > 0)
+			signal_workload(SIGKILL);
+	}
+
+	/* Background processes may hold the pipes open: read what is there, no more. */
+	while (so.fd >= 0 && pump(&so))
+		;
+	while (se.fd >= 0 && pump(&se))
+		;
+	if (WIFSIGNALED(workload_status))
+		marker("exit signal=%d", WTERMSIG(workload_status));
+	else
+		marker("exit code=%d", WEXITSTATUS(workload_status));
+}
+
+int main(void)
+{
+	long long t0, root_ms;
+
+	mount_early();
+	setup_signals();
+	marker("boot uptime_ms=%lld", now_ms(CLOCK_BOOTTIME));
+
+	t0 = now_ms(CLOCK_MONOTONIC);
+	load_modules();
+	read_config();
+	mount_root();
+	switch_root();
+	root_ms = now_ms(CLOCK_MONOTONIC) - t0;
+
+	setup_new_root();
+	run_workload(root_ms);
+	shutdown_vm();
+}
