@@ -1,0 +1,81 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import path from 'node:path';
+import { Type } from 'typebox';
+import type { Daemon } from '../../daemon.ts';
+import { KilnError } from '../../errors.ts';
+import { ErrorBody, IdParams, Image, ImageList, ImportImageBody, ImportTarQuery } from '../schemas.ts';
+import { imageView } from '../views.ts';
+
+const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 500: ErrorBody };
+/** Image trees are uploaded as tar; far above BODY_LIMIT, which is for JSON. */
+const TAR_LIMIT = 16 * 1024 * 1024 * 1024;
+
+function allowedPath(daemon: Daemon, p: string): string {
+  const resolved = path.resolve(p);
+  const ok = daemon.config.allowedRoots.some((root) => resolved === root || resolved.startsWith(root + path.sep));
+  if (!ok) {
+    throw new KilnError('KILN_ERR_PATH_NOT_ALLOWED', `${resolved} is outside the allowed roots (${daemon.config.allowedRoots.join(', ') || 'none configured: set --allowed-root'}); upload a tar instead`);
+  }
+  return resolved;
+}
+
+export function registerImageRoutes(root: FastifyInstance, daemon: Daemon): void {
+  const app = root.withTypeProvider<TypeBoxTypeProvider>();
+
+  app.addContentTypeParser('application/x-tar', (_req, payload, done) => done(null, payload));
+
+  app.get('/v1/images', { schema: { summary: 'List images', tags: ['images'], response: { 200: ImageList } } }, async () => ({
+    images: (await daemon.images.list()).map(imageView),
+  }));
+
+  app.get('/v1/images/:id', {
+    schema: { summary: 'Get an image by id or name', tags: ['images'], params: IdParams, response: { 200: Image, ...errors } },
+  }, async (req) => imageView(await daemon.images.get(req.params.id)));
+
+  app.delete('/v1/images/:id', {
+    schema: { summary: 'Delete an image (refused while a VM uses it)', tags: ['images'], params: IdParams, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    await daemon.images.delete(req.params.id);
+    return reply.status(204).send(null);
+  });
+
+  app.post('/v1/images/import', {
+    schema: {
+      summary: 'Import a host directory (under an allowed root) as an image',
+      tags: ['images'], body: ImportImageBody, response: { 201: Image, ...errors },
+    },
+  }, async (req, reply) => {
+    const b = req.body;
+    if (!b.path) throw new KilnError('KILN_ERR_VALIDATION', 'body: path is required (or upload a tar with Content-Type: application/x-tar)');
+    const img = await daemon.images.importDir(b.name, allowedPath(daemon, b.path), {
+      ...(b.cmd ? { cmd: b.cmd } : {}),
+      ...(b.env ? { env: b.env } : {}),
+      ...(b.workdir ? { workdir: b.workdir } : {}),
+      ...(b.user ? { user: b.user.includes(':') ? b.user : `${b.user}:${b.user}` } : {}),
+    });
+    return reply.status(201).send(imageView(img));
+  });
+
+  app.post('/v1/images/upload', {
+    bodyLimit: TAR_LIMIT,
+    schema: {
+      summary: 'Import an image from an uploaded tar of its root filesystem',
+      tags: ['images'], querystring: ImportTarQuery, consumes: ['application/x-tar'], response: { 201: Image, ...errors },
+    },
+  }, async (req, reply) => {
+    let cmd: string[] | undefined;
+    if (req.query.cmd !== undefined) {
+      try {
+        cmd = JSON.parse(req.query.cmd);
+      } catch {
+        /* validated below */
+      }
+      if (!Array.isArray(cmd) || cmd.length === 0 || !cmd.every((c) => typeof c === 'string')) {
+        throw new KilnError('KILN_ERR_VALIDATION', 'querystring: cmd must be a JSON array of strings');
+      }
+    }
+    const img = await daemon.images.importTar(req.query.name, req.body as NodeJS.ReadableStream as never, cmd ? { cmd } : {});
+    return reply.status(201).send(imageView(img));
+  });
+}

@@ -1,0 +1,98 @@
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import type { Daemon } from '../../daemon.ts';
+import type { VmState } from '../../store/store.ts';
+import { CreateVmBody, ErrorBody, IdParams, LogsQuery, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
+import { vmView } from '../views.ts';
+
+const errors = { 400: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 504: ErrorBody };
+
+export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
+  const app = root.withTypeProvider<TypeBoxTypeProvider>();
+  const vms = daemon.vms;
+  const waitMs = (q: { timeout_ms?: string }) => (q.timeout_ms ? Number(q.timeout_ms) : daemon.config.bootTimeoutMs + 10_000);
+
+  app.post('/v1/vms', {
+    schema: {
+      summary: 'Create and boot a VM',
+      description: 'Returns at once with the VM in `creating`, or once it is `ready` with `?wait=1`.',
+      tags: ['vms'],
+      body: CreateVmBody,
+      querystring: WaitQuery,
+      response: { 201: Vm, ...errors },
+    },
+  }, async (req, reply) => {
+    const vm = await vms.create(req.body);
+    const out = truthy(req.query.wait) ? await vms.waitFor(vm.id, ['ready'], waitMs(req.query)) : vm;
+    return reply.status(201).send(await vmView(daemon, out));
+  });
+
+  app.get('/v1/vms', { schema: { summary: 'List VMs', tags: ['vms'], response: { 200: VmList } } }, async () => ({
+    vms: await Promise.all((await vms.list()).map((vm) => vmView(daemon, vm))),
+  }));
+
+  app.get('/v1/vms/:id', {
+    schema: { summary: 'Get a VM by id or name, with its timeline', tags: ['vms'], params: IdParams, response: { 200: Vm, ...errors } },
+  }, async (req) => vmView(daemon, await vms.get(req.params.id)));
+
+  app.delete('/v1/vms/:id', {
+    schema: { summary: 'Delete a VM (stops it at once if running)', tags: ['vms'], params: IdParams, response: { 204: Type.Null(), ...errors } },
+  }, async (req, reply) => {
+    await vms.delete(req.params.id);
+    return reply.status(204).send(null);
+  });
+
+  app.post('/v1/vms/:id/stop', {
+    schema: {
+      summary: 'Stop a VM: SIGTERM to the workload, then power off; hard stop after the grace period',
+      tags: ['vms'], params: IdParams, querystring: StopQuery, response: { 200: Vm, ...errors },
+    },
+  }, async (req) => vmView(daemon, await vms.stop(req.params.id, req.query.grace_ms ? Number(req.query.grace_ms) : undefined)));
+
+  app.post('/v1/vms/:id/start', {
+    schema: { summary: 'Start a stopped VM', tags: ['vms'], params: IdParams, querystring: WaitQuery, response: { 200: Vm, ...errors } },
+  }, async (req) => {
+    const vm = await vms.start(req.params.id);
+    const out = truthy(req.query.wait) ? await vms.waitFor(vm.id, ['ready'], waitMs(req.query)) : vm;
+    return vmView(daemon, out);
+  });
+
+  for (const [op, target] of [['pause', 'paused'], ['resume', 'ready']] as const) {
+    app.post(`/v1/vms/:id/${op}`, {
+      schema: { summary: `${op[0]!.toUpperCase()}${op.slice(1)} a VM`, tags: ['vms'], params: IdParams, response: { 200: Vm, ...errors } },
+    }, async (req) => {
+      const vm = op === 'pause' ? await vms.pause(req.params.id) : await vms.resume(req.params.id);
+      return vmView(daemon, { ...vm, state: target as VmState });
+    });
+  }
+
+  app.get('/v1/vms/:id/logs', {
+    schema: {
+      summary: 'Serial console output of the VM (kiln control lines removed); `?follow=1` streams new output',
+      tags: ['vms'], params: IdParams, querystring: LogsQuery,
+      response: { 200: { content: { 'text/plain': { schema: Type.String() } } }, ...errors },
+    },
+  }, async (req, reply) => {
+    if (!truthy(req.query.follow)) {
+      return reply.type('text/plain; charset=utf-8').send(await vms.logs(req.params.id));
+    }
+    const { id } = await vms.get(req.params.id);
+    const backlog = await vms.logs(id);
+    const follower = await vms.followLogs(id);
+    reply.raw.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
+    reply.raw.write(backlog);
+    follower.on('line', (line) => {
+      if (!line.startsWith('@kiln:')) reply.raw.write(line + '\n');
+    });
+    const unsubscribe = daemon.bus.subscribe((e) => {
+      if (e.type === 'vm.deleted' && e.vmId === id) reply.raw.end();
+    });
+    req.raw.on('close', () => {
+      follower.close();
+      unsubscribe();
+    });
+    follower.start();
+    return reply.hijack();
+  });
+}

@@ -1,0 +1,156 @@
+// Request and response schemas: the same objects validate requests (ajv, at route
+// registration), document the API (/openapi.json) and type the SDK (Static<>).
+import { Type, type Static } from 'typebox';
+import { ERRORS } from '../errors.ts';
+import { VM_STATES } from '../store/store.ts';
+
+export const Name = Type.String({
+  pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$',
+  description: 'Lower-case letters, digits, ".", "_" and "-"; 1–63 characters, starting with a letter or digit',
+});
+
+export const KernelArg = Type.String({ pattern: '^[\\x21-\\x7e]{1,256}$', description: 'One kernel parameter, no spaces' });
+
+export const EnvMap = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 32768 }), {
+  description: 'Environment variables for the workload',
+  maxProperties: 256,
+});
+
+export const CreateVmBody = Type.Object(
+  {
+    name: Type.Optional(Name),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Image id or name; default: "default"' })),
+    vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'Virtual CPUs (at most the host’s CPU count)' })),
+    memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'Guest memory in MiB (at most the host’s memory)' })),
+    kernel_args: Type.Optional(Type.Array(KernelArg, { maxItems: 32, description: 'Extra kernel command-line parameters' })),
+    cmd: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 256, description: 'Overrides the image’s command' })),
+    env: Type.Optional(EnvMap),
+  },
+  { additionalProperties: false },
+);
+export type CreateVmBody = Static<typeof CreateVmBody>;
+
+export const Phase = Type.Object({
+  phase: Type.String(),
+  started_at: Type.String({ format: 'date-time' }),
+  ended_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  duration_ms: Type.Union([Type.Number(), Type.Null()]),
+});
+
+export const Vm = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: Type.Enum([...VM_STATES]),
+  state_reason: Type.Union([Type.String(), Type.Null()]),
+  image: Type.Object({ id: Type.String(), name: Type.Union([Type.String(), Type.Null()]) }),
+  vcpus: Type.Integer(),
+  memory_mib: Type.Integer(),
+  kernel_args: Type.Array(Type.String()),
+  cmd: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  env: Type.Record(Type.String(), Type.String()),
+  backend: Type.String(),
+  accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
+  pid: Type.Union([Type.Integer(), Type.Null()]),
+  boot_count: Type.Integer(),
+  exit_code: Type.Union([Type.Integer(), Type.Null()]),
+  created_at: Type.String({ format: 'date-time' }),
+  updated_at: Type.String({ format: 'date-time' }),
+  timeline: Type.Array(Phase, { description: 'Phases of the latest boot, in order' }),
+});
+export type Vm = Static<typeof Vm>;
+
+export const VmList = Type.Object({ vms: Type.Array(Vm) });
+
+export const ImageConfig = Type.Object({
+  cmd: Type.Array(Type.String()),
+  env: Type.Record(Type.String(), Type.String()),
+  workdir: Type.String(),
+  user: Type.String(),
+});
+
+export const Image = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  digest: Type.String(),
+  format: Type.String(),
+  size_bytes: Type.Integer(),
+  config: ImageConfig,
+  created_at: Type.String({ format: 'date-time' }),
+});
+export type Image = Static<typeof Image>;
+
+export const ImageList = Type.Object({ images: Type.Array(Image) });
+
+const AbsPath = Type.String({ pattern: '^/', maxLength: 4096 });
+export const ImportImageBody = Type.Object(
+  {
+    name: Name,
+    path: Type.Optional(AbsPath),
+    cmd: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 256 })),
+    env: Type.Optional(EnvMap),
+    workdir: Type.Optional(AbsPath),
+    user: Type.Optional(Type.String({ pattern: '^\\d{1,10}(:\\d{1,10})?$', description: 'uid[:gid]' })),
+  },
+  { additionalProperties: false },
+);
+export type ImportImageBody = Static<typeof ImportImageBody>;
+
+export const ImportTarQuery = Type.Object(
+  {
+    name: Name,
+    cmd: Type.Optional(Type.String({ maxLength: 32768, description: 'JSON array of strings' })),
+  },
+  { additionalProperties: false },
+);
+
+export const IdParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 255 }) }, { additionalProperties: false });
+
+export const WaitQuery = Type.Object(
+  {
+    wait: Type.Optional(Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false'), Type.Literal('ready')], {
+      description: 'Return only when the VM is ready (create/start) or the operation is done',
+    })),
+    timeout_ms: Type.Optional(Type.String({ pattern: '^\\d{1,7}$' })),
+  },
+  { additionalProperties: false },
+);
+
+export const StopQuery = Type.Object(
+  { grace_ms: Type.Optional(Type.String({ pattern: '^\\d{1,7}$', description: 'Time the workload gets to exit after SIGTERM' })) },
+  { additionalProperties: false },
+);
+
+export const LogsQuery = Type.Object(
+  {
+    follow: Type.Optional(Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false')])),
+  },
+  { additionalProperties: false },
+);
+
+export const EventsQuery = Type.Object(
+  {
+    vm: Type.Optional(Type.String({ maxLength: 255 })),
+    since: Type.Optional(Type.String({ pattern: '^\\d{1,15}$', description: 'Replay stored events after this sequence number' })),
+  },
+  { additionalProperties: false },
+);
+
+export const ErrorBody = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.Enum(Object.keys(ERRORS)),
+  error: Type.String(),
+  message: Type.String(),
+  details: Type.Optional(Type.Unknown()),
+});
+
+export const Health = Type.Object({
+  status: Type.Literal('ok'),
+  version: Type.String(),
+  backend: Type.String(),
+  accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
+  accelerator_reason: Type.String(),
+  kernel: Type.String(),
+  vms: Type.Integer(),
+});
+
+export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';

@@ -1,0 +1,96 @@
+// The HTTP API (Fastify). Schemas are compiled at registration, so a bad schema fails at
+// boot; every error leaves as {statusCode, code, error, message}.
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { ERRORS, KilnError, isKilnError } from '../errors.ts';
+import type { Daemon } from '../daemon.ts';
+import { registerEventRoutes } from './routes/events.ts';
+import { registerImageRoutes } from './routes/images.ts';
+import { registerSystemRoutes } from './routes/system.ts';
+import { registerVmRoutes } from './routes/vms.ts';
+
+export const BODY_LIMIT = 1024 * 1024;
+
+/** Fastify's own error codes, mapped to kiln's stable codes. */
+const FASTIFY_CODES: Record<string, keyof typeof ERRORS> = {
+  FST_ERR_CTP_INVALID_JSON_BODY: 'KILN_ERR_INVALID_JSON',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'KILN_ERR_INVALID_JSON',
+  FST_ERR_CTP_BODY_TOO_LARGE: 'KILN_ERR_BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'KILN_ERR_UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'KILN_ERR_VALIDATION',
+};
+
+export function errorBody(err: KilnError) {
+  return {
+    statusCode: err.status,
+    code: err.code,
+    error: ERRORS[err.code].summary,
+    message: err.message,
+    ...(err.details ? { details: err.details } : {}),
+  };
+}
+
+function toKilnError(err: FastifyError | Error): KilnError {
+  if (isKilnError(err)) return err;
+  const fe = err as FastifyError;
+  if (fe.validation) {
+    const where = fe.validationContext ?? 'request';
+    return new KilnError('KILN_ERR_VALIDATION', `${where}: ${fe.message.replace(/^(body|querystring|params)\s*/, '')}`, {
+      errors: fe.validation.map((v) => ({ path: v.instancePath, message: v.message, params: v.params })),
+    });
+  }
+  if (fe.code && FASTIFY_CODES[fe.code]) return new KilnError(FASTIFY_CODES[fe.code]!, fe.message);
+  if (fe.statusCode && fe.statusCode < 500) return new KilnError('KILN_ERR_VALIDATION', fe.message);
+  // JSON.parse errors surface as SyntaxError when the content-type parser is bypassed.
+  if (err instanceof SyntaxError) return new KilnError('KILN_ERR_INVALID_JSON', err.message);
+  return new KilnError('KILN_ERR_INTERNAL', err.message);
+}
+
+export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    bodyLimit: BODY_LIMIT,
+    disableRequestLogging: false,
+    ajv: {
+      // Unknown fields are an error, not silently dropped; "1" is not a number.
+      customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true },
+    },
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    const ke = toKilnError(err as Error);
+    if (ke.status >= 500) req.log.error({ err }, 'request failed');
+    void reply.status(ke.status).send(errorBody(ke));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const ke = new KilnError('KILN_ERR_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`);
+    void reply.status(404).send(errorBody(ke));
+  });
+
+  const token = daemon.config.apiToken;
+  if (token) {
+    app.addHook('onRequest', async (req) => {
+      if (req.url === '/healthz') return;
+      if (req.headers.authorization !== `Bearer ${token}`) {
+        throw new KilnError('KILN_ERR_UNAUTHORIZED', 'missing or wrong bearer token');
+      }
+    });
+  }
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'kiln API', version: daemon.version, description: 'Provision microVMs: VMs, images, events.' },
+      components: {
+        securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
+      },
+    },
+  });
+
+  registerSystemRoutes(app, daemon);
+  registerVmRoutes(app, daemon);
+  registerImageRoutes(app, daemon);
+  registerEventRoutes(app, daemon);
+  return app;
+}

@@ -1,0 +1,43 @@
+// Store records → API JSON (snake_case, ISO timestamps).
+import type { Daemon } from '../daemon.ts';
+import type { ImageRecord, VmRecord } from '../store/store.ts';
+import { phaseView } from '../vm/timeline.ts';
+import type { Image, Vm } from './schemas.ts';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
+  const [image, phases] = await Promise.all([daemon.store.getImage(vm.imageId), daemon.store.listPhases(vm.id, vm.bootCount)]);
+  return {
+    id: vm.id,
+    name: vm.name,
+    state: vm.state,
+    state_reason: vm.stateReason,
+    image: { id: vm.imageId, name: image?.name ?? null },
+    vcpus: vm.vcpus,
+    memory_mib: vm.memoryMib,
+    kernel_args: vm.kernelArgs,
+    cmd: vm.cmd,
+    env: vm.env,
+    backend: vm.backend,
+    accelerator: vm.accelerator,
+    pid: vm.pid,
+    boot_count: vm.bootCount,
+    exit_code: vm.exitCode,
+    created_at: iso(vm.createdAt),
+    updated_at: iso(vm.updatedAt),
+    timeline: phases.map(phaseView),
+  };
+}
+
+export function imageView(img: ImageRecord): Image {
+  return {
+    id: img.id,
+    name: img.name,
+    digest: img.digest,
+    format: img.format,
+    size_bytes: img.sizeBytes,
+    config: img.config,
+    created_at: iso(img.createdAt),
+  };
+}

@@ -1,0 +1,45 @@
+import { Command } from 'commander';
+import path from 'node:path';
+import * as tar from 'tar';
+import type { Image, KilnClient } from '../sdk/client.ts';
+import { age, bytes, printJson, printTable } from './output.ts';
+
+export function imageCommands(client: () => KilnClient, json: () => boolean): Command {
+  const images = new Command('images').alias('image').description('manage images');
+  const show = (img: Image) => (json() ? printJson(img) : printTable(['ID', 'NAME', 'SIZE', 'DIGEST'], [[img.id, img.name, bytes(img.size_bytes), img.digest.slice(0, 19)]]));
+
+  images.command('ls').alias('list').description('list images').action(async () => {
+    const list = await client().listImages();
+    if (json()) return printJson(list);
+    printTable(['ID', 'NAME', 'SIZE', 'COMMAND', 'AGE'], list.map((i) => [i.id, i.name, bytes(i.size_bytes), JSON.stringify(i.config.cmd).slice(0, 48), age(i.created_at)]));
+  });
+
+  images.command('get').argument('<image>').description('show an image').action(async (id: string) => {
+    const img = await client().getImage(id);
+    if (json()) printJson(img);
+    else printTable(['field', 'value'], [['id', img.id], ['name', img.name], ['digest', img.digest], ['size', bytes(img.size_bytes)], ['cmd', JSON.stringify(img.config.cmd)], ['workdir', img.config.workdir], ['user', img.config.user]]);
+  });
+
+  images.command('import')
+    .argument('<dir>', 'directory holding the root filesystem')
+    .requiredOption('--name <name>', 'image name')
+    .option('--cmd <json>', 'default command, as a JSON array')
+    .option('--server-path', 'let kilnd read DIR itself (must be under an allowed root) instead of uploading it')
+    .description('import a directory as an image (uploaded as a tar stream)')
+    .action(async (dir: string, o) => {
+      const cmd = o.cmd ? (JSON.parse(o.cmd) as string[]) : undefined;
+      const abs = path.resolve(dir);
+      const img = o.serverPath
+        ? await client().importImagePath({ name: o.name, path: abs, ...(cmd ? { cmd } : {}) })
+        : await client().uploadImage(o.name, tar.c({ cwd: abs, portable: false }, ['.']) as never, cmd ? { cmd } : {});
+      show(img);
+    });
+
+  images.command('rm').alias('delete').argument('<image...>').description('delete images not used by any VM').action(async (ids: string[]) => {
+    for (const id of ids) {
+      await client().deleteImage(id);
+      if (!json()) process.stdout.write(`${id}\n`);
+    }
+  });
+  return images;
+}

@@ -1,0 +1,29 @@
+// `kiln`: the CLI. Everything but `serve` talks to kilnd through the SDK.
+import { Command } from 'commander';
+import { KilnClient } from '../sdk/client.ts';
+import { KILN_VERSION } from '../version.ts';
+import { imageCommands } from './image-commands.ts';
+import { reportError } from './output.ts';
+import { serveCommand } from './serve-command.ts';
+import { vmCommands } from './vm-commands.ts';
+
+const program = new Command('kiln')
+  .version(KILN_VERSION)
+  .description('kiln: microVMs for functions, containers and VMs')
+  .option('--api <url>', 'kilnd URL (default: $KILN_API or http://127.0.0.1:18080)')
+  .option('--json', 'print JSON instead of tables')
+  .showHelpAfterError();
+
+const client = () => new KilnClient({ url: program.opts().api });
+const json = () => Boolean(program.opts().json);
+
+program.addCommand(serveCommand());
+program.addCommand(vmCommands(client, json));
+program.addCommand(imageCommands(client, json));
+program.command('health').description('daemon status, backend and accelerator').action(async () => {
+  const h = await client().health();
+  if (json()) console.log(JSON.stringify(h, null, 2));
+  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.accelerator}: ${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
+});
+
+program.parseAsync(process.argv).catch(reportError);

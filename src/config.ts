@@ -1,0 +1,58 @@
+// Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
+import os from 'node:os';
+import path from 'node:path';
+import type { BackendName } from './vmm/driver.ts';
+
+export interface KilnConfig {
+  /** Where the SQLite file, VM runtime dirs and images live. */
+  stateDir: string;
+  /** Kernel, initramfs and default image cache; shareable between state dirs. */
+  assetsDir: string;
+  listenHost: string;
+  listenPort: number;
+  /** Required for any non-loopback bind. */
+  apiToken?: string;
+  /** 'auto' picks firecracker when present and KVM boots a guest, qemu otherwise. */
+  backend: BackendName | 'auto';
+  /** 'auto' probes KVM with a short boot and falls back to TCG. */
+  accelerator: 'auto' | 'kvm' | 'tcg';
+  /** How long a guest may take from VMM start to ready before it is failed. */
+  bootTimeoutMs: number;
+  /** Grace period between the guest stop request and a hard kill. */
+  stopGraceMs: number;
+  /** Host directories that path-based image imports may read from. */
+  allowedRoots: string[];
+  logLevel: string;
+}
+
+export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig {
+  const stateDir = path.resolve(env.KILN_STATE_DIR ?? '/var/lib/kiln');
+  return {
+    stateDir,
+    assetsDir: path.resolve(env.KILN_ASSETS_DIR ?? path.join(stateDir, 'assets')),
+    listenHost: '127.0.0.1',
+    listenPort: 18080,
+    apiToken: env.KILN_API_TOKEN || undefined,
+    backend: (env.KILN_BACKEND as KilnConfig['backend']) ?? 'auto',
+    accelerator: (env.KILN_ACCEL as KilnConfig['accelerator']) ?? 'auto',
+    bootTimeoutMs: Number(env.KILN_BOOT_TIMEOUT_MS ?? 180_000),
+    stopGraceMs: Number(env.KILN_STOP_GRACE_MS ?? 5_000),
+    allowedRoots: (env.KILN_ALLOWED_ROOTS ?? '').split(':').filter(Boolean).map((p) => path.resolve(p)),
+    logLevel: env.KILN_LOG_LEVEL ?? 'info',
+  };
+}
+
+export function parseListen(value: string): { host: string; port: number } {
+  const m = /^(?:\[?([^\]]*)\]?:)?(\d{1,5})$/.exec(value);
+  if (!m) throw new Error(`--listen must be HOST:PORT, got ${JSON.stringify(value)}`);
+  const port = Number(m[2]);
+  if (port < 0 || port > 65535) throw new Error(`port out of range: ${port}`);
+  return { host: m[1] || '127.0.0.1', port };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+export const HOST_MEMORY_MIB = Math.floor(os.totalmem() / 1024 / 1024);
+export const HOST_CPUS = os.cpus().length;

@@ -1,0 +1,94 @@
+// kilnd: wires store, assets, VMM driver, VM manager and the API together. VMs outlive the
+// daemon: close() lets go of them, the next start() re-attaches.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { pino, type Logger } from 'pino';
+import { buildServer } from './api/server.ts';
+import { isLoopback, type KilnConfig } from './config.ts';
+import { KilnError } from './errors.ts';
+import { EventBus } from './events/event-bus.ts';
+import { ensureDefaultImage } from './image/default-image.ts';
+import { ImageService } from './image/image-service.ts';
+import { Metrics } from './metrics/metrics.ts';
+import { SqliteStore } from './store/sqlite-store.ts';
+import type { Store } from './store/store.ts';
+import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
+import { VmManager } from './vm/vm-manager.ts';
+import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
+import type { VmmDriver } from './vmm/driver.ts';
+import { createDriver } from './vmm/registry.ts';
+import { KILN_VERSION } from './version.ts';
+
+export class Daemon {
+  readonly version = KILN_VERSION;
+  private app: FastifyInstance | null = null;
+  private closed = false;
+
+  private constructor(
+    readonly config: KilnConfig,
+    readonly log: Logger,
+    readonly store: Store,
+    readonly bus: EventBus,
+    readonly metrics: Metrics,
+    readonly assets: GuestAssets,
+    readonly accel: AccelDecision,
+    readonly driver: VmmDriver,
+    readonly images: ImageService,
+    readonly vms: VmManager,
+  ) {}
+
+  static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
+    if (!isLoopback(config.listenHost) && !config.apiToken) {
+      throw new KilnError('KILN_ERR_HOST_SETUP', `refusing to listen on ${config.listenHost} without an API token (set KILN_API_TOKEN)`);
+    }
+    await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+    const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
+    try {
+      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg));
+      const accel = await decideAccelerator({
+        requested: config.accelerator,
+        kernel: assets.kernel.bzImage,
+        initrd: assets.initramfs.path,
+        cacheDir: config.assetsDir,
+      });
+      log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
+      // Firecracker joins 'auto' once its driver is wired in (it needs KVM in any case).
+      const backend = config.backend === 'auto' ? 'qemu' : config.backend;
+      const driver = createDriver(backend);
+      const bus = new EventBus(store, log);
+      const metrics = new Metrics(async () => {
+        const counts: Record<string, number> = {};
+        for (const vm of await store.listVms()) counts[vm.state] = (counts[vm.state] ?? 0) + 1;
+        return counts;
+      });
+      const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
+      await ensureDefaultImage(images);
+      const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator });
+      await vms.reconcile();
+      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, vms);
+    } catch (e) {
+      await store.close();
+      throw e;
+    }
+  }
+
+  async listen(): Promise<string> {
+    this.app = await buildServer(this, this.log);
+    await this.app.listen({ host: this.config.listenHost, port: this.config.listenPort });
+    const addr = this.app.server.address();
+    const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
+    this.log.info({ url }, 'kilnd listening');
+    return url;
+  }
+
+  /** Stops serving; running VMs keep running and are re-attached by the next start. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.vms.close();
+    await this.app?.close();
+    await this.bus.flush();
+    await this.store.close();
+  }
+}

@@ -1,0 +1,52 @@
+// Every error kiln reports has a stable code from this table. Codes are never reused or
+// renamed: clients (and kiln's own tests) branch on them, never on message text.
+
+export const ERRORS = {
+  KILN_ERR_VALIDATION: { status: 400, summary: 'A request field is missing, malformed or out of range' },
+  KILN_ERR_INVALID_JSON: { status: 400, summary: 'The request body is not valid JSON' },
+  KILN_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has an unsupported content type' },
+  KILN_ERR_BODY_TOO_LARGE: { status: 413, summary: 'The request body is larger than the daemon accepts' },
+  KILN_ERR_UNAUTHORIZED: { status: 401, summary: 'A valid bearer token is required' },
+  KILN_ERR_NOT_FOUND: { status: 404, summary: 'No such route' },
+  KILN_ERR_VM_NOT_FOUND: { status: 404, summary: 'No VM has that id or name' },
+  KILN_ERR_IMAGE_NOT_FOUND: { status: 404, summary: 'No image has that id or name' },
+  KILN_ERR_NAME_CONFLICT: { status: 409, summary: 'The name is already taken' },
+  KILN_ERR_INVALID_STATE: { status: 409, summary: 'The operation is not allowed in the resource’s current state' },
+  KILN_ERR_IMAGE_IN_USE: { status: 409, summary: 'The image is used by a VM' },
+  KILN_ERR_RESOURCE_LIMIT: { status: 422, summary: 'The request asks for more than this host can give' },
+  KILN_ERR_PATH_NOT_ALLOWED: { status: 403, summary: 'The host path is outside the configured allowed roots' },
+  KILN_ERR_BOOT_TIMEOUT: { status: 504, summary: 'The guest did not report ready before its deadline' },
+  KILN_ERR_GUEST_FAILED: { status: 502, summary: 'The guest reported a failure while booting' },
+  KILN_ERR_VMM_FAILED: { status: 500, summary: 'The VMM process failed or exited unexpectedly' },
+  KILN_ERR_TOOL_FAILED: { status: 500, summary: 'An external tool kiln runs failed' },
+  KILN_ERR_HOST_SETUP: { status: 500, summary: 'The host is missing something kiln needs' },
+  KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
+  KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
+} as const satisfies Record<string, { status: number; summary: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class KilnError extends Error {
+  readonly status: number;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'KilnError';
+    this.status = ERRORS[code].status;
+  }
+}
+
+export function isKilnError(e: unknown): e is KilnError {
+  return e instanceof KilnError;
+}
+
+/** Wraps an unknown throwable as a KilnError, keeping kiln errors as they are. */
+export function asKilnError(e: unknown, code: ErrorCode = 'KILN_ERR_INTERNAL'): KilnError {
+  if (e instanceof KilnError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  return new KilnError(code, msg, undefined, { cause: e });
+}

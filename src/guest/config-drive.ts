@@ -1,0 +1,42 @@
+// The per-VM config drive: a tiny raw block device kiln-init reads at boot (argv, env,
+// hostname, which drive is which). A drive rather than the kernel command line because the
+// command line is limited to 2 KiB and readable by every guest process via /proc/cmdline.
+import { KilnError } from '../errors.ts';
+
+export const CONFIG_MAGIC = 'KILNCFG1\n';
+export const CONFIG_MAX_BYTES = 1024 * 1024;
+const SECTOR = 4096;
+
+export interface GuestConfig {
+  argv: string[];
+  env: Record<string, string>;
+  cwd?: string;
+  hostname?: string;
+  uid?: number;
+  gid?: number;
+  stopGraceMs?: number;
+  drives: { role: 'root' | 'scratch'; serial: string; index: number }[];
+}
+
+export function encodeConfigDrive(cfg: GuestConfig): Buffer {
+  if (cfg.argv.length === 0) throw new KilnError('KILN_ERR_VALIDATION', 'the command to run is empty');
+  const entries: string[] = [];
+  for (const a of cfg.argv) entries.push(`argv=${a}`);
+  for (const [k, v] of Object.entries(cfg.env)) entries.push(`env=${k}=${v}`);
+  if (cfg.cwd) entries.push(`cwd=${cfg.cwd}`);
+  if (cfg.hostname) entries.push(`hostname=${cfg.hostname}`);
+  if (cfg.uid !== undefined) entries.push(`uid=${cfg.uid}`);
+  if (cfg.gid !== undefined) entries.push(`gid=${cfg.gid}`);
+  if (cfg.stopGraceMs !== undefined) entries.push(`stop_grace_ms=${cfg.stopGraceMs}`);
+  for (const d of cfg.drives) entries.push(`drive=${d.role},${d.serial},${d.index}`);
+  for (const e of entries) {
+    if (e.includes('\0')) throw new KilnError('KILN_ERR_VALIDATION', 'strings passed to the guest cannot contain NUL bytes');
+  }
+  const body = Buffer.from(CONFIG_MAGIC + entries.map((e) => `${e}\0`).join('') + '\0', 'utf8');
+  if (body.length > CONFIG_MAX_BYTES) {
+    throw new KilnError('KILN_ERR_VALIDATION', `guest configuration is ${body.length} bytes; the limit is ${CONFIG_MAX_BYTES}`);
+  }
+  const out = Buffer.alloc(Math.ceil(body.length / SECTOR) * SECTOR);
+  body.copy(out);
+  return out;
+}

@@ -1,0 +1,93 @@
+// Follows a VM's serial console log as it grows. Readiness is pushed: QEMU appends the
+// guest's bytes to the file and inotify (fs.watch) wakes us; there is no polling interval.
+import fs from 'node:fs';
+import { EventEmitter } from 'node:events';
+
+const READ_CHUNK = 64 * 1024;
+/** A guest that never prints a newline cannot make kilnd buffer without bound. */
+const MAX_LINE = 16 * 1024;
+
+export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffer]; error: [Error] }> {
+  private fd: number | null = null;
+  private watcher: fs.FSWatcher | null = null;
+  private reading = false;
+  private again = false;
+  private partial = '';
+  private closed = false;
+
+  constructor(
+    private readonly file: string,
+    private offset: number,
+  ) {
+    super();
+  }
+
+  start(): this {
+    try {
+      this.fd = fs.openSync(this.file, 'r');
+      this.watcher = fs.watch(this.file, { persistent: false }, () => this.pump());
+      this.watcher.on('error', (e) => this.emit('error', e));
+    } catch (e) {
+      queueMicrotask(() => this.emit('error', e as Error));
+      return this;
+    }
+    this.pump();
+    return this;
+  }
+
+  private pump(): void {
+    if (this.closed || this.fd === null) return;
+    if (this.reading) {
+      this.again = true;
+      return;
+    }
+    this.reading = true;
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    const step = (): void => {
+      if (this.closed || this.fd === null) return;
+      fs.read(this.fd, buf, 0, READ_CHUNK, this.offset, (err, n) => {
+        if (err) {
+          this.reading = false;
+          this.emit('error', err);
+          return;
+        }
+        if (n > 0) {
+          this.offset += n;
+          this.consume(Buffer.from(buf.subarray(0, n)));
+          step();
+          return;
+        }
+        this.reading = false;
+        if (this.again) {
+          this.again = false;
+          this.pump();
+        }
+      });
+    };
+    step();
+  }
+
+  private consume(chunk: Buffer): void {
+    this.emit('data', chunk);
+    if (this.listenerCount('line') === 0) return;
+    let text = this.partial + chunk.toString('utf8');
+    let nl: number;
+    while ((nl = text.indexOf('\n')) >= 0) {
+      this.emit('line', text.slice(0, nl).replace(/\r$/, ''));
+      text = text.slice(nl + 1);
+    }
+    this.partial = text.length > MAX_LINE ? '' : text;
+  }
+
+  get position(): number {
+    return this.offset;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher?.close();
+    if (this.fd !== null) fs.close(this.fd, () => {});
+    this.fd = null;
+  }
+}

@@ -1,0 +1,33 @@
+// kiln-init's console markers: whole lines `@kiln:<event> key=value …`. kiln-init escapes any
+// workload line that starts with the prefix, so a marker can only come from kiln-init itself.
+export const MARKER_PREFIX = '@kiln:';
+
+export interface GuestMarker {
+  event: string;
+  fields: Record<string, string>;
+}
+
+export function parseMarker(line: string): GuestMarker | null {
+  const clean = line.replace(/\r$/, '');
+  if (!clean.startsWith(MARKER_PREFIX)) return null;
+  const [event, ...pairs] = clean.slice(MARKER_PREFIX.length).split(' ');
+  if (!event || !/^[a-z_]{1,32}$/.test(event)) return null;
+  const fields: Record<string, string> = {};
+  for (const p of pairs) {
+    const eq = p.indexOf('=');
+    if (eq > 0) fields[p.slice(0, eq)] = p.slice(eq + 1);
+  }
+  return { event, fields };
+}
+
+export function stopCommand(graceMs: number): string {
+  return `${MARKER_PREFIX}stop grace_ms=${Math.max(0, Math.round(graceMs))}\n`;
+}
+
+/** Guest output with kiln's control lines removed, for the logs API. */
+export function stripMarkers(text: string): string {
+  return text
+    .split('\n')
+    .filter((l) => !l.replace(/\r$/, '').startsWith(MARKER_PREFIX))
+    .join('\n');
+}

@@ -1,0 +1,66 @@
+// The default guest kernel: Debian's linux-image-cloud-amd64, downloaded with apt and
+// extracted into kiln's assets dir (never installed on the host).
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { KilnError } from '../errors.ts';
+import { aptDependsMatching, aptDownload, aptUpdate, dpkgExtract } from '../tools/apt.ts';
+import { depmod } from '../tools/modprobe.ts';
+import { buildOnce } from '../util/atomic.ts';
+
+export interface GuestKernel {
+  version: string;
+  /** The kernel tree: boot/ and lib/modules/<version>/. */
+  root: string;
+  /** bzImage, what QEMU boots. */
+  bzImage: string;
+}
+
+const META_PACKAGE = 'linux-image-cloud-amd64';
+
+function kernelAt(root: string, version: string): GuestKernel {
+  return { version, root, bzImage: path.join(root, 'boot', `vmlinuz-${version}`) };
+}
+
+async function installedKernels(kernelsDir: string): Promise<GuestKernel[]> {
+  const out: GuestKernel[] = [];
+  for (const v of await fs.readdir(kernelsDir).catch(() => [] as string[])) {
+    if (v.includes('.tmp-')) continue;
+    const k = kernelAt(path.join(kernelsDir, v), v);
+    if (await fs.stat(k.bzImage).then(() => true, () => false)) out.push(k);
+  }
+  return out.sort((a, b) => b.version.localeCompare(a.version, undefined, { numeric: true }));
+}
+
+async function resolvePackage(): Promise<string> {
+  const pattern = /^linux-image-\d/;
+  let pkg = await aptDependsMatching(META_PACKAGE, pattern).catch(() => null);
+  if (!pkg) {
+    // A fresh machine may have no package lists yet.
+    await aptUpdate();
+    pkg = await aptDependsMatching(META_PACKAGE, pattern);
+  }
+  if (!pkg) throw new KilnError('KILN_ERR_HOST_SETUP', `apt knows no kernel package behind ${META_PACKAGE}`);
+  return pkg;
+}
+
+/**
+ * Returns the guest kernel, downloading it on first use. A kernel already in the assets dir
+ * is used as is, so start-up needs no network once set up.
+ */
+export async function ensureGuestKernel(assetsDir: string, log: (msg: string) => void): Promise<GuestKernel> {
+  const kernelsDir = path.join(assetsDir, 'kernels');
+  const have = await installedKernels(kernelsDir);
+  if (have[0]) return have[0];
+  await fs.mkdir(kernelsDir, { recursive: true });
+  const pkg = await resolvePackage();
+  const version = pkg.replace(/^linux-image-/, '');
+  log(`downloading guest kernel ${pkg} from the Debian archive`);
+  const root = await buildOnce(path.join(kernelsDir, version), async (tmp) => {
+    await fs.mkdir(tmp, { recursive: true });
+    const deb = await aptDownload(pkg, tmp);
+    await dpkgExtract(deb, tmp);
+    await fs.rm(deb);
+    await depmod(tmp, version);
+  });
+  return kernelAt(root, version);
+}

@@ -1,0 +1,56 @@
+// The tiny busybox image kiln ships so a fresh install has something to boot: built at first
+// start from the host's busybox-static, registered as image "default".
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { KilnError } from '../errors.ts';
+import { run } from '../util/process.ts';
+import type { ImageRecord } from '../store/store.ts';
+import type { ImageService } from './image-service.ts';
+
+export const DEFAULT_IMAGE_NAME = 'default';
+const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
+
+async function findStaticBusybox(): Promise<string> {
+  for (const p of BUSYBOX_CANDIDATES) {
+    const head = await fs.readFile(p).catch(() => null);
+    // A dynamically linked busybox has a PT_INTERP naming the host's loader.
+    if (head && !head.subarray(0, 4096).includes('/lib64/ld-linux')) return p;
+  }
+  throw new KilnError('KILN_ERR_HOST_SETUP', 'a static busybox is needed for the default image: apt-get install busybox-static');
+}
+
+export async function buildBusyboxTree(dir: string): Promise<void> {
+  const busybox = await findStaticBusybox();
+  for (const d of ['bin', 'sbin', 'usr/bin', 'usr/sbin', 'etc', 'root', 'tmp', 'proc', 'sys', 'dev', 'run', 'var/tmp']) {
+    await fs.mkdir(path.join(dir, d), { recursive: true });
+  }
+  await fs.chmod(path.join(dir, 'tmp'), 0o1777);
+  await fs.copyFile(busybox, path.join(dir, 'bin/busybox'));
+  await fs.chmod(path.join(dir, 'bin/busybox'), 0o755);
+  const { stdout } = await run(busybox, ['--list-full']);
+  for (const applet of stdout.split('\n').filter(Boolean)) {
+    if (applet === 'bin/busybox') continue;
+    const target = path.relative(path.dirname(applet), 'bin/busybox');
+    await fs.symlink(target, path.join(dir, applet)).catch((e) => {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    });
+  }
+  await fs.writeFile(path.join(dir, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n');
+  await fs.writeFile(path.join(dir, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
+}
+
+export async function ensureDefaultImage(images: ImageService): Promise<ImageRecord> {
+  const have = (await images.list()).find((i) => i.name === DEFAULT_IMAGE_NAME);
+  if (have) return have;
+  const tree = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-default-image-'));
+  try {
+    await buildBusyboxTree(tree);
+    return await images.importDir(DEFAULT_IMAGE_NAME, tree, {
+      cmd: ['/bin/sh', '-c', 'echo "kiln default image on $(uname -sr), hostname $(hostname)"; while :; do sleep 3600; done'],
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+    });
+  } finally {
+    await fs.rm(tree, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,174 @@
+// The typed kiln client. The CLI is built on it and the tests drive the daemon through it,
+// so what users script against is what kiln itself exercises.
+import type { Readable } from 'node:stream';
+import type { CreateVmBody, Image, Vm } from '../api/schemas.ts';
+
+export type { CreateVmBody, Image, Vm };
+
+export interface KilnClientOptions {
+  /** Default: $KILN_API or http://127.0.0.1:18080 */
+  url?: string;
+  token?: string;
+}
+
+export interface KilnEvent {
+  seq: number;
+  ts: string;
+  type: string;
+  vm: string | null;
+  [k: string]: unknown;
+}
+
+/** An API error: `code` is stable (see the error table in the README), the message is for humans. */
+export class KilnApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details?: unknown,
+  ) {
+    super(message);
+    this.name = 'KilnApiError';
+  }
+}
+
+type Query = Record<string, string | number | boolean | undefined>;
+
+export class KilnClient {
+  readonly url: string;
+  private readonly token: string | undefined;
+
+  constructor(opts: KilnClientOptions = {}) {
+    this.url = (opts.url ?? process.env.KILN_API ?? 'http://127.0.0.1:18080').replace(/\/$/, '');
+    this.token = opts.token ?? process.env.KILN_API_TOKEN;
+  }
+
+  private href(path: string, query?: Query): string {
+    const u = new URL(this.url + path);
+    for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
+    return u.toString();
+  }
+
+  async request(method: string, path: string, opts: { body?: unknown; query?: Query; raw?: BodyInit; contentType?: string; signal?: AbortSignal } = {}): Promise<Response> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    let body: BodyInit | undefined;
+    if (opts.raw !== undefined) {
+      body = opts.raw;
+      headers['content-type'] = opts.contentType ?? 'application/octet-stream';
+    } else if (opts.body !== undefined) {
+      body = JSON.stringify(opts.body);
+      headers['content-type'] = 'application/json';
+    }
+    const res = await fetch(this.href(path, opts.query), {
+      method,
+      headers,
+      body,
+      signal: opts.signal,
+      ...(opts.raw !== undefined ? { duplex: 'half' } : {}),
+    } as RequestInit);
+    if (!res.ok) {
+      const text = await res.text();
+      let parsed: { code?: string; message?: string; details?: unknown } = {};
+      try {
+        parsed = JSON.parse(text);
+      } catch {
+        /* not JSON */
+      }
+      throw new KilnApiError(res.status, parsed.code ?? `HTTP_${res.status}`, parsed.message ?? text, parsed.details);
+    }
+    return res;
+  }
+
+  private async json<T>(method: string, path: string, opts: Parameters<KilnClient['request']>[2] = {}): Promise<T> {
+    const res = await this.request(method, path, opts);
+    return (res.status === 204 ? undefined : await res.json()) as T;
+  }
+
+  health() {
+    return this.json<{ status: string; version: string; backend: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number }>('GET', '/healthz');
+  }
+
+  // VMs
+  createVm(body: CreateVmBody = {}, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<Vm> {
+    return this.json('POST', '/v1/vms', { body, query: { wait: opts.wait ? 1 : undefined, timeout_ms: opts.timeoutMs } });
+  }
+  async listVms(): Promise<Vm[]> {
+    return (await this.json<{ vms: Vm[] }>('GET', '/v1/vms')).vms;
+  }
+  getVm(id: string): Promise<Vm> {
+    return this.json('GET', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+  deleteVm(id: string): Promise<void> {
+    return this.json('DELETE', `/v1/vms/${encodeURIComponent(id)}`);
+  }
+  stopVm(id: string, opts: { graceMs?: number } = {}): Promise<Vm> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/stop`, { query: { grace_ms: opts.graceMs } });
+  }
+  startVm(id: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<Vm> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/start`, { query: { wait: opts.wait ? 1 : undefined, timeout_ms: opts.timeoutMs } });
+  }
+  pauseVm(id: string): Promise<Vm> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/pause`);
+  }
+  resumeVm(id: string): Promise<Vm> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/resume`);
+  }
+  async logs(id: string): Promise<string> {
+    return (await this.request('GET', `/v1/vms/${encodeURIComponent(id)}/logs`)).text();
+  }
+  /** Streams console output (backlog first) until `signal` aborts or the VM is deleted. */
+  async *followLogs(id: string, signal?: AbortSignal): AsyncGenerator<string> {
+    const res = await this.request('GET', `/v1/vms/${encodeURIComponent(id)}/logs`, { query: { follow: 1 }, signal });
+    const decoder = new TextDecoder();
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) yield decoder.decode(chunk, { stream: true });
+    } catch (e) {
+      if ((e as Error).name !== 'AbortError') throw e;
+    }
+  }
+
+  // Images
+  async listImages(): Promise<Image[]> {
+    return (await this.json<{ images: Image[] }>('GET', '/v1/images')).images;
+  }
+  getImage(id: string): Promise<Image> {
+    return this.json('GET', `/v1/images/${encodeURIComponent(id)}`);
+  }
+  deleteImage(id: string): Promise<void> {
+    return this.json('DELETE', `/v1/images/${encodeURIComponent(id)}`);
+  }
+  importImagePath(body: { name: string; path: string; cmd?: string[]; env?: Record<string, string>; workdir?: string; user?: string }): Promise<Image> {
+    return this.json('POST', '/v1/images/import', { body });
+  }
+  /** Uploads a tar stream of a root filesystem. */
+  uploadImage(name: string, tar: Readable, opts: { cmd?: string[] } = {}): Promise<Image> {
+    return this.json('POST', '/v1/images/upload', {
+      query: { name, cmd: opts.cmd ? JSON.stringify(opts.cmd) : undefined },
+      raw: tar as unknown as BodyInit,
+      contentType: 'application/x-tar',
+    });
+  }
+
+  // Events
+  /** Server-sent events, parsed. */
+  async *events(opts: { vm?: string; since?: number; signal?: AbortSignal } = {}): AsyncGenerator<KilnEvent> {
+    const res = await this.request('GET', '/v1/events', { query: { vm: opts.vm, since: opts.since }, signal: opts.signal });
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += decoder.decode(chunk, { stream: true });
+        let sep: number;
+        while ((sep = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, sep);
+          buf = buf.slice(sep + 2);
+          const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+          if (data) yield JSON.parse(data) as KilnEvent;
+        }
+      }
+    } catch (e) {
+      if ((e as Error).name !== 'AbortError') throw e;
+    }
+  }
+}

@@ -1,0 +1,2 @@
+// kiln's public TypeScript SDK.
+export { KilnApiError, KilnClient, type KilnClientOptions, type KilnEvent, type CreateVmBody, type Image, type Vm } from './client.ts';

@@ -1,0 +1,52 @@
+// Schema versions, applied in order; index i upgrades user_version i → i+1. Never edit a
+// released entry: append a new one.
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    digest TEXT NOT NULL,
+    format TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    created_at REAL NOT NULL
+  );
+  CREATE TABLE vms (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    state_reason TEXT,
+    image_id TEXT NOT NULL REFERENCES images(id),
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    kernel_args TEXT NOT NULL,
+    cmd TEXT,
+    env TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    accelerator TEXT NOT NULL,
+    pid INTEGER,
+    boot_count INTEGER NOT NULL,
+    console_offset INTEGER NOT NULL,
+    exit_code INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+  );
+  CREATE TABLE phases (
+    vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    boot INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    PRIMARY KEY (vm_id, boot, name)
+  );
+  CREATE TABLE events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    type TEXT NOT NULL,
+    vm_id TEXT,
+    data TEXT NOT NULL
+  );
+  CREATE INDEX events_vm ON events(vm_id, seq);
+  `,
+];

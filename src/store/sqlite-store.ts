@@ -1,0 +1,235 @@
+// SQLite implementation of the store: one file in the state dir, WAL, statements prepared
+// once, schema versioned with PRAGMA user_version.
+import Database from 'better-sqlite3';
+import { KilnError } from '../errors.ts';
+import { MIGRATIONS } from './migrations.ts';
+import type { EventRecord, ImageRecord, PhaseRecord, Store, VmRecord } from './store.ts';
+
+type Row = Record<string, unknown>;
+
+function vmFromRow(r: Row): VmRecord {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    state: r.state as VmRecord['state'],
+    stateReason: (r.state_reason as string | null) ?? null,
+    imageId: r.image_id as string,
+    vcpus: r.vcpus as number,
+    memoryMib: r.memory_mib as number,
+    kernelArgs: JSON.parse(r.kernel_args as string),
+    cmd: r.cmd === null ? null : JSON.parse(r.cmd as string),
+    env: JSON.parse(r.env as string),
+    backend: r.backend as VmRecord['backend'],
+    accelerator: r.accelerator as VmRecord['accelerator'],
+    pid: (r.pid as number | null) ?? null,
+    bootCount: r.boot_count as number,
+    consoleOffset: r.console_offset as number,
+    exitCode: (r.exit_code as number | null) ?? null,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function vmToRow(vm: VmRecord): Row {
+  return {
+    id: vm.id,
+    name: vm.name,
+    state: vm.state,
+    state_reason: vm.stateReason,
+    image_id: vm.imageId,
+    vcpus: vm.vcpus,
+    memory_mib: vm.memoryMib,
+    kernel_args: JSON.stringify(vm.kernelArgs),
+    cmd: vm.cmd === null ? null : JSON.stringify(vm.cmd),
+    env: JSON.stringify(vm.env),
+    backend: vm.backend,
+    accelerator: vm.accelerator,
+    pid: vm.pid,
+    boot_count: vm.bootCount,
+    console_offset: vm.consoleOffset,
+    exit_code: vm.exitCode,
+    created_at: vm.createdAt,
+    updated_at: vm.updatedAt,
+  };
+}
+
+function imageFromRow(r: Row): ImageRecord {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    digest: r.digest as string,
+    format: r.format as ImageRecord['format'],
+    path: r.path as string,
+    sizeBytes: r.size_bytes as number,
+    config: JSON.parse(r.config as string),
+    createdAt: r.created_at as number,
+  };
+}
+
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  private readonly stmt;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+    const p = (sql: string) => this.db.prepare(sql);
+    this.stmt = {
+      insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
+        backend, accelerator, pid, boot_count, console_offset, exit_code, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
+        @created_at, @updated_at)`),
+      updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
+        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, backend=@backend, accelerator=@accelerator,
+        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, updated_at=@updated_at WHERE id=@id`),
+      getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
+      listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
+      deleteVm: p('DELETE FROM vms WHERE id = ?'),
+      countVmsUsingImage: p('SELECT COUNT(*) AS n FROM vms WHERE image_id = ?'),
+      insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at)
+        VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at)`),
+      getImage: p('SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
+      getImageByDigest: p('SELECT * FROM images WHERE digest = ?'),
+      listImages: p('SELECT * FROM images ORDER BY created_at, id'),
+      deleteImage: p('DELETE FROM images WHERE id = ?'),
+      upsertPhase: p(`INSERT INTO phases (vm_id, boot, name, started_at, ended_at) VALUES (?, ?, ?, ?, ?)
+        ON CONFLICT (vm_id, boot, name) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at`),
+      listPhases: p('SELECT * FROM phases WHERE vm_id = ? AND boot = ? ORDER BY started_at, rowid'),
+      insertEvent: p('INSERT INTO events (ts, type, vm_id, data) VALUES (?, ?, ?, ?)'),
+      listEvents: p(`SELECT * FROM events WHERE seq > @after AND (@vm IS NULL OR vm_id = @vm)
+        ORDER BY seq DESC LIMIT @limit`),
+    };
+  }
+
+  private migrate(): void {
+    const current = this.db.pragma('user_version', { simple: true }) as number;
+    if (current > MIGRATIONS.length) {
+      throw new KilnError(
+        'KILN_ERR_HOST_SETUP',
+        `state database schema v${current} is newer than this kiln (v${MIGRATIONS.length}); upgrade kiln`,
+      );
+    }
+    for (let v = current; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!);
+        this.db.pragma(`user_version = ${v + 1}`);
+      })();
+    }
+  }
+
+  async insertVm(vm: VmRecord): Promise<void> {
+    try {
+      this.stmt.insertVm.run(vmToRow(vm));
+    } catch (e) {
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+        throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(vm.name)} already exists`);
+      }
+      throw e;
+    }
+  }
+
+  async updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord> {
+    const row = this.stmt.getVm.get(id, id, id) as Row | undefined;
+    if (!row) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${id}`);
+    const next: VmRecord = { ...vmFromRow(row), ...patch, updatedAt: Date.now() };
+    this.stmt.updateVm.run(vmToRow(next));
+    return next;
+  }
+
+  async getVm(idOrName: string): Promise<VmRecord | null> {
+    const row = this.stmt.getVm.get(idOrName, idOrName, idOrName) as Row | undefined;
+    return row ? vmFromRow(row) : null;
+  }
+
+  async listVms(): Promise<VmRecord[]> {
+    return (this.stmt.listVms.all() as Row[]).map(vmFromRow);
+  }
+
+  async deleteVm(id: string): Promise<void> {
+    this.stmt.deleteVm.run(id);
+  }
+
+  async countVmsUsingImage(imageId: string): Promise<number> {
+    return (this.stmt.countVmsUsingImage.get(imageId) as { n: number }).n;
+  }
+
+  async insertImage(image: ImageRecord): Promise<void> {
+    try {
+      this.stmt.insertImage.run({
+        id: image.id,
+        name: image.name,
+        digest: image.digest,
+        format: image.format,
+        path: image.path,
+        size_bytes: image.sizeBytes,
+        config: JSON.stringify(image.config),
+        created_at: image.createdAt,
+      });
+    } catch (e) {
+      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+        throw new KilnError('KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(image.name)} already exists`);
+      }
+      throw e;
+    }
+  }
+
+  async getImage(idOrName: string): Promise<ImageRecord | null> {
+    const row = this.stmt.getImage.get(idOrName, idOrName, idOrName) as Row | undefined;
+    return row ? imageFromRow(row) : null;
+  }
+
+  async getImageByDigest(digest: string): Promise<ImageRecord | null> {
+    const row = this.stmt.getImageByDigest.get(digest) as Row | undefined;
+    return row ? imageFromRow(row) : null;
+  }
+
+  async listImages(): Promise<ImageRecord[]> {
+    return (this.stmt.listImages.all() as Row[]).map(imageFromRow);
+  }
+
+  async deleteImage(id: string): Promise<void> {
+    this.stmt.deleteImage.run(id);
+  }
+
+  async recordPhase(p: PhaseRecord): Promise<void> {
+    this.stmt.upsertPhase.run(p.vmId, p.boot, p.name, p.startedAt, p.endedAt);
+  }
+
+  async listPhases(vmId: string, boot: number): Promise<PhaseRecord[]> {
+    return (this.stmt.listPhases.all(vmId, boot) as Row[]).map((r) => ({
+      vmId: r.vm_id as string,
+      boot: r.boot as number,
+      name: r.name as string,
+      startedAt: r.started_at as number,
+      endedAt: (r.ended_at as number | null) ?? null,
+    }));
+  }
+
+  async appendEvent(e: Omit<EventRecord, 'seq'>): Promise<EventRecord> {
+    const info = this.stmt.insertEvent.run(e.ts, e.type, e.vmId, JSON.stringify(e.data));
+    return { ...e, seq: Number(info.lastInsertRowid) };
+  }
+
+  async listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]> {
+    const rows = this.stmt.listEvents.all({
+      after: opts.afterSeq ?? 0,
+      vm: opts.vmId ?? null,
+      limit: opts.limit ?? 1000,
+    }) as Row[];
+    return rows.reverse().map((r) => ({
+      seq: r.seq as number,
+      ts: r.ts as number,
+      type: r.type as string,
+      vmId: (r.vm_id as string | null) ?? null,
+      data: JSON.parse(r.data as string),
+    }));
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+}

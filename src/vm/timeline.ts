@@ -1,0 +1,49 @@
+// One provision's timeline: named phases with wall-clock start/end, persisted per boot and
+// observed into the phase histogram. Phase names are the provisioning step names.
+import { performance } from 'node:perf_hooks';
+import type { Metrics } from '../metrics/metrics.ts';
+import type { PhaseRecord, Store } from '../store/store.ts';
+
+/** performance.now() is monotonic and sub-ms; anchor it once to the wall clock. */
+const ORIGIN = Date.now() - performance.now();
+export const preciseNow = (): number => ORIGIN + performance.now();
+
+export class Timeline {
+  private readonly open = new Map<string, number>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly metrics: Metrics,
+    private readonly vmId: string,
+    private readonly boot: number,
+    private readonly labels: { backend: string; accelerator: string },
+  ) {}
+
+  begin(name: string, at = preciseNow()): void {
+    this.open.set(name, at);
+  }
+
+  async end(name: string, at = preciseNow()): Promise<void> {
+    const startedAt = this.open.get(name);
+    if (startedAt === undefined) return;
+    this.open.delete(name);
+    this.metrics.provisionPhase.observe({ phase: name, ...this.labels }, (at - startedAt) / 1000);
+    await this.store.recordPhase({ vmId: this.vmId, boot: this.boot, name, startedAt, endedAt: at });
+  }
+
+  async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    this.begin(name);
+    const out = await fn();
+    await this.end(name);
+    return out;
+  }
+}
+
+export function phaseView(p: PhaseRecord) {
+  return {
+    phase: p.name,
+    started_at: new Date(p.startedAt).toISOString(),
+    ended_at: p.endedAt === null ? null : new Date(p.endedAt).toISOString(),
+    duration_ms: p.endedAt === null ? null : Math.round((p.endedAt - p.startedAt) * 100) / 100,
+  };
+}

@@ -1,0 +1,515 @@
+// VM lifecycle: creating → booting → ready ⇄ paused → stopping → stopped | failed.
+// Every transition goes through transition(): persisted, published, counted. Operations on
+// one VM are serialised by a per-VM lock; the VMM's exit is handled under the same lock.
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { KilnConfig } from '../config.ts';
+import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
+import { KilnError } from '../errors.ts';
+import type { EventBus } from '../events/event-bus.ts';
+import { encodeConfigDrive } from '../guest/config-drive.ts';
+import { ConsoleFollower } from '../guest/console-follower.ts';
+import { parseMarker, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
+import type { ImageService } from '../image/image-service.ts';
+import type { Metrics } from '../metrics/metrics.ts';
+import type { Store, VmRecord, VmState } from '../store/store.ts';
+import { cloneFile } from '../tools/cp.ts';
+import { exists } from '../util/atomic.ts';
+import { CleanupStack } from '../util/cleanup-stack.ts';
+import { KeyedLock } from '../util/keyed-lock.ts';
+import type { Accelerator, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
+import type { GuestAssets } from './guest-assets.ts';
+import { Timeline, preciseNow } from './timeline.ts';
+import { guestConfig, runtimeFiles, vmSpec } from './vm-spec.ts';
+
+export const MIN_MEMORY_MIB = 128;
+export const DEFAULT_IMAGE = 'default';
+
+export interface CreateVmInput {
+  name?: string;
+  image?: string;
+  vcpus?: number;
+  memory_mib?: number;
+  kernel_args?: string[];
+  cmd?: string[];
+  env?: Record<string, string>;
+}
+
+/** Per running VMM: what kilnd holds while the VM is up. */
+interface LiveVm {
+  instance: VmmInstance;
+  follower: ConsoleFollower;
+  timeline: Timeline | null;
+  ready: Promise<void>;
+  markReady: () => void;
+  failBoot: (e: Error) => void;
+  /** Set before kilnd kills the VMM itself, so the exit handler knows why it died. */
+  failReason: string | null;
+  guestError: string | null;
+  exitCode: number | null;
+  deleting: boolean;
+}
+
+const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
+
+export class VmManager {
+  private readonly live = new Map<string, LiveVm>();
+  private readonly lock = new KeyedLock();
+  private readonly states = new EventEmitter<Record<string, [VmRecord | null]>>();
+  private closing = false;
+
+  constructor(
+    private readonly deps: {
+      config: KilnConfig;
+      store: Store;
+      bus: EventBus;
+      images: ImageService;
+      driver: VmmDriver;
+      metrics: Metrics;
+      log: Logger;
+      assets: GuestAssets;
+      accelerator: Accelerator;
+    },
+  ) {
+    this.states.setMaxListeners(0);
+  }
+
+  private get vmsDir(): string {
+    return path.join(this.deps.config.stateDir, 'vms');
+  }
+
+  runtimeDir(id: string): string {
+    return path.join(this.vmsDir, id);
+  }
+
+  async get(idOrName: string): Promise<VmRecord> {
+    const vm = await this.deps.store.getVm(idOrName);
+    if (!vm) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${JSON.stringify(idOrName)}`);
+    return vm;
+  }
+
+  list(): Promise<VmRecord[]> {
+    return this.deps.store.listVms();
+  }
+
+  // ---- create / boot -------------------------------------------------------------------
+
+  async create(input: CreateVmInput): Promise<VmRecord> {
+    if (this.closing) throw new KilnError('KILN_ERR_SHUTTING_DOWN', 'kilnd is shutting down');
+    const vcpus = input.vcpus ?? 1;
+    const memoryMib = input.memory_mib ?? 256;
+    if (vcpus > HOST_CPUS) {
+      throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `vcpus ${vcpus} exceeds this host's ${HOST_CPUS} CPUs`);
+    }
+    if (memoryMib > HOST_MEMORY_MIB) {
+      throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `memory_mib ${memoryMib} exceeds this host's ${HOST_MEMORY_MIB} MiB`);
+    }
+    const image = await this.deps.images.get(input.image ?? DEFAULT_IMAGE);
+    const id = `vm-${randomBytes(5).toString('hex')}`;
+    const name = input.name ?? id;
+    if (await this.deps.store.getVm(name)) {
+      throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(name)} already exists`);
+    }
+    const now = Date.now();
+    const vm: VmRecord = {
+      id,
+      name,
+      state: 'creating',
+      stateReason: null,
+      imageId: image.id,
+      vcpus,
+      memoryMib,
+      kernelArgs: input.kernel_args ?? [],
+      cmd: input.cmd ?? null,
+      env: input.env ?? {},
+      backend: this.deps.driver.name,
+      accelerator: this.deps.accelerator,
+      pid: null,
+      bootCount: 1,
+      consoleOffset: 0,
+      exitCode: null,
+      createdAt: now,
+      updatedAt: now,
+    };
+    const timeline = this.timeline(vm);
+    timeline.begin('api.accept', preciseNow());
+    await this.deps.store.insertVm(vm);
+    await timeline.end('api.accept');
+    this.deps.bus.publish('vm.created', id, { name, image: image.name });
+    this.deps.metrics.vmTransitions.inc({ to: 'creating' });
+    void this.lock.run(id, () => this.boot(vm, timeline)).catch((e) => this.deps.log.warn({ vm: id, err: e }, 'boot failed'));
+    return vm;
+  }
+
+  private timeline(vm: VmRecord): Timeline {
+    return new Timeline(this.deps.store, this.deps.metrics, vm.id, vm.bootCount, {
+      backend: vm.backend,
+      accelerator: vm.accelerator,
+    });
+  }
+
+  /** Runs under the VM's lock up to the VMM being spawned; readiness is awaited outside it. */
+  private async boot(vm: VmRecord, timeline: Timeline): Promise<void> {
+    const dir = this.runtimeDir(vm.id);
+    const files = runtimeFiles(dir);
+    const undo = new CleanupStack();
+    const t0 = preciseNow();
+    let live: LiveVm | null = null;
+    try {
+      const image = await this.deps.images.get(vm.imageId);
+      await timeline.step('rootfs.prepare', async () => {
+        if (!(await exists(dir))) {
+          await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+          undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
+        }
+        if (!(await exists(files.scratch))) {
+          const strategy = await cloneFile(this.deps.assets.scratchTemplate, files.scratch);
+          this.deps.log.debug({ vm: vm.id, strategy }, 'writable layer cloned');
+        }
+        await fs.writeFile(files.config, encodeConfigDrive(guestConfig(vm, image, this.deps.config.stopGraceMs)));
+      });
+      const spec = vmSpec(vm, image, this.deps.assets, dir);
+      const consoleLog = path.join(dir, 'console.log');
+      const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
+      const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
+      undo.push('vmm', () => instance.kill());
+      timeline.begin('guest.kernel');
+      live = this.track(vm.id, instance, consoleOffset, timeline);
+      undo.release();
+      await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null });
+    } catch (e) {
+      const errors = await undo.run();
+      if (errors.length) this.deps.log.error({ vm: vm.id, errors: errors.map(String) }, 'cleanup after failed boot');
+      const err = e instanceof KilnError ? e : new KilnError('KILN_ERR_VMM_FAILED', (e as Error).message);
+      await this.transition(vm.id, 'failed', { pid: null }, `${err.code}: ${err.message}`);
+      throw err;
+    }
+    void this.awaitReady(vm, live, t0);
+  }
+
+  private async awaitReady(vm: VmRecord, live: LiveVm, t0: number): Promise<void> {
+    const timeout = setTimeout(() => live.failBoot(new KilnError('KILN_ERR_BOOT_TIMEOUT', `guest not ready after ${this.deps.config.bootTimeoutMs} ms`)), this.deps.config.bootTimeoutMs);
+    try {
+      await live.ready;
+      await this.lock.run(vm.id, async () => {
+        const cur = await this.deps.store.getVm(vm.id);
+        if (cur?.state !== 'booting' || this.live.get(vm.id) !== live) return;
+        this.deps.metrics.provisionTotal.observe({ backend: vm.backend, accelerator: vm.accelerator }, (preciseNow() - t0) / 1000);
+        await this.transition(vm.id, 'ready');
+      });
+    } catch (e) {
+      // A boot that failed while its VMM still runs: kill it; the exit handler records why.
+      if (this.live.get(vm.id) === live && !live.deleting) {
+        live.failReason ??= `${(e as KilnError).code ?? 'KILN_ERR_GUEST_FAILED'}: ${(e as Error).message}`;
+        await live.instance.kill().catch(() => {});
+      }
+    } finally {
+      clearTimeout(timeout);
+    }
+  }
+
+  /** Wires a running VMM's console and exit into the lifecycle. */
+  private track(id: string, instance: VmmInstance, consoleOffset: number, timeline: Timeline | null): LiveVm {
+    let markReady!: () => void;
+    let failBoot!: (e: Error) => void;
+    const ready = new Promise<void>((res, rej) => {
+      markReady = res;
+      failBoot = rej;
+    });
+    ready.catch(() => {});
+    const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
+    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false };
+    follower.on('line', (line) => this.onConsoleLine(id, live, line));
+    follower.on('error', (e) => this.deps.log.warn({ vm: id, err: e }, 'console follower error'));
+    follower.start();
+    this.live.set(id, live);
+    void instance.exited.then((exit) => this.lock.run(id, () => this.onVmmExit(id, live, exit)));
+    return live;
+  }
+
+  private onConsoleLine(id: string, live: LiveVm, line: string): void {
+    const m = parseMarker(line);
+    if (!m) return;
+    switch (m.event) {
+      case 'boot':
+        void live.timeline?.end('guest.kernel');
+        live.timeline?.begin('guest.init');
+        break;
+      case 'ready':
+        void live.timeline?.end('guest.init').then(() => live.markReady());
+        if (!live.timeline) live.markReady();
+        this.deps.bus.publish('vm.guest', id, { event: 'ready', ...m.fields });
+        break;
+      case 'exit':
+        live.exitCode = m.fields.code !== undefined ? Number(m.fields.code) : 128 + Number(m.fields.signal ?? 0);
+        this.deps.bus.publish('vm.guest', id, { event: 'exit', ...m.fields });
+        break;
+      case 'error':
+        live.guestError = `kiln-init failed at ${m.fields.stage ?? '?'}: ${(m.fields.msg ?? '').replaceAll('_', ' ')} (errno ${m.fields.errno ?? '?'})`;
+        live.failBoot(new KilnError('KILN_ERR_GUEST_FAILED', live.guestError));
+        this.deps.bus.publish('vm.guest', id, { event: 'error', ...m.fields });
+        break;
+    }
+  }
+
+  private async onVmmExit(id: string, live: LiveVm, exit: VmmExit): Promise<void> {
+    if (this.live.get(id) !== live) return;
+    this.live.delete(id);
+    live.follower.close();
+    live.failBoot(new KilnError('KILN_ERR_VMM_FAILED', exit.reason));
+    if (live.deleting) return;
+    const vm = await this.deps.store.getVm(id);
+    if (!vm) return;
+    const reason = live.failReason ?? (live.guestError ? `KILN_ERR_GUEST_FAILED: ${live.guestError}` : null);
+    if (!reason && (vm.state === 'stopping' || exit.clean)) {
+      const why = vm.state === 'stopping' ? 'stopped on request' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
+      await this.transition(id, 'stopped', { pid: null, exitCode: live.exitCode }, why);
+      return;
+    }
+    await this.failAndRelease(vm, reason ?? `KILN_ERR_VMM_FAILED: ${exit.reason}`);
+  }
+
+  /** A failed VM keeps its record (and why) but no process, socket or file. */
+  private async failAndRelease(vm: VmRecord, reason: string): Promise<void> {
+    this.deps.metrics.vmmExits.inc();
+    const tail = await this.consoleTail(vm, 2048);
+    await fs.rm(this.runtimeDir(vm.id), { recursive: true, force: true });
+    await this.transition(vm.id, 'failed', { pid: null }, reason, { console_tail: tail });
+  }
+
+  private async consoleTail(vm: VmRecord, bytes: number): Promise<string> {
+    const file = path.join(this.runtimeDir(vm.id), 'console.log');
+    const fh = await fs.open(file, 'r').catch(() => null);
+    if (!fh) return '';
+    try {
+      const { size } = await fh.stat();
+      const start = Math.max(vm.consoleOffset, size - bytes);
+      const buf = Buffer.alloc(Math.max(0, size - start));
+      await fh.read(buf, 0, buf.length, start);
+      return stripMarkers(buf.toString('utf8'));
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async transition(
+    id: string,
+    to: VmState,
+    patch: Partial<VmRecord> = {},
+    reason: string | null = null,
+    extra: Record<string, unknown> = {},
+  ): Promise<VmRecord> {
+    const prev = await this.deps.store.getVm(id);
+    const vm = await this.deps.store.updateVm(id, { ...patch, state: to, stateReason: reason });
+    this.deps.metrics.vmTransitions.inc({ to });
+    this.deps.bus.publish('vm.state', id, { from: prev?.state ?? null, to, reason, ...extra });
+    this.deps.log.info({ vm: id, from: prev?.state, to, reason }, 'vm state');
+    this.states.emit(id, vm);
+    return vm;
+  }
+
+  // ---- waiting ---------------------------------------------------------------------------
+
+  /** Resolves when the VM reaches one of `targets`; rejects if it fails, vanishes or times out. */
+  async waitFor(idOrName: string, targets: VmState[], timeoutMs: number): Promise<VmRecord> {
+    const first = await this.get(idOrName);
+    const id = first.id;
+    return new Promise<VmRecord>((resolve, reject) => {
+      let done = false;
+      const finish = (err: Error | null, vm?: VmRecord) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this.states.off(id, onState);
+        if (err) reject(err);
+        else resolve(vm!);
+      };
+      const onState = (vm: VmRecord | null) => {
+        if (!vm) return finish(new KilnError('KILN_ERR_VM_NOT_FOUND', `VM ${id} was deleted`));
+        if (targets.includes(vm.state)) return finish(null, vm);
+        if (vm.state === 'failed') {
+          const code = vm.stateReason?.match(/^(KILN_ERR_[A-Z_]+)/)?.[1] as KilnError['code'] | undefined;
+          return finish(new KilnError(code ?? 'KILN_ERR_VMM_FAILED', `VM ${id} failed: ${vm.stateReason ?? ''}`, { vm: id }));
+        }
+        if (vm.state === 'stopped') finish(new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} stopped: ${vm.stateReason ?? ''}`));
+      };
+      const timer = setTimeout(() => finish(new KilnError('KILN_ERR_BOOT_TIMEOUT', `VM ${id} not ${targets.join('|')} after ${timeoutMs} ms`)), timeoutMs);
+      this.states.on(id, onState);
+      void this.deps.store.getVm(id).then(onState);
+    });
+  }
+
+  // ---- operations --------------------------------------------------------------------------
+
+  async stop(idOrName: string, graceMs = this.deps.config.stopGraceMs): Promise<VmRecord> {
+    const { id } = await this.get(idOrName);
+    const live = await this.lock.run(id, async () => {
+      const vm = await this.get(id);
+      if (vm.state === 'stopped') return null;
+      if (!ACTIVE.includes(vm.state) || vm.state === 'stopping') {
+        throw new KilnError('KILN_ERR_INVALID_STATE', `cannot stop a VM that is ${vm.state}`);
+      }
+      const l = this.live.get(id);
+      if (!l) throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} has no running VMM`);
+      if (vm.state === 'paused') await l.instance.resume();
+      await this.transition(id, 'stopping');
+      if (vm.state === 'booting') await l.instance.kill();
+      else await l.instance.writeConsole(stopCommand(graceMs)).catch(() => l.instance.kill());
+      return l;
+    });
+    if (live) {
+      // kiln-init gets `graceMs` to stop the workload; past that plus a margin, pull the plug.
+      const stopped = await Promise.race([
+        live.instance.exited.then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), graceMs + 5000).unref()),
+      ]);
+      if (!stopped) await live.instance.kill();
+    }
+    return this.waitFor(id, ['stopped'], 10_000).catch(() => this.get(id));
+  }
+
+  async start(idOrName: string): Promise<VmRecord> {
+    const { id } = await this.get(idOrName);
+    return this.lock.run(id, async () => {
+      const vm = await this.get(id);
+      if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
+      const next = await this.deps.store.updateVm(id, { bootCount: vm.bootCount + 1, stateReason: null });
+      await this.boot(next, this.timeline(next));
+      return this.get(id);
+    });
+  }
+
+  async pause(idOrName: string): Promise<VmRecord> {
+    return this.withLive(idOrName, 'ready', async (live, id) => {
+      await live.instance.pause();
+      return this.transition(id, 'paused');
+    });
+  }
+
+  async resume(idOrName: string): Promise<VmRecord> {
+    return this.withLive(idOrName, 'paused', async (live, id) => {
+      await live.instance.resume();
+      return this.transition(id, 'ready');
+    });
+  }
+
+  private async withLive(idOrName: string, required: VmState, fn: (l: LiveVm, id: string) => Promise<VmRecord>): Promise<VmRecord> {
+    const { id } = await this.get(idOrName);
+    return this.lock.run(id, async () => {
+      const vm = await this.get(id);
+      const live = this.live.get(id);
+      if (vm.state !== required || !live) {
+        throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is ${vm.state}; this needs it ${required}`);
+      }
+      return fn(live, id);
+    });
+  }
+
+  async delete(idOrName: string): Promise<void> {
+    const { id } = await this.get(idOrName);
+    await this.lock.run(id, async () => {
+      const live = this.live.get(id);
+      if (live) {
+        live.deleting = true;
+        await live.instance.kill();
+        this.live.delete(id);
+        live.follower.close();
+      }
+      await fs.rm(this.runtimeDir(id), { recursive: true, force: true });
+      await this.deps.store.deleteVm(id);
+      this.deps.bus.publish('vm.deleted', id);
+      this.states.emit(id, null);
+    });
+  }
+
+  // ---- logs ------------------------------------------------------------------------------
+
+  async logs(idOrName: string, maxBytes = 1024 * 1024): Promise<string> {
+    const vm = await this.get(idOrName);
+    const file = path.join(this.runtimeDir(vm.id), 'console.log');
+    const fh = await fs.open(file, 'r').catch(() => null);
+    if (!fh) return '';
+    try {
+      const { size } = await fh.stat();
+      const start = Math.max(0, size - maxBytes);
+      const buf = Buffer.alloc(size - start);
+      await fh.read(buf, 0, buf.length, start);
+      return stripMarkers(buf.toString('utf8'));
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Follows the console from its current end; returns the follower (caller closes it). */
+  async followLogs(idOrName: string): Promise<ConsoleFollower> {
+    const vm = await this.get(idOrName);
+    const file = path.join(this.runtimeDir(vm.id), 'console.log');
+    const size = (await fs.stat(file).catch(() => null))?.size;
+    if (size === undefined) throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${vm.id} has no console log (never booted or failed)`);
+    return new ConsoleFollower(file, size);
+  }
+
+  // ---- restart safety ----------------------------------------------------------------------
+
+  /**
+   * On daemon start: re-attach to every VMM that still runs, settle the VMs whose VMM went
+   * away while kilnd was down, and remove runtime dirs nothing refers to.
+   */
+  async reconcile(): Promise<void> {
+    const vms = await this.deps.store.listVms();
+    for (const vm of vms) {
+      await this.lock.run(vm.id, () => this.reconcileOne(vm)).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'reconcile failed'));
+    }
+    const known = new Set(vms.map((v) => v.id));
+    for (const dir of await fs.readdir(this.vmsDir).catch(() => [] as string[])) {
+      if (!known.has(dir)) {
+        this.deps.log.warn({ dir }, 'removing runtime dir of an unknown VM');
+        await fs.rm(path.join(this.vmsDir, dir), { recursive: true, force: true });
+      }
+    }
+  }
+
+  private async reconcileOne(vm: VmRecord): Promise<void> {
+    if (vm.state === 'creating') {
+      await this.failAndRelease(vm, 'KILN_ERR_VMM_FAILED: kilnd stopped while the VM was being created');
+      return;
+    }
+    if (!ACTIVE.includes(vm.state)) return;
+    const image = await this.deps.store.getImage(vm.imageId);
+    const dir = this.runtimeDir(vm.id);
+    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir), vm.pid) : null;
+    if (!instance) {
+      const log = await this.logs(vm.id).catch(() => '');
+      const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
+      if (poweredOff || vm.state === 'stopping') {
+        await this.transition(vm.id, 'stopped', { pid: null }, 'VMM exited while kilnd was down (guest powered off)');
+      } else {
+        this.deps.log.warn({ vm: vm.id, tail: log.slice(-500) }, 'VMM vanished while kilnd was down');
+        await this.failAndRelease(vm, 'KILN_ERR_VMM_FAILED: the VMM process exited while kilnd was down');
+      }
+      return;
+    }
+    // Replaying the console from this boot's start recovers readiness and exit codes that
+    // happened while kilnd was down.
+    const live = this.track(vm.id, instance, vm.consoleOffset, null);
+    this.deps.log.info({ vm: vm.id, pid: instance.pid, state: vm.state }, 're-attached to running VMM');
+    if (vm.state === 'stopping') {
+      live.instance.kill().catch(() => {});
+    } else if (vm.state === 'booting') {
+      void this.awaitReady(vm, live, preciseNow());
+    }
+  }
+
+  /** Daemon shutdown: let go of every VMM without stopping it. */
+  async close(): Promise<void> {
+    this.closing = true;
+    for (const live of this.live.values()) {
+      live.instance.detach();
+      live.follower.close();
+    }
+    this.live.clear();
+  }
+}

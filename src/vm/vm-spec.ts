@@ -1,0 +1,53 @@
+// Turns a stored VM into what the VMM driver boots, and lays out its runtime dir.
+import path from 'node:path';
+import type { GuestConfig } from '../guest/config-drive.ts';
+import type { ImageRecord, VmRecord } from '../store/store.ts';
+import type { VmSpec } from '../vmm/driver.ts';
+import { kernelCmdline } from '../vmm/qemu/qemu-args.ts';
+import type { GuestAssets } from './guest-assets.ts';
+
+export function runtimeFiles(runtimeDir: string) {
+  return {
+    scratch: path.join(runtimeDir, 'scratch.ext4'),
+    config: path.join(runtimeDir, 'config.img'),
+  };
+}
+
+export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string): VmSpec {
+  const files = runtimeFiles(runtimeDir);
+  return {
+    id: vm.id,
+    runtimeDir,
+    vcpus: vm.vcpus,
+    memoryMib: vm.memoryMib,
+    accelerator: vm.accelerator,
+    kernel: {
+      path: assets.kernel.bzImage,
+      initrd: assets.initramfs.path,
+      cmdline: kernelCmdline(vm.accelerator, vm.kernelArgs),
+    },
+    // Order matters: Firecracker has no drive serials, so kiln-init falls back to this index.
+    drives: [
+      { id: 'root', path: image.path, readOnly: true },
+      { id: 'scratch', path: files.scratch, readOnly: false },
+      { id: 'config', path: files.config, readOnly: true },
+    ],
+  };
+}
+
+export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number): GuestConfig {
+  const [uid, gid] = image.config.user.split(':').map((n) => Number.parseInt(n, 10));
+  return {
+    argv: vm.cmd ?? image.config.cmd,
+    env: { ...image.config.env, ...vm.env },
+    cwd: image.config.workdir,
+    hostname: vm.name,
+    uid: Number.isInteger(uid) ? uid : 0,
+    gid: Number.isInteger(gid) ? gid : 0,
+    stopGraceMs,
+    drives: [
+      { role: 'root', serial: 'root', index: 0 },
+      { role: 'scratch', serial: 'scratch', index: 1 },
+    ],
+  };
+}

@@ -1,0 +1,66 @@
+// The interface every VMM backend implements. The rest of kiln sees only this file;
+// src/vmm/registry.ts is the one module that imports a backend's folder.
+
+export type BackendName = 'qemu' | 'firecracker';
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface DriveSpec {
+  /** Stable id, also used as the virtio-blk serial where the VMM supports one. */
+  id: string;
+  path: string;
+  readOnly: boolean;
+}
+
+export interface VmSpec {
+  id: string;
+  /** `<state>/vms/<id>`: sockets, console log, pid file and per-VM drives live here. */
+  runtimeDir: string;
+  vcpus: number;
+  memoryMib: number;
+  accelerator: Accelerator;
+  kernel: {
+    /** bzImage for QEMU; ELF vmlinux for Firecracker. */
+    path: string;
+    initrd: string;
+    cmdline: string;
+  };
+  /** In attach order: the guest sees them as vda, vdb, … in this order. */
+  drives: DriveSpec[];
+}
+
+export interface VmmExit {
+  /** Why the VMM is gone, for the VM's state reason. */
+  reason: string;
+  /** True when the guest powered off by itself (clean shutdown), false on a crash or kill. */
+  clean: boolean;
+}
+
+/** A running VMM process kilnd controls. Obtained by start() or attach(). */
+export interface VmmInstance {
+  readonly pid: number;
+  /** Resolves once when the VMM process is gone, for whatever reason. Never rejects. */
+  readonly exited: Promise<VmmExit>;
+  /** Path of the serial console log the VMM appends guest output to. */
+  readonly consoleLogPath: string;
+  /** Writes bytes to the guest's serial console input. */
+  writeConsole(data: string | Buffer): Promise<void>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** Stops the VMM at once (no guest shutdown) and waits for the process to be gone. */
+  kill(): Promise<void>;
+  /** Drops kilnd's connections without stopping the VMM (daemon shutdown / restart). */
+  detach(): void;
+}
+
+export interface VmmDriver {
+  readonly name: BackendName;
+  /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
+  start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance>;
+  /**
+   * Re-attaches to a VMM started earlier (by this or a previous kilnd). Returns null when
+   * the process is gone or `pid` is not that VM's VMM any more (pid reuse).
+   */
+  attach(spec: VmSpec, pid: number): Promise<VmmInstance | null>;
+  /** VMM version string, for snapshots and `kiln doctor`. */
+  version(): Promise<string>;
+}
