@@ -132,7 +132,8 @@ static void marker(const char *fmt, ...)
 	con_write(line, n);
 }
 
-static void vreport(const char *stage, int err, const char *fmt, va_list ap)
+/* "warn" markers are informational; "error" ones mean the boot is over (the host fails the VM). */
+static void vreport(const char *event, const char *stage, int err, const char *fmt, va_list ap)
 {
 	char msg[400];
 
@@ -140,7 +141,7 @@ static void vreport(const char *stage, int err, const char *fmt, va_list ap)
 	for (char *p = msg; *p; p++)
 		if ((unsigned char)*p <= ' ' || *p == 0x7f)
 			*p = '_';
-	marker("error stage=%s errno=%d msg=%s", stage, err, msg);
+	marker("%s stage=%s errno=%d msg=%s", event, stage, err, msg);
 }
 
 /* A failure worth telling the host about, but not one that stops the boot. */
@@ -149,7 +150,7 @@ static void report(const char *stage, int err, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vreport(stage, err, fmt, ap);
+	vreport("warn", stage, err, fmt, ap);
 	va_end(ap);
 }
 
@@ -158,7 +159,7 @@ static void __attribute__((noreturn)) die(const char *stage, int err, const char
 	va_list ap;
 
 	va_start(ap, fmt);
-	vreport(stage, err, fmt, ap);
+	vreport("error", stage, err, fmt, ap);
 	va_end(ap);
 	shutdown_vm();
 }
@@ -935,10 +936,11 @@ static void run_workload(long long root_ms)
 			signal_workload(SIGKILL);
 	}
 
-	/* Background processes may hold the pipes open: read what is there, no more. */
-	while (so.fd >= 0 && pump(&so))
+	/* Background processes may hold the pipes open and keep writing: take
+	 * what a default-sized pipe can hold (16 reads of 4 KiB), no more. */
+	for (int i = 0; i < 16 && so.fd >= 0 && pump(&so); i++)
 		;
-	while (se.fd >= 0 && pump(&se))
+	for (int i = 0; i < 16 && se.fd >= 0 && pump(&se); i++)
 		;
 	if (WIFSIGNALED(workload_status))
 		marker("exit signal=%d", WTERMSIG(workload_status));
