@@ -51,7 +51,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   const app: FastifyInstance = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     bodyLimit: BODY_LIMIT,
-    disableRequestLogging: false,
     ajv: {
       // Unknown fields are an error, not silently dropped; "1" is not a number.
       customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true },

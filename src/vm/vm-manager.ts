@@ -247,6 +247,10 @@ export class VmManager {
         live.exitCode = m.fields.code !== undefined ? Number(m.fields.code) : 128 + Number(m.fields.signal ?? 0);
         this.deps.bus.publish('vm.guest', id, { event: 'exit', ...m.fields });
         break;
+      case 'warn':
+        this.deps.log.warn({ vm: id, ...m.fields }, 'guest warning');
+        this.deps.bus.publish('vm.guest', id, { event: 'warn', ...m.fields });
+        break;
       case 'error':
         live.guestError = `kiln-init failed at ${m.fields.stage ?? '?'}: ${(m.fields.msg ?? '').replaceAll('_', ' ')} (errno ${m.fields.errno ?? '?'})`;
         live.failBoot(new KilnError('KILN_ERR_GUEST_FAILED', live.guestError));

@@ -37,7 +37,7 @@ async function probeBoot(kernel: string, initrd: string): Promise<string | null>
     // kiln-init finds no config drive, reports it and powers off: proof that the guest ran.
     return stdout.includes('@kiln:boot') ? null : 'the probe guest exited without reaching kiln-init';
   } catch (e) {
-    return `the probe guest did not reach kiln-init under KVM within ${PROBE_DEADLINE_MS / 1000} s (${(e as Error).message.split('\n')[0]})`;
+    return `the KVM probe guest did not reach kiln-init (${(e as Error).message.split('\n')[0]})`;
   }
 }
 

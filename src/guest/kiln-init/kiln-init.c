@@ -416,7 +416,7 @@ static void load_modules(void)
 			continue;
 		snprintf(path, sizeof(path), "/lib/kiln/modules/%s", name);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST))
+		if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST && errno != ENODEV))
 			report("modules", errno, "%s", name);
 		if (fd >= 0)
 			close(fd);

@@ -54,7 +54,7 @@ export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
 
 /** Guest kernel command line: quiet serial console, no reboot loop, TCG-safe timing. */
 export function kernelCmdline(accelerator: VmSpec['accelerator'], extra: readonly string[]): string {
-  const base = ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t'];
+  const base = ['console=ttyS0', 'quiet', 'panic=-1', 'pci=off'];
   // Under TCG the kernel cannot calibrate the TSC reliably against the emulated PIT.
   if (accelerator === 'tcg') base.push('tsc_early_khz=2000000');
   return [...base, ...extra].join(' ');
