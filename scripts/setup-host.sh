@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what kiln needs on a Debian host, idempotently: Debian packages (only the missing
+# ones, so a set-up machine makes no apt calls) and npm dependencies (only when the lock
+# file changed since the last install). Guest kernel, kiln-init and the default image are
+# built by kilnd itself at start, into its assets dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command:package pairs; the command's presence proves the package is there.
+needs=(
+  qemu-system-x86_64:qemu-system-x86
+  mksquashfs:squashfs-tools
+  mkfs.ext4:e2fsprogs
+  cpio:cpio
+  modprobe:kmod
+  depmod:kmod
+  cc:gcc
+  xz:xz-utils
+  zstd:zstd
+  ip:iproute2
+  nft:nftables
+)
+missing=()
+for pair in "${needs[@]}"; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+# The default image needs a *static* busybox (the dynamic one would not run in the guest).
+if ! { [ -x /bin/busybox ] && ! grep -q /lib64/ld-linux /bin/busybox; }; then missing+=(busybox-static); fi
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "kiln setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=node_modules/.kiln-lock-hash
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -d node_modules/better-sqlite3/build ]; then
+  echo "kiln setup: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,104 @@
+// Starts a real kilnd (the CLI's `serve`, as a child process) on a fresh state dir and a free
+// loopback port. The guest kernel/initramfs cache is shared between test daemons.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { KilnClient } from '../../src/sdk/client.ts';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const TEST_ASSETS_DIR = process.env.KILN_ASSETS_DIR ?? path.join(os.tmpdir(), 'kiln-test-assets');
+
+export interface TestDaemon {
+  url: string;
+  client: KilnClient;
+  stateDir: string;
+  proc: ChildProcess;
+  output: () => string;
+  /** SIGTERM and wait (VMs keep running). */
+  stop(): Promise<void>;
+  /** SIGKILL and wait (VMs keep running). */
+  kill(): Promise<void>;
+}
+
+export async function startKilnd(opts: { stateDir?: string } = {}): Promise<TestDaemon> {
+  const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
+  const proc = spawn(process.execPath, [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0'], {
+    env: { ...process.env, KILN_ASSETS_DIR: TEST_ASSETS_DIR, KILN_LOG_LEVEL: process.env.KILN_LOG_LEVEL ?? 'warn', KILN_STOP_GRACE_MS: '3000' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (b) => (out += b));
+  const url = await new Promise<string>((resolve, reject) => {
+    proc.stderr!.on('data', (b: Buffer) => {
+      out += b;
+      const m = /kilnd ready on (http:\/\/\S+)/.exec(out);
+      if (m) resolve(m[1]!);
+    });
+    proc.once('exit', (code) => reject(new Error(`kilnd exited (${code}) before it was ready:\n${out}`)));
+  });
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  return {
+    url,
+    client: new KilnClient({ url }),
+    stateDir,
+    proc,
+    output: () => out,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      await exited;
+    },
+    async kill() {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
+/** Waits (event-driven, via the SDK's SSE stream) until `pred` holds for the VM's state. */
+export async function waitForState(client: KilnClient, id: string, states: string[], timeoutMs = 180_000) {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), timeoutMs);
+  try {
+    const events = client.events({ vm: id, signal: ac.signal });
+    const first = await client.getVm(id);
+    if (states.includes(first.state)) return first;
+    for await (const e of events) {
+      if (e.type === 'vm.state' && states.includes(String(e.to))) return client.getVm(id);
+    }
+    throw new Error(`VM ${id} did not reach ${states.join('|')} within ${timeoutMs} ms (now ${(await client.getVm(id)).state})`);
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+}
+
+/** Waits until the VM's console output matches `re` (follows the log stream). */
+export async function waitForLog(client: KilnClient, id: string, re: RegExp, timeoutMs = 60_000): Promise<string> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), timeoutMs);
+  let seen = '';
+  try {
+    for await (const chunk of client.followLogs(id, ac.signal)) {
+      seen += chunk;
+      if (re.test(seen)) return seen;
+    }
+    throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+}
+
+export async function qemuPids(stateDir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const p of await fs.readdir('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    const cmd = await fs.readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
+    const stat = await fs.readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+    const zombie = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
+    if (!zombie && cmd.startsWith('qemu-system') && cmd.includes(stateDir)) pids.push(Number(p));
+  }
+  return pids;
+}
