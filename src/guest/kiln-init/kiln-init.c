@@ -8,7 +8,7 @@
  *
  * Console protocol. kiln-init owns every byte written to the console. Control
  * lines start with "@kiln:" followed by an event name and key=value pairs:
- *   boot, ready, exit, error, poweroff          (guest -> host)
+ *   boot, ready, exit, warn, error, poweroff    (guest -> host)
  *   stop grace_ms=<n>                           (host -> guest)
  * The workload's stdout and stderr are forwarded through pipes; any forwarded
  * line that would start with "@kiln:" gets a space in front so it cannot be
@@ -385,16 +385,13 @@ static void mount_early(void)
 
 static void setup_signals(void)
 {
+	/* busybox reboot, halt and poweroff send SIGTERM, SIGUSR1 and SIGUSR2 to PID 1. */
+	static const int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGPWR, SIGHUP };
 	sigset_t set;
 
 	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigaddset(&set, SIGUSR1);
-	sigaddset(&set, SIGUSR2);
-	sigaddset(&set, SIGPWR);
-	sigaddset(&set, SIGHUP);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaddset(&set, sigs[i]);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	/* Ctrl-Alt-Del becomes SIGINT to us instead of an instant reboot. */
