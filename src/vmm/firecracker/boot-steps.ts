@@ -1,0 +1,348 @@
+// Booting a Firecracker VM as an ordered list of named steps over one context. The jailer
+// (jailer.ts) and restore-from-snapshot (snapshot.ts) edit this list; nothing forks it.
+import fs from 'node:fs/promises';
+import { KilnError } from '../../errors.ts';
+import { ensureVmlinux } from '../../guest/extract-vmlinux.ts';
+import { writeFileAtomic } from '../../util/atomic.ts';
+import { run } from '../../util/process.ts';
+import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
+import type { JailerOptions, JailLayout } from './jailer.ts';
+import {
+  toDrives,
+  toMachineConfig,
+  toMmdsConfig,
+  toNetworkInterface,
+  toRateLimiter,
+  type FirecrackerVmSpec,
+  type RuntimePaths,
+} from './spec.ts';
+import { CleanupStack, StepList, runSteps, type Step, type StepEvent } from './steps.ts';
+import { assertSupported, fetchCapabilities, type FirecrackerCapabilities } from './version.ts';
+import {
+  assertSocketPathFits,
+  processGone,
+  readCmdline,
+  resolveBinary,
+  spawnDetached,
+  tailFile,
+  waitForApiSocket,
+  type PidWatch,
+  type SpawnedProcess,
+} from './vmm-process.ts';
+
+export interface ResolvedDriverOptions {
+  binary: string;
+  jailer?: JailerOptions;
+  transport?: ApiTransport;
+  socketTimeoutMs: number;
+  apiTimeoutMs: number;
+  livenessIntervalMs: number;
+  vmlinuxCacheDir?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface BootContext {
+  readonly spec: FirecrackerVmSpec;
+  readonly options: ResolvedDriverOptions;
+  readonly signal: AbortSignal;
+  readonly paths: RuntimePaths;
+  /** Firecracker's --id (and the jailer's). */
+  readonly fcId: string;
+  readonly cleanup: CleanupStack;
+  /** Host paths; the jailer moves them into the jail. */
+  apiSocket: string;
+  logFile: string;
+  metricsFile: string;
+  vsockPath?: string;
+  /** The ELF kernel to boot, once fc.kernel ran. */
+  kernelPath?: string;
+  jail?: JailLayout;
+  /** The path the VMM sees for a host path (identity, or jail-relative under the jailer). */
+  vmmPath: (hostPath: string) => string;
+  /** What was spawned (firecracker, or the jailer). */
+  spawned?: SpawnedProcess;
+  /** The Firecracker process itself and how its death is noticed. */
+  pid?: number;
+  vmmGone?: Promise<void>;
+  pidWatch?: PidWatch;
+  client?: FirecrackerApiClient;
+  caps?: FirecrackerCapabilities;
+}
+
+export type BootStep = Step<BootContext>;
+
+export function createBootContext(
+  init: Pick<BootContext, 'spec' | 'options' | 'signal' | 'paths' | 'fcId'>,
+): BootContext {
+  return {
+    ...init,
+    cleanup: new CleanupStack(),
+    apiSocket: init.paths.apiSocket,
+    logFile: init.paths.logFile,
+    metricsFile: init.paths.metricsFile,
+    vsockPath: init.spec.vsock ? (init.spec.vsock.udsPath ?? init.paths.vsock) : undefined,
+    vmmPath: (p) => p,
+  };
+}
+
+const lines = (s: string, n: number) => s.trimEnd().split('\n').slice(-n).join('\n');
+
+/** A KilnError saying how the VMM died, with the tail of what it wrote. */
+export async function describeVmmExit(ctx: BootContext, during: string): Promise<KilnError> {
+  const st = ctx.spawned && ctx.pid === ctx.spawned.pid ? ctx.spawned.status() : undefined;
+  const how = st ? (st.signal ? `was killed by ${st.signal}` : `exited with code ${st.code}`) : 'is gone';
+  const [stderr, log] = await Promise.all([tailFile(ctx.paths.stderrLog, 2048), tailFile(ctx.logFile, 2048)]);
+  const parts = [`Firecracker (pid ${ctx.pid}) ${how} during ${during}`];
+  if (stderr.trim()) parts.push(`stderr: ${lines(stderr, 10)}`);
+  if (log.trim()) parts.push(`log: ${lines(log, 10)}`);
+  return new KilnError('KILN_ERR_VMM_FAILED', parts.join('\n'), {
+    step: during,
+    exit_code: st?.code ?? null,
+    signal: st?.signal ?? null,
+  });
+}
+
+/**
+ * Runs the steps; once a VMM exists, each step is raced against its death so a VMM that
+ * dies mid-configuration is reported as such (with its output), not as a broken socket.
+ */
+export async function runBootSteps(
+  list: StepList<BootContext>,
+  ctx: BootContext,
+  onStep?: (e: StepEvent) => void,
+): Promise<void> {
+  const guarded = new StepList<BootContext>(
+    list.steps.map((s) => ({
+      name: s.name,
+      run: async (c: BootContext) => {
+        const gone = c.vmmGone;
+        if (!gone) return s.run(c);
+        const running = s.run(c);
+        let died = false;
+        const death = gone.then(() => {
+          died = true;
+        });
+        try {
+          await Promise.race([running, death]);
+        } catch (e) {
+          // A transport error can beat the exit notification: if the VMM is gone, say so.
+          // (An HTTP fault is Firecracker's own answer and is kept as it is.)
+          const httpFault = e instanceof KilnError && e.details?.status !== undefined;
+          if (!httpFault && c.pid !== undefined && (await processGone(c.pid))) {
+            await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
+            throw await describeVmmExit(c, s.name);
+          }
+          throw e;
+        }
+        if (died) {
+          running.catch(() => {});
+          throw await describeVmmExit(c, s.name);
+        }
+      },
+    })),
+  );
+  await runSteps(guarded, ctx, { signal: ctx.signal, onStep });
+}
+
+export async function killVmm(pid: number, gone: Promise<void> | undefined, timeoutMs = 5000): Promise<void> {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ESRCH') return;
+    throw e;
+  }
+  const deadline = Date.now() + timeoutMs;
+  let delay = 2;
+  const polled = (async () => {
+    // After SIGKILL the kernel tears the process down; poll its /proc entry (bounded).
+    while (!(await processGone(pid))) {
+      if (Date.now() > deadline) throw new KilnError('KILN_ERR_VMM_FAILED', `pid ${pid} survived SIGKILL for ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 100);
+    }
+  })();
+  polled.catch(() => {});
+  await Promise.race(gone ? [gone, polled] : [polled]);
+}
+
+const step = (name: string, run: (ctx: BootContext) => Promise<void>): BootStep => ({ name, run });
+
+async function touch(file: string): Promise<void> {
+  await (await fs.open(file, 'a')).close();
+}
+
+/** The runtime dir: stale sockets removed, console FIFO and log files present. */
+export const prepare = step('fc.prepare', async (ctx) => {
+  const p = ctx.paths;
+  await fs.mkdir(p.dir, { recursive: true, mode: 0o750 });
+  assertSocketPathFits(ctx.apiSocket, 'API socket');
+  if (ctx.vsockPath) assertSocketPathFits(ctx.vsockPath, 'vsock socket');
+  const oldPid = Number((await fs.readFile(p.pidFile, 'utf8').catch(() => '')).trim());
+  if (oldPid > 0 && !(await processGone(oldPid))) {
+    const argv = (await readCmdline(oldPid)) ?? [];
+    if (argv.includes(ctx.apiSocket) || argv.some((a) => a.endsWith(`--id=${ctx.fcId}`))) {
+      throw new KilnError('KILN_ERR_INVALID_STATE', `a VMM (pid ${oldPid}) is already running for VM ${ctx.spec.id}`, { pid: oldPid });
+    }
+  }
+  await fs.rm(p.apiSocket, { force: true });
+  if (ctx.vsockPath) await fs.rm(ctx.vsockPath, { force: true });
+  const st = await fs.lstat(p.consoleIn).catch(() => null);
+  if (!st?.isFIFO()) {
+    await fs.rm(p.consoleIn, { force: true });
+    await run('mkfifo', ['-m', '0600', p.consoleIn]);
+  }
+  await touch(p.consoleLog);
+  // Per-boot files: their tails go into error messages, so they start empty.
+  await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), fs.writeFile(ctx.metricsFile, '')]);
+});
+
+/** Firecracker boots only an ELF vmlinux: a bzImage is extracted (once, cached). */
+export const kernel = step('fc.kernel', async (ctx) => {
+  ctx.kernelPath = await ensureVmlinux(ctx.spec.kernel.path, ctx.options.vmlinuxCacheDir ?? ctx.paths.dir);
+});
+
+export const spawnFirecracker = step('fc.spawn', async (ctx) => {
+  const bin = await resolveBinary(ctx.options.binary, 'firecracker');
+  let file = bin;
+  let args = ['--api-sock', ctx.apiSocket, '--id', ctx.fcId];
+  if (ctx.spec.netns) {
+    // nsenter execs Firecracker in place: same pid, and the cmdline attach() checks is Firecracker's.
+    file = await resolveBinary('nsenter');
+    args = [`--net=${ctx.spec.netns}`, '--', bin, ...args];
+  }
+  const spawned = await spawnDetached({
+    file,
+    args,
+    cwd: ctx.paths.dir,
+    env: ctx.options.env,
+    stdinPath: ctx.paths.consoleIn,
+    stdoutPath: ctx.paths.consoleLog,
+    stderrPath: ctx.paths.stderrLog,
+  });
+  ctx.spawned = spawned;
+  ctx.pid = spawned.pid;
+  ctx.vmmGone = spawned.exited.then(() => undefined);
+  ctx.cleanup.push('fc.kill', () => killVmm(spawned.pid, ctx.vmmGone));
+  await writeFileAtomic(ctx.paths.pidFile, `${spawned.pid}\n`);
+  ctx.cleanup.push('fc.pidFile', () => fs.rm(ctx.paths.pidFile, { force: true }));
+});
+
+export const waitSocket = step('fc.waitSocket', async (ctx) => {
+  ctx.cleanup.push('fc.apiSocket', () => fs.rm(ctx.apiSocket, { force: true }));
+  await waitForApiSocket(ctx.apiSocket, {
+    exited: ctx.vmmGone ?? new Promise(() => {}),
+    onExit: () => describeVmmExit(ctx, 'fc.waitSocket'),
+    signal: ctx.signal,
+    timeoutMs: ctx.options.socketTimeoutMs,
+  });
+  ctx.client = new FirecrackerApiClient(ctx.apiSocket, { transport: ctx.options.transport, timeoutMs: ctx.options.apiTimeoutMs });
+});
+
+export function api(ctx: BootContext): FirecrackerApiClient {
+  if (!ctx.client) throw new KilnError('KILN_ERR_INTERNAL', 'no API client: fc.waitSocket has not run');
+  return ctx.client;
+}
+
+export function caps(ctx: BootContext): FirecrackerCapabilities {
+  if (!ctx.caps) throw new KilnError('KILN_ERR_INTERNAL', 'Firecracker version unknown: fc.version has not run');
+  return ctx.caps;
+}
+
+export const version = step('fc.version', async (ctx) => {
+  ctx.caps = await fetchCapabilities(api(ctx), ctx.signal);
+  assertSupported(ctx.caps.version);
+});
+
+export const logger = step('fc.logger', async (ctx) => {
+  await api(ctx).putLogger(
+    { log_path: ctx.vmmPath(ctx.logFile), level: ctx.spec.logLevel ?? 'Warning', show_level: true, show_log_origin: false },
+    ctx.signal,
+  );
+});
+
+export const metrics = step('fc.metrics', async (ctx) => {
+  await api(ctx).putMetrics({ metrics_path: ctx.vmmPath(ctx.metricsFile) }, ctx.signal);
+});
+
+export const machineConfig = step('fc.machineConfig', async (ctx) => {
+  await api(ctx).putMachineConfig(toMachineConfig(ctx.spec), ctx.signal);
+});
+
+export const bootSource = step('fc.bootSource', async (ctx) => {
+  if (!ctx.kernelPath) throw new KilnError('KILN_ERR_INTERNAL', 'no kernel: fc.kernel has not run');
+  const k = ctx.spec.kernel;
+  await api(ctx).putBootSource(
+    {
+      kernel_image_path: ctx.vmmPath(ctx.kernelPath),
+      boot_args: k.cmdline,
+      ...(k.initrd ? { initrd_path: ctx.vmmPath(k.initrd) } : {}),
+    },
+    ctx.signal,
+  );
+});
+
+export const drives = step('fc.drives', async (ctx) => {
+  for (const d of toDrives(ctx.spec, ctx.vmmPath)) await api(ctx).putDrive(d, ctx.signal);
+});
+
+export const networkInterfaces = step('fc.networkInterfaces', async (ctx) => {
+  for (const n of ctx.spec.network ?? []) await api(ctx).putNetworkInterface(toNetworkInterface(n, caps(ctx).netMtu), ctx.signal);
+});
+
+export const vsock = step('fc.vsock', async (ctx) => {
+  if (!ctx.spec.vsock || !ctx.vsockPath) return;
+  await api(ctx).putVsock({ guest_cid: ctx.spec.vsock.guestCid, uds_path: ctx.vmmPath(ctx.vsockPath) }, ctx.signal);
+});
+
+export const entropy = step('fc.entropy', async (ctx) => {
+  const e = ctx.spec.entropy;
+  if (!e) return;
+  const rl = typeof e === 'object' ? e.rateLimiter : undefined;
+  await api(ctx).putEntropy(rl ? { rate_limiter: toRateLimiter(rl) } : {}, ctx.signal);
+});
+
+export const balloon = step('fc.balloon', async (ctx) => {
+  const b = ctx.spec.balloon;
+  if (!b) return;
+  await api(ctx).putBalloon(
+    {
+      amount_mib: b.amountMib,
+      deflate_on_oom: b.deflateOnOom,
+      ...(b.statsPollingIntervalS !== undefined ? { stats_polling_interval_s: b.statsPollingIntervalS } : {}),
+    },
+    ctx.signal,
+  );
+});
+
+export const mmds = step('fc.mmds', async (ctx) => {
+  const cfg = toMmdsConfig(ctx.spec);
+  if (!cfg) return;
+  await api(ctx).putMmdsConfig(cfg, ctx.signal);
+  if (ctx.spec.mmds?.data) await api(ctx).putMmds(ctx.spec.mmds.data, ctx.signal);
+});
+
+export const instanceStart = step('fc.instanceStart', async (ctx) => {
+  await api(ctx).action('InstanceStart', ctx.signal);
+});
+
+/** Fresh boot, in order. */
+export function defaultBootSteps(): StepList<BootContext> {
+  return new StepList<BootContext>([
+    prepare,
+    kernel,
+    spawnFirecracker,
+    waitSocket,
+    version,
+    logger,
+    metrics,
+    machineConfig,
+    bootSource,
+    drives,
+    networkInterfaces,
+    vsock,
+    entropy,
+    balloon,
+    mmds,
+    instanceStart,
+  ]);
+}

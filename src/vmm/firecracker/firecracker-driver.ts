@@ -1,0 +1,169 @@
+// kiln's Firecracker backend. start() runs the boot step list (boot-steps.ts), edited for
+// the jailer (jailer.ts) and for restore-from-snapshot (snapshot.ts); a failure unwinds
+// everything the steps created. attach() re-adopts a VMM started by an earlier kilnd after
+// checking its command line, so a reused pid is never mistaken for the VM.
+import path from 'node:path';
+import { KilnError, asKilnError } from '../../errors.ts';
+import { pidAlive, run } from '../../util/process.ts';
+import type { VmmDriver, VmSpec } from '../driver.ts';
+import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
+import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
+import { FirecrackerInstance } from './instance.ts';
+import { JAIL, jailLayout, withJailer, type JailerOptions } from './jailer.ts';
+import { withSnapshotRestore } from './snapshot.ts';
+import { instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
+import type { StepEvent, StepList } from './steps.ts';
+import { fetchCapabilities } from './version.ts';
+import { readCmdline, readProcStat, resolveBinary, watchPid } from './vmm-process.ts';
+
+export type { FirecrackerVmSpec } from './spec.ts';
+export type { JailerOptions } from './jailer.ts';
+export type { FirecrackerInstance } from './instance.ts';
+
+export interface FirecrackerDriverOptions {
+  /** Firecracker binary (default 'firecracker', looked up on PATH). */
+  binary?: string;
+  /** Run every VMM under the jailer. */
+  jailer?: JailerOptions;
+  /** How API requests reach the socket (default HTTP over the Unix socket). */
+  transport?: ApiTransport;
+  /** Limit for the API socket to appear (default 10 s). */
+  socketTimeoutMs?: number;
+  /** Per API request (default 10 s; snapshot calls get longer). */
+  apiTimeoutMs?: number;
+  /** Whole start(), every step included (default 60 s). */
+  startTimeoutMs?: number;
+  /** Liveness check period for VMMs kilnd is not the parent of (default 1000 ms). */
+  livenessIntervalMs?: number;
+  /** Where vmlinux files extracted from bzImages are kept (default: the VM's runtime dir). */
+  vmlinuxCacheDir?: string;
+  env?: NodeJS.ProcessEnv;
+  /** Timeline hook: every boot step with its duration. */
+  onStep?: (e: StepEvent & { vmId: string }) => void;
+  /** Last word on the step list (add, remove, wrap steps). */
+  editSteps?: (steps: StepList<BootContext>, spec: FirecrackerVmSpec) => void;
+}
+
+function hasArg(argv: string[], flag: string, value: string): boolean {
+  return argv.some((a, i) => (a === flag && argv[i + 1] === value) || a === `${flag}=${value}`);
+}
+
+export class FirecrackerDriver implements VmmDriver {
+  readonly name = 'firecracker' as const;
+  readonly #o: ResolvedDriverOptions;
+  readonly #startTimeoutMs: number;
+  readonly #onStep: FirecrackerDriverOptions['onStep'];
+  readonly #editSteps: FirecrackerDriverOptions['editSteps'];
+
+  constructor(opts: FirecrackerDriverOptions = {}) {
+    this.#o = {
+      binary: opts.binary ?? 'firecracker',
+      jailer: opts.jailer,
+      transport: opts.transport,
+      socketTimeoutMs: opts.socketTimeoutMs ?? 10_000,
+      apiTimeoutMs: opts.apiTimeoutMs ?? 10_000,
+      livenessIntervalMs: opts.livenessIntervalMs ?? 1000,
+      vmlinuxCacheDir: opts.vmlinuxCacheDir,
+      env: opts.env,
+    };
+    this.#startTimeoutMs = opts.startTimeoutMs ?? 60_000;
+    this.#onStep = opts.onStep;
+    this.#editSteps = opts.editSteps;
+  }
+
+  /** The steps start() will run for `spec`, in order. */
+  bootSteps(spec: FirecrackerVmSpec): StepList<BootContext> {
+    const list = defaultBootSteps();
+    if (spec.restore) withSnapshotRestore(list);
+    if (this.#o.jailer) withJailer(list);
+    this.#editSteps?.(list, spec);
+    return list;
+  }
+
+  async start(vmSpec: VmSpec, signal?: AbortSignal): Promise<FirecrackerInstance> {
+    const spec = vmSpec as FirecrackerVmSpec;
+    validateSpec(spec);
+    const deadline = AbortSignal.timeout(this.#startTimeoutMs);
+    const ctx = createBootContext({
+      spec,
+      options: this.#o,
+      signal: signal ? AbortSignal.any([signal, deadline]) : deadline,
+      paths: runtimePaths(spec.runtimeDir),
+      fcId: instanceIdFor(spec.id),
+    });
+    try {
+      await runBootSteps(this.bootSteps(spec), ctx, (e) => this.#onStep?.({ ...e, vmId: spec.id }));
+    } catch (e) {
+      const failures = await ctx.cleanup.run();
+      const err = asKilnError(e, 'KILN_ERR_VMM_FAILED');
+      if (!failures.length) throw err;
+      const also = failures.map((f) => `${f.name}: ${(f.error as Error)?.message ?? String(f.error)}`).join('; ');
+      throw new KilnError(err.code, `${err.message} (cleanup also failed: ${also})`, { ...err.details, cleanup_failures: also }, { cause: e });
+    }
+    ctx.cleanup.release();
+    const child = ctx.spawned && ctx.spawned.pid === ctx.pid ? ctx.spawned : undefined;
+    return new FirecrackerInstance({
+      pid: ctx.pid!,
+      client: ctx.client!,
+      caps: ctx.caps,
+      consoleLogPath: ctx.paths.consoleLog,
+      consoleInPath: ctx.paths.consoleIn,
+      logPath: ctx.logFile,
+      vsockPath: ctx.vsockPath,
+      jail: ctx.jail,
+      vmmPath: ctx.vmmPath,
+      childExit: child?.exited,
+      watch: child ? undefined : ctx.pidWatch,
+    });
+  }
+
+  async attach(vmSpec: VmSpec, pid: number): Promise<FirecrackerInstance | null> {
+    const spec = vmSpec as FirecrackerVmSpec;
+    if (!Number.isInteger(pid) || pid <= 0 || !pidAlive(pid)) return null;
+    const st = await readProcStat(pid);
+    const argv = await readCmdline(pid);
+    if (!st || st.state === 'Z' || !argv?.length) return null;
+    const paths = runtimePaths(spec.runtimeDir);
+    const fcId = instanceIdFor(spec.id);
+    let apiSocket = paths.apiSocket;
+    let logPath = paths.logFile;
+    let vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
+    let jail;
+    let vmmPath = (p: string) => p;
+    if (this.#o.jailer) {
+      // Jailed: the command line is the jail's ("/firecracker --id=<id> ... --api-sock /firecracker.socket").
+      jail = jailLayout(this.#o.jailer, this.#o.binary, fcId);
+      if (!hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
+      apiSocket = jail.hostPath(JAIL.apiSocket);
+      logPath = jail.hostPath(JAIL.log);
+      if (spec.vsock) vsockPath = spec.vsock.udsPath ?? jail.hostPath(JAIL.vsock);
+      vmmPath = jail.toJail;
+    } else if (!hasArg(argv, '--api-sock', apiSocket) || !hasArg(argv, '--id', fcId)) {
+      return null;
+    }
+    const client = new FirecrackerApiClient(apiSocket, { transport: this.#o.transport, timeoutMs: this.#o.apiTimeoutMs });
+    const caps = await fetchCapabilities(client).catch(() => undefined);
+    const watch = watchPid(pid, { startTime: st.startTime, socketPath: apiSocket, intervalMs: this.#o.livenessIntervalMs });
+    return new FirecrackerInstance({
+      pid,
+      client,
+      caps,
+      consoleLogPath: paths.consoleLog,
+      consoleInPath: paths.consoleIn,
+      logPath,
+      vsockPath,
+      jail,
+      vmmPath,
+      watch,
+    });
+  }
+
+  /** `firecracker --version`, first line (e.g. "Firecracker v1.13.1"). */
+  async version(): Promise<string> {
+    const bin = await resolveBinary(this.#o.binary, 'firecracker');
+    const { stdout } = await run(bin, ['--version'], { timeoutMs: 10_000, env: this.#o.env });
+    const line = stdout.split('\n').find((l) => l.trim());
+    if (!line) throw new KilnError('KILN_ERR_VMM_FAILED', `${bin} --version printed nothing`);
+    return line.trim();
+  }
+}

@@ -1,0 +1,207 @@
+// A running Firecracker VM as kilnd sees it: the VmmInstance contract plus what only
+// Firecracker offers (snapshots, MMDS, balloon, rate-limiter updates, hybrid vsock).
+import { open as openCb, constants as FS } from 'node:fs';
+import net from 'node:net';
+import { promisify } from 'node:util';
+import { KilnError } from '../../errors.ts';
+import type { VmmExit, VmmInstance } from '../driver.ts';
+import type { FirecrackerApiClient } from './api-client.ts';
+import type * as T from './api-types.ts';
+import { killVmm } from './boot-steps.ts';
+import type { JailLayout } from './jailer.ts';
+import { createSnapshot, type CreateSnapshotOptions } from './snapshot.ts';
+import { apiIdFor, toRateLimiter, type RateLimiterSpec } from './spec.ts';
+import type { FirecrackerCapabilities } from './version.ts';
+import type { PidWatch, VmmExitStatus } from './vmm-process.ts';
+import { tailFile } from './vmm-process.ts';
+import { connectVsock, listenVsock, type VsockConnection } from './vsock.ts';
+
+const openFd = promisify(openCb);
+
+export interface FirecrackerInstanceInit {
+  pid: number;
+  client: FirecrackerApiClient;
+  caps?: FirecrackerCapabilities;
+  consoleLogPath: string;
+  consoleInPath: string;
+  logPath: string;
+  vsockPath?: string;
+  jail?: JailLayout;
+  vmmPath: (host: string) => string;
+  /** Set when kilnd spawned the VMM itself: its exit status is then known. */
+  childExit?: Promise<VmmExitStatus>;
+  /** Set otherwise: liveness watch of a process kilnd is not the parent of. */
+  watch?: PidWatch;
+}
+
+export class FirecrackerInstance implements VmmInstance {
+  readonly pid: number;
+  readonly exited: Promise<VmmExit>;
+  readonly consoleLogPath: string;
+  readonly api: FirecrackerApiClient;
+  readonly capabilities: FirecrackerCapabilities | undefined;
+  /** Host path of the hybrid vsock socket, when the VM has one. */
+  readonly vsockPath: string | undefined;
+  /** Firecracker's own log. */
+  readonly logPath: string;
+  readonly jail: JailLayout | undefined;
+  readonly #consoleIn: string;
+  readonly #vmmPath: (host: string) => string;
+  readonly #watch: PidWatch | undefined;
+  #gone = false;
+  #killing = false;
+  #detached = false;
+
+  constructor(init: FirecrackerInstanceInit) {
+    this.pid = init.pid;
+    this.api = init.client;
+    this.capabilities = init.caps;
+    this.consoleLogPath = init.consoleLogPath;
+    this.#consoleIn = init.consoleInPath;
+    this.logPath = init.logPath;
+    this.vsockPath = init.vsockPath;
+    this.jail = init.jail;
+    this.#vmmPath = init.vmmPath;
+    this.#watch = init.watch;
+    const done = init.childExit
+      ? init.childExit.then((st) => this.#fromStatus(st))
+      : (init.watch?.gone ?? new Promise<void>(() => {})).then(() => this.#fromLog());
+    this.exited = done
+      .catch((e: unknown): VmmExit => ({ reason: `VMM gone (${(e as Error).message})`, clean: false }))
+      .then((exit) => {
+        this.#gone = true;
+        this.#watch?.stop();
+        return exit;
+      });
+  }
+
+  #fromStatus(st: VmmExitStatus): VmmExit {
+    if (this.#killing) return { reason: 'killed by kiln', clean: false };
+    if (st.signal) return { reason: `Firecracker was killed by ${st.signal}`, clean: false };
+    if (st.code === 0) return { reason: 'guest shut down (Firecracker exited cleanly)', clean: true };
+    return { reason: `Firecracker exited with code ${st.code}`, clean: false };
+  }
+
+  /** Not our child: the exit code is only known from Firecracker's log ("exit_code=N"). */
+  async #fromLog(): Promise<VmmExit> {
+    if (this.#killing) return { reason: 'killed by kiln', clean: false };
+    const codes = [...(await tailFile(this.logPath, 8192)).matchAll(/exit_code=(\d+)/g)];
+    const code = codes.length ? Number(codes[codes.length - 1]![1]) : undefined;
+    if (code === 0) return { reason: 'guest shut down (Firecracker exited cleanly)', clean: true };
+    return { reason: code === undefined ? 'Firecracker is gone (exit status unknown)' : `Firecracker exited with code ${code}`, clean: false };
+  }
+
+  #assertLive(what: string): void {
+    if (this.#gone) throw new KilnError('KILN_ERR_INVALID_STATE', `cannot ${what}: the VMM (pid ${this.pid}) is gone`);
+  }
+
+  async writeConsole(data: string | Buffer): Promise<void> {
+    this.#assertLive('write to the console');
+    let fd: number;
+    try {
+      // Non-blocking open fails with ENXIO when nobody holds the FIFO for reading.
+      fd = await openFd(this.#consoleIn, FS.O_WRONLY | FS.O_NONBLOCK);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new KilnError('KILN_ERR_VMM_FAILED', `console input ${this.#consoleIn} has no reader (${code}): is the VMM running?`, undefined, {
+        cause: e,
+      });
+    }
+    const pipe = new net.Socket({ fd, readable: false, writable: true });
+    await new Promise<void>((resolve, reject) => {
+      pipe.once('error', (e) => reject(new KilnError('KILN_ERR_VMM_FAILED', `writing to the console failed: ${e.message}`, undefined, { cause: e })));
+      pipe.end(data, () => resolve());
+    });
+    pipe.destroy();
+  }
+
+  async pause(): Promise<void> {
+    this.#assertLive('pause');
+    await this.api.patchVm('Paused');
+  }
+
+  async resume(): Promise<void> {
+    this.#assertLive('resume');
+    await this.api.patchVm('Resumed');
+  }
+
+  /** Asks the guest to shut down (Ctrl+Alt+Del on the i8042 keyboard controller; x86_64). */
+  async shutdown(): Promise<void> {
+    this.#assertLive('shut down');
+    await this.api.action('SendCtrlAltDel');
+  }
+
+  async kill(): Promise<void> {
+    if (this.#gone) return;
+    this.#killing = true;
+    await killVmm(this.pid, this.exited.then(() => undefined));
+    if (this.#watch) await this.#watch.check();
+    await this.exited;
+  }
+
+  detach(): void {
+    if (this.#detached) return;
+    this.#detached = true;
+    this.#watch?.stop();
+  }
+
+  /** Pauses the guest and snapshots it; `resume` continues it afterwards. */
+  async createSnapshot(o: CreateSnapshotOptions): Promise<void> {
+    this.#assertLive('snapshot');
+    await createSnapshot(this.api, o, this.#vmmPath);
+  }
+
+  async flushMetrics(): Promise<void> {
+    await this.api.action('FlushMetrics');
+  }
+
+  async putMmds(data: Record<string, unknown>): Promise<void> {
+    await this.api.putMmds(data);
+  }
+
+  async patchMmds(patch: Record<string, unknown>): Promise<void> {
+    await this.api.patchMmds(patch);
+  }
+
+  async setBalloon(amountMib: number): Promise<void> {
+    await this.api.patchBalloon({ amount_mib: amountMib });
+  }
+
+  async setBalloonStatsInterval(seconds: number): Promise<void> {
+    await this.api.patchBalloonStatsInterval({ stats_polling_interval_s: seconds });
+  }
+
+  balloonStats(): Promise<T.BalloonStats> {
+    return this.api.getBalloonStats();
+  }
+
+  /** Post-boot: a new rate limiter and/or backing file for a drive. */
+  async updateDrive(driveId: string, o: { path?: string; rateLimiter?: RateLimiterSpec }): Promise<void> {
+    const body: T.PartialDrive = { drive_id: apiIdFor(driveId) };
+    if (o.path) body.path_on_host = this.#vmmPath(o.path);
+    if (o.rateLimiter) body.rate_limiter = toRateLimiter(o.rateLimiter);
+    await this.api.patchDrive(body);
+  }
+
+  async updateNetworkRateLimiters(ifaceId: string, o: { rx?: RateLimiterSpec; tx?: RateLimiterSpec }): Promise<void> {
+    const body: T.PartialNetworkInterface = { iface_id: apiIdFor(ifaceId) };
+    if (o.rx) body.rx_rate_limiter = toRateLimiter(o.rx);
+    if (o.tx) body.tx_rate_limiter = toRateLimiter(o.tx);
+    await this.api.patchNetworkInterface(body);
+  }
+
+  #vsock(): string {
+    if (!this.vsockPath) throw new KilnError('KILN_ERR_INVALID_STATE', 'this VM has no vsock device');
+    return this.vsockPath;
+  }
+
+  /** Host → guest connection to a port the guest listens on. */
+  connectVsock(port: number, opts?: { signal?: AbortSignal; timeoutMs?: number }): Promise<VsockConnection> {
+    return connectVsock(this.#vsock(), port, opts);
+  }
+
+  /** Accepts guest → host connections to `port`. */
+  listenVsock(port: number, onConnection: (socket: net.Socket) => void): Promise<net.Server> {
+    return listenVsock(this.#vsock(), port, onConnection);
+  }
+}

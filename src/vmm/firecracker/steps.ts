@@ -1,0 +1,143 @@
+// Ordered, named steps and the cleanup stack they share. Boot is a StepList; restore,
+// jailer and backends edit the list (insert after a named anchor, remove, replace) instead
+// of forking the code path, and an edit whose anchor is missing fails loudly. Step names
+// are the provisioning timeline's phase names.
+import { KilnError } from '../../errors.ts';
+
+export interface Step<C> {
+  readonly name: string;
+  run(ctx: C): Promise<void>;
+}
+
+export class StepList<C> {
+  #steps: Step<C>[];
+
+  constructor(steps: Iterable<Step<C>> = []) {
+    this.#steps = [...steps];
+    const dup = this.#steps.find((s, i) => this.#steps.findIndex((o) => o.name === s.name) !== i);
+    if (dup) throw new KilnError('KILN_ERR_INTERNAL', `step ${dup.name} appears twice`);
+  }
+
+  get names(): string[] {
+    return this.#steps.map((s) => s.name);
+  }
+
+  get steps(): readonly Step<C>[] {
+    return this.#steps;
+  }
+
+  has(name: string): boolean {
+    return this.#steps.some((s) => s.name === name);
+  }
+
+  #index(name: string, edit: string): number {
+    const i = this.#steps.findIndex((s) => s.name === name);
+    if (i < 0) {
+      throw new KilnError('KILN_ERR_INTERNAL', `cannot ${edit}: no step named ${name} in [${this.names.join(', ')}]`);
+    }
+    return i;
+  }
+
+  #assertNew(steps: Step<C>[]): void {
+    for (const s of steps) {
+      if (this.has(s.name)) throw new KilnError('KILN_ERR_INTERNAL', `step ${s.name} is already in the list`);
+    }
+  }
+
+  insertAfter(anchor: string, ...steps: Step<C>[]): this {
+    const i = this.#index(anchor, `insert after ${anchor}`);
+    this.#assertNew(steps);
+    this.#steps.splice(i + 1, 0, ...steps);
+    return this;
+  }
+
+  insertBefore(anchor: string, ...steps: Step<C>[]): this {
+    const i = this.#index(anchor, `insert before ${anchor}`);
+    this.#assertNew(steps);
+    this.#steps.splice(i, 0, ...steps);
+    return this;
+  }
+
+  append(...steps: Step<C>[]): this {
+    this.#assertNew(steps);
+    this.#steps.push(...steps);
+    return this;
+  }
+
+  replace(name: string, step: Step<C>): this {
+    const i = this.#index(name, `replace ${name}`);
+    if (step.name !== name) this.#assertNew([step]);
+    this.#steps[i] = step;
+    return this;
+  }
+
+  remove(...names: string[]): this {
+    for (const n of names) this.#steps.splice(this.#index(n, `remove ${n}`), 1);
+    return this;
+  }
+}
+
+/**
+ * Undo actions pushed by the steps that created something. Runs once, in reverse, and
+ * reports every failure together instead of stopping at the first.
+ */
+export class CleanupStack {
+  #undo: { name: string; fn: () => Promise<void> | void }[] = [];
+  #ran = false;
+
+  push(name: string, fn: () => Promise<void> | void): void {
+    if (this.#ran) throw new KilnError('KILN_ERR_INTERNAL', `cleanup already ran; cannot register ${name}`);
+    this.#undo.push({ name, fn });
+  }
+
+  get size(): number {
+    return this.#undo.length;
+  }
+
+  /** Forgets every undo action (the thing they would undo is now owned by someone else). */
+  release(): void {
+    this.#undo = [];
+  }
+
+  async run(): Promise<{ name: string; error: unknown }[]> {
+    if (this.#ran) return [];
+    this.#ran = true;
+    const failures: { name: string; error: unknown }[] = [];
+    for (const { name, fn } of this.#undo.reverse()) {
+      try {
+        await fn();
+      } catch (error) {
+        failures.push({ name, error });
+      }
+    }
+    this.#undo = [];
+    return failures;
+  }
+}
+
+export interface StepEvent {
+  step: string;
+  ms: number;
+  error?: unknown;
+}
+
+/** Runs the steps in order; stops at the first failure or when `signal` aborts. */
+export async function runSteps<C>(
+  list: StepList<C>,
+  ctx: C,
+  opts: { signal?: AbortSignal; onStep?: (e: StepEvent) => void } = {},
+): Promise<void> {
+  for (const step of list.steps) {
+    if (opts.signal?.aborted) {
+      throw new KilnError('KILN_ERR_VMM_FAILED', `aborted before ${step.name}: ${String(opts.signal.reason ?? 'aborted')}`, { step: step.name });
+    }
+    const t0 = performance.now();
+    try {
+      await step.run(ctx);
+    } catch (error) {
+      opts.onStep?.({ step: step.name, ms: performance.now() - t0, error });
+      throw error;
+    }
+    opts.onStep?.({ step: step.name, ms: performance.now() - t0 });
+  }
+}
