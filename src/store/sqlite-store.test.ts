@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import Database from 'better-sqlite3';
+import type { KilnError } from '../errors.ts';
+import { MIGRATIONS } from './migrations.ts';
+import { SqliteStore } from './sqlite-store.ts';
+import type { ImageRecord, VmRecord } from './store.ts';
+
+const image: ImageRecord = {
+  id: 'img-1', name: 'default', digest: 'sha256:ab', format: 'squashfs', path: '/x', sizeBytes: 10,
+  config: { cmd: ['/bin/sh'], env: {}, workdir: '/', user: '0:0' }, createdAt: 1,
+};
+const vm = (id: string, name = id): VmRecord => ({
+  id, name, state: 'creating', stateReason: null, imageId: 'img-1', vcpus: 1, memoryMib: 256, kernelArgs: ['a=1'],
+  cmd: null, env: { K: 'v' }, backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
+  exitCode: null, createdAt: 1, updatedAt: 1,
+});
+
+async function tmpStore() {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-store-'));
+  return { dir, file: path.join(dir, 'kiln.db') };
+}
+
+test('round-trips VMs and images through a real SQLite file, surviving reopen', async () => {
+  const { dir, file } = await tmpStore();
+  let s = new SqliteStore(file);
+  await s.insertImage(image);
+  await s.insertVm(vm('vm-1', 'one'));
+  await s.updateVm('vm-1', { state: 'ready', pid: 42 });
+  await s.recordPhase({ vmId: 'vm-1', boot: 1, name: 'vmm.spawn', startedAt: 10, endedAt: 12.5 });
+  await s.close();
+  s = new SqliteStore(file);
+  const got = await s.getVm('one');
+  assert.equal(got?.id, 'vm-1');
+  assert.equal(got?.state, 'ready');
+  assert.equal(got?.pid, 42);
+  assert.deepEqual(got?.kernelArgs, ['a=1']);
+  assert.deepEqual(got?.env, { K: 'v' });
+  assert.deepEqual((await s.listPhases('vm-1', 1)).map((p) => [p.name, p.endedAt]), [['vmm.spawn', 12.5]]);
+  assert.equal(await s.countVmsUsingImage('img-1'), 1);
+  await s.deleteVm('vm-1');
+  assert.equal(await s.getVm('vm-1'), null);
+  assert.deepEqual(await s.listPhases('vm-1', 1), [], 'phases cascade with the VM');
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
+test('names are unique: a clash is KILN_ERR_NAME_CONFLICT', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  await s.insertImage(image);
+  await s.insertVm(vm('vm-1', 'same'));
+  await assert.rejects(s.insertVm(vm('vm-2', 'same')), (e: KilnError) => e.code === 'KILN_ERR_NAME_CONFLICT');
+  await assert.rejects(s.insertImage({ ...image, id: 'img-2' }), (e: KilnError) => e.code === 'KILN_ERR_NAME_CONFLICT');
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
+test('events get increasing sequence numbers and filter by VM and cursor', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  const a = await s.appendEvent({ ts: 1, type: 'vm.created', vmId: 'vm-1', data: {} });
+  const b = await s.appendEvent({ ts: 2, type: 'vm.created', vmId: 'vm-2', data: { x: 1 } });
+  assert.ok(b.seq > a.seq);
+  assert.deepEqual((await s.listEvents({ vmId: 'vm-2' })).map((e) => e.data), [{ x: 1 }]);
+  assert.deepEqual((await s.listEvents({ afterSeq: a.seq })).map((e) => e.seq), [b.seq]);
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
+test('schema is versioned; a database from a newer kiln is refused', async () => {
+  const { dir, file } = await tmpStore();
+  new SqliteStore(file).close();
+  const db = new Database(file);
+  assert.equal(db.pragma('user_version', { simple: true }), MIGRATIONS.length);
+  db.pragma(`user_version = ${MIGRATIONS.length + 1}`);
+  db.close();
+  assert.throws(() => new SqliteStore(file), (e: KilnError) => e.code === 'KILN_ERR_HOST_SETUP');
+  await fs.rm(dir, { recursive: true });
+});
