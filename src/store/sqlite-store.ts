@@ -66,6 +66,16 @@ function imageFromRow(r: Row): ImageRecord {
   };
 }
 
+/** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
+function uniqueName(insert: () => unknown, message: string): void {
+  try {
+    insert();
+  } catch (e) {
+    if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') throw new KilnError('KILN_ERR_NAME_CONFLICT', message);
+    throw e;
+  }
+}
+
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly stmt;
@@ -122,14 +132,7 @@ export class SqliteStore implements Store {
   }
 
   async insertVm(vm: VmRecord): Promise<void> {
-    try {
-      this.stmt.insertVm.run(vmToRow(vm));
-    } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
-        throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(vm.name)} already exists`);
-      }
-      throw e;
-    }
+    uniqueName(() => this.stmt.insertVm.run(vmToRow(vm)), `a VM named ${JSON.stringify(vm.name)} already exists`);
   }
 
   async updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord> {
@@ -158,23 +161,17 @@ export class SqliteStore implements Store {
   }
 
   async insertImage(image: ImageRecord): Promise<void> {
-    try {
-      this.stmt.insertImage.run({
-        id: image.id,
-        name: image.name,
-        digest: image.digest,
-        format: image.format,
-        path: image.path,
-        size_bytes: image.sizeBytes,
-        config: JSON.stringify(image.config),
-        created_at: image.createdAt,
-      });
-    } catch (e) {
-      if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
-        throw new KilnError('KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(image.name)} already exists`);
-      }
-      throw e;
-    }
+    const row = {
+      id: image.id,
+      name: image.name,
+      digest: image.digest,
+      format: image.format,
+      path: image.path,
+      size_bytes: image.sizeBytes,
+      config: JSON.stringify(image.config),
+      created_at: image.createdAt,
+    };
+    uniqueName(() => this.stmt.insertImage.run(row), `an image named ${JSON.stringify(image.name)} already exists`);
   }
 
   async getImage(idOrName: string): Promise<ImageRecord | null> {

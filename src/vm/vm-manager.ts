@@ -284,14 +284,14 @@ export class VmManager {
     await this.transition(vm.id, 'failed', { pid: null }, reason, { console_tail: tail });
   }
 
-  private async consoleTail(vm: VmRecord, bytes: number): Promise<string> {
-    const file = path.join(this.runtimeDir(vm.id), 'console.log');
-    const fh = await fs.open(file, 'r').catch(() => null);
+  /** The last `bytes` of the console log at or after `fromOffset`, without kiln's markers. */
+  private async consoleTail(vm: VmRecord, bytes: number, fromOffset = vm.consoleOffset): Promise<string> {
+    const fh = await fs.open(path.join(this.runtimeDir(vm.id), 'console.log'), 'r').catch(() => null);
     if (!fh) return '';
     try {
       const { size } = await fh.stat();
-      const start = Math.max(vm.consoleOffset, size - bytes);
-      const buf = Buffer.alloc(Math.max(0, size - start));
+      const start = Math.min(size, Math.max(fromOffset, size - bytes));
+      const buf = Buffer.alloc(size - start);
       await fh.read(buf, 0, buf.length, start);
       return stripMarkers(buf.toString('utf8'));
     } finally {
@@ -432,19 +432,7 @@ export class VmManager {
   // ---- logs ------------------------------------------------------------------------------
 
   async logs(idOrName: string, maxBytes = 1024 * 1024): Promise<string> {
-    const vm = await this.get(idOrName);
-    const file = path.join(this.runtimeDir(vm.id), 'console.log');
-    const fh = await fs.open(file, 'r').catch(() => null);
-    if (!fh) return '';
-    try {
-      const { size } = await fh.stat();
-      const start = Math.max(0, size - maxBytes);
-      const buf = Buffer.alloc(size - start);
-      await fh.read(buf, 0, buf.length, start);
-      return stripMarkers(buf.toString('utf8'));
-    } finally {
-      await fh.close();
-    }
+    return this.consoleTail(await this.get(idOrName), maxBytes, 0);
   }
 
   /** Follows the console from its current end; returns the follower (caller closes it). */
