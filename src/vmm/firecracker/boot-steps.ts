@@ -1,5 +1,6 @@
 // Booting a Firecracker VM as an ordered list of named steps over one context. The jailer
 // (jailer.ts) and restore-from-snapshot (snapshot.ts) edit this list; nothing forks it.
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import { KilnError } from '../../errors.ts';
 import { ensureVmlinux } from '../../guest/extract-vmlinux.ts';
@@ -144,13 +145,29 @@ export async function runBootSteps(
   await runSteps(guarded, ctx, { signal: ctx.signal, onStep });
 }
 
-export async function killVmm(pid: number, gone: Promise<void> | undefined, timeoutMs = 5000): Promise<void> {
+/**
+ * SIGKILLs the VMM and waits until it is gone. `child` (when kilnd spawned it) is ref'd
+ * meanwhile: spawned VMMs are unref'd so they never hold kilnd's event loop, but the wait
+ * for their exit must.
+ */
+export async function killVmm(pid: number, gone: Promise<void> | undefined, child?: ChildProcess, timeoutMs = 5000): Promise<void> {
   try {
     process.kill(pid, 'SIGKILL');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ESRCH') return;
     throw e;
   }
+  child?.ref();
+  try {
+    await waitGone(pid, gone, timeoutMs);
+    // Our child: gone from /proc means reaped or a zombie about to be; its exit event follows.
+    if (child && gone) await gone;
+  } finally {
+    child?.unref();
+  }
+}
+
+async function waitGone(pid: number, gone: Promise<void> | undefined, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let delay = 2;
   const polled = (async () => {
@@ -222,7 +239,7 @@ export const spawnFirecracker = step('fc.spawn', async (ctx) => {
   ctx.spawned = spawned;
   ctx.pid = spawned.pid;
   ctx.vmmGone = spawned.exited.then(() => undefined);
-  ctx.cleanup.push('fc.kill', () => killVmm(spawned.pid, ctx.vmmGone));
+  ctx.cleanup.push('fc.kill', () => killVmm(spawned.pid, ctx.vmmGone, spawned.child));
   await writeFileAtomic(ctx.paths.pidFile, `${spawned.pid}\n`);
   ctx.cleanup.push('fc.pidFile', () => fs.rm(ctx.paths.pidFile, { force: true }));
 });

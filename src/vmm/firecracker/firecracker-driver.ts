@@ -112,7 +112,7 @@ export class FirecrackerDriver implements VmmDriver {
       vsockPath: ctx.vsockPath,
       jail: ctx.jail,
       vmmPath: ctx.vmmPath,
-      childExit: child?.exited,
+      child: child ? { process: child.child, exited: child.exited } : undefined,
       watch: child ? undefined : ctx.pidWatch,
     });
   }

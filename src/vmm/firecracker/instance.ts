@@ -1,5 +1,6 @@
 // A running Firecracker VM as kilnd sees it: the VmmInstance contract plus what only
 // Firecracker offers (snapshots, MMDS, balloon, rate-limiter updates, hybrid vsock).
+import type { ChildProcess } from 'node:child_process';
 import { open as openCb, constants as FS } from 'node:fs';
 import net from 'node:net';
 import { promisify } from 'node:util';
@@ -29,7 +30,7 @@ export interface FirecrackerInstanceInit {
   jail?: JailLayout;
   vmmPath: (host: string) => string;
   /** Set when kilnd spawned the VMM itself: its exit status is then known. */
-  childExit?: Promise<VmmExitStatus>;
+  child?: { process: ChildProcess; exited: Promise<VmmExitStatus> };
   /** Set otherwise: liveness watch of a process kilnd is not the parent of. */
   watch?: PidWatch;
 }
@@ -48,6 +49,7 @@ export class FirecrackerInstance implements VmmInstance {
   readonly #consoleIn: string;
   readonly #vmmPath: (host: string) => string;
   readonly #watch: PidWatch | undefined;
+  readonly #child: ChildProcess | undefined;
   #gone = false;
   #killing = false;
   #detached = false;
@@ -63,14 +65,19 @@ export class FirecrackerInstance implements VmmInstance {
     this.jail = init.jail;
     this.#vmmPath = init.vmmPath;
     this.#watch = init.watch;
-    const done = init.childExit
-      ? init.childExit.then((st) => this.#fromStatus(st))
+    // The instance holds kilnd's event loop while it watches the VMM (so `exited` can fire);
+    // detach() lets go.
+    this.#child = init.child?.process;
+    this.#child?.ref();
+    const done = init.child
+      ? init.child.exited.then((st) => this.#fromStatus(st))
       : (init.watch?.gone ?? new Promise<void>(() => {})).then(() => this.#fromLog());
     this.exited = done
       .catch((e: unknown): VmmExit => ({ reason: `VMM gone (${(e as Error).message})`, clean: false }))
       .then((exit) => {
         this.#gone = true;
         this.#watch?.stop();
+        this.#child?.unref();
         return exit;
       });
   }
@@ -134,7 +141,7 @@ export class FirecrackerInstance implements VmmInstance {
   async kill(): Promise<void> {
     if (this.#gone) return;
     this.#killing = true;
-    await killVmm(this.pid, this.exited.then(() => undefined));
+    await killVmm(this.pid, this.exited.then(() => undefined), this.#detached ? this.#child : undefined);
     if (this.#watch) await this.#watch.check();
     await this.exited;
   }
@@ -143,6 +150,7 @@ export class FirecrackerInstance implements VmmInstance {
     if (this.#detached) return;
     this.#detached = true;
     this.#watch?.stop();
+    this.#child?.unref();
   }
 
   /** Pauses the guest and snapshots it; `resume` continues it afterwards. */

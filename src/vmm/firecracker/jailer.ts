@@ -210,8 +210,8 @@ export const jailerSpawn: BootStep = {
       ? spawned.exited.then((st) => (st.code === 0 ? new Promise<void>(() => {}) : undefined))
       : spawned.exited.then(() => undefined);
     ctx.cleanup.push('jailer.kill', async () => {
-      if (ctx.pid !== undefined) await killVmm(ctx.pid, ctx.vmmGone);
-      if (ctx.pid !== spawned.pid && !spawned.status()) await killVmm(spawned.pid, spawned.exited.then(() => undefined));
+      if (ctx.pid !== undefined) await killVmm(ctx.pid, ctx.vmmGone, ctx.pid === spawned.pid ? spawned.child : undefined);
+      if (ctx.pid !== spawned.pid && !spawned.status()) await killVmm(spawned.pid, spawned.exited.then(() => undefined), spawned.child);
     });
     await writeFileAtomic(ctx.paths.pidFile, `${spawned.pid}\n`);
     ctx.cleanup.push('fc.pidFile', () => fs.rm(ctx.paths.pidFile, { force: true }));

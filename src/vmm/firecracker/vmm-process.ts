@@ -151,7 +151,8 @@ export interface PidWatch {
 
 /**
  * Watches a process kilnd did not spawn (no pidfd in Node): a 1 s liveness check, plus an
- * idle connection to the VMM's API socket whose closing triggers an immediate check.
+ * idle connection to the VMM's API socket whose closing triggers an immediate check. Holds
+ * the event loop until stop() or the process is gone.
  */
 export function watchPid(pid: number, opts: { startTime?: number; intervalMs?: number; socketPath?: string } = {}): PidWatch {
   let stopped = false;
@@ -180,7 +181,7 @@ export function watchPid(pid: number, opts: { startTime?: number; intervalMs?: n
       if (!isGone && !canary) openCanary();
     });
   }, opts.intervalMs ?? 1000);
-  timer.unref();
+  // Ref'd: the watch holds the event loop until stop() (the instance's detach()) or death.
   const openCanary = () => {
     if (!opts.socketPath || stopped) return;
     const s = net.createConnection(opts.socketPath);

@@ -1,0 +1,101 @@
+// A stand-in `firecracker` executable for driver tests: parses Firecracker's command line,
+// serves the stand-in API on --api-sock, acts as the guest's serial console on stdio, and can
+// misbehave on request. Launched through a bash wrapper (see fake-binaries.ts).
+//
+// Environment:
+//   FAKE_FC_MODE     serve (default) | exit-early | no-socket | die-on
+//   FAKE_FC_DIE_ON   "METHOD /path-prefix": in die-on mode, exit 1 when such a request arrives
+//   FAKE_FC_VERSION  reported version (default 1.13.1)
+//   FAKE_FC_SPEC     Swagger file: validate every request against it
+//   FAKE_FC_RECORD   append every request (JSON lines) to this file
+//   FAKE_FC_ROOT     emulated jail root (set by the fake jailer)
+//   FAKE_FC_GUEST_ECHO_PORTS  comma-separated guest vsock ports that echo
+// Console input (stdin) lines: "echo <text>", "dial <port> <text>", "poweroff".
+// SendCtrlAltDel makes the "guest" reboot: the process exits 0, as Firecracker does.
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { StandInFirecracker } from './stand-in.ts';
+import { loadSpec } from './spec-validator.ts';
+
+const args = process.argv.slice(2);
+function arg(name: string): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === name) return args[i + 1];
+    if (args[i]!.startsWith(`${name}=`)) return args[i]!.slice(name.length + 1);
+  }
+  return undefined;
+}
+
+const version = process.env.FAKE_FC_VERSION ?? '1.13.1';
+if (args.includes('--version')) {
+  process.stdout.write(`Firecracker v${version}\n\nSupported snapshot data format versions: 5.0.0\n`);
+  process.exit(0);
+}
+
+const mode = process.env.FAKE_FC_MODE ?? 'serve';
+const id = arg('--id') ?? 'anonymous-instance';
+if (!/^[A-Za-z0-9-]{1,64}$/.test(id)) {
+  process.stderr.write(`Invalid instance ID: ${id}\n`);
+  process.exit(1);
+}
+const apiSockArg = arg('--api-sock') ?? '/run/firecracker.socket';
+const root = process.env.FAKE_FC_ROOT;
+const apiSock = root ? path.join(root, path.resolve('/', apiSockArg)) : apiSockArg;
+
+if (mode === 'exit-early') {
+  process.stderr.write('Error: failed to open /dev/kvm: No such file or directory (os error 2)\n');
+  process.exit(3);
+}
+if (mode === 'no-socket') {
+  setInterval(() => {}, 1 << 30);
+} else {
+  const spec = process.env.FAKE_FC_SPEC ? await loadSpec(process.env.FAKE_FC_SPEC, { validateDefinition: false }) : undefined;
+  const record = process.env.FAKE_FC_RECORD;
+  const dieOn = mode === 'die-on' ? process.env.FAKE_FC_DIE_ON : undefined;
+  let standIn!: StandInFirecracker;
+  const exit = (code: number) => {
+    standIn.log(code === 0 ? 'Firecracker exiting successfully. exit_code=0' : `Firecracker exiting with error. exit_code=${code}`);
+    fs.rmSync(apiSock, { force: true });
+    process.exit(code);
+  };
+  standIn = new StandInFirecracker({
+    socketPath: apiSock,
+    version,
+    spec,
+    instanceId: id,
+    root,
+    onFatal: () => exit(1),
+    // The guest reboots on Ctrl+Alt+Del, and Firecracker exits cleanly when its guest does.
+    onCtrlAltDel: () => setTimeout(() => exit(0), 10),
+    onInstanceStart: () => process.stdout.write(`[    0.000000] Linux version 6.1.0-fake (stand-in guest of ${id})\n`),
+    onRequest: (r) => {
+      if (record) fs.appendFileSync(record, `${JSON.stringify(r)}\n`);
+    },
+    beforeDispatch: (method, url) => {
+      // A VMM crashing mid-configuration: gone before it answers.
+      const [m, prefix] = (dieOn ?? '').split(' ');
+      if (dieOn && method === m && url.startsWith(prefix!)) {
+        process.stderr.write(`thread 'fc_api' panicked at stand-in: dying on ${method} ${url}\n`);
+        process.exit(1);
+      }
+    },
+  });
+  await standIn.listen();
+  const rl = readline.createInterface({ input: process.stdin });
+  rl.on('line', (line) => {
+    const [cmd, ...rest] = line.trim().split(' ');
+    if (cmd === 'echo') process.stdout.write(`${rest.join(' ')}\n`);
+    else if (cmd === 'poweroff') exit(0);
+    else if (cmd === 'dial') {
+      standIn.guestDial(Number(rest[0])).then(
+        (s) => s.end(`${rest.slice(1).join(' ')}\n`),
+        (e: Error) => process.stdout.write(`dial failed: ${e.message}\n`),
+      );
+    }
+  });
+  for (const port of (process.env.FAKE_FC_GUEST_ECHO_PORTS ?? '').split(',').filter(Boolean)) {
+    standIn.guestListen(Number(port), (s) => s.pipe(s));
+  }
+  process.on('SIGTERM', () => exit(143));
+}
