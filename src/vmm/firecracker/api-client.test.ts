@@ -59,7 +59,7 @@ test('GETs carry no body (Firecracker refuses GET bodies) and parse the JSON ans
   const r = seen.at(-1)!;
   assert.equal(r.body, '');
   assert.equal(r.headers['content-type'], undefined);
-  assert.ok(!r.headers['content-length'] || r.headers['content-length'] === '0');
+  assert.ok(!r.headers['content-length'] || r.headers['content-length'] === '0', 'no GET body');
 });
 
 test("a non-2xx answer becomes KILN_ERR_VMM_FAILED carrying Firecracker's fault_message", async () => {
@@ -67,10 +67,10 @@ test("a non-2xx answer becomes KILN_ERR_VMM_FAILED carrying Firecracker's fault_
   reply = (_r, res) => res.writeHead(400, { 'Content-Type': 'application/json' }).end(JSON.stringify({ fault_message: fault }));
   const c = new FirecrackerApiClient(sock);
   await assert.rejects(c.putBootSource({ kernel_image_path: '/k' }), (e) => {
-    assert.ok(isKilnError(e));
+    assert.ok(isKilnError(e), 'a KilnError');
     assert.equal(e.code, 'KILN_ERR_VMM_FAILED');
     assert.ok(e.message.includes(fault), e.message);
-    assert.ok(e.message.includes('PUT /boot-source'));
+    assert.ok(e.message.includes('PUT /boot-source'), e.message);
     assert.equal(e.details?.status, 400);
     assert.equal(e.details?.fault_message, fault);
     return true;
@@ -101,7 +101,7 @@ test('a request that gets no answer times out', async () => {
   const c = new FirecrackerApiClient(sock, { timeoutMs: 100 });
   const t0 = Date.now();
   await assert.rejects(c.getVersion(), (e) => isKilnError(e) && /no answer within 100 ms/.test(e.message));
-  assert.ok(Date.now() - t0 < 2000);
+  assert.ok(Date.now() - t0 < 2000, 'timed out promptly');
 });
 
 test('the transport is injectable', async () => {

@@ -69,7 +69,7 @@ for (const version of SPEC_VERSIONS) {
 
     test('the definition file is valid Swagger 2.0 and every schema compiles', () => {
       assert.equal(spec.version, version);
-      assert.ok(spec.compileAll() > 50);
+      assert.ok(spec.compileAll() > 50, 'schemas compiled');
     });
 
     test('full boot, then pause/resume, snapshots, MMDS, balloon, rate limiters, metrics, vsock, Ctrl+Alt+Del', async () => {
@@ -136,7 +136,7 @@ for (const version of SPEC_VERSIONS) {
 
         // Hybrid vsock both ways.
         const { socket, hostPort } = await vm.connectVsock(52);
-        assert.ok(hostPort > 0);
+        assert.ok(hostPort > 0, 'a host port');
         socket.setEncoding('utf8');
         socket.write('ping\n');
         let echoed = '';
@@ -215,7 +215,7 @@ for (const version of SPEC_VERSIONS) {
         ? 'restore moving the vsock socket is refused before loading (vsock_override needs ≥ 1.16)'
         : 'restore moving the vsock socket sends vsock_override',
       async () => {
-        assert.ok(snapshot.state && snapshot.mem && snapshot.vsock);
+        assert.ok(snapshot.state && snapshot.mem && snapshot.vsock, 'the boot test produced a snapshot');
         const { d, record } = driver();
         const s = baseSpec(dir, assets, 'clone-1', {
           vsock: { guestCid: 3 },
@@ -247,7 +247,7 @@ for (const version of SPEC_VERSIONS) {
     );
 
     test('restore with the Uffd backend hands Firecracker the page-fault handler socket', async () => {
-      assert.ok(snapshot.state);
+      assert.ok(snapshot.state, 'the boot test produced a snapshot');
       const uffdSock = path.join(dir, `uffd-${n}.sock`);
       let resolveHandshake!: (s: string) => void;
       const handshake = new Promise<string>((r) => (resolveHandshake = r));
@@ -316,7 +316,7 @@ for (const version of SPEC_VERSIONS) {
           (e) => isKilnError(e) && e.details?.status === 400 && /ht_enabled/.test(e.message),
         );
         assert.equal(standIn.violations.length, 1);
-        assert.ok(contractProblems(spec, standIn.requests).length > 0);
+        assert.ok(contractProblems(spec, standIn.requests).length > 0, 'the contract check sees it too');
       } finally {
         await standIn.close();
       }
