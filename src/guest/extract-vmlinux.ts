@@ -79,6 +79,25 @@ function scanCandidates(img: Buffer): Candidate[] {
   return out;
 }
 
+/** The deflate stream of a gzip member (RFC 1952 header skipped), or null if the header is bad. */
+function gzipMemberBody(buf: Buffer): Buffer | null {
+  if (buf.length < 18 || buf[0] !== 0x1f || buf[1] !== 0x8b || buf[2] !== 8) return null;
+  const flags = buf[3]!;
+  if (flags & 0xe0) return null;
+  let off = 10;
+  if (flags & 0x04) off += 2 + buf.readUInt16LE(off); // FEXTRA
+  for (const bit of [0x08, 0x10]) {
+    // FNAME, FCOMMENT: zero-terminated
+    if (flags & bit) {
+      const end = buf.indexOf(0, off);
+      if (end < 0) return null;
+      off = end + 1;
+    }
+  }
+  if (flags & 0x02) off += 2; // FHCRC
+  return off < buf.length ? buf.subarray(off) : null;
+}
+
 // Exit code 127 from sh: the decompressor is not installed.
 const NOT_FOUND = 127;
 const ANY_EXIT = Array.from({ length: 256 }, (_, i) => i);
@@ -92,8 +111,12 @@ const ANY_EXIT = Array.from({ length: 256 }, (_, i) => i);
  */
 async function inflate(file: string, img: Buffer, c: Candidate): Promise<Buffer | 'missing-tool' | null> {
   if (!c.format.tool) {
+    const deflate = gzipMemberBody(img.subarray(c.offset, c.offset + c.length));
+    if (!deflate) return null;
     try {
-      return zlib.gunzipSync(img.subarray(c.offset, c.offset + c.length), { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+      // Raw inflate stops at the end of the deflate stream and ignores what follows
+      // (gunzip would choke on the size and image data after the member).
+      return zlib.inflateRawSync(deflate, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
     } catch {
       return null;
     }
