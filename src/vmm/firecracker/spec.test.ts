@@ -69,6 +69,7 @@ test('the MTU is only sent to a Firecracker that knows it', () => {
 
 test('what Firecracker would refuse mid-boot is refused before anything is spawned', () => {
   validateSpec(spec());
+  assert.throws(() => validateSpec(spec({ accelerator: 'tcg' })), (e) => isKilnError(e) && e.code === 'KILN_ERR_HOST_SETUP');
   assert.throws(() => validateSpec(spec({ vcpus: 33 })), invalid);
   assert.throws(() => validateSpec(spec({ vcpus: 3, machine: { smt: true } })), invalid);
   assert.throws(() => validateSpec(spec({ mmds: { data: {} } })), (e) => invalid(e) && /network interface/.test((e as Error).message));

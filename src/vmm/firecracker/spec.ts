@@ -154,6 +154,9 @@ function invalid(message: string, details?: Record<string, unknown>): never {
 
 /** Checks what Firecracker would refuse mid-boot, before anything is spawned. */
 export function validateSpec(spec: FirecrackerVmSpec): void {
+  if (spec.accelerator !== 'kvm') {
+    throw new KilnError('KILN_ERR_HOST_SETUP', `Firecracker runs guests only under KVM (asked for ${spec.accelerator})`);
+  }
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 32) invalid(`vcpus must be 1–32 for Firecracker, got ${spec.vcpus}`);
   if (spec.machine?.smt && spec.vcpus > 1 && spec.vcpus % 2) invalid(`with SMT, Firecracker needs 1 or an even number of vCPUs, got ${spec.vcpus}`);
   if (!Number.isInteger(spec.memoryMib) || spec.memoryMib < 1) invalid(`memoryMib must be a positive integer, got ${spec.memoryMib}`);
