@@ -130,7 +130,7 @@ export async function runBootSteps(
           // (An HTTP fault is Firecracker's own answer and is kept as it is.)
           const httpFault = e instanceof KilnError && e.details?.status !== undefined;
           if (!httpFault && c.pid !== undefined && (await processGone(c.pid))) {
-            await Promise.race([gone, new Promise((r) => setTimeout(r, 1000).unref())]);
+            await Promise.race([gone, new Promise((r) => setTimeout(r, 1000))]);
             throw await describeVmmExit(c, s.name);
           }
           throw e;
@@ -147,8 +147,8 @@ export async function runBootSteps(
 
 /**
  * SIGKILLs the VMM and waits until it is gone. `child` (when kilnd spawned it) is ref'd
- * meanwhile: spawned VMMs are unref'd so they never hold kilnd's event loop, but the wait
- * for their exit must.
+ * meanwhile, even if it had been let go (a detached instance): the wait for its exit event
+ * must hold the event loop.
  */
 export async function killVmm(pid: number, gone: Promise<void> | undefined, child?: ChildProcess, timeoutMs = 5000): Promise<void> {
   try {

@@ -102,6 +102,8 @@ export class FirecrackerDriver implements VmmDriver {
     }
     ctx.cleanup.release();
     const child = ctx.spawned && ctx.spawned.pid === ctx.pid ? ctx.spawned : undefined;
+    // A jailer that is not the VMM itself is not watched: it must not hold kilnd's loop.
+    if (!child) ctx.spawned?.child.unref();
     return new FirecrackerInstance({
       pid: ctx.pid!,
       client: ctx.client!,

@@ -79,7 +79,8 @@ export async function spawnDetached(o: SpawnDetachedOptions): Promise<SpawnedPro
         resolve(status);
       });
     });
-    child.unref();
+    // Still ref'd: kilnd waits on this process while it boots. Whoever takes it over (the
+    // instance, until detach()) decides when to let go.
     return { child, pid: child.pid!, exited, status: () => status };
   } finally {
     await Promise.allSettled([stdin.close(), stdout.close(), stderr.close()]);
