@@ -55,7 +55,7 @@ export class Daemon {
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       // Firecracker joins 'auto' once its driver is wired in (it needs KVM in any case).
       const backend = config.backend === 'auto' ? 'qemu' : config.backend;
-      const driver = createDriver(backend);
+      const driver = createDriver(backend, { assetsDir: config.assetsDir });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};

@@ -104,6 +104,8 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
         resolve({ code, stdout: opts.binary ? '' : stdoutBuffer.toString('utf8'), stdoutBuffer, stderr });
       }
     });
+    // A tool that exits before reading all its input must fail as itself, not crash kilnd with EPIPE.
+    child.stdin!.on('error', () => {});
     if (opts.input !== undefined) child.stdin!.end(opts.input);
     else child.stdin!.end();
   });

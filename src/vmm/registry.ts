@@ -1,12 +1,15 @@
 // The one module that imports VMM backend folders; everything else sees driver.ts.
+import path from 'node:path';
 import type { BackendName, VmmDriver } from './driver.ts';
+import { FirecrackerDriver } from './firecracker/firecracker-driver.ts';
 import { QemuDriver } from './qemu/qemu-driver.ts';
 
-export function createDriver(name: BackendName): VmmDriver {
+export function createDriver(name: BackendName, opts: { assetsDir: string }): VmmDriver {
   switch (name) {
     case 'qemu':
       return new QemuDriver();
     case 'firecracker':
-      throw new Error('the firecracker backend is not wired in yet');
+      // Firecracker boots only an ELF vmlinux: extracted once from the Debian bzImage.
+      return new FirecrackerDriver({ vmlinuxCacheDir: path.join(opts.assetsDir, 'kernels', 'vmlinux') });
   }
 }
