@@ -14,7 +14,7 @@ test('undo runs in reverse, runs every step even after a failure, and reports al
   s.push('c', async () => void order.push('c'));
   const errors = await s.run();
   assert.deepEqual(order, ['c', 'b', 'a']);
-  assert.deepEqual(errors.map((e) => e.message), ['undo b: b broke']);
+  assert.deepEqual(errors.map((e) => `undo ${e.name}: ${(e.error as Error).message}`), ['undo b: b broke']);
   assert.deepEqual(await s.run(), [], 'runs once');
 });
 

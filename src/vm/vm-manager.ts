@@ -18,7 +18,7 @@ import type { Metrics } from '../metrics/metrics.ts';
 import type { Store, VmRecord, VmState } from '../store/store.ts';
 import { cloneFile } from '../tools/cp.ts';
 import { exists } from '../util/atomic.ts';
-import { CleanupStack } from '../util/cleanup-stack.ts';
+import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import type { Accelerator, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
@@ -182,7 +182,7 @@ export class VmManager {
       await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null });
     } catch (e) {
       const errors = await undo.run();
-      if (errors.length) this.deps.log.error({ vm: vm.id, errors: errors.map(String) }, 'cleanup after failed boot');
+      if (errors.length) this.deps.log.error({ vm: vm.id, errors: describeFailures(errors) }, 'cleanup after failed boot');
       const err = e instanceof KilnError ? e : new KilnError('KILN_ERR_VMM_FAILED', (e as Error).message);
       await this.transition(vm.id, 'failed', { pid: null }, `${err.code}: ${err.message}`);
       throw err;

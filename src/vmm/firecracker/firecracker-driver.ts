@@ -2,6 +2,7 @@
 // the jailer (jailer.ts) and for restore-from-snapshot (snapshot.ts); a failure unwinds
 // everything the steps created. attach() re-adopts a VMM started by an earlier kilnd after
 // checking its command line, so a reused pid is never mistaken for the VM.
+import { describeFailures } from '../../util/cleanup-stack.ts';
 import path from 'node:path';
 import { KilnError, asKilnError } from '../../errors.ts';
 import { pidAlive, run } from '../../util/process.ts';
@@ -97,7 +98,7 @@ export class FirecrackerDriver implements VmmDriver {
       const failures = await ctx.cleanup.run();
       const err = asKilnError(e, 'KILN_ERR_VMM_FAILED');
       if (!failures.length) throw err;
-      const also = failures.map((f) => `${f.name}: ${(f.error as Error)?.message ?? String(f.error)}`).join('; ');
+      const also = describeFailures(failures);
       throw new KilnError(err.code, `${err.message} (cleanup also failed: ${also})`, { ...err.details, cleanup_failures: also }, { cause: e });
     }
     ctx.cleanup.release();

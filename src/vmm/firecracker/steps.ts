@@ -77,43 +77,8 @@ export class StepList<C> {
   }
 }
 
-/**
- * Undo actions pushed by the steps that created something. Runs once, in reverse, and
- * reports every failure together instead of stopping at the first.
- */
-export class CleanupStack {
-  #undo: { name: string; fn: () => Promise<void> | void }[] = [];
-  #ran = false;
-
-  push(name: string, fn: () => Promise<void> | void): void {
-    if (this.#ran) throw new KilnError('KILN_ERR_INTERNAL', `cleanup already ran; cannot register ${name}`);
-    this.#undo.push({ name, fn });
-  }
-
-  get size(): number {
-    return this.#undo.length;
-  }
-
-  /** Forgets every undo action (the thing they would undo is now owned by someone else). */
-  release(): void {
-    this.#undo = [];
-  }
-
-  async run(): Promise<{ name: string; error: unknown }[]> {
-    if (this.#ran) return [];
-    this.#ran = true;
-    const failures: { name: string; error: unknown }[] = [];
-    for (const { name, fn } of this.#undo.reverse()) {
-      try {
-        await fn();
-      } catch (error) {
-        failures.push({ name, error });
-      }
-    }
-    this.#undo = [];
-    return failures;
-  }
-}
+// The cleanup stack is kiln's shared one; re-exported for the boot steps.
+export { CleanupStack } from '../../util/cleanup-stack.ts';
 
 export interface StepEvent {
   step: string;
