@@ -23,6 +23,16 @@ export interface KilnConfig {
   /** Host directories that path-based image imports may read from. */
   allowedRoots: string[];
   logLevel: string;
+  network: NetworkConfig;
+}
+
+export interface NetworkConfig {
+  /** Linux bridge every VM tap joins; created by kilnd. Also names kiln's nftables table. */
+  bridge: string;
+  /** IPv4 range VMs get addresses from; the first host address is the bridge (gateway). */
+  cidr: string;
+  /** TCP port the guest agent connects back to, on the bridge address (push readiness). */
+  agentPort: number;
 }
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig {
@@ -39,6 +49,11 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     stopGraceMs: Number(env.KILN_STOP_GRACE_MS ?? 5_000),
     allowedRoots: (env.KILN_ALLOWED_ROOTS ?? '').split(':').filter(Boolean).map((p) => path.resolve(p)),
     logLevel: env.KILN_LOG_LEVEL ?? 'info',
+    network: {
+      bridge: env.KILN_BRIDGE ?? 'kilnbr0',
+      cidr: env.KILN_CIDR ?? '10.118.0.0/24',
+      agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
+    },
   };
 }
 

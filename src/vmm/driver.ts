@@ -11,6 +11,22 @@ export interface DriveSpec {
   readOnly: boolean;
 }
 
+/** One virtio-net NIC backed by a host tap that kilnd made (src/net). */
+export interface NicSpec {
+  /** Host tap device name (≤ 15 chars), already attached to kiln's bridge. */
+  tap: string;
+  /** Guest MAC, derived from the VM's IP so it is stable across restarts. */
+  mac: string;
+}
+
+/** Guest↔host vsock, where the VMM has one (Firecracker hybrid vsock; QEMU vhost-vsock). */
+export interface VsockSpec {
+  /** Guest context id (≥ 3). */
+  guestCid: number;
+  /** Firecracker: host Unix socket of the hybrid vsock (default `<runtimeDir>/vsock.sock`). */
+  udsPath?: string;
+}
+
 export interface VmSpec {
   id: string;
   /** `<state>/vms/<id>`: sockets, console log, pid file and per-VM drives live here. */
@@ -26,6 +42,9 @@ export interface VmSpec {
   };
   /** In attach order: the guest sees them as vda, vdb, … in this order. */
   drives: DriveSpec[];
+  /** Network interfaces, in order (the guest sees eth0 first). Absent or empty: no network. */
+  nics?: NicSpec[];
+  vsock?: VsockSpec;
 }
 
 export interface VmmExit {
