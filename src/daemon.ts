@@ -16,6 +16,7 @@ import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
+import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { VmmDriver } from './vmm/driver.ts';
 import { createDriver } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
@@ -33,6 +34,7 @@ export class Daemon {
     readonly metrics: Metrics,
     readonly assets: GuestAssets,
     readonly accel: AccelDecision,
+    readonly backend: BackendDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
     readonly vms: VmManager,
@@ -45,17 +47,18 @@ export class Daemon {
     await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
     try {
-      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg));
+      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
+      if (assets.kernel.source === 'user') log.info({ kernel: assets.kernel.path, format: assets.kernel.format }, 'user-supplied guest kernel');
       const accel = await decideAccelerator({
         requested: config.accelerator,
-        kernel: assets.kernel.bzImage,
+        kernel: assets.kernel.path,
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
-      // Firecracker joins 'auto' once its driver is wired in (it needs KVM in any case).
-      const backend = config.backend === 'auto' ? 'qemu' : config.backend;
-      const driver = createDriver(backend, { assetsDir: config.assetsDir });
+      const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
+      log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -66,7 +69,7 @@ export class Daemon {
       await ensureDefaultImage(images);
       const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, vms);
     } catch (e) {
       await store.close();
       throw e;

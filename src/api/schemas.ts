@@ -147,6 +147,8 @@ export const Health = Type.Object({
   status: Type.Literal('ok'),
   version: Type.String(),
   backend: Type.String(),
+  /** Why this backend: configuration, or what 'auto' found (Firecracker binary, KVM). */
+  backend_reason: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   accelerator_reason: Type.String(),
   kernel: Type.String(),

@@ -23,7 +23,7 @@ program.addCommand(imageCommands(client, json));
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
   if (json()) console.log(JSON.stringify(h, null, 2));
-  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.accelerator}: ${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
+  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.backend_reason}), ${h.accelerator} (${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
 });
 
 program.parseAsync(process.argv).catch(reportError);

@@ -171,7 +171,7 @@ export class VmManager {
         }
         await fs.writeFile(files.config, encodeConfigDrive(guestConfig(vm, image, this.deps.config.stopGraceMs)));
       });
-      const spec = vmSpec(vm, image, this.deps.assets, dir);
+      const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver);
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
@@ -472,7 +472,7 @@ export class VmManager {
     if (!ACTIVE.includes(vm.state)) return;
     const image = await this.deps.store.getImage(vm.imageId);
     const dir = this.runtimeDir(vm.id);
-    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir), vm.pid) : null;
+    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir, this.deps.driver), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
       const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');

@@ -22,9 +22,11 @@ export interface TestDaemon {
   kill(): Promise<void>;
 }
 
-export async function startKilnd(opts: { stateDir?: string } = {}): Promise<TestDaemon> {
+/** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
+export async function startKilnd(opts: { stateDir?: string; backend?: string } = {}): Promise<TestDaemon> {
   const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
-  const proc = spawn(process.execPath, [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0'], {
+  const backend = opts.backend ?? process.env.KILN_BACKEND ?? 'auto';
+  const proc = spawn(process.execPath, [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend], {
     env: { ...process.env, KILN_ASSETS_DIR: TEST_ASSETS_DIR, KILN_LOG_LEVEL: process.env.KILN_LOG_LEVEL ?? 'warn', KILN_STOP_GRACE_MS: '3000' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -91,14 +93,19 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
   }
 }
 
-export async function qemuPids(stateDir: string): Promise<number[]> {
+/** Live VMM processes (QEMU or Firecracker) whose command line names `stateDir`. */
+export async function vmmPids(stateDir: string): Promise<number[]> {
   const pids: number[] = [];
   for (const p of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     const cmd = await fs.readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
     const stat = await fs.readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
     const zombie = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-    if (!zombie && cmd.startsWith('qemu-system') && cmd.includes(stateDir)) pids.push(Number(p));
+    const vmm = cmd.startsWith('qemu-system') || path.basename(cmd.split('\0')[0]!) === path.basename(process.env.KILN_FIRECRACKER_BIN ?? 'firecracker');
+    if (!zombie && vmm && cmd.includes(stateDir)) pids.push(Number(p));
   }
   return pids;
 }
+
+/** Kept for tests written before Firecracker: same as vmmPids. */
+export const qemuPids = vmmPids;
