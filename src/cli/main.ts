@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { KilnClient } from '../sdk/client.ts';
 import { KILN_VERSION } from '../version.ts';
+import { doctorCommand } from './doctor.ts';
 import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
@@ -20,6 +21,7 @@ const json = () => Boolean(program.opts().json);
 program.addCommand(serveCommand());
 program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
+program.addCommand(doctorCommand(json));
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
   if (json()) console.log(JSON.stringify(h, null, 2));

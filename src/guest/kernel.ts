@@ -49,6 +49,11 @@ async function resolvePackage(): Promise<string> {
   return pkg;
 }
 
+/** The Debian kernel already in the assets dir, without downloading anything (for `kiln doctor`). */
+export async function cachedGuestKernel(assetsDir: string): Promise<GuestKernel | null> {
+  return (await installedKernels(path.join(assetsDir, 'kernels')))[0] ?? null;
+}
+
 /**
  * Returns the guest kernel, downloading it on first use. A kernel already in the assets dir
  * is used as is, so start-up needs no network once set up.
