@@ -14,7 +14,7 @@ import { encodeConfigDrive } from '../src/guest/config-drive.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { QEMU_BINARY } from '../src/tools/qemu-system.ts';
 import { cloneFile } from '../src/tools/cp.ts';
-import { prepareGuestAssets } from '../src/vm/guest-assets.ts';
+import { prepareGuestAssets, type GuestAssets } from '../src/vm/guest-assets.ts';
 import { guestConfig, runtimeFiles, vmSpec } from '../src/vm/vm-spec.ts';
 import { ensureVmlinux } from '../src/guest/extract-vmlinux.ts';
 import { isKilnError } from '../src/errors.ts';
@@ -78,8 +78,15 @@ async function firecrackerDirectArgv(spec: VmSpec, dir: string, vmlinuxCache: st
 }
 
 /** Exits (2) with the reason when Firecracker cannot run here, before anything is started. */
-async function assertFirecrackerRuns(kernel: string, initrd: string): Promise<void> {
-  const accel = await decideAccelerator({ requested: 'auto', kernel, initrd, cacheDir: TEST_ASSETS_DIR });
+async function assertFirecrackerRuns(assets: GuestAssets): Promise<void> {
+  const k = assets.kernel;
+  const accel = await decideAccelerator({
+    requested: 'auto',
+    kernel: k.path,
+    initrd: assets.initramfs.path,
+    cacheDir: TEST_ASSETS_DIR,
+    canProbe: k.format === 'bzImage' || k.pvh === true,
+  });
   try {
     await decideBackend({ requested: 'firecracker', firecrackerBinary: FIRECRACKER_BIN, accel });
   } catch (e) {
@@ -93,8 +100,7 @@ async function assertFirecrackerRuns(kernel: string, initrd: string): Promise<vo
 async function main(): Promise<void> {
   const fc = BACKEND === 'firecracker';
   if (fc) {
-    const a = await prepareGuestAssets(TEST_ASSETS_DIR, () => {});
-    await assertFirecrackerRuns(a.kernel.path, a.initramfs.path);
+    await assertFirecrackerRuns(await prepareGuestAssets(TEST_ASSETS_DIR, () => {}, { kernelPath: process.env.KILN_KERNEL }));
   }
   const d = await startKilnd({ backend: BACKEND });
   const memory: number[] = [];
@@ -102,7 +108,7 @@ async function main(): Promise<void> {
   const direct: number[] = [];
   const scratchDir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-bench-direct-'));
   try {
-    const assets = await prepareGuestAssets(TEST_ASSETS_DIR, () => {});
+    const assets = await prepareGuestAssets(TEST_ASSETS_DIR, () => {}, { kernelPath: process.env.KILN_KERNEL });
     // Warm-up boot (page cache, first-boot costs), not counted.
     await d.client.deleteVm((await d.client.createVm({ name: 'warmup' }, { wait: true })).id);
     for (let i = 0; i < RUNS; i++) {

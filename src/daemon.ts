@@ -54,6 +54,7 @@ export class Daemon {
         kernel: assets.kernel.path,
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
+        canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });

@@ -70,11 +70,12 @@ test('Debian’s cloud kernel: a bzImage; its extracted vmlinux is ELF with the 
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kfmt-'));
   try {
     const k = await userKernel(DEBIAN_KERNEL);
-    assert.deepEqual({ ...k }, { version: '6.1.0-56-cloud-amd64', root: null, path: DEBIAN_KERNEL, format: 'bzImage', source: 'user' });
+    assert.deepEqual({ ...k }, { version: '6.1.0-56-cloud-amd64', root: null, path: DEBIAN_KERNEL, format: 'bzImage', pvh: undefined, source: 'user' });
     const vmlinux = await ensureVmlinux(DEBIAN_KERNEL, dir);
     assert.deepEqual(await detectKernelImage(vmlinux), { format: 'elf', pvh: true, version: '6.1.0-56-cloud-amd64' });
     const asUser = await userKernel(vmlinux);
     assert.equal(asUser.format, 'elf');
+    assert.equal(asUser.pvh, true);
   } finally {
     await fs.rm(dir, { recursive: true, force: true });
   }

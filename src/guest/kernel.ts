@@ -18,6 +18,8 @@ export interface GuestKernel {
   /** The image each driver boots from (Firecracker extracts an ELF from a bzImage). */
   path: string;
   format: KernelFormat;
+  /** ELF only: has the PVH entry note QEMU needs to boot it. */
+  pvh?: boolean;
   source: 'debian' | 'user';
 }
 
@@ -84,5 +86,5 @@ export async function ensureGuestKernel(assetsDir: string, log: (msg: string) =>
 export async function userKernel(file: string): Promise<GuestKernel> {
   const abs = path.resolve(file);
   const info = await detectKernelImage(abs);
-  return { version: info.version ?? `user-${path.basename(abs)}`, root: null, path: abs, format: info.format, source: 'user' };
+  return { version: info.version ?? `user-${path.basename(abs)}`, root: null, path: abs, format: info.format, pvh: info.pvh, source: 'user' };
 }
