@@ -17,7 +17,7 @@ import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
-import type { VmmDriver } from './vmm/driver.ts';
+import type { BackendName, VmmDriver } from './vmm/driver.ts';
 import { createDriver } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
@@ -68,7 +68,8 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
       await ensureDefaultImage(images);
-      const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
       return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, vms);
     } catch (e) {

@@ -20,7 +20,7 @@ import { cloneFile } from '../tools/cp.ts';
 import { exists } from '../util/atomic.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
-import type { Accelerator, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
+import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec } from './vm-spec.ts';
@@ -72,6 +72,11 @@ export class VmManager {
       log: Logger;
       assets: GuestAssets;
       accelerator: Accelerator;
+      /**
+       * The driver of another backend, for VMs a previous kilnd started with it (the host's
+       * backend can change between runs, e.g. `auto` after Firecracker was installed).
+       */
+      driverFor?: (name: BackendName) => VmmDriver;
     },
   ) {
     this.states.setMaxListeners(0);
@@ -380,7 +385,13 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      const next = await this.deps.store.updateVm(id, { bootCount: vm.bootCount + 1, stateReason: null });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
+      const next = await this.deps.store.updateVm(id, {
+        bootCount: vm.bootCount + 1,
+        stateReason: null,
+        backend: this.deps.driver.name,
+        accelerator: this.deps.accelerator,
+      });
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
@@ -472,7 +483,8 @@ export class VmManager {
     if (!ACTIVE.includes(vm.state)) return;
     const image = await this.deps.store.getImage(vm.imageId);
     const dir = this.runtimeDir(vm.id);
-    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir, this.deps.driver), vm.pid) : null;
+    const driver = vm.backend === this.deps.driver.name ? this.deps.driver : this.deps.driverFor?.(vm.backend as BackendName);
+    const instance = image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
       const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
