@@ -127,5 +127,6 @@ test('kernel command line: Firecracker’s documented arguments, never nomodule,
   assert.match(c, /^console=ttyS0 reboot=k panic=1 pci=off /);
   assert.ok(c.endsWith(' kiln.ip=10.0.0.2'));
   assert.ok(!c.split(' ').includes('nomodule'));
+  assert.ok(!c.includes('8250.nr_uarts=0'), 'the serial console stays');
   assert.ok(!c.includes('tsc_early_khz'), 'no TCG timing workaround: Firecracker is KVM only');
 });

@@ -148,10 +148,18 @@ export function networkInterfacesOf(spec: FirecrackerVmSpec): NetworkInterfaceSp
   return (spec.nics ?? []).map((n, i) => ({ ifaceId: `eth${i}`, hostDevName: n.tap, guestMac: n.mac }));
 }
 
-/** Firecracker's documented boot arguments (no PCI: devices are virtio-mmio), then `extra`. */
+/**
+ * Firecracker's default boot arguments (docs: kernel-policy.md) with kiln's console, then
+ * `extra`. Two of its defaults are left out on purpose: `nomodule` (kiln's initramfs loads
+ * virtio_mmio and friends as modules) and `8250.nr_uarts=0` (the serial console is kiln's log
+ * and last-resort channel). The i8042 ones skip probes that only cost boot time.
+ */
 export function firecrackerKernelCmdline(extra: readonly string[]): string {
-  // No `nomodule`: kiln's initramfs loads virtio_mmio and friends as modules.
-  return ['console=ttyS0', 'reboot=k', 'panic=1', 'pci=off', 'quiet', ...extra].join(' ');
+  return [
+    'console=ttyS0', 'reboot=k', 'panic=1', 'pci=off',
+    'i8042.noaux', 'i8042.nomux', 'i8042.dumbkbd', 'swiotlb=noforce',
+    'quiet', ...extra,
+  ].join(' ');
 }
 
 export function toMmdsConfig(spec: FirecrackerVmSpec): T.MmdsConfig | undefined {
