@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KilnClient } from '../../src/sdk/client.ts';
+import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, linkExists } from '../../src/tools/ip.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
 import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
@@ -118,21 +118,38 @@ export async function waitForState(client: KilnClient, id: string, states: strin
   }
 }
 
-/** Waits until the VM's console output matches `re` (follows the log stream). */
+/**
+ * Waits until the VM's console output matches `re`: follows the log stream and checks the
+ * whole log too, so output written before the call (or by a VM that already stopped) counts.
+ */
 export async function waitForLog(client: KilnClient, id: string, re: RegExp, timeoutMs = 60_000): Promise<string> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), timeoutMs);
+  const deadline = Date.now() + timeoutMs;
   let seen = '';
-  try {
-    for await (const chunk of client.followLogs(id, ac.signal)) {
-      seen += chunk;
+  while (Date.now() < deadline) {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), Math.max(1, deadline - Date.now()));
+    try {
+      const it = client.followLogs(id, ac.signal)[Symbol.asyncIterator]();
+      const first = it.next();
+      first.catch(() => {});
+      seen = await client.logs(id).catch(() => seen);
       if (re.test(seen)) return seen;
+      for (let r = await first; !r.done; r = await it.next()) {
+        seen += r.value;
+        if (re.test(seen)) return seen;
+      }
+    } catch (e) {
+      // No console yet (the VM is still being created): retry below.
+      if (!(e instanceof KilnApiError && e.code === 'KILN_ERR_INVALID_STATE') && !ac.signal.aborted) throw e;
+    } finally {
+      clearTimeout(timer);
+      ac.abort();
     }
-    throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
+    seen = await client.logs(id).catch(() => seen);
+    if (re.test(seen)) return seen;
+    await new Promise((r) => setTimeout(r, 100));
   }
+  throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
 }
 
 export async function qemuPids(stateDir: string): Promise<number[]> {
