@@ -63,6 +63,8 @@ export class NetworkManager {
     // onto the bridge (the kernel drops loopback-sourced packets on other links otherwise).
     await writeSysctl('net/ipv4/ip_forward', '1');
     await writeSysctl(`net/ipv4/conf/${bridge}/route_localnet`, '1');
+    // Learn guests from their gratuitous ARP (the neighbour-table readiness fallback).
+    await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '1');
     await this.sync();
   }
 
@@ -96,6 +98,7 @@ export class NetworkManager {
     if (!vm.ip) throw new KilnError('KILN_ERR_INTERNAL', `VM ${vm.id} has no address leased`);
     const tap = tapName(vm.id);
     if (await ip.linkExists(tap)) await ip.deleteLink(tap);
+    await ip.flushNeighbour(vm.ip, this.config.bridge);
     await ip.addTap(tap);
     try {
       await ip.setMaster(tap, this.config.bridge);

@@ -1,6 +1,6 @@
 // iproute2 (`ip`): links, addresses, bridge ports and the neighbour table. JSON output
 // (`ip -j`) everywhere kiln reads, so nothing parses iproute2's human format.
-import { run } from '../util/process.ts';
+import { run, streamLines } from '../util/process.ts';
 
 export interface LinkInfo {
   ifname: string;
@@ -60,3 +60,30 @@ export const addAddress = (name: string, cidr: string) => ip(['addr', 'replace',
 export const listAddresses = (name?: string) => json<AddrInfo[]>(['-4', 'addr', 'show', ...(name ? ['dev', name] : [])]);
 export const listRoutes = () => json<RouteInfo[]>(['-4', 'route', 'show']);
 export const listNeighbours = (dev: string) => json<NeighInfo[]>(['-4', 'neigh', 'show', 'dev', dev]);
+
+export interface NeighbourEvent {
+  ip: string;
+  mac: string | null;
+  state: string;
+}
+
+/**
+ * Follows neighbour-table changes on `dev` (`ip monitor neigh`): the host learns a guest's
+ * MAC the moment the guest's gratuitous ARP or first packet arrives, without polling.
+ */
+export function monitorNeighbours(dev: string, onEvent: (e: NeighbourEvent) => void) {
+  return streamLines('ip', ['-4', 'monitor', 'neigh', 'dev', dev], (line) => {
+    const e = parseNeighbourLine(line);
+    if (e) onEvent(e);
+  });
+}
+
+/** `10.0.0.2 lladdr 02:6b:0a:00:00:02 REACHABLE` (dev omitted when filtered by dev), `Deleted …` lines ignored. */
+export function parseNeighbourLine(line: string): NeighbourEvent | null {
+  const m = /^(\d+\.\d+\.\d+\.\d+)(?: dev \S+)?(?: lladdr ([0-9a-f:]{17}))?(?: \w+)* ([A-Z_]+)$/.exec(line.trim());
+  if (!m || line.startsWith('Deleted')) return null;
+  return { ip: m[1]!, mac: m[2] ?? null, state: m[3]! };
+}
+
+/** Forgets what the host knew about `addr` (a reused lease must not look reachable already). */
+export const flushNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 'flush', 'to', addr, 'dev', dev]);
