@@ -14,6 +14,8 @@ import { encodeConfigDrive } from '../src/guest/config-drive.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { QEMU_BINARY } from '../src/tools/qemu-system.ts';
 import { cloneFile } from '../src/tools/cp.ts';
+import { macFor, parseSubnet } from '../src/net/ipv4.ts';
+import { tapName } from '../src/net/network-manager.ts';
 import { prepareGuestAssets, type GuestAssets } from '../src/vm/guest-assets.ts';
 import { guestConfig, runtimeFiles, vmSpec } from '../src/vm/vm-spec.ts';
 import { ensureVmlinux } from '../src/guest/extract-vmlinux.ts';
@@ -21,7 +23,7 @@ import { isKilnError } from '../src/errors.ts';
 import { decideAccelerator } from '../src/vmm/accel-probe.ts';
 import { decideBackend } from '../src/vmm/backend-select.ts';
 import type { BackendName, VmSpec } from '../src/vmm/driver.ts';
-import { firecrackerKernelCmdline, toDrives, toMachineConfig } from '../src/vmm/firecracker/spec.ts';
+import { firecrackerKernelCmdline, networkInterfacesOf, toDrives, toMachineConfig, toNetworkInterface } from '../src/vmm/firecracker/spec.ts';
 import { kernelCmdline, qemuArgs, qemuPaths } from '../src/vmm/qemu/qemu-args.ts';
 import { vmmMemory } from '../src/vmm/vmm-memory.ts';
 import { TEST_ASSETS_DIR, startKilnd } from '../test/helpers/kilnd.ts';
@@ -46,12 +48,15 @@ const GUEST_PHASES = ['guest.kernel', 'guest.init'];
 const shq = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
 /**
- * The baseline: a shell script runs the VMM and waits (inotify, via tail -f) for kiln-init's
- * ready line. QEMU logs the console itself; Firecracker's serial console is its stdout.
+ * The baseline: a shell script makes the VM's tap (as any hand-written launcher must), runs
+ * the VMM and waits (inotify, via tail -f) for kiln-init's ready line. QEMU logs the console
+ * itself; Firecracker's serial console is its stdout.
  */
-async function directBoot(argv: string[], log: string, stdoutToLog = false): Promise<number> {
+async function directBoot(argv: string[], o: { log: string; stdoutToLog: boolean; tap: string | null; bridge: string }): Promise<number> {
+  const { log, tap, bridge } = o;
   const script = [
-    `${argv.map(shq).join(' ')}${stdoutToLog ? ` </dev/null >${shq(log)} 2>&1` : ''} &`,
+    ...(tap ? [`ip tuntap add dev ${tap} mode tap && ip link set dev ${tap} master ${bridge} && ip link set dev ${tap} up || exit 1`, `trap 'ip link del ${tap}' EXIT`] : []),
+    `${argv.map(shq).join(' ')}${o.stdoutToLog ? ` </dev/null >${shq(log)} 2>&1` : ''} &`,
     'qemu=$!',
     `while [ ! -e ${shq(log)} ]; do :; done`,
     `tail -n +1 -f ${shq(log)} | grep -q -m1 '^@kiln:ready'`,
@@ -65,12 +70,13 @@ async function directBoot(argv: string[], log: string, stdoutToLog = false): Pro
   return performance.now() - t0;
 }
 
-/** Firecracker without its API: the same machine, boot source and drives from a config file. */
+/** Firecracker without its API: the same machine, boot source, drives and NIC from a config file. */
 async function firecrackerDirectArgv(spec: VmSpec, dir: string, vmlinuxCache: string): Promise<string[]> {
   const config = {
     'boot-source': { kernel_image_path: await ensureVmlinux(spec.kernel.path, vmlinuxCache), boot_args: spec.kernel.cmdline, initrd_path: spec.kernel.initrd },
     drives: toDrives(spec, (p) => p),
     'machine-config': toMachineConfig(spec),
+    'network-interfaces': networkInterfacesOf(spec).map((n) => toNetworkInterface(n, false)),
   };
   const file = path.join(dir, 'vm-config.json');
   await fs.writeFile(file, JSON.stringify(config));
@@ -130,19 +136,24 @@ async function main(): Promise<void> {
       const files = runtimeFiles(dir);
       await cloneFile(assets.scratchTemplate, files.scratch);
       await fs.writeFile(files.config, encodeConfigDrive(guestConfig(rec, img, 5000)));
+      const addr = rec.ip ? { ip: rec.ip, ...parseSubnet(d.network.cidr) } : null;
+      const net = addr && {
+        nic: { tap: tapName(rec.id), mac: macFor(addr.ip) },
+        kernelArgs: [`kiln.ip=${addr.ip}/${addr.prefix}`, `kiln.gw=${addr.gateway}`],
+      };
       const cmdline = { kernelCmdline: fc ? (_: unknown, x: readonly string[]) => firecrackerKernelCmdline(x) : kernelCmdline };
-      const spec = vmSpec(rec, img, assets, dir, cmdline);
+      const spec = vmSpec(rec, img, assets, dir, cmdline, net ?? undefined);
+      const tap = { tap: net?.nic.tap ?? null, bridge: d.network.bridge };
       direct.push(
         fc
-          ? await directBoot(await firecrackerDirectArgv(spec, dir, path.join(TEST_ASSETS_DIR, 'kernels', 'vmlinux')), path.join(dir, 'console.log'), true)
-          : await directBoot([QEMU_BINARY, ...qemuArgs(spec, { daemonize: false })], qemuPaths(dir).consoleLog),
+          ? await directBoot(await firecrackerDirectArgv(spec, dir, path.join(TEST_ASSETS_DIR, 'kernels', 'vmlinux')), { log: path.join(dir, 'console.log'), stdoutToLog: true, ...tap })
+          : await directBoot([QEMU_BINARY, ...qemuArgs(spec, { daemonize: false })], { log: qemuPaths(dir).consoleLog, stdoutToLog: false, ...tap }),
       );
       await fs.rm(dir, { recursive: true, force: true });
       process.stderr.write(`run ${i + 1}/${RUNS}: kiln ${total.toFixed(0)} ms, direct ${direct.at(-1)!.toFixed(0)} ms\n`);
     }
   } finally {
-    await d.stop();
-    await fs.rm(d.stateDir, { recursive: true, force: true });
+    await d.dispose();
     await fs.rm(scratchDir, { recursive: true, force: true });
   }
 

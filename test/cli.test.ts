@@ -28,11 +28,7 @@ before(async () => {
   if (skip) return;
   d = await startKilnd();
 });
-after(async () => {
-  if (skip) return;
-  await d.stop();
-  await fs.rm(d.stateDir, { recursive: true, force: true });
-});
+after(() => d?.dispose());
 
 test('vm create/ls/get/logs/stop/rm, with --json and tables', { skip }, async () => {
   const created = await kiln('--json', 'vm', 'create', '--name', 'cli1', '-e', 'WHO=cli', '--', '/bin/sh', '-c', 'echo "hello $WHO"; while :; do sleep 10; done');
