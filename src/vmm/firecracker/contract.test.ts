@@ -198,7 +198,7 @@ for (const version of SPEC_VERSIONS) {
         assert.ok(ops.indexOf('PUT /network-interfaces/eth0') < ops.indexOf('PUT /network-interfaces/eth1'), 'guest sees them in order');
         assert.deepEqual(body('PUT /vsock'), { guest_cid: 42, uds_path: path.join(common.runtimeDir, 'vsock.sock') });
         const bootArgs = String(body('PUT /boot-source')!.boot_args);
-        assert.equal(bootArgs, 'console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce quiet kiln.mode=vm');
+        assert.equal(bootArgs, 'console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce kiln.shutdown=reboot quiet kiln.mode=vm');
         assert.ok(ops.indexOf('PUT /vsock') < ops.indexOf('PUT /actions'), 'devices are attached before InstanceStart');
         const { socket } = await vm.connectVsock(52);
         socket.destroy();

@@ -128,5 +128,7 @@ test('kernel command line: Firecracker’s documented arguments, never nomodule,
   assert.ok(c.endsWith(' kiln.ip=10.0.0.2'));
   assert.ok(!c.split(' ').includes('nomodule'));
   assert.ok(!c.includes('8250.nr_uarts=0'), 'the serial console stays');
+  // x86 Firecracker exits on a guest reset (reboot=k), not on a power-off: kiln-init resets.
+  assert.ok(c.split(' ').includes('kiln.shutdown=reboot') && c.split(' ').includes('reboot=k'));
   assert.ok(!c.includes('tsc_early_khz'), 'no TCG timing workaround: Firecracker is KVM only');
 });

@@ -158,6 +158,8 @@ export function firecrackerKernelCmdline(extra: readonly string[]): string {
   return [
     'console=ttyS0', 'reboot=k', 'panic=1', 'pci=off',
     'i8042.noaux', 'i8042.nomux', 'i8042.dumbkbd', 'swiotlb=noforce',
+    // Firecracker on x86 exits on a guest reset but not on a power-off: kiln-init resets.
+    'kiln.shutdown=reboot',
     'quiet', ...extra,
   ].join(' ');
 }
