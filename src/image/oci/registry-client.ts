@@ -71,6 +71,12 @@ export class RegistryClient {
   /** The last challenge per scope; lets later requests authenticate up front. */
   readonly #challenges = new Map<string, AuthChallenge>();
 
+  /** Whose token it is: a token got with other credentials (or anonymously) is never reused. */
+  get #identity(): string | undefined {
+    const c = this.#credentials;
+    return c ? `${c.username}:${createHash('sha256').update(c.password).digest('hex')}` : undefined;
+  }
+
   constructor(opts: RegistryClientOptions) {
     this.registry = opts.registry;
     this.#insecure = opts.insecure === true || isLoopbackRegistry(opts.registry);
@@ -106,7 +112,7 @@ export class RegistryClient {
     const realm = ch.params.realm;
     if (!realm) throw new KilnError('KILN_ERR_REGISTRY_AUTH', `${this.registry} sent a Bearer challenge without a realm`);
     const service = ch.params.service ?? '';
-    const key = TokenCache.key(realm, service, scope, this.#credentials?.username);
+    const key = TokenCache.key(realm, service, scope, this.#identity);
     if (!forceRefresh) {
       const cached = this.#tokens.get(key);
       if (cached) return `Bearer ${cached}`;
