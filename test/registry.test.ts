@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as tar from 'tar';
 import { KilnError } from '../src/errors.ts';
+import { run } from '../src/util/process.ts';
 import { BlobStore, importDockerArchive, importOciLayout, openLayerTar, pullImage, type PullProgress, type PulledImage } from '../src/image/oci/index.ts';
 import { startRegistry, startRegistryProxy, type TestRegistry } from './helpers/registry.ts';
 import { FEATURES_EXPECTED, OciLayoutBuilder, buildTestImages, pushTestImages, type PushedTestImages } from './helpers/test-images.ts';
@@ -247,6 +248,31 @@ describe('pull from a real registry', () => {
       assert.equal(await sha256File(img.layers[0]!.path), img.layers[0]!.digest);
     } finally {
       await proxy.stop();
+    }
+  });
+
+  test('disk full while downloading: KILN_ERR_RESOURCE_LIMIT, no partial blob; a retry with space succeeds', async (t) => {
+    const dir = await stateDir();
+    try {
+      await run('mount', ['-t', 'tmpfs', '-o', 'size=640k', 'kiln-test-full', dir]);
+    } catch (e) {
+      t.skip(`cannot mount a small tmpfs: ${(e as Error).message}`);
+      return;
+    }
+    try {
+      await assert.rejects(pullImage(images.base, { stateDir: dir }), (e: unknown) => {
+        expectCode('KILN_ERR_RESOURCE_LIMIT')(e);
+        assert.match((e as Error).message, /no space left/);
+        return true;
+      });
+      const store = BlobStore.forStateDir(dir);
+      for (const d of await store.list()) assert.equal(await sha256File(store.path(d)), d, 'only whole blobs');
+      assert.deepEqual(await tmpEntries(dir), []);
+      await run('mount', ['-o', 'remount,size=16m', dir]);
+      const img = await pullImage(images.base, { stateDir: dir });
+      assert.equal(await sha256File(img.layers[0]!.path), img.layers[0]!.digest);
+    } finally {
+      await run('umount', [dir]);
     }
   });
 

@@ -198,7 +198,7 @@ export interface ProxyRequest {
 export interface RegistryProxyOptions {
   /** Demand HTTP basic auth (as an nginx in front of a registry would). */
   basicAuth?: Record<string, string>;
-  /** Cut the connection after `afterBytes` body bytes of the next `times` blob GETs (of `digest`, if set). */
+  /** Cut the connection after `afterBytes` body bytes, `times` times, in blob GETs (of `digest`, if set) that are longer. */
   dropBlob?: { afterBytes: number; times: number; digest?: string };
 }
 
@@ -240,8 +240,6 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         upRes.pipe(res);
         return;
       }
-      drop!.times--;
-      entry.cutAfter = cut;
       let sent = 0;
       upRes.on('data', (chunk: Buffer) => {
         if (sent >= cut) return;
@@ -249,10 +247,16 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         sent += part.length;
         res.write(part);
         if (sent >= cut) {
+          drop!.times--;
+          entry.cutAfter = cut;
           upRes.destroy();
-          // Let the written bytes reach the client, then drop the connection (no clean end).
+          // The written bytes reach the client, then the connection ends without the rest.
           res.socket?.end(() => res.socket?.destroy());
         }
+      });
+      // Blobs smaller than the cut point go through whole.
+      upRes.on('end', () => {
+        if (sent < cut) res.end();
       });
     });
     upReq.on('error', () => {

@@ -64,6 +64,15 @@ async function hashFile(p: string, h: Hash): Promise<void> {
   for await (const chunk of createReadStream(p)) h.update(chunk as Buffer);
 }
 
+/** A failure writing into the store: disk full is the caller's resource problem, not the registry's. */
+export function localWriteError(e: unknown, digest: string): KilnError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new KilnError('KILN_ERR_RESOURCE_LIMIT', `no space left in the blob store while writing ${digest}`, { digest, errno: code }, { cause: e });
+  }
+  return new KilnError('KILN_ERR_INTERNAL', `cannot write blob ${digest} into the store: ${(e as Error).message}`, { digest, errno: code ?? null }, { cause: e });
+}
+
 export class DigestMismatchError extends KilnError {
   constructor(expected: string, actual: string, what: string, details: Record<string, unknown> = {}) {
     super('KILN_ERR_DIGEST_MISMATCH', `${what} ${expected} failed verification: content hashes to ${actual}`, { expected, actual, ...details });
@@ -182,10 +191,15 @@ export class BlobStore {
                 cb(null, chunk);
               },
             });
+            const out = createWriteStream(partial, { flags: 'a' });
+            let writeError: unknown;
+            out.on('error', (e) => (writeError = e));
             try {
-              await pipeline(src.stream, meter, createWriteStream(partial, { flags: 'a' }), { signal: opts.signal });
+              await pipeline(src.stream, meter, out, { signal: opts.signal });
             } catch (e) {
               if (isKilnError(e) || (e as Error).name === 'AbortError') throw e;
+              // Our side failed (disk full, I/O error): retrying the network will not help.
+              if (writeError) throw localWriteError(writeError, digest);
               throw new TransportError(`connection dropped after ${total} of ${opts.size} bytes of ${digest}: ${(e as Error).message}`, (e as NodeJS.ErrnoException).code, { cause: e });
             }
           }
@@ -238,17 +252,25 @@ export class BlobStore {
     try {
       const hash = createHash('sha256');
       let size = 0;
-      await pipeline(
-        stream,
-        new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            size += chunk.length;
-            hash.update(chunk);
-            cb(null, chunk);
-          },
-        }),
-        createWriteStream(tmp),
-      );
+      const out = createWriteStream(tmp);
+      let writeError: unknown;
+      out.on('error', (e) => (writeError = e));
+      try {
+        await pipeline(
+          stream,
+          new Transform({
+            transform(chunk: Buffer, _enc, cb) {
+              size += chunk.length;
+              hash.update(chunk);
+              cb(null, chunk);
+            },
+          }),
+          out,
+        );
+      } catch (e) {
+        if (writeError) throw localWriteError(writeError, expected?.digest ?? 'being imported');
+        throw e;
+      }
       const digest = `sha256:${hash.digest('hex')}`;
       if (expected && digest !== expected.digest) throw new DigestMismatchError(expected.digest, digest, 'blob');
       if (expected?.size !== undefined && size !== expected.size) {
