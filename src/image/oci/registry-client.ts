@@ -56,6 +56,14 @@ async function errorSummary(res: HttpResponse): Promise<{ codes: string[]; text:
   }
 }
 
+/**
+ * Schemes to try, in order: HTTPS always first; plain HTTP only for loopback registries and
+ * ones the request or daemon config marks insecure (as Docker does).
+ */
+export function schemeCandidates(registry: string, insecure: boolean): ('https' | 'http')[] {
+  return insecure || isLoopbackRegistry(registry) ? ['https', 'http'] : ['https'];
+}
+
 function retryableStatus(status: number): boolean {
   return status === 408 || status === 429 || status >= 500;
 }
@@ -94,7 +102,7 @@ export class RegistryClient {
     if (this.#base) return this.#base;
     const host = registryEndpointHost(this.registry);
     const https = new URL(`https://${host}/`);
-    if (!this.#insecure) return (this.#base = https);
+    if (!schemeCandidates(this.registry, this.#insecure).includes('http')) return (this.#base = https);
     try {
       const res = await httpRequest(new URL('/v2/', https), { insecureTls: true, signal: this.#signal, idleTimeoutMs: 10_000, headers: { 'user-agent': this.#userAgent } });
       res.body.resume();
