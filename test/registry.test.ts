@@ -276,6 +276,25 @@ describe('pull from a real registry', () => {
     }
   });
 
+  test('a registry answering 503 for a moment is retried; one that keeps failing gives KILN_ERR_REGISTRY_ERROR', async () => {
+    const flaky = await startRegistryProxy(registry.url, { failManifests: { times: 1, status: 503 } });
+    const broken = await startRegistryProxy(registry.url, { failManifests: { times: 1000, status: 500 } });
+    try {
+      const img = await pullImage(`${flaky.host}/kiln-test/second:v1`, { stateDir: await stateDir() });
+      assert.equal(img.layers.length, 2);
+      assert.deepEqual(flaky.requests.filter((r) => r.path.includes('/manifests/')).map((r) => r.status), [503, 200]);
+      await assert.rejects(pullImage(`${broken.host}/kiln-test/second:v1`, { stateDir: await stateDir() }), (e: unknown) => {
+        expectCode('KILN_ERR_REGISTRY_ERROR')(e);
+        assert.match((e as Error).message, /HTTP 500.*injected by the test proxy/);
+        return true;
+      });
+      assert.equal(broken.requests.filter((r) => r.path.includes('/manifests/')).length, 3);
+    } finally {
+      await flaky.stop();
+      await broken.stop();
+    }
+  });
+
   test('an unreachable registry fails with KILN_ERR_REGISTRY_UNREACHABLE', async () => {
     const proxy = await startRegistryProxy(registry.url);
     const host = proxy.host;

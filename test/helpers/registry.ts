@@ -200,6 +200,8 @@ export interface RegistryProxyOptions {
   basicAuth?: Record<string, string>;
   /** Cut the connection after `afterBytes` body bytes, `times` times, in blob GETs (of `digest`, if set) that are longer. */
   dropBlob?: { afterBytes: number; times: number; digest?: string };
+  /** Answer the next `times` manifest GETs with this status (a registry having a bad moment). */
+  failManifests?: { times: number; status: number };
 }
 
 export interface RegistryProxy {
@@ -217,6 +219,7 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
   const up = new URL(upstream);
   const requests: ProxyRequest[] = [];
   let drop = opts.dropBlob ? { ...opts.dropBlob } : undefined;
+  const failManifests = opts.failManifests ? { ...opts.failManifests } : undefined;
   const server = http.createServer((req, res) => {
     const entry: ProxyRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0, ...(req.headers.range ? { range: String(req.headers.range) } : {}) };
     requests.push(entry);
@@ -228,6 +231,13 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         res.end(JSON.stringify({ errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] }));
         return;
       }
+    }
+    if (failManifests && failManifests.times > 0 && req.method === 'GET' && req.url?.includes('/manifests/')) {
+      failManifests.times--;
+      entry.status = failManifests.status;
+      res.writeHead(failManifests.status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'injected by the test proxy' }] }));
+      return;
     }
     const headers = { ...req.headers, host: up.host };
     if (opts.basicAuth) delete headers.authorization;
