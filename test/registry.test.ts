@@ -342,10 +342,12 @@ describe('pull from a real registry', () => {
 describe('registry authentication', () => {
   let tokenRegistry: TestRegistry;
   const creds = { username: 'alice', password: 'wonderland' };
+  // Read by the token service on every request: tests flip public access on and off.
+  const tokenAuth = { users: { alice: 'wonderland' }, anonymousPull: false };
   let credsDir: string;
 
   before(async () => {
-    tokenRegistry = await startRegistry({ tokenAuth: { users: { alice: 'wonderland' } } });
+    tokenRegistry = await startRegistry({ tokenAuth });
     await builder.push('features', `${tokenRegistry.host}/private/features:v1`, { creds });
     credsDir = await stateDir();
   });
@@ -388,6 +390,19 @@ describe('registry authentication', () => {
       assert.match((e as Error).message, /refused the credentials of "alice"/);
       return true;
     });
+  });
+
+  test('token auth, public repository: an anonymous token is enough (the Docker Hub flow)', async () => {
+    tokenAuth.anonymousPull = true;
+    try {
+      const log = tokenRegistry.token!.requests;
+      const before = log.length;
+      const img = await pullImage(`${tokenRegistry.host}/private/features:v1`, { stateDir: await stateDir() });
+      assert.equal(img.layers.length, 4);
+      assert.deepEqual(log.slice(before), [{ user: null, scope: 'repository:private/features:pull', granted: ['private/features:pull'] }]);
+    } finally {
+      tokenAuth.anonymousPull = false;
+    }
   });
 
   test('basic auth (registry behind an authenticating proxy) with credentials from config.json', async () => {
