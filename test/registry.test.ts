@@ -14,7 +14,8 @@ import { KilnError } from '../src/errors.ts';
 import { run } from '../src/util/process.ts';
 import { BlobStore, importDockerArchive, importOciLayout, openLayerTar, pullImage, type PullProgress, type PulledImage } from '../src/image/oci/index.ts';
 import { startRegistry, startRegistryProxy, type TestRegistry } from './helpers/registry.ts';
-import { FEATURES_EXPECTED, OciLayoutBuilder, buildTestImages, pushTestImages, type PushedTestImages } from './helpers/test-images.ts';
+import { umociUnpack } from '../src/tools/umoci.ts';
+import { FEATURES_EXPECTED, OciLayoutBuilder, checkFeaturesTree, buildTestImages, pushTestImages, type PushedTestImages } from './helpers/test-images.ts';
 
 let registry: TestRegistry;
 let images: PushedTestImages;
@@ -425,6 +426,16 @@ describe('registry authentication', () => {
       await proxy.stop();
     }
   });
+});
+
+test('the features fixture is what FEATURES_EXPECTED says (checked on umoci\'s own unpack)', async () => {
+  const bundle = path.join(await stateDir(), 'bundle');
+  await umociUnpack(builder.ref('features'), bundle);
+  assert.deepEqual(await checkFeaturesTree(path.join(bundle, 'rootfs')), []);
+  // And the checker does catch a wrong tree.
+  await fs.writeFile(path.join(bundle, 'rootfs/etc/deleted-me'), 'back');
+  await fs.chmod(path.join(bundle, 'rootfs/usr/local/bin/suid-tool'), 0o755);
+  assert.equal((await checkFeaturesTree(path.join(bundle, 'rootfs'))).length, 2);
 });
 
 describe('imports', () => {
