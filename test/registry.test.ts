@@ -296,6 +296,18 @@ describe('pull from a real registry', () => {
     }
   });
 
+  test('HTTPS registry (self-signed, loopback so unverified TLS is allowed): pulled over TLS', async () => {
+    const tlsRegistry = await startRegistry({ tls: true });
+    try {
+      await builder.push('second', `${tlsRegistry.host}/kiln-test/second:v1`);
+      const img = await pullImage(`${tlsRegistry.host}/kiln-test/second:v1`, { stateDir: await stateDir() });
+      assert.equal(img.layers.length, 2);
+      assert.equal(await sha256File(img.layers[1]!.path), img.layers[1]!.digest);
+    } finally {
+      await tlsRegistry.stop();
+    }
+  });
+
   test('an unreachable registry fails with KILN_ERR_REGISTRY_UNREACHABLE', async () => {
     const proxy = await startRegistryProxy(registry.url);
     const host = proxy.host;

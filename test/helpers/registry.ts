@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate, createPrivateKey, randomBytes, sign, type KeyObject } from 'node:crypto';
 import fs from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +26,7 @@ export interface TokenRequestLog {
 }
 
 export interface TestRegistry {
-  /** 'http://127.0.0.1:PORT' */
+  /** 'http://127.0.0.1:PORT' ('https://…' with tls: a self-signed certificate for 127.0.0.1) */
   url: string;
   /** '127.0.0.1:PORT' — the registry part of image references. */
   host: string;
@@ -113,13 +114,29 @@ async function startTokenServer(dir: string, opts: TokenAuthOptions, service: st
   return { server, certFile, realm: `http://127.0.0.1:${port}/token`, requests };
 }
 
-export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {}): Promise<TestRegistry> {
+/** Readiness probe that also accepts the self-signed certificate of a TLS test registry. */
+function probe(url: string): Promise<number> {
+  return new Promise((resolve) => {
+    const mod = url.startsWith('https:') ? https : http;
+    const req = mod.get(url, { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', () => resolve(0));
+  });
+}
+
+export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions; tls?: boolean } = {}): Promise<TestRegistry> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-registry-'));
   const storageDir = path.join(dir, 'storage');
   await fs.mkdir(storageDir);
   const service = 'kiln-test-registry';
   const issuer = 'kiln-test-issuer';
   const token = opts.tokenAuth ? await startTokenServer(dir, opts.tokenAuth, service, issuer) : undefined;
+  const tls = opts.tls ? { certificate: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') } : undefined;
+  if (tls) {
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', tls.key, '-out', tls.certificate, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+  }
   let proc: ChildProcess | undefined;
   let out = '';
   const cleanup = async () => {
@@ -142,7 +159,7 @@ export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {})
           delete: { enabled: true },
           maintenance: { uploadpurging: { enabled: false } },
         },
-        http: { addr: `127.0.0.1:${port}`, secret: randomBytes(16).toString('hex') },
+        http: { addr: `127.0.0.1:${port}`, secret: randomBytes(16).toString('hex'), ...(tls ? { tls } : {}) },
         ...(token ? { auth: { token: { realm: token.realm, service, issuer, rootcertbundle: token.certFile } } } : {}),
       };
       // The registry reads YAML; JSON is YAML.
@@ -152,11 +169,11 @@ export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {})
       proc = spawn('docker-registry', ['serve', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
       proc.stdout!.on('data', (b) => (out += b));
       proc.stderr!.on('data', (b) => (out += b));
-      const url = `http://127.0.0.1:${port}`;
+      const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
       const exited = new Promise<'exit'>((r) => proc!.once('exit', () => r('exit')));
       const ready = (async () => {
         for (;;) {
-          const st = await fetch(`${url}/v2/`).then((r) => r.status).catch(() => 0);
+          const st = await probe(`${url}/v2/`);
           if (st === 200 || st === 401) return 'ready' as const;
           await new Promise((r) => setTimeout(r, 50));
           if (proc!.exitCode !== null) return 'exit' as const;
