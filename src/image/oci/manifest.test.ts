@@ -33,6 +33,15 @@ test('selectPlatform picks linux/amd64 wherever it is in the list', () => {
   });
 });
 
+test('selectPlatform prefers the baseline amd64 build over microarchitecture variants', () => {
+  const idx = index([
+    { digest: d('5'), platform: { os: 'linux', architecture: 'amd64', variant: 'v3' } },
+    { digest: d('6'), platform: { os: 'linux', architecture: 'amd64' } },
+  ]);
+  assert.equal(selectPlatform(idx, { os: 'linux', architecture: 'amd64' }).digest, d('6'));
+  assert.equal(selectPlatform(idx, { os: 'linux', architecture: 'amd64', variant: 'v3' }).digest, d('5'));
+});
+
 test('selectPlatform skips attestation manifests (no platform / unknown/unknown)', () => {
   const idx = index([
     { digest: d('a'), platform: { os: 'unknown', architecture: 'unknown' } },
