@@ -478,6 +478,51 @@ describe('imports', () => {
     assert.deepEqual(await tmpEntries(dir), []);
   });
 
+  test('docker save tarballs in the Docker 25+ layout (OCI blobs inside) and with symlinked layers', async () => {
+    const dir = await stateDir();
+    const ref = await importOciLayout(builder.dir, { stateDir: await stateDir(), ref: 'features' });
+    const blob = (d: string) => path.join(builder.dir, 'blobs', 'sha256', d.slice(7));
+    // Docker 25+: manifest.json points into an OCI blobs/ tree (here with gzip layers).
+    const modern = path.join(await stateDir(), 'modern');
+    await fs.mkdir(path.join(modern, 'blobs', 'sha256'), { recursive: true });
+    for (const d of [ref.configDigest, ...ref.layers.map((l) => l.digest)]) await fs.copyFile(blob(d), path.join(modern, 'blobs', 'sha256', d.slice(7)));
+    await fs.writeFile(path.join(modern, 'manifest.json'), JSON.stringify([
+      { Config: `blobs/sha256/${ref.configDigest.slice(7)}`, RepoTags: ['kiln-test/modern:v1'], Layers: ref.layers.map((l) => `blobs/sha256/${l.digest.slice(7)}`) },
+    ]));
+    const modernTar = path.join(await stateDir(), 'modern.tar');
+    await tar.c({ file: modernTar, cwd: modern }, ['.']);
+    const m = await importDockerArchive(modernTar, { stateDir: dir });
+    assert.equal(m.ref.canonical, 'docker.io/kiln-test/modern:v1');
+    assert.deepEqual(m.layers.map((l) => l.digest), ref.layers.map((l) => l.digest));
+    assert.ok(m.layers.every((l) => l.compression === 'gzip'));
+    assert.equal(m.configDigest, ref.configDigest);
+
+    // Legacy layout where a layer directory symlinks another image's layer.tar.
+    const legacy = path.join(await stateDir(), 'legacy');
+    const tars: string[] = [];
+    for (const [i, l] of ref.layers.entries()) {
+      await fs.mkdir(path.join(legacy, `l${i}`), { recursive: true });
+      const raw = path.join(legacy, `l${i}`, 'layer.tar');
+      const chunks: Buffer[] = [];
+      for await (const c of await openLayerTar(l)) chunks.push(c as Buffer);
+      await fs.writeFile(raw, Buffer.concat(chunks));
+      tars.push(`l${i}/layer.tar`);
+    }
+    await fs.mkdir(path.join(legacy, 'alias'));
+    await fs.symlink('../l0/layer.tar', path.join(legacy, 'alias', 'layer.tar'));
+    await fs.copyFile(blob(ref.configDigest), path.join(legacy, 'config.json'));
+    await fs.writeFile(path.join(legacy, 'manifest.json'), JSON.stringify([{ Config: 'config.json', RepoTags: null, Layers: ['alias/layer.tar', ...tars.slice(1)] }]));
+    const legacyTar = path.join(await stateDir(), 'legacy.tar');
+    await tar.c({ file: legacyTar, cwd: legacy }, ['.']);
+    const g = await importDockerArchive(legacyTar, { stateDir: dir });
+    assert.deepEqual(g.layers.map((l) => l.digest), ref.config.diffIds);
+    assert.match(g.ref.canonical, /^localhost\/import@sha256:/);
+    // An archive whose layer is not what the config says is refused.
+    await fs.writeFile(path.join(legacy, 'l1', 'layer.tar'), Buffer.alloc(1024));
+    await tar.c({ file: legacyTar, cwd: legacy }, ['.']);
+    await assert.rejects(importDockerArchive(legacyTar, { stateDir: await stateDir() }), expectCode('KILN_ERR_DIGEST_MISMATCH'));
+  });
+
   test('docker save tarball', async () => {
     const dir = await stateDir();
     const file = path.join(await stateDir(), 'features.tar');
