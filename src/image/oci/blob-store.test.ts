@@ -147,3 +147,19 @@ test('putStream verifies an expected digest and size', async () => {
   await assert.rejects(s.putBuffer(data, blob(10).digest), (e: unknown) => e instanceof KilnError && e.code === 'KILN_ERR_DIGEST_MISMATCH');
   assert.deepEqual(await tmpFiles(s), []);
 });
+
+test('an aborted download stops, removes its partial file and leaves no blob', async () => {
+  const s = await store();
+  const { data, digest } = blob(200_000);
+  const ac = new AbortController();
+  const fetch: BlobFetcher = async () => {
+    // Sends 50 kB, then stalls like a slow registry; the caller cancels meanwhile.
+    const stream = new Readable({ read() {} });
+    stream.push(data.subarray(0, 50_000));
+    setImmediate(() => ac.abort(new Error('pull cancelled')));
+    return { stream, offset: 0 };
+  };
+  await assert.rejects(s.ensure(digest, { size: data.length, fetch, signal: ac.signal }), /pull cancelled/);
+  assert.equal(await s.has(digest), false);
+  assert.deepEqual(await tmpFiles(s), []);
+});

@@ -185,6 +185,8 @@ export class BlobStore {
             if (src) {
               const abort = () => src.stream.destroy(opts.signal?.reason ?? new Error('aborted'));
               opts.signal?.addEventListener('abort', abort, { once: true });
+              // Aborted while the file was being opened: the event has already fired.
+              if (opts.signal?.aborted) abort();
               try {
                 for await (const chunk of src.stream as AsyncIterable<Buffer>) {
                   if (total + chunk.length > opts.size) {
