@@ -126,10 +126,11 @@ export async function waitForState(client: KilnClient, id: string, states: strin
 /**
  * Waits until the VM's console output matches `re`: follows the log stream and checks the
  * whole log too, so output written before the call (or by a VM that already stopped) counts.
+ * Returns the whole console log at the moment of the match, each line once.
  */
 export async function waitForLog(client: KilnClient, id: string, re: RegExp, timeoutMs = 60_000): Promise<string> {
   const deadline = Date.now() + timeoutMs;
-  let seen = '';
+  let whole = '';
   while (Date.now() < deadline) {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), Math.max(1, deadline - Date.now()));
@@ -137,11 +138,13 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
       const it = client.followLogs(id, ac.signal)[Symbol.asyncIterator]();
       const first = it.next();
       first.catch(() => {});
-      seen = await client.logs(id).catch(() => seen);
-      if (re.test(seen)) return seen;
+      whole = await client.logs(id).catch(() => whole);
+      if (re.test(whole)) return whole;
+      // The stream and the snapshot overlap: match on the stream, answer with a fresh snapshot.
+      let followed = '';
       for (let r = await first; !r.done; r = await it.next()) {
-        seen += r.value;
-        if (re.test(seen)) return seen;
+        followed += r.value;
+        if (re.test(followed) || re.test(whole + followed)) return await client.logs(id).catch(() => whole + followed);
       }
     } catch (e) {
       // No console yet (the VM is still being created): retry below.
@@ -150,11 +153,11 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
       clearTimeout(timer);
       ac.abort();
     }
-    seen = await client.logs(id).catch(() => seen);
-    if (re.test(seen)) return seen;
+    whole = await client.logs(id).catch(() => whole);
+    if (re.test(whole)) return whole;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
+  throw new Error(`console of ${id} never matched ${re}; got:\n${whole.slice(-2000)}`);
 }
 
 /** Live VMM processes (QEMU or Firecracker) whose command line names `stateDir`. */
