@@ -116,13 +116,14 @@ static int token_ok(const char *given)
 
 static void parse_request(struct request *rq, long len)
 {
-	char *p = (char *)frame, *end = (char *)frame + len;
+	char *p = (char *)frame, *end = (char *)frame + len, *next;
 
 	memset(rq, 0, sizeof(*rq));
-	for (; p < end; p += strlen(p) + 1) {
+	for (; p < end; p = next) {
 		char *v = strchr(p, '=');
 		unsigned long *num = NULL;
 
+		next = p + strlen(p) + 1;
 		if (!*p)
 			continue;
 		if (!v)
