@@ -1,0 +1,73 @@
+// Flattens an image's layers (base first) into one directory tree: the union the guest sees.
+import { createReadStream } from 'node:fs';
+import { pipeline, type Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
+import { KilnError } from '../../errors.ts';
+import { zstdDecompressFile } from '../../tools/zstd.ts';
+import { RootWriter, type RootWriterStats } from './root-writer.ts';
+import { readTar } from './tar-reader.ts';
+
+export type LayerCompression = 'gzip' | 'zstd' | 'none';
+
+export interface FlattenLayer {
+  digest: string;
+  /** The (compressed) layer blob. */
+  path: string;
+  compression: LayerCompression;
+}
+
+export interface FlattenProgress {
+  layer: number;
+  layers: number;
+  digest: string;
+  entries: number;
+  bytes: number;
+}
+
+function openLayer(layer: FlattenLayer): Readable {
+  switch (layer.compression) {
+    case 'gzip':
+      return pipeline(createReadStream(layer.path), createGunzip(), () => {});
+    case 'zstd':
+      return zstdDecompressFile(layer.path);
+    case 'none':
+      return createReadStream(layer.path);
+  }
+}
+
+/** Applies `layers` in order into `root` (an existing, empty directory). */
+export async function flattenLayers(
+  layers: readonly FlattenLayer[],
+  root: string,
+  onProgress?: (p: FlattenProgress) => void,
+): Promise<RootWriterStats> {
+  const w = new RootWriter(root);
+  for (const [i, layer] of layers.entries()) {
+    w.beginLayer();
+    const src = openLayer(layer);
+    // A gunzip error (corrupt blob) is raised on the piped stream; surface it as this layer's.
+    const raw = layer.compression === 'gzip' ? src : null;
+    try {
+      let n = 0;
+      for await (const { entry, body } of readTar(src)) {
+        await w.apply(entry, body);
+        if (onProgress && ++n % 256 === 0) onProgress({ layer: i + 1, layers: layers.length, digest: layer.digest, ...w.stats });
+      }
+    } catch (e) {
+      if (e instanceof KilnError) throw e;
+      const err = e as NodeJS.ErrnoException;
+      if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
+        throw new KilnError('KILN_ERR_NO_SPACE', `no space left while unpacking layer ${layer.digest}`, { layer: layer.digest }, { cause: e });
+      }
+      if (raw && /incorrect header check|unexpected end|invalid/i.test(err.message)) {
+        throw new KilnError('KILN_ERR_IMAGE_INVALID', `layer ${layer.digest}: ${err.message}`, { layer: layer.digest }, { cause: e });
+      }
+      throw e;
+    } finally {
+      src.destroy();
+    }
+    onProgress?.({ layer: i + 1, layers: layers.length, digest: layer.digest, ...w.stats });
+  }
+  await w.finish();
+  return w.stats;
+}
