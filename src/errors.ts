@@ -24,6 +24,13 @@ export const ERRORS = {
   KILN_ERR_VMM_FAILED: { status: 500, summary: 'The VMM process failed or exited unexpectedly' },
   KILN_ERR_TOOL_FAILED: { status: 500, summary: 'An external tool kiln runs failed' },
   KILN_ERR_HOST_SETUP: { status: 500, summary: 'The host is missing something kiln needs' },
+  KILN_ERR_IMAGE_REF_INVALID: { status: 400, summary: 'The image reference is not a valid registry reference' },
+  KILN_ERR_MANIFEST_NOT_FOUND: { status: 404, summary: 'The registry has no such repository, tag or digest' },
+  KILN_ERR_REGISTRY_AUTH: { status: 403, summary: 'The registry refused the credentials kiln has for it (or needs some)' },
+  KILN_ERR_REGISTRY_UNREACHABLE: { status: 502, summary: 'The registry could not be reached or kept dropping the connection' },
+  KILN_ERR_REGISTRY_ERROR: { status: 502, summary: 'The registry answered with an unexpected status or malformed content' },
+  KILN_ERR_DIGEST_MISMATCH: { status: 502, summary: 'Downloaded content does not match its digest' },
+  KILN_ERR_IMAGE_UNSUPPORTED: { status: 422, summary: 'The image uses a media type, schema or platform kiln cannot use' },
   KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
