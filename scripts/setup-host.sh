@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 needs=(
   qemu-system-x86_64:qemu-system-x86
   mksquashfs:squashfs-tools
+  mkfs.erofs:erofs-utils
+  setfattr:attr
   mkfs.ext4:e2fsprogs
   cpio:cpio
   modprobe:kmod
