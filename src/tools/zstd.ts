@@ -1,38 +1,50 @@
-// zstd: Node 20's zlib has no zstd, so zstd-compressed layers stream through the zstd CLI.
-// A streaming sibling of run(): stdout is the decompressed stream; a failure (corrupt input,
-// or the tool missing) surfaces as a ProcessError with zstd's stderr on that stream.
+// zstd as a stream filter: Node 20's zlib has no zstd, and layers can be gigabytes, so they are
+// piped through `zstd -dc` rather than buffered by run(). Failures surface as ProcessError with
+// zstd's stderr, like every other tool wrapper.
 import { spawn } from 'node:child_process';
 import { PassThrough, type Readable } from 'node:stream';
 import { ProcessError } from '../util/process.ts';
 
-export function zstdDecompressFile(file: string): Readable {
-  const args = ['-dc', '-q', '--', file];
-  const child = spawn('zstd', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+const STDERR_TAIL = 4096;
+
+/** Decompresses a zstd stream. The returned stream errors if zstd fails or the input errors. */
+export function zstdDecompressStream(input: Readable): Readable {
+  const argv = ['-dc', '--no-progress'];
+  const child = spawn('zstd', argv, { stdio: ['pipe', 'pipe', 'pipe'] });
   const out = new PassThrough();
-  const err: Buffer[] = [];
-  child.stderr.on('data', (b: Buffer) => err.push(b));
-  child.stdout.pipe(out, { end: false });
-  let stdoutDone = false;
-  let exit: [number | null, NodeJS.Signals | null] | null = null;
-  const finish = () => {
-    if (!stdoutDone || !exit) return;
-    const [code, sig] = exit;
-    if (code === 0) out.end();
-    else out.destroy(new ProcessError('zstd', args, code, sig, Buffer.concat(err).toString('utf8').slice(-4096)));
+  let stderr = '';
+  let failed = false;
+  const fail = (e: Error) => {
+    if (failed) return;
+    failed = true;
+    input.unpipe(child.stdin);
+    child.kill('SIGKILL');
+    out.destroy(e);
   };
-  child.stdout.on('end', () => {
-    stdoutDone = true;
-    finish();
+  child.stderr.on('data', (b: Buffer) => {
+    stderr = (stderr + b.toString('utf8')).slice(-STDERR_TAIL);
   });
-  child.on('error', (e) => out.destroy(new ProcessError('zstd', args, null, null, '', (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is not installed (not found on PATH)' : e.message)));
+  child.on('error', (e) => {
+    const reason = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'is not installed (not found on PATH)' : e.message;
+    fail(new ProcessError('zstd', argv, null, null, stderr, reason));
+  });
+  child.stdin.on('error', () => {});
+  input.on('error', (e) => fail(e));
+  input.pipe(child.stdin);
+  child.stdout.pipe(out, { end: false });
+  // 'close' fires after stdout is drained, so every byte zstd wrote has reached `out`.
   child.on('close', (code, sig) => {
-    exit = [code, sig];
-    stdoutDone = true;
-    finish();
+    if (failed) return;
+    if (code === 0) out.end();
+    else fail(new ProcessError('zstd', argv, code, sig, stderr));
   });
-  // The consumer giving up (an error further down) must not leave zstd running.
+  // A consumer that stops reading early (destroy) must not leave zstd running.
   out.on('close', () => {
-    if (!exit) child.kill('SIGKILL');
+    if (child.exitCode === null && child.signalCode === null) {
+      input.unpipe(child.stdin);
+      input.destroy();
+      child.kill('SIGKILL');
+    }
   });
   return out;
 }

@@ -6,7 +6,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, isKilnError } from '../../errors.ts';
@@ -260,5 +260,9 @@ export class BlobStore {
     } finally {
       await fs.rm(tmp, { force: true });
     }
+  }
+
+  async putBuffer(buf: Buffer, expectedDigest?: string): Promise<{ digest: string; size: number; path: string }> {
+    return this.putStream(Readable.from([buf]), expectedDigest ? { digest: expectedDigest, size: buf.length } : undefined);
   }
 }
