@@ -11,6 +11,7 @@ import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { Metrics } from './metrics/metrics.ts';
+import { NetworkManager } from './net/network-manager.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
@@ -35,6 +36,7 @@ export class Daemon {
     readonly accel: AccelDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
+    readonly network: NetworkManager,
     readonly vms: VmManager,
   ) {}
 
@@ -64,9 +66,11 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
       await ensureDefaultImage(images);
-      const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator });
+      const network = new NetworkManager(config.network, { store, log });
+      await network.init();
+      const vms = new VmManager({ config, store, bus, images, driver, metrics, network, log, assets, accelerator: accel.accelerator });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, network, vms);
     } catch (e) {
       await store.close();
       throw e;

@@ -12,6 +12,7 @@ export const ERRORS = {
   KILN_ERR_IMAGE_NOT_FOUND: { status: 404, summary: 'No image has that id or name' },
   KILN_ERR_NAME_CONFLICT: { status: 409, summary: 'The name is already taken' },
   KILN_ERR_INVALID_STATE: { status: 409, summary: 'The operation is not allowed in the resource’s current state' },
+  KILN_ERR_PORT_CONFLICT: { status: 409, summary: 'The host port is already published or in use on the host' },
   KILN_ERR_IMAGE_IN_USE: { status: 409, summary: 'The image is used by a VM' },
   KILN_ERR_RESOURCE_LIMIT: { status: 422, summary: 'The request asks for more than this host can give' },
   KILN_ERR_IMAGE_INVALID: { status: 422, summary: 'The image content is malformed or unsafe (bad tar, path escaping the root, …)' },

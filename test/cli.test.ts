@@ -26,10 +26,7 @@ async function kiln(...args: string[]): Promise<{ stdout: string; stderr: string
 before(async () => {
   d = await startKilnd();
 });
-after(async () => {
-  await d.stop();
-  await fs.rm(d.stateDir, { recursive: true, force: true });
-});
+after(() => d?.dispose());
 
 test('vm create/ls/get/logs/stop/rm, with --json and tables', async () => {
   const created = await kiln('--json', 'vm', 'create', '--name', 'cli1', '-e', 'WHO=cli', '--', '/bin/sh', '-c', 'echo "hello $WHO"; while :; do sleep 10; done');

@@ -8,12 +8,7 @@ import { qemuPids, startKilnd, waitForLog, waitForState, type TestDaemon } from 
 
 let d: TestDaemon | undefined;
 
-after(async () => {
-  if (!d) return;
-  for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => {});
-  await d.stop();
-  await fs.rm(d.stateDir, { recursive: true, force: true });
-});
+after(() => d?.dispose());
 
 test('SIGKILLed kilnd re-attaches to running VMs and fails the one whose QEMU died', async () => {
   d = await startKilnd();
@@ -31,7 +26,7 @@ test('SIGKILLed kilnd re-attaches to running VMs and fails the one whose QEMU di
   assert.equal((await qemuPids(path.join(stateDir, 'vms', b.id))).length, 1);
   process.kill(b.pid!, 'SIGKILL');
 
-  d = await startKilnd({ stateDir });
+  d = await startKilnd({ stateDir, network: d.network });
   const survivor = await d.client.getVm(a.id);
   assert.equal(survivor.state, 'ready');
   assert.equal(survivor.pid, a.pid);

@@ -13,11 +13,7 @@ before(async () => {
   d = await startKilnd();
 });
 
-after(async () => {
-  for (const vm of await d.client.listVms().catch(() => [])) await d.client.deleteVm(vm.id).catch(() => {});
-  await d.stop();
-  await fs.rm(d.stateDir, { recursive: true, force: true });
-});
+after(() => d?.dispose());
 
 async function expectApiError(p: Promise<unknown>, status: number, code: string): Promise<KilnApiError> {
   try {

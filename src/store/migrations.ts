@@ -49,7 +49,22 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX events_vm ON events(vm_id, seq);
   `,
-  // v2 (images issue #3): pulled images (state, source ref, manifest, layers, builder),
+  // v2: networking. A VM's address lives on its row (UNIQUE: no lease twice, released with
+  // the row); published ports get their own table so a clash is a constraint, not a race.
+  `
+  ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
+  ALTER TABLE vms ADD COLUMN ip TEXT;
+  ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+  CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
+  CREATE TABLE published_ports (
+    proto TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    PRIMARY KEY (proto, host_port)
+  );
+  `,
+  // v3 (images issue #3): pulled images (state, source ref, manifest, layers, builder),
   // volumes, and the volumes a VM has attached.
   `
   ALTER TABLE images ADD COLUMN state TEXT NOT NULL DEFAULT 'ready';

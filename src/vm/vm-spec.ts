@@ -2,7 +2,7 @@
 import path from 'node:path';
 import type { GuestConfig } from '../guest/config-drive.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
-import type { VmSpec } from '../vmm/driver.ts';
+import type { NicSpec, VmSpec } from '../vmm/driver.ts';
 import { kernelCmdline } from '../vmm/qemu/qemu-args.ts';
 import type { GuestAssets } from './guest-assets.ts';
 
@@ -13,7 +13,13 @@ export function runtimeFiles(runtimeDir: string) {
   };
 }
 
-export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string): VmSpec {
+/** The VM's NIC on kiln's bridge and the kernel arguments that tell kiln-init its address. */
+export interface VmNetAttachment {
+  nic: NicSpec;
+  kernelArgs: string[];
+}
+
+export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string, net?: VmNetAttachment): VmSpec {
   const files = runtimeFiles(runtimeDir);
   return {
     id: vm.id,
@@ -24,7 +30,7 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
     kernel: {
       path: assets.kernel.bzImage,
       initrd: assets.initramfs.path,
-      cmdline: kernelCmdline(vm.accelerator, vm.kernelArgs),
+      cmdline: kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...vm.kernelArgs]),
     },
     // Order matters: Firecracker has no drive serials, so kiln-init falls back to this index.
     drives: [
@@ -32,6 +38,7 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
       { id: 'scratch', path: files.scratch, readOnly: false },
       { id: 'config', path: files.config, readOnly: true },
     ],
+    nics: net ? [net.nic] : [],
   };
 }
 

@@ -20,6 +20,8 @@
  * Build: gcc -static -Os -Wall -Wextra -Werror -o kiln-init kiln-init.c
  */
 #define _GNU_SOURCE
+#include "kiln-init.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -78,18 +80,27 @@ static int con_at_bol;             /* last console byte was '\n'; unknown at sta
 static int sigfd = -1;
 static int scratch_fd = -1;        /* the scratch mount stays reachable after the root switch */
 
-static pid_t workload;             /* main workload pid, 0 once reaped */
-static int workload_status;
+pid_t workload;                    /* main workload pid, 0 once reaped */
+int workload_status;
+struct boot_times boot_times;
 static int stopping;
 
 static void shutdown_vm(void) __attribute__((noreturn));
 
-static long long now_ms(clockid_t clk)
+long long now_ms(clockid_t clk)
 {
 	struct timespec ts;
 
 	clock_gettime(clk, &ts);
 	return ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+}
+
+long long now_us(clockid_t clk)
+{
+	struct timespec ts;
+
+	clock_gettime(clk, &ts);
+	return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }
 
 /* ---------------------------------------------------------------- console */
@@ -112,7 +123,7 @@ static void con_write(const char *p, size_t n)
 }
 
 /* Emits one control line, in a single write so it is not split up. */
-static void marker(const char *fmt, ...)
+void marker(const char *fmt, ...)
 {
 	char line[600];
 	size_t n = 0;
@@ -144,8 +155,7 @@ static void vreport(const char *event, const char *stage, int err, const char *f
 	marker("%s stage=%s errno=%d msg=%s", event, stage, err, msg);
 }
 
-/* A failure worth telling the host about, but not one that stops the boot. */
-static void report(const char *stage, int err, const char *fmt, ...)
+void report(const char *stage, int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -512,7 +522,7 @@ static int resolve_drive(void *arg)
 	return access(path, F_OK) == 0;
 }
 
-static int parse_num(const char *s, unsigned long *out)
+int parse_num(const char *s, unsigned long *out)
 {
 	unsigned long v;
 	char *end;
@@ -766,7 +776,6 @@ static void setup_new_root(void)
 			report("setup", errno, "symlink %s", links[i][1]);
 	if (cfg.hostname && sethostname(cfg.hostname, strlen(cfg.hostname)) != 0)
 		report("setup", errno, "hostname");
-	setup_loopback();
 }
 
 /* ------------------------------------------------------------- workload */
@@ -777,12 +786,49 @@ static void __attribute__((noreturn)) child_fail(const char *what, const char *a
 	_exit(127);
 }
 
+static const char *env_in(char **env, const char *name)
+{
+	size_t n = strlen(name);
+
+	for (char **e = env; *e; e++)
+		if (!strncmp(*e, name, n) && (*e)[n] == '=')
+			return *e + n + 1;
+	return NULL;
+}
+
+/* The search uses the new program's PATH, not ours (execvpe would not). */
+void exec_search(char **argv, char **env)
+{
+	const char *file = argv[0], *path_env = env_in(env, "PATH");
+	int saved = ENOENT;
+
+	if (strchr(file, '/')) {
+		execve(file, argv, env);
+		return;
+	}
+	for (const char *p = path_env ? path_env : DEFAULT_PATH, *colon; ; p = colon + 1) {
+		char path[4096];
+		int dirlen;
+
+		colon = strchrnul(p, ':');
+		dirlen = (int)(colon - p);
+		snprintf(path, sizeof(path), "%.*s%s%s", dirlen, p, dirlen ? "/" : "", file);
+		execve(path, argv, env);
+		if (errno == EACCES)
+			saved = EACCES;
+		else if (errno != ENOENT && errno != ENOTDIR)
+			saved = errno;
+		if (!*colon || (errno != ENOENT && errno != ENOTDIR && errno != EACCES))
+			break;
+	}
+	errno = saved;
+}
+
 static void __attribute__((noreturn)) exec_workload(int out_w, int err_w)
 {
 	const char *file = cfg.argv[0];
 	int null = open("/dev/null", O_RDONLY);
 	sigset_t none;
-	int saved = ENOENT;
 
 	setsid();
 	if (null >= 0)
@@ -807,27 +853,7 @@ static void __attribute__((noreturn)) exec_workload(int out_w, int err_w)
 	if (cfg.uid && setuid(cfg.uid) != 0)
 		child_fail("setuid", "");
 
-	/* The search uses the workload's PATH, not ours (execvpe would not). */
-	if (strchr(file, '/')) {
-		execve(file, cfg.argv, cfg.env);
-		child_fail("exec", file);
-	}
-	for (const char *p = env_get("PATH"), *colon; ; p = colon + 1) {
-		char path[4096];
-		int dirlen;
-
-		colon = strchrnul(p, ':');
-		dirlen = (int)(colon - p);
-		snprintf(path, sizeof(path), "%.*s%s%s", dirlen, p, dirlen ? "/" : "", file);
-		execve(path, cfg.argv, cfg.env);
-		if (errno == EACCES)
-			saved = EACCES;
-		else if (errno != ENOENT && errno != ENOTDIR)
-			saved = errno;
-		if (!*colon || (errno != ENOENT && errno != ENOTDIR && errno != EACCES))
-			break;
-	}
-	errno = saved;
+	exec_search(cfg.argv, cfg.env);
 	child_fail("exec", file);
 }
 
@@ -954,11 +980,17 @@ int main(void)
 	marker("boot uptime_ms=%lld", now_ms(CLOCK_BOOTTIME));
 
 	t0 = now_ms(CLOCK_MONOTONIC);
+	boot_times.init = now_ms(CLOCK_BOOTTIME);
 	load_modules();
+	/* Early, independent of the root: the host sees our address while we mount. */
+	setup_loopback();
+	if (net_setup())
+		boot_times.net = now_ms(CLOCK_BOOTTIME);
 	read_config();
 	mount_root();
 	switch_root();
 	root_ms = now_ms(CLOCK_MONOTONIC) - t0;
+	boot_times.root = now_ms(CLOCK_BOOTTIME);
 
 	setup_new_root();
 	run_workload(root_ms);

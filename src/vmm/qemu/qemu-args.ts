@@ -43,6 +43,7 @@ export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
       '-device', `virtio-blk-device,drive=${d.id},serial=${d.id}`,
     );
   }
+  args.push(...nicArgs(spec));
   args.push(
     '-chardev', `socket,id=console,path=${p.consoleSocket},server=on,wait=off,logfile=${p.consoleLog},logappend=on`,
     '-serial', 'chardev:console',
@@ -51,6 +52,14 @@ export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
   );
   if (opts.daemonize) args.push('-daemonize');
   return args;
+}
+
+/** One virtio-net device per NIC on an existing tap: kilnd made the tap, QEMU only opens it. */
+export function nicArgs(spec: VmSpec): string[] {
+  return (spec.nics ?? []).flatMap((n, i) => [
+    '-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`,
+    '-device', `virtio-net-device,netdev=net${i},mac=${n.mac}`,
+  ]);
 }
 
 /**
