@@ -10,6 +10,8 @@ import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
+import { pullImage } from './image/oci/index.ts';
+import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
@@ -36,6 +38,7 @@ export class Daemon {
     readonly accel: AccelDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
+    readonly volumes: VolumeService,
     readonly network: NetworkManager,
     readonly vms: VmManager,
   ) {}
@@ -64,13 +67,20 @@ export class Daemon {
         for (const vm of await store.listVms()) counts[vm.state] = (counts[vm.state] ?? 0) + 1;
         return counts;
       });
-      const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
+      const images = new ImageService(store, bus, {
+        stateDir: config.stateDir,
+        puller: pullImage,
+        insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
+        credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
+      });
+      await images.recover();
       await ensureDefaultImage(images);
+      const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
       const network = new NetworkManager(config.network, { store, log });
       await network.init();
-      const vms = new VmManager({ config, store, bus, images, driver, metrics, network, log, assets, accelerator: accel.accelerator });
+      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, log, assets, accelerator: accel.accelerator });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, network, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, volumes, network, vms);
     } catch (e) {
       await store.close();
       throw e;

@@ -16,6 +16,8 @@ export interface GuestConfig {
   gid?: number;
   stopGraceMs?: number;
   drives: { role: 'root' | 'scratch'; serial: string; index: number }[];
+  /** Extra drives (volumes) mounted inside the root before the workload starts. */
+  mounts?: { serial: string; index: number; target: string; readOnly: boolean }[];
 }
 
 export function encodeConfigDrive(cfg: GuestConfig): Buffer {
@@ -29,6 +31,12 @@ export function encodeConfigDrive(cfg: GuestConfig): Buffer {
   if (cfg.gid !== undefined) entries.push(`gid=${cfg.gid}`);
   if (cfg.stopGraceMs !== undefined) entries.push(`stop_grace_ms=${cfg.stopGraceMs}`);
   for (const d of cfg.drives) entries.push(`drive=${d.role},${d.serial},${d.index}`);
+  for (const m of cfg.mounts ?? []) {
+    if (m.serial.includes(',') || m.target.includes(',') || !m.target.startsWith('/')) {
+      throw new KilnError('KILN_ERR_VALIDATION', `mount target must be an absolute path without commas: ${m.target}`);
+    }
+    entries.push(`mount=${m.serial},${m.index},${m.target},${m.readOnly ? 'ro' : 'rw'}`);
+  }
   for (const e of entries) {
     if (e.includes('\0')) throw new KilnError('KILN_ERR_VALIDATION', 'strings passed to the guest cannot contain NUL bytes');
   }

@@ -15,6 +15,7 @@ import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
 import { tempSibling } from '../util/atomic.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
+import { BlobStore } from './oci/blob-store.ts';
 import { parseImageReference } from './oci/reference.ts';
 import type { PullOptions, PullProgress, PulledImage } from './oci/types.ts';
 
@@ -26,6 +27,24 @@ export interface PullRequest {
   ref: string;
   insecure?: boolean;
   format?: ImageFormat;
+}
+
+export interface GcResult {
+  removed_images: string[];
+  removed_files: number;
+  removed_blobs: number;
+  freed_bytes: number;
+  /** Pulls were running: their blobs and staging trees were left alone. */
+  skipped_in_flight: boolean;
+}
+
+async function du(p: string): Promise<number> {
+  const st = await fs.lstat(p).catch(() => null);
+  if (!st) return 0;
+  if (!st.isDirectory()) return st.blocks * 512;
+  let n = 0;
+  for (const c of await fs.readdir(p)) n += await du(path.join(p, c));
+  return n;
 }
 
 export interface ImageServiceOptions {
@@ -115,7 +134,7 @@ export class ImageService {
     const t0 = performance.now();
     let last = 0;
     let lastPhase = '';
-    const progress = (data: Record<string, unknown> & { phase: string }) => {
+    const progress = (data: { phase: string }) => {
       const now = performance.now();
       if (data.phase === lastPhase && now - last < PROGRESS_INTERVAL_MS) return;
       last = now;
@@ -128,7 +147,7 @@ export class ImageService {
         insecure: req.insecure,
         insecureRegistries: this.opts.insecureRegistries,
         credentialsFile: this.opts.credentialsFile,
-      }, (p) => progress(p as never));
+      }, progress);
       const pullMs = performance.now() - t0;
       const layers = pulled.layers.map((l) => l.digest);
       // Same manifest already converted under another ref (or tag): share its file.
@@ -241,6 +260,50 @@ export class ImageService {
   }
 
   // ---- deletion and GC -----------------------------------------------------------------------
+
+  /**
+   * Removes what no image record refers to: image files and staging trees left by crashes,
+   * and registry blobs no image's manifest lists. With `images: true`, first deletes every
+   * ready image no VM uses (the default image excepted). Nothing a VM or a running pull uses
+   * is touched.
+   */
+  async gc(opts: { images?: boolean; keep?: string[] } = {}): Promise<GcResult> {
+    const res: GcResult = { removed_images: [], removed_files: 0, removed_blobs: 0, freed_bytes: 0, skipped_in_flight: this.inflight.size > 0 };
+    if (opts.images) {
+      for (const img of await this.store.listImages()) {
+        if (img.state !== 'ready' || opts.keep?.includes(img.name)) continue;
+        if ((await this.store.countVmsUsingImage(img.id)) > 0) continue;
+        const before = await du(path.dirname(img.path));
+        await this.delete(img.id).catch(() => {});
+        if (!(await this.store.getImage(img.id))) {
+          res.removed_images.push(img.id);
+          if (!(await fs.stat(img.path).catch(() => null))) res.freed_bytes += before;
+        }
+      }
+    }
+    const images = await this.store.listImages();
+    const usedDirs = new Set(images.filter((i) => i.path).map((i) => path.basename(path.dirname(i.path))));
+    for (const f of await fs.readdir(this.imagesDir).catch(() => [] as string[])) {
+      const scratch = f.startsWith(STAGING_PREFIX) || f.includes('.tmp-');
+      if (usedDirs.has(f) || (scratch && res.skipped_in_flight)) continue;
+      const p = path.join(this.imagesDir, f);
+      res.freed_bytes += await du(p);
+      await fs.rm(p, { recursive: true, force: true });
+      res.removed_files++;
+    }
+    if (!res.skipped_in_flight) {
+      const blobs = BlobStore.forStateDir(this.opts.stateDir);
+      const used = new Set(images.flatMap((i) => i.layers));
+      for (const d of await blobs.list()) {
+        if (used.has(d)) continue;
+        res.freed_bytes += await du(blobs.path(d));
+        await blobs.remove(d).then(() => res.removed_blobs++, () => {});
+      }
+      await blobs.cleanTemp();
+    }
+    this.bus.publish('image.gc', null, { ...res });
+    return res;
+  }
 
   async delete(idOrName: string): Promise<void> {
     const img = await this.get(idOrName);

@@ -1,6 +1,8 @@
 // Turns a stored VM into what the VMM driver boots, and lays out its runtime dir.
 import path from 'node:path';
 import type { GuestConfig } from '../guest/config-drive.ts';
+import { workloadArgv } from '../image/image-config.ts';
+import type { ExtraDrive } from '../image/volume-service.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
 import type { NicSpec, VmSpec } from '../vmm/driver.ts';
 import { kernelCmdline } from '../vmm/qemu/qemu-args.ts';
@@ -19,7 +21,7 @@ export interface VmNetAttachment {
   kernelArgs: string[];
 }
 
-export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string, net?: VmNetAttachment): VmSpec {
+export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string, net?: VmNetAttachment, extra: ExtraDrive[] = []): VmSpec {
   const files = runtimeFiles(runtimeDir);
   return {
     id: vm.id,
@@ -37,15 +39,16 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
       { id: 'root', path: image.path, readOnly: true },
       { id: 'scratch', path: files.scratch, readOnly: false },
       { id: 'config', path: files.config, readOnly: true },
+      ...extra.map((d) => ({ id: d.id, path: d.path, readOnly: d.readOnly })),
     ],
     nics: net ? [net.nic] : [],
   };
 }
 
-export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number): GuestConfig {
+export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number, extra: ExtraDrive[] = []): GuestConfig {
   const [uid, gid] = image.config.user.split(':').map((n) => Number.parseInt(n, 10));
   return {
-    argv: vm.cmd ?? image.config.cmd,
+    argv: workloadArgv(image.config, vm.cmd),
     env: { ...image.config.env, ...vm.env },
     cwd: image.config.workdir,
     hostname: vm.name,
@@ -56,5 +59,7 @@ export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: numbe
       { role: 'root', serial: 'root', index: 0 },
       { role: 'scratch', serial: 'scratch', index: 1 },
     ],
+    // Extra drives follow root, scratch and config (index 2) in vmSpec's drive order.
+    mounts: extra.map((d, i) => ({ serial: d.id, index: 3 + i, target: d.target, readOnly: d.readOnly })),
   };
 }

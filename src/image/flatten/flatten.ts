@@ -1,13 +1,9 @@
 // Flattens an image's layers (base first) into one directory tree: the union the guest sees.
-import { createReadStream } from 'node:fs';
-import { pipeline, type Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { KilnError } from '../../errors.ts';
-import { zstdDecompressFile } from '../../tools/zstd.ts';
+import { openLayerTar } from '../oci/layer-stream.ts';
+import type { LayerCompression } from '../oci/types.ts';
 import { RootWriter, type RootWriterStats } from './root-writer.ts';
 import { readTar } from './tar-reader.ts';
-
-export type LayerCompression = 'gzip' | 'zstd' | 'none';
 
 export interface FlattenLayer {
   digest: string;
@@ -24,17 +20,6 @@ export interface FlattenProgress {
   bytes: number;
 }
 
-function openLayer(layer: FlattenLayer): Readable {
-  switch (layer.compression) {
-    case 'gzip':
-      return pipeline(createReadStream(layer.path), createGunzip(), () => {});
-    case 'zstd':
-      return zstdDecompressFile(layer.path);
-    case 'none':
-      return createReadStream(layer.path);
-  }
-}
-
 /** Applies `layers` in order into `root` (an existing, empty directory). */
 export async function flattenLayers(
   layers: readonly FlattenLayer[],
@@ -44,9 +29,8 @@ export async function flattenLayers(
   const w = new RootWriter(root);
   for (const [i, layer] of layers.entries()) {
     w.beginLayer();
-    const src = openLayer(layer);
-    // A gunzip error (corrupt blob) is raised on the piped stream; surface it as this layer's.
-    const raw = layer.compression === 'gzip' ? src : null;
+    // Compression is sniffed from the blob's magic bytes (registries mislabel layers).
+    const src = await openLayerTar(layer);
     try {
       let n = 0;
       for await (const { entry, body } of readTar(src)) {
@@ -59,7 +43,8 @@ export async function flattenLayers(
       if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
         throw new KilnError('KILN_ERR_NO_SPACE', `no space left while unpacking layer ${layer.digest}`, { layer: layer.digest }, { cause: e });
       }
-      if (raw && /incorrect header check|unexpected end|invalid/i.test(err.message)) {
+      // zlib's and zstd's complaints about a corrupt blob.
+      if (err.code?.startsWith('Z_') || (e as { tool?: string }).tool === 'zstd') {
         throw new KilnError('KILN_ERR_IMAGE_INVALID', `layer ${layer.digest}: ${err.message}`, { layer: layer.digest }, { cause: e });
       }
       throw e;
