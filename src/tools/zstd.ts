@@ -3,7 +3,7 @@
 // zstd's stderr, like every other tool wrapper.
 import { spawn } from 'node:child_process';
 import { PassThrough, type Readable } from 'node:stream';
-import { ProcessError } from '../util/process.ts';
+import { ProcessError, run } from '../util/process.ts';
 
 const STDERR_TAIL = 4096;
 
@@ -47,4 +47,9 @@ export function zstdDecompressStream(input: Readable): Readable {
     }
   });
   return out;
+}
+
+/** Compresses a buffer (small inputs; tests use it to make zstd layers). */
+export async function zstdCompress(data: Buffer, level = 3): Promise<Buffer> {
+  return (await run('zstd', [`-${level}`, '-c', '-q'], { input: data, binary: true })).stdoutBuffer;
 }
