@@ -13,6 +13,7 @@ import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
 import { tempSibling } from '../util/atomic.ts';
+import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
 import { BlobStore } from './oci/blob-store.ts';
@@ -65,6 +66,7 @@ const PROGRESS_INTERVAL_MS = 250;
 
 export class ImageService {
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  private readonly startLock = new KeyedLock();
   readonly imagesDir: string;
 
   constructor(
@@ -105,8 +107,13 @@ export class ImageService {
    * was pulled before, else 'pulling' — and the promise of the finished image. Concurrent
    * pulls of one ref share one download and one conversion.
    */
-  async pull(req: PullRequest): Promise<{ image: ImageRecord; done: Promise<ImageRecord> }> {
+  pull(req: PullRequest): Promise<{ image: ImageRecord; done: Promise<ImageRecord> }> {
     const ref = parseImageReference(req.ref).canonical;
+    // The check-then-insert below spans awaits: serialise it per ref so a second caller finds the first's pull.
+    return this.startLock.run(ref, () => this.startPull(ref, req));
+  }
+
+  private async startPull(ref: string, req: PullRequest): Promise<{ image: ImageRecord; done: Promise<ImageRecord> }> {
     const existing = await this.store.getImage(ref);
     if (existing?.state === 'ready' && (!req.format || req.format === existing.format)) {
       return { image: existing, done: Promise.resolve(existing) };

@@ -77,6 +77,15 @@ class ByteReader {
     }
   }
 
+  /**
+   * Skips block padding, tolerating the stream ending inside it: some writers (umoci insert
+   * seen here) end a layer right after the last file's data, without padding or end blocks.
+   */
+  async skipPadding(n: number): Promise<void> {
+    await this.fill(n);
+    this.buf = this.buf.subarray(Math.min(n, this.buf.length));
+  }
+
   /** Drains what follows the end-of-archive marker so the producer is not left blocked. */
   async drain(): Promise<void> {
     this.buf = Buffer.alloc(0);
@@ -220,6 +229,6 @@ export async function* readTar(stream: Readable | AsyncIterable<Buffer>): AsyncG
     };
     yield { entry, body };
     if (!consumed) await r.skip(dataSize);
-    await r.skip(dataPadded - dataSize);
+    await r.skipPadding(dataPadded - dataSize);
   }
 }
