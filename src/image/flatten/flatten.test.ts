@@ -152,3 +152,15 @@ test('a corrupt gzip layer is a clear KILN_ERR_IMAGE_INVALID', async () => {
   await fs.writeFile(notTar, Buffer.alloc(2048, 0x41));
   await assert.rejects(flattenLayers([{ digest: 'sha256:nt', path: notTar, compression: 'none' }], root), /checksum/);
 });
+
+test('a layer that ends right after its last file’s data (no padding, no end blocks) still applies', async () => {
+  const full = makeTar([{ path: 'd/', type: 'dir' }, { path: 'd/new.txt', body: 'opaque\n' }]);
+  const truncated = full.subarray(0, 512 * 2 + 7);
+  const l = await layerFile('trunc', truncated, 'gzip');
+  const root = path.join(tmp, 'root-trunc');
+  await fs.mkdir(root);
+  await flattenLayers([l], root);
+  assert.equal(await fs.readFile(path.join(root, 'd/new.txt'), 'utf8'), 'opaque\n');
+  const cut = await layerFile('cut', full.subarray(0, 512 * 2 + 3), 'gzip');
+  await assert.rejects(flattenLayers([cut], root), { code: 'KILN_ERR_IMAGE_INVALID' }, 'truncated file data is an error');
+});
