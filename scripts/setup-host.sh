@@ -12,6 +12,7 @@ needs=(
   mksquashfs:squashfs-tools
   mkfs.erofs:erofs-utils
   setfattr:attr
+  mkfs.btrfs:btrfs-progs
   mkfs.ext4:e2fsprogs
   cpio:cpio
   modprobe:kmod
@@ -26,6 +27,7 @@ needs=(
   skopeo:skopeo
   umoci:umoci
   setfattr:attr
+  mkfs.btrfs:btrfs-progs
   openssl:openssl
 )
 missing=()
