@@ -6,7 +6,6 @@
 //   - kiln's per-VM root preparation for the converted image: the exact `rootfs.prepare`
 //     step body (extra drives + prepareVmRoot), median over N VMs.
 //   npm run bench -- images [--sizes 100,500,2048] [--vms 100]
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -89,19 +88,20 @@ async function pushBlob(reg: TestRegistry, repo: string, file: string): Promise<
 /** An OCI image of `tree` in two zstd layers (small files, large files), pushed as repo:v1. */
 async function pushImage(reg: TestRegistry, repo: string, tree: string, work: string): Promise<void> {
   const layers = [];
-  for (const [i, part] of [['usr'], ['opt']].entries()) {
-    const blob = path.join(work, `layer${i}.tar.zst`);
-    await new Promise<void>((resolve, reject) => {
-      const p = spawn('bash', ['-c', `tar --numeric-owner -C '${tree}' -cf - ${part.join(' ')} | zstd -q -3 -T0 -o '${blob}'`], { stdio: 'inherit' });
-      p.on('exit', (c) => (c === 0 ? resolve() : reject(new Error(`layer ${i}: exit ${c}`))));
-    });
+  const diffIds = [];
+  for (const [i, part] of ['usr', 'opt'].entries()) {
+    const tarFile = path.join(work, `layer${i}.tar`);
+    const blob = `${tarFile}.zst`;
+    await run('tar', ['--numeric-owner', '-C', tree, '-cf', tarFile, part], { timeoutMs: 3_600_000 });
+    diffIds.push(await sha256File(tarFile));
+    await run('zstd', ['-q', '-3', '-T0', '--rm', '-o', blob, tarFile], { timeoutMs: 3_600_000 });
     layers.push({ mediaType: 'application/vnd.oci.image.layer.v1.tar+zstd', ...(await pushBlob(reg, repo, blob)) });
     await fs.rm(blob);
   }
   const configFile = path.join(work, 'config.json');
   await fs.writeFile(configFile, JSON.stringify({
     architecture: 'amd64', os: 'linux', config: { Cmd: ['/bin/sh'] },
-    rootfs: { type: 'layers', diff_ids: [] },
+    rootfs: { type: 'layers', diff_ids: diffIds },
   }));
   const config = { mediaType: 'application/vnd.oci.image.config.v1+json', ...(await pushBlob(reg, repo, configFile)) };
   const manifest = { schemaVersion: 2, mediaType: 'application/vnd.oci.image.manifest.v1+json', config, layers };
@@ -152,7 +152,10 @@ async function main(): Promise<void> {
       const abort = new AbortController();
       const events = await d.client.subscribe({ signal: abort.signal });
       const created = (async () => {
-        for await (const e of events) if (e.type === 'image.created' && e.name === ref) return Number(e.convert_ms);
+        for await (const e of events) {
+          if (e.type === 'image.created' && e.name === ref) return Number(e.convert_ms);
+          if (e.type === 'image.failed' && e.ref === ref) return NaN;
+        }
         return NaN;
       })();
       const pullConvert = await timed(() => d.client.pullImage({ ref }, { wait: true }));

@@ -1,12 +1,20 @@
 // The per-VM root preparation (`rootfs.prepare` in every VM's timeline): nothing in it is
 // proportional to the image's size. The image file itself is attached read-only and shared;
-// the VM gets a clone of an empty sparse ext4 as its writable overlay layer (a reflink where
-// the filesystem has them) and its config drive. bench/images.ts times exactly this function.
+// the VM gets its own writable overlay layer and its config drive. bench/images.ts times
+// exactly this function.
+//
+// The writable layer is a copy of an empty, sparse 2 GiB ext4 template. Where the filesystem
+// has reflinks it is a reflink (O(1)). Elsewhere it is stamped from the template's written
+// extents (about 1 MiB of superblocks, bitmaps, root directory and journal header, read once
+// per template and kept in memory) into a new sparse file: a handful of writes, no child
+// process (`cp --sparse=always` cost 4–10 ms per VM here, mostly spawning cp).
+import { constants } from 'node:fs';
 import fs from 'node:fs/promises';
 import { encodeConfigDrive, type GuestConfig } from '../guest/config-drive.ts';
-import { cloneFile, type CloneStrategy } from '../tools/cp.ts';
-import { exists } from '../util/atomic.ts';
+import { dataExtents } from '../tools/filefrag.ts';
 import type { CleanupStack } from '../util/cleanup-stack.ts';
+
+export type WritableLayerStrategy = 'reflink' | 'extent-copy';
 
 export interface PrepareRootOptions {
   runtimeDir: string;
@@ -19,14 +27,83 @@ export interface PrepareRootOptions {
   undo?: CleanupStack;
 }
 
+interface TemplateImage {
+  size: number;
+  extents: { offset: number; data: Buffer }[];
+  /** Learned on first use: false once a reflink attempt failed for this template. */
+  reflink: boolean;
+}
+
+const templates = new Map<string, Promise<TemplateImage>>();
+
+async function loadTemplate(file: string): Promise<TemplateImage> {
+  const st = await fs.stat(file);
+  const key = `${file}\0${st.ino}\0${st.size}\0${st.mtimeMs}`;
+  let t = templates.get(key);
+  if (!t) {
+    t = (async () => {
+      const extents = [];
+      const fh = await fs.open(file, 'r');
+      try {
+        for (const e of await dataExtents(file)) {
+          const data = Buffer.alloc(e.length);
+          await fh.read(data, 0, e.length, e.offset);
+          extents.push({ offset: e.offset, data });
+        }
+      } finally {
+        await fh.close();
+      }
+      return { size: st.size, extents, reflink: true };
+    })();
+    t.catch(() => templates.delete(key));
+    templates.set(key, t);
+  }
+  return t;
+}
+
+async function stampFromExtents(t: TemplateImage, dest: string): Promise<void> {
+  const fh = await fs.open(dest, 'wx', 0o600);
+  try {
+    await fh.truncate(t.size);
+    for (const e of t.extents) await fh.write(e.data, 0, e.data.length, e.offset);
+  } catch (e) {
+    await fh.close();
+    await fs.rm(dest, { force: true });
+    throw e;
+  }
+  await fh.close();
+}
+
+/** A new writable layer at `dest` from `template`; EEXIST if `dest` exists. */
+export async function cloneWritableLayer(template: string, dest: string): Promise<WritableLayerStrategy> {
+  const t = await loadTemplate(template);
+  if (t.reflink) {
+    try {
+      await fs.copyFile(template, dest, constants.COPYFILE_FICLONE_FORCE | constants.COPYFILE_EXCL);
+      return 'reflink';
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST' || code === 'ENOENT') throw e;
+      t.reflink = false;
+    }
+  }
+  await stampFromExtents(t, dest);
+  return 'extent-copy';
+}
+
 /** Returns how the writable layer was made, or null when it already existed (a restart). */
-export async function prepareVmRoot(o: PrepareRootOptions): Promise<CloneStrategy | null> {
+export async function prepareVmRoot(o: PrepareRootOptions): Promise<WritableLayerStrategy | null> {
   // mkdir -p reports the first directory it created: undefined means the dir was there.
   if ((await fs.mkdir(o.runtimeDir, { recursive: true, mode: 0o700 })) !== undefined) {
     o.undo?.push('runtime dir', () => fs.rm(o.runtimeDir, { recursive: true, force: true }));
   }
-  // A restarted VM keeps its writable layer.
-  const strategy = (await exists(o.scratch)) ? null : await cloneFile(o.scratchTemplate, o.scratch);
+  let strategy: WritableLayerStrategy | null = null;
+  try {
+    // A restarted VM keeps its writable layer.
+    strategy = await cloneWritableLayer(o.scratchTemplate, o.scratch);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
   await fs.writeFile(o.config, encodeConfigDrive(o.guest));
   return strategy;
 }
