@@ -23,7 +23,7 @@ export async function prepareGuestAssets(assetsDir: string, log: (msg: string) =
   await fs.mkdir(assetsDir, { recursive: true });
   const [kernel, kilnInit] = await Promise.all([ensureGuestKernel(assetsDir, log), ensureKilnInit(assetsDir)]);
   const initramfs = await ensureInitramfs(assetsDir, kernel, kilnInit);
-  const scratchTemplate = path.join(assetsDir, `scratch-${SCRATCH_SIZE_MIB}m.ext4`);
-  await buildOnce(scratchTemplate, (tmp) => mkfsExt4(tmp, { sizeMib: SCRATCH_SIZE_MIB, label: SCRATCH_LABEL }));
+  const scratchTemplate = path.join(assetsDir, `scratch-${SCRATCH_SIZE_MIB}m-noresize.ext4`);
+  await buildOnce(scratchTemplate, (tmp) => mkfsExt4(tmp, { sizeMib: SCRATCH_SIZE_MIB, label: SCRATCH_LABEL, resizable: false }));
   return { kernel, kilnInit, initramfs, scratchTemplate };
 }
