@@ -11,6 +11,8 @@ import { encodeConfigDrive } from '../src/guest/config-drive.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { QEMU_BINARY } from '../src/tools/qemu-system.ts';
 import { cloneFile } from '../src/tools/cp.ts';
+import { macFor, parseSubnet } from '../src/net/ipv4.ts';
+import { tapName } from '../src/net/network-manager.ts';
 import { prepareGuestAssets } from '../src/vm/guest-assets.ts';
 import { guestConfig, runtimeFiles, vmSpec } from '../src/vm/vm-spec.ts';
 import { qemuArgs, qemuPaths } from '../src/vmm/qemu/qemu-args.ts';
@@ -23,10 +25,14 @@ const GUEST_PHASES = ['guest.kernel', 'guest.init'];
 
 const shq = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
 
-/** The baseline: a shell script runs QEMU and waits (inotify, via tail -f) for kiln-init's ready line. */
-async function directBoot(argv: string[], runtimeDir: string): Promise<number> {
+/**
+ * The baseline: a shell script makes the VM's tap (as any hand-written launcher must), runs
+ * QEMU and waits (inotify, via tail -f) for kiln-init's ready line.
+ */
+async function directBoot(argv: string[], runtimeDir: string, tap: string | null, bridge: string): Promise<number> {
   const log = qemuPaths(runtimeDir).consoleLog;
   const script = [
+    ...(tap ? [`ip tuntap add dev ${tap} mode tap && ip link set dev ${tap} master ${bridge} && ip link set dev ${tap} up || exit 1`, `trap 'ip link del ${tap}' EXIT`] : []),
     `${[QEMU_BINARY, ...argv].map(shq).join(' ')} &`,
     'qemu=$!',
     `while [ ! -e ${shq(log)} ]; do :; done`,
@@ -68,13 +74,18 @@ async function main(): Promise<void> {
       const files = runtimeFiles(dir);
       await cloneFile(assets.scratchTemplate, files.scratch);
       await fs.writeFile(files.config, encodeConfigDrive(guestConfig(rec, img, 5000)));
-      direct.push(await directBoot(qemuArgs(vmSpec(rec, img, assets, dir), { daemonize: false }), dir));
+      const addr = rec.ip ? { ip: rec.ip, ...parseSubnet(d.network.cidr) } : null;
+      const net = addr && {
+        nic: { tap: tapName(rec.id), mac: macFor(addr.ip) },
+        kernelArgs: [`kiln.ip=${addr.ip}/${addr.prefix}`, `kiln.gw=${addr.gateway}`],
+      };
+      const argv = qemuArgs(vmSpec(rec, img, assets, dir, net ?? undefined), { daemonize: false });
+      direct.push(await directBoot(argv, dir, net?.nic.tap ?? null, d.network.bridge));
       await fs.rm(dir, { recursive: true, force: true });
       process.stderr.write(`run ${i + 1}/${RUNS}: kiln ${total.toFixed(0)} ms, direct ${direct.at(-1)!.toFixed(0)} ms\n`);
     }
   } finally {
-    await d.stop();
-    await fs.rm(d.stateDir, { recursive: true, force: true });
+    await d.dispose();
     await fs.rm(scratchDir, { recursive: true, force: true });
   }
 

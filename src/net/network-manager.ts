@@ -63,6 +63,8 @@ export class NetworkManager {
     // onto the bridge (the kernel drops loopback-sourced packets on other links otherwise).
     await writeSysctl('net/ipv4/ip_forward', '1');
     await writeSysctl(`net/ipv4/conf/${bridge}/route_localnet`, '1');
+    // Learn guests from their gratuitous ARP (the neighbour-table readiness fallback).
+    await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '1');
     await this.sync();
   }
 
@@ -95,15 +97,19 @@ export class NetworkManager {
   async plug(vm: VmRecord): Promise<NicSpec> {
     if (!vm.ip) throw new KilnError('KILN_ERR_INTERNAL', `VM ${vm.id} has no address leased`);
     const tap = tapName(vm.id);
-    if (await ip.linkExists(tap)) await ip.deleteLink(tap);
-    await ip.addTap(tap);
+    const bridge = this.config.bridge;
+    // A reused lease must not look reachable already (neighbour-table readiness).
+    const commands = [['neigh', 'flush', 'to', vm.ip, 'dev', bridge], ...ip.tapOnBridgeCommands(tap, bridge)];
     try {
-      await ip.setMaster(tap, this.config.bridge);
-      await ip.setPortIsolated(tap);
-      await ip.setLinkUp(tap);
+      await ip.ipBatch(commands);
     } catch (e) {
-      await ip.deleteLink(tap).catch(() => {});
-      throw e;
+      // Left over from a crash (or half made just now): remove and make it once more.
+      if (!(await ip.linkExists(tap))) throw e;
+      await ip.deleteLink(tap);
+      await ip.ipBatch(commands).catch(async (again) => {
+        await ip.deleteLink(tap).catch(() => {});
+        throw again;
+      });
     }
     return { tap, mac: macFor(vm.ip) };
   }

@@ -6,6 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate, createPrivateKey, randomBytes, sign, type KeyObject } from 'node:crypto';
 import fs from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +26,7 @@ export interface TokenRequestLog {
 }
 
 export interface TestRegistry {
-  /** 'http://127.0.0.1:PORT' */
+  /** 'http://127.0.0.1:PORT' ('https://…' with tls: a self-signed certificate for 127.0.0.1) */
   url: string;
   /** '127.0.0.1:PORT' — the registry part of image references. */
   host: string;
@@ -113,13 +114,29 @@ async function startTokenServer(dir: string, opts: TokenAuthOptions, service: st
   return { server, certFile, realm: `http://127.0.0.1:${port}/token`, requests };
 }
 
-export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {}): Promise<TestRegistry> {
+/** Readiness probe that also accepts the self-signed certificate of a TLS test registry. */
+function probe(url: string): Promise<number> {
+  return new Promise((resolve) => {
+    const mod = url.startsWith('https:') ? https : http;
+    const req = mod.get(url, { rejectUnauthorized: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', () => resolve(0));
+  });
+}
+
+export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions; tls?: boolean } = {}): Promise<TestRegistry> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-registry-'));
   const storageDir = path.join(dir, 'storage');
   await fs.mkdir(storageDir);
   const service = 'kiln-test-registry';
   const issuer = 'kiln-test-issuer';
   const token = opts.tokenAuth ? await startTokenServer(dir, opts.tokenAuth, service, issuer) : undefined;
+  const tls = opts.tls ? { certificate: path.join(dir, 'tls.crt'), key: path.join(dir, 'tls.key') } : undefined;
+  if (tls) {
+    await run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', tls.key, '-out', tls.certificate, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost']);
+  }
   let proc: ChildProcess | undefined;
   let out = '';
   const cleanup = async () => {
@@ -142,7 +159,7 @@ export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {})
           delete: { enabled: true },
           maintenance: { uploadpurging: { enabled: false } },
         },
-        http: { addr: `127.0.0.1:${port}`, secret: randomBytes(16).toString('hex') },
+        http: { addr: `127.0.0.1:${port}`, secret: randomBytes(16).toString('hex'), ...(tls ? { tls } : {}) },
         ...(token ? { auth: { token: { realm: token.realm, service, issuer, rootcertbundle: token.certFile } } } : {}),
       };
       // The registry reads YAML; JSON is YAML.
@@ -152,11 +169,11 @@ export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions } = {})
       proc = spawn('docker-registry', ['serve', configFile], { stdio: ['ignore', 'pipe', 'pipe'] });
       proc.stdout!.on('data', (b) => (out += b));
       proc.stderr!.on('data', (b) => (out += b));
-      const url = `http://127.0.0.1:${port}`;
+      const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
       const exited = new Promise<'exit'>((r) => proc!.once('exit', () => r('exit')));
       const ready = (async () => {
         for (;;) {
-          const st = await fetch(`${url}/v2/`).then((r) => r.status).catch(() => 0);
+          const st = await probe(`${url}/v2/`);
           if (st === 200 || st === 401) return 'ready' as const;
           await new Promise((r) => setTimeout(r, 50));
           if (proc!.exitCode !== null) return 'exit' as const;
@@ -198,8 +215,10 @@ export interface ProxyRequest {
 export interface RegistryProxyOptions {
   /** Demand HTTP basic auth (as an nginx in front of a registry would). */
   basicAuth?: Record<string, string>;
-  /** Cut the connection after `afterBytes` body bytes of the next `times` blob GETs (of `digest`, if set). */
+  /** Cut the connection after `afterBytes` body bytes, `times` times, in blob GETs (of `digest`, if set) that are longer. */
   dropBlob?: { afterBytes: number; times: number; digest?: string };
+  /** Answer the next `times` manifest GETs with this status (a registry having a bad moment). */
+  failManifests?: { times: number; status: number };
 }
 
 export interface RegistryProxy {
@@ -217,6 +236,7 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
   const up = new URL(upstream);
   const requests: ProxyRequest[] = [];
   let drop = opts.dropBlob ? { ...opts.dropBlob } : undefined;
+  const failManifests = opts.failManifests ? { ...opts.failManifests } : undefined;
   const server = http.createServer((req, res) => {
     const entry: ProxyRequest = { method: req.method ?? 'GET', path: req.url ?? '/', status: 0, ...(req.headers.range ? { range: String(req.headers.range) } : {}) };
     requests.push(entry);
@@ -229,6 +249,13 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         return;
       }
     }
+    if (failManifests && failManifests.times > 0 && req.method === 'GET' && req.url?.includes('/manifests/')) {
+      failManifests.times--;
+      entry.status = failManifests.status;
+      res.writeHead(failManifests.status, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ errors: [{ code: 'UNAVAILABLE', message: 'injected by the test proxy' }] }));
+      return;
+    }
     const headers = { ...req.headers, host: up.host };
     if (opts.basicAuth) delete headers.authorization;
     const upReq = http.request({ host: up.hostname, port: up.port, method: req.method, path: req.url, headers }, (upRes) => {
@@ -240,8 +267,6 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         upRes.pipe(res);
         return;
       }
-      drop!.times--;
-      entry.cutAfter = cut;
       let sent = 0;
       upRes.on('data', (chunk: Buffer) => {
         if (sent >= cut) return;
@@ -249,10 +274,16 @@ export async function startRegistryProxy(upstream: string, opts: RegistryProxyOp
         sent += part.length;
         res.write(part);
         if (sent >= cut) {
+          drop!.times--;
+          entry.cutAfter = cut;
           upRes.destroy();
-          // Let the written bytes reach the client, then drop the connection (no clean end).
+          // The written bytes reach the client, then the connection ends without the rest.
           res.socket?.end(() => res.socket?.destroy());
         }
+      });
+      // Blobs smaller than the cut point go through whole.
+      upRes.on('end', () => {
+        if (sent < cut) res.end();
       });
     });
     upReq.on('error', () => {

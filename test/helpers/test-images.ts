@@ -305,3 +305,55 @@ export async function pushTestImages(builder: OciLayoutBuilder, registryUrl: str
     builder,
   };
 }
+
+/**
+ * Checks a flattened tree (on the host) against FEATURES_EXPECTED; returns the mismatches
+ * (empty when the tree is right). The rootfs tests run it on their flattened output.
+ */
+export async function checkFeaturesTree(root: string): Promise<string[]> {
+  const problems: string[] = [];
+  const at = (p: string) => path.join(root, p);
+  for (const p of FEATURES_EXPECTED.absent) {
+    const st = await fs.lstat(at(p)).catch(() => null);
+    if (st) problems.push(`${p} exists but was deleted by a whiteout`);
+  }
+  for (const [p, want] of Object.entries(FEATURES_EXPECTED.files)) {
+    const st = await fs.lstat(at(p)).catch(() => null);
+    if (!st?.isFile()) {
+      problems.push(`${p} is missing or not a regular file`);
+      continue;
+    }
+    const content = await fs.readFile(at(p), 'utf8');
+    if (content !== want.content) problems.push(`${p} content ${JSON.stringify(content)} != ${JSON.stringify(want.content)}`);
+    if ((st.mode & 0o7777) !== want.mode) problems.push(`${p} mode ${(st.mode & 0o7777).toString(8)} != ${want.mode.toString(8)}`);
+    if (st.uid !== want.uid || st.gid !== want.gid) problems.push(`${p} owner ${st.uid}:${st.gid} != ${want.uid}:${want.gid}`);
+  }
+  for (const [p, want] of Object.entries(FEATURES_EXPECTED.dirs)) {
+    const st = await fs.lstat(at(p)).catch(() => null);
+    if (!st?.isDirectory()) problems.push(`${p} is not a directory`);
+    else {
+      if ((st.mode & 0o7777) !== want.mode) problems.push(`${p} mode ${(st.mode & 0o7777).toString(8)} != ${want.mode.toString(8)}`);
+      if (st.uid !== want.uid || st.gid !== want.gid) problems.push(`${p} owner ${st.uid}:${st.gid} != ${want.uid}:${want.gid}`);
+    }
+  }
+  for (const [a, b] of FEATURES_EXPECTED.hardLinks) {
+    const [sa, sb] = await Promise.all([fs.lstat(at(a)).catch(() => null), fs.lstat(at(b)).catch(() => null)]);
+    if (!sa || !sb || sa.ino !== sb.ino) problems.push(`${a} and ${b} are not the same inode`);
+  }
+  for (const [p, target] of Object.entries(FEATURES_EXPECTED.symlinks)) {
+    const t = await fs.readlink(at(p)).catch(() => null);
+    if (t !== target) problems.push(`${p} -> ${t} != ${target}`);
+  }
+  for (const [p, attrs] of Object.entries(FEATURES_EXPECTED.xattrs)) {
+    for (const [name, value] of Object.entries(attrs)) {
+      const got = await run('getfattr', ['--only-values', '-n', name, at(p)]).then((r) => r.stdout, () => null);
+      if (got !== value) problems.push(`${p} xattr ${name}=${JSON.stringify(got)} != ${JSON.stringify(value)}`);
+    }
+  }
+  const entries = (await fs.readdir(at(FEATURES_EXPECTED.opaqueDir.path)).catch(() => [])).sort();
+  if (JSON.stringify(entries) !== JSON.stringify(FEATURES_EXPECTED.opaqueDir.entries)) {
+    problems.push(`${FEATURES_EXPECTED.opaqueDir.path} holds ${JSON.stringify(entries)}, want only ${JSON.stringify(FEATURES_EXPECTED.opaqueDir.entries)}`);
+  }
+  if (!(await fs.lstat(at('/bin/busybox')).catch(() => null))?.isFile()) problems.push('/bin/busybox (base layer) is missing');
+  return problems;
+}

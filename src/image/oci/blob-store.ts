@@ -64,6 +64,15 @@ async function hashFile(p: string, h: Hash): Promise<void> {
   for await (const chunk of createReadStream(p)) h.update(chunk as Buffer);
 }
 
+/** A failure writing into the store: disk full is the caller's resource problem, not the registry's. */
+export function localWriteError(e: unknown, digest: string): KilnError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new KilnError('KILN_ERR_RESOURCE_LIMIT', `no space left in the blob store while writing ${digest}`, { digest, errno: code }, { cause: e });
+  }
+  return new KilnError('KILN_ERR_INTERNAL', `cannot write blob ${digest} into the store: ${(e as Error).message}`, { digest, errno: code ?? null }, { cause: e });
+}
+
 export class DigestMismatchError extends KilnError {
   constructor(expected: string, actual: string, what: string, details: Record<string, unknown> = {}) {
     super('KILN_ERR_DIGEST_MISMATCH', `${what} ${expected} failed verification: content hashes to ${actual}`, { expected, actual, ...details });
@@ -151,6 +160,9 @@ export class BlobStore {
         }
         try {
           const src = have === opts.size ? null : await opts.fetch(have);
+          // Errors before the read loop below starts must not escape as 'error' events; the
+          // loop still sees them (an errored stream's iterator throws).
+          src?.stream.on('error', () => {});
           if (src && src.offset !== have) {
             if (src.offset !== 0) {
               src.stream.destroy();
@@ -161,33 +173,52 @@ export class BlobStore {
             have = 0;
           }
           const hash = createHash('sha256');
-          if (have > 0) await hashFile(partial, hash);
+          const resumed = have > 0;
+          if (resumed) await hashFile(partial, hash);
           let total = have;
           let lastEmit = have;
           emit(have, attempt);
-          if (src) {
-            const meter = new Transform({
-              transform(chunk: Buffer, _enc, cb) {
-                total += chunk.length;
-                if (total > opts.size) {
-                  cb(new DigestMismatchError(digest, 'more bytes than the descriptor size', 'blob', { size: opts.size }));
-                  return;
+          // Each chunk is hashed only once it is written, so the partial file always holds
+          // exactly the bytes received: a resume after a drop loses nothing and double-counts nothing.
+          const fh = await fs.open(partial, 'a');
+          try {
+            if (src) {
+              const abort = () => src.stream.destroy(opts.signal?.reason ?? new Error('aborted'));
+              opts.signal?.addEventListener('abort', abort, { once: true });
+              // Aborted while the file was being opened: the event has already fired.
+              if (opts.signal?.aborted) abort();
+              try {
+                for await (const chunk of src.stream as AsyncIterable<Buffer>) {
+                  if (total + chunk.length > opts.size) {
+                    src.stream.destroy();
+                    throw new DigestMismatchError(digest, `more than the ${opts.size} bytes its descriptor gives`, 'blob', { size: opts.size });
+                  }
+                  try {
+                    await fh.write(chunk);
+                  } catch (e) {
+                    src.stream.destroy();
+                    // Our side failed (disk full, I/O error): retrying the network will not help.
+                    throw localWriteError(e, digest);
+                  }
+                  hash.update(chunk);
+                  total += chunk.length;
+                  fetched += chunk.length;
+                  if (total - lastEmit >= PROGRESS_STEP) {
+                    lastEmit = total;
+                    emit(total, attempt);
+                  }
                 }
-                hash.update(chunk);
-                fetched += chunk.length;
-                if (total - lastEmit >= PROGRESS_STEP) {
-                  lastEmit = total;
-                  emit(total, attempt);
-                }
-                cb(null, chunk);
-              },
-            });
-            try {
-              await pipeline(src.stream, meter, createWriteStream(partial, { flags: 'a' }), { signal: opts.signal });
-            } catch (e) {
-              if (isKilnError(e) || (e as Error).name === 'AbortError') throw e;
-              throw new TransportError(`connection dropped after ${total} of ${opts.size} bytes of ${digest}: ${(e as Error).message}`, (e as NodeJS.ErrnoException).code, { cause: e });
+              } catch (e) {
+                opts.signal?.throwIfAborted();
+                if (isKilnError(e)) throw e;
+                throw new TransportError(`connection dropped after ${total} of ${opts.size} bytes of ${digest}: ${(e as Error).message}`, (e as NodeJS.ErrnoException).code, { cause: e });
+              } finally {
+                opts.signal?.removeEventListener('abort', abort);
+              }
             }
+            if (total === opts.size) await fh.sync();
+          } finally {
+            await fh.close();
           }
           if (total < opts.size) throw new TransportError(`download of ${digest} ended after ${total} of ${opts.size} bytes`);
           emit(total, attempt);
@@ -195,17 +226,11 @@ export class BlobStore {
           if (actual !== digest) {
             await fs.rm(partial, { force: true });
             // A resumed download may have stitched two different byte streams; one clean try.
-            if (attempt > 1 && !fromScratchAfterMismatch) {
+            if (resumed && !fromScratchAfterMismatch) {
               fromScratchAfterMismatch = true;
               continue;
             }
             throw new DigestMismatchError(digest, actual, 'blob');
-          }
-          const fh = await fs.open(partial, 'r');
-          try {
-            await fh.sync();
-          } finally {
-            await fh.close();
           }
           await fs.rename(partial, final);
           return { path: final, downloaded: true, bytesFetched: fetched };
@@ -238,17 +263,25 @@ export class BlobStore {
     try {
       const hash = createHash('sha256');
       let size = 0;
-      await pipeline(
-        stream,
-        new Transform({
-          transform(chunk: Buffer, _enc, cb) {
-            size += chunk.length;
-            hash.update(chunk);
-            cb(null, chunk);
-          },
-        }),
-        createWriteStream(tmp),
-      );
+      const out = createWriteStream(tmp);
+      let writeError: unknown;
+      out.on('error', (e) => (writeError = e));
+      try {
+        await pipeline(
+          stream,
+          new Transform({
+            transform(chunk: Buffer, _enc, cb) {
+              size += chunk.length;
+              hash.update(chunk);
+              cb(null, chunk);
+            },
+          }),
+          out,
+        );
+      } catch (e) {
+        if (writeError) throw localWriteError(writeError, expected?.digest ?? 'being imported');
+        throw e;
+      }
       const digest = `sha256:${hash.digest('hex')}`;
       if (expected && digest !== expected.digest) throw new DigestMismatchError(expected.digest, digest, 'blob');
       if (expected?.size !== undefined && size !== expected.size) {

@@ -136,7 +136,10 @@ export function selectPlatform(index: ImageIndex, want: Platform): Descriptor {
   const candidates = index.manifests.filter(
     (m) => (m.mediaType === '' || m.mediaType === MEDIA.ociManifest || m.mediaType === MEDIA.dockerManifest || m.mediaType === MEDIA.ociIndex || m.mediaType === MEDIA.dockerList),
   );
-  const match = candidates.find((m) => m.platform && m.platform.os === want.os && m.platform.architecture === want.architecture && variantMatches(want, m.platform));
+  const matches = candidates.filter((m) => m.platform && m.platform.os === want.os && m.platform.architecture === want.architecture && variantMatches(want, m.platform));
+  // Without a wanted variant, prefer the baseline build (no variant) over e.g. amd64/v3, which
+  // older CPUs cannot run; otherwise the first match, as containerd does.
+  const match = want.variant ? matches[0] : (matches.find((m) => !m.platform?.variant) ?? matches[0]);
   if (match) return match;
   const available = index.manifests.map((m) => (m.platform ? platformString(m.platform) : 'unknown'));
   throw new KilnError('KILN_ERR_IMAGE_UNSUPPORTED', `the image has no manifest for ${platformString(want)} (it has: ${available.join(', ') || 'none'})`, {

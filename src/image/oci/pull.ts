@@ -1,6 +1,7 @@
 // pullImage: reference → manifest (through an index when there is one) → config → layers,
 // every blob verified into the shared blob store, layers fetched concurrently (bounded).
-import { KilnError } from '../../errors.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KilnError, isKilnError } from '../../errors.ts';
 import { readCredentialsFile } from './auth.ts';
 import { BlobStore, DigestMismatchError } from './blob-store.ts';
 import { MAX_CONFIG_BYTES, layerCompression, parseImageConfig, parseManifest, platformString, selectPlatform, type Descriptor, type ImageManifest } from './manifest.ts';
@@ -33,6 +34,18 @@ export async function mapBounded<T, R>(items: T[], limit: number, fn: (item: T, 
   return out;
 }
 
+/** Retries manifest requests the registry failed transiently (5xx, dropped connection). */
+async function withRetries<T>(fn: () => Promise<T>, attempts: number, signal?: AbortSignal): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(isKilnError(e) && e.details?.retryable === true) || i >= attempts) throw e;
+      await sleep(Math.min(5000, 250 * 2 ** (i - 1)), undefined, { signal });
+    }
+  }
+}
+
 function checkPlatform(config: { os: string; architecture: string; variant?: string }, want: Platform, manifestDigest: string): void {
   // A single-platform image (no index) must still be for the platform we run.
   if (config.os && config.architecture && (config.os !== want.os || config.architecture !== want.architecture)) {
@@ -54,7 +67,8 @@ export async function pullImage(refString: string, opts: PullOptions, onProgress
   const emit = onProgress ?? (() => {});
 
   emit({ phase: 'resolve', ref: ref.canonical, message: `resolving ${ref.canonical}` });
-  let fetched = await client.getManifest(ref.repository, manifestReference(ref));
+  const manifestAttempts = Math.min(3, opts.retries ?? 3);
+  let fetched = await withRetries(() => client.getManifest(ref.repository, manifestReference(ref)), manifestAttempts, opts.signal);
   let doc = parseManifest(fetched.body, fetched.contentType);
   let indexDigest: string | undefined;
   for (let depth = 0; doc.kind === 'index'; depth++) {
@@ -62,7 +76,7 @@ export async function pullImage(refString: string, opts: PullOptions, onProgress
     indexDigest ??= fetched.digest;
     const pick = selectPlatform(doc, want);
     emit({ phase: 'resolve', ref: ref.canonical, message: `index ${fetched.digest}: ${platformString(want)} is ${pick.digest}` });
-    fetched = await client.getManifest(ref.repository, pick.digest);
+    fetched = await withRetries(() => client.getManifest(ref.repository, pick.digest), manifestAttempts, opts.signal);
     if (fetched.digest !== pick.digest) throw new DigestMismatchError(pick.digest, fetched.digest, 'manifest');
     doc = parseManifest(fetched.body, fetched.contentType || pick.mediaType);
   }

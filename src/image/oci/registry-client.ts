@@ -56,6 +56,21 @@ async function errorSummary(res: HttpResponse): Promise<{ codes: string[]; text:
   }
 }
 
+/**
+ * Schemes to try, in order: HTTPS always first; plain HTTP only for loopback registries and
+ * ones the request or daemon config marks insecure (as Docker does).
+ */
+export function schemeCandidates(registry: string, insecure: boolean): ('https' | 'http')[] {
+  return insecure || isLoopbackRegistry(registry) ? ['https', 'http'] : ['https'];
+}
+
+interface AuthUsed {
+  header?: string;
+  /** Cache key of the bearer token sent, so a refused token can be dropped. */
+  tokenKey?: string;
+  fromCache: boolean;
+}
+
 function retryableStatus(status: number): boolean {
   return status === 408 || status === 429 || status >= 500;
 }
@@ -70,6 +85,12 @@ export class RegistryClient {
   #base?: URL;
   /** The last challenge per scope; lets later requests authenticate up front. */
   readonly #challenges = new Map<string, AuthChallenge>();
+
+  /** Whose token it is: a token got with other credentials (or anonymously) is never reused. */
+  get #identity(): string | undefined {
+    const c = this.#credentials;
+    return c ? `${c.username}:${createHash('sha256').update(c.password).digest('hex')}` : undefined;
+  }
 
   constructor(opts: RegistryClientOptions) {
     this.registry = opts.registry;
@@ -88,7 +109,7 @@ export class RegistryClient {
     if (this.#base) return this.#base;
     const host = registryEndpointHost(this.registry);
     const https = new URL(`https://${host}/`);
-    if (!this.#insecure) return (this.#base = https);
+    if (!schemeCandidates(this.registry, this.#insecure).includes('http')) return (this.#base = https);
     try {
       const res = await httpRequest(new URL('/v2/', https), { insecureTls: true, signal: this.#signal, idleTimeoutMs: 10_000, headers: { 'user-agent': this.#userAgent } });
       res.body.resume();
@@ -99,17 +120,17 @@ export class RegistryClient {
     }
   }
 
-  async #authHeader(scope: string, forceRefresh: boolean): Promise<string | undefined> {
+  async #authHeader(scope: string, forceRefresh: boolean): Promise<AuthUsed> {
     const ch = this.#challenges.get(scope);
-    if (!ch) return undefined;
-    if (ch.scheme === 'basic') return this.#credentials ? basicHeader(this.#credentials) : undefined;
+    if (!ch) return { fromCache: false };
+    if (ch.scheme === 'basic') return { header: this.#credentials ? basicHeader(this.#credentials) : undefined, fromCache: false };
     const realm = ch.params.realm;
     if (!realm) throw new KilnError('KILN_ERR_REGISTRY_AUTH', `${this.registry} sent a Bearer challenge without a realm`);
     const service = ch.params.service ?? '';
-    const key = TokenCache.key(realm, service, scope, this.#credentials?.username);
+    const key = TokenCache.key(realm, service, scope, this.#identity);
     if (!forceRefresh) {
       const cached = this.#tokens.get(key);
-      if (cached) return `Bearer ${cached}`;
+      if (cached) return { header: `Bearer ${cached}`, tokenKey: key, fromCache: true };
     }
     const url = new URL(realm);
     if (url.protocol === 'http:' && !this.#insecure) {
@@ -149,19 +170,21 @@ export class RegistryClient {
     }
     const { token, expiresIn } = parseTokenResponse(parsed);
     this.#tokens.set(key, token, expiresIn);
-    return `Bearer ${token}`;
+    return { header: `Bearer ${token}`, tokenKey: key, fromCache: false };
   }
 
   /**
    * One request with the auth dance: sends the credentials we already know are needed; on a
-   * 401 learns the challenge, gets a token (or uses basic) and retries once.
+   * 401 learns the challenge, gets a token (or uses basic) and retries. A cached token the
+   * registry refuses (revoked, or got with less access) is dropped and replaced once.
    */
   async #request(path: string, scope: string, headers: Record<string, string>): Promise<HttpResponse> {
     const base = await this.#baseUrl();
     const url = new URL(path, base);
-    let refreshed = false;
+    let forceRefresh = false;
     for (let round = 0; ; round++) {
-      const auth = await this.#authHeader(scope, refreshed);
+      const used = await this.#authHeader(scope, forceRefresh);
+      const auth = used.header;
       const h: Record<string, string> = { 'user-agent': this.#userAgent, ...headers };
       if (auth) h.authorization = auth;
       const res = await httpRequest(url, { headers: h, insecureTls: this.#insecure, signal: this.#signal });
@@ -169,7 +192,8 @@ export class RegistryClient {
       const { text } = await errorSummary(res);
       const challenges = parseAuthChallenges(String(res.headers['www-authenticate'] ?? ''));
       const ch = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
-      if (round >= 1 || !ch) {
+      if (used.tokenKey) this.#tokens.delete(used.tokenKey);
+      if (!ch || round >= 2 || (round >= 1 && !used.fromCache)) {
         throw new KilnError(
           'KILN_ERR_REGISTRY_AUTH',
           `${this.registry} refused ${auth ? 'kiln\'s credentials' : 'anonymous access'} to ${scope.replace(/^repository:/, '').replace(/:pull$/, '')}${!this.#credentials ? ' (no credentials configured for this registry)' : ''}${text ? `: ${text}` : ''}`,
@@ -183,8 +207,7 @@ export class RegistryClient {
         });
       }
       this.#challenges.set(scope, ch);
-      // A bearer token we already sent was rejected (revoked / expired early): fetch a new one.
-      refreshed = auth?.startsWith('Bearer ') ?? false;
+      forceRefresh = used.fromCache;
     }
   }
 

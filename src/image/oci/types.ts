@@ -139,7 +139,8 @@ export interface ImportOptions {
  *   pullImage(ref: string, opts: PullOptions, onProgress?: ProgressListener): Promise<PulledImage>   — ./pull.ts
  *   importOciLayout(dir: string, opts: ImportOptions, onProgress?: ProgressListener): Promise<PulledImage>   — ./import-oci-layout.ts
  *   importDockerArchive(tarFile: string, opts: ImportOptions, onProgress?: ProgressListener): Promise<PulledImage>   — ./import-docker-archive.ts
- *   openLayerTar(layer: PulledLayer): Readable   — ./layer-stream.ts (uncompressed tar stream of a layer)
+ *   openLayerTar(layer: PulledLayer): Promise<Readable>   — ./layer-stream.ts (uncompressed tar stream of a layer;
+ *     compression sniffed from the blob's magic bytes, zstd via the zstd CLI)
  *   parseImageReference(ref: string): ImageReference   — ./reference.ts
  *   BlobStore (./blob-store.ts): path(digest), has(digest), list(), remove(digest) — for GC
  * All re-exported from ./index.ts.
