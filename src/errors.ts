@@ -33,6 +33,11 @@ export const ERRORS = {
   KILN_ERR_DIGEST_MISMATCH: { status: 502, summary: 'Downloaded content does not match its digest' },
   KILN_ERR_IMAGE_UNSUPPORTED: { status: 422, summary: 'The image uses a media type, schema or platform kiln cannot use' },
   KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
+  KILN_ERR_AGENT_UNAVAILABLE: { status: 503, summary: 'The guest agent cannot be reached (VM not running, no agent channel)' },
+  KILN_ERR_AGENT_PROTOCOL: { status: 502, summary: 'The guest agent sent something invalid' },
+  KILN_ERR_AGENT_TIMEOUT: { status: 504, summary: 'The guest agent did not answer before the deadline' },
+  KILN_ERR_GUEST_PATH_NOT_FOUND: { status: 404, summary: 'The path does not exist inside the guest' },
+  KILN_ERR_GUEST_OP_FAILED: { status: 422, summary: 'The guest could not carry out the operation (exec or file I/O failed)' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

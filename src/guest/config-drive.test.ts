@@ -28,3 +28,21 @@ test('refuses NUL bytes, empty argv and oversized configs', () => {
   assert.throws(() => encodeConfigDrive({ ...base, argv: ['a\0b'] }), (e: KilnError) => e.code === 'KILN_ERR_VALIDATION');
   assert.throws(() => encodeConfigDrive({ ...base, argv: ['x'.repeat(2 * 1024 * 1024)] }), (e: KilnError) => e.code === 'KILN_ERR_VALIDATION');
 });
+
+test('encodes volume mounts and the agent keys kiln-init reads', () => {
+  const buf = encodeConfigDrive({
+    argv: ['x'],
+    env: {},
+    drives: [],
+    mounts: [{ serial: 'vol1', index: 3, target: '/data', readOnly: false }],
+    agent: { token: 'ab'.repeat(16), host: '10.0.0.1:18081', port: 10240, vsockPort: 52 },
+  });
+  const entries = buf.toString('utf8').slice(CONFIG_MAGIC.length).split('\0');
+  assert.deepEqual(entries.slice(1, entries.indexOf('')), [
+    'mount=vol1,3,/data,rw', `agent_token=${'ab'.repeat(16)}`, 'agent_host=10.0.0.1:18081', 'agent_port=10240', 'agent_vsock_port=52',
+  ]);
+  const base = { argv: ['x'], env: {}, drives: [] };
+  assert.throws(() => encodeConfigDrive({ ...base, agent: { token: 'XYZ' } }), (e: KilnError) => e.code === 'KILN_ERR_VALIDATION');
+  assert.throws(() => encodeConfigDrive({ ...base, agent: { token: 'ab'.repeat(16), host: 'evil\0' } }), (e: KilnError) => e.code === 'KILN_ERR_VALIDATION');
+  assert.throws(() => encodeConfigDrive({ ...base, mounts: [{ serial: 'a', index: 1, target: 'rel', readOnly: true }] }), (e: KilnError) => e.code === 'KILN_ERR_VALIDATION');
+});

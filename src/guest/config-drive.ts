@@ -18,6 +18,19 @@ export interface GuestConfig {
   drives: { role: 'root' | 'scratch'; serial: string; index: number }[];
   /** Extra drives (volumes) mounted inside the root before the workload starts. */
   mounts?: { serial: string; index: number; target: string; readOnly: boolean }[];
+  agent?: GuestAgentConfig;
+}
+
+/** The guest agent's side of docs/agent-protocol.md. */
+export interface GuestAgentConfig {
+  /** Lowercase hex; authenticates both directions. */
+  token: string;
+  /** `<ipv4>:<port>` the agent pushes hello/exit to over TCP; absent: no push over TCP. */
+  host?: string;
+  /** Guest TCP port for sessions (kiln-init's default: 10240). */
+  port?: number;
+  /** Use vsock instead of TCP: sessions on this guest port, push to this host port (CID 2). */
+  vsockPort?: number;
 }
 
 export function encodeConfigDrive(cfg: GuestConfig): Buffer {
@@ -36,6 +49,17 @@ export function encodeConfigDrive(cfg: GuestConfig): Buffer {
       throw new KilnError('KILN_ERR_VALIDATION', `mount target must be an absolute path without commas: ${m.target}`);
     }
     entries.push(`mount=${m.serial},${m.index},${m.target},${m.readOnly ? 'ro' : 'rw'}`);
+  }
+  if (cfg.agent) {
+    const a = cfg.agent;
+    if (!/^[0-9a-f]{16,128}$/.test(a.token)) throw new KilnError('KILN_ERR_VALIDATION', 'agent token must be 16-128 lowercase hex digits');
+    entries.push(`agent_token=${a.token}`);
+    if (a.host !== undefined) {
+      if (!/^\d{1,3}(\.\d{1,3}){3}:\d{1,5}$/.test(a.host)) throw new KilnError('KILN_ERR_VALIDATION', `agent host must be <ipv4>:<port>: ${a.host}`);
+      entries.push(`agent_host=${a.host}`);
+    }
+    if (a.port !== undefined) entries.push(`agent_port=${a.port}`);
+    if (a.vsockPort !== undefined) entries.push(`agent_vsock_port=${a.vsockPort}`);
   }
   for (const e of entries) {
     if (e.includes('\0')) throw new KilnError('KILN_ERR_VALIDATION', 'strings passed to the guest cannot contain NUL bytes');

@@ -64,6 +64,14 @@ struct drive {
 	char dev[64];           /* resolved name, e.g. "vdb" */
 };
 
+#define MAX_MOUNTS 16
+
+struct extra_mount {
+	struct drive drive;
+	const char *target;
+	int rw;
+};
+
 static struct {
 	char **argv;
 	char **env;
@@ -71,7 +79,13 @@ static struct {
 	const char *hostname;
 	unsigned long uid, gid, grace_ms;
 	struct drive root, scratch;
+	struct extra_mount mounts[MAX_MOUNTS];
+	size_t nmounts;
 } cfg = { .cwd = "/", .grace_ms = 5000 };
+
+unsigned long stop_grace_default = 5000;
+char log_ring[LOG_RING];
+unsigned long long log_total;
 
 static char cfgbuf[CFG_MAX + 1];   /* config strings point into this; never freed */
 
@@ -268,6 +282,18 @@ static void stream_close(struct stream *s)
 	s->fd = -1;
 }
 
+static void log_append(const char *p, size_t n)
+{
+	while (n > 0) {
+		size_t at = (size_t)(log_total % LOG_RING), k = LOG_RING - at < n ? LOG_RING - at : n;
+
+		memcpy(log_ring + at, p, k);
+		log_total += k;
+		p += k;
+		n -= k;
+	}
+}
+
 /* Forwards one read's worth; returns 0 when there is nothing more right now. */
 static int pump(struct stream *s)
 {
@@ -276,6 +302,7 @@ static int pump(struct stream *s)
 
 	if (n > 0) {
 		forward(s, buf, n);
+		log_append(buf, (size_t)n);
 		return 1;
 	}
 	if (n == 0 || (errno != EAGAIN && errno != EINTR))
@@ -364,6 +391,9 @@ static void shutdown_vm(void)
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", scratch_fd);
 		mount(NULL, path, NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	}
+	for (size_t i = 0; i < cfg.nmounts; i++)
+		if (cfg.mounts[i].rw)
+			mount(NULL, cfg.mounts[i].target, NULL, MS_REMOUNT | MS_RDONLY, NULL);
 	marker("poweroff");
 	reboot(RB_POWER_OFF);
 	/* Returning from PID 1 would panic the kernel. */
@@ -547,6 +577,45 @@ static const char *env_get(const char *name)
 	return NULL;
 }
 
+/* mount=<serial>,<index>,<target>,<ro|rw> */
+static void parse_mount(char *v)
+{
+	char *c1 = strchr(v, ','), *c2 = c1 ? strchr(c1 + 1, ',') : NULL, *c3 = c2 ? strrchr(c2 + 1, ',') : NULL;
+	struct extra_mount *m;
+
+	if (!c3)
+		die("config", EINVAL, "bad mount: %.60s", v);
+	if (cfg.nmounts == MAX_MOUNTS)
+		die("config", E2BIG, "more than %d mounts", MAX_MOUNTS);
+	*c1 = *c2 = *c3 = 0;
+	m = &cfg.mounts[cfg.nmounts++];
+	m->drive.set = 1;
+	m->drive.serial = v;
+	if (parse_num(c1 + 1, &m->drive.index))
+		die("config", EINVAL, "bad mount index: %.40s", c1 + 1);
+	m->target = c2 + 1;
+	/* The target is resolved inside the new root: no escaping it. */
+	if (m->target[0] != '/' || strstr(m->target, "/../") || !strcmp(m->target, "/") ||
+	    (strlen(m->target) >= 3 && !strcmp(m->target + strlen(m->target) - 3, "/..")))
+		die("config", EINVAL, "bad mount target: %.60s", m->target);
+	if (!strcmp(c3 + 1, "rw"))
+		m->rw = 1;
+	else if (strcmp(c3 + 1, "ro"))
+		die("config", EINVAL, "mount mode must be ro or rw: %.20s", c3 + 1);
+}
+
+char **workload_env(void)
+{
+	return cfg.env;
+}
+
+void workload_identity(const char **cwd, unsigned long *uid, unsigned long *gid)
+{
+	*cwd = cfg.cwd;
+	*uid = cfg.uid;
+	*gid = cfg.gid;
+}
+
 static void parse_config(size_t len)
 {
 	char *p, *next, *end = cfgbuf + len;   /* cfgbuf[len] is always NUL */
@@ -581,6 +650,16 @@ static void parse_config(size_t len)
 			num = &cfg.gid;
 		else if (!strcmp(p, "stop_grace_ms"))
 			num = &cfg.grace_ms;
+		else if (!strcmp(p, "agent_token"))
+			agent_cfg.token = v;
+		else if (!strcmp(p, "agent_host"))
+			agent_cfg.host = v;
+		else if (!strcmp(p, "agent_port"))
+			num = &agent_cfg.port;
+		else if (!strcmp(p, "agent_vsock_port"))
+			num = &agent_cfg.vsock_port;
+		else if (!strcmp(p, "mount"))
+			parse_mount(v);
 		else if (!strcmp(p, "drive")) {
 			char *c1 = strchr(v, ','), *c2 = c1 ? strchr(c1 + 1, ',') : NULL;
 			struct drive *d = NULL;
@@ -638,6 +717,12 @@ static void read_config(void)
 		die("root", ENODEV, "root drive %s not found", cfg.root.serial);
 	if (cfg.scratch.set && !wait_for(resolve_drive, &cfg.scratch))
 		die("scratch", ENODEV, "scratch drive %s not found", cfg.scratch.serial);
+	for (size_t i = 0; i < cfg.nmounts; i++)
+		if (!wait_for(resolve_drive, &cfg.mounts[i].drive))
+			die("mount", ENODEV, "drive %s for %s not found", cfg.mounts[i].drive.serial, cfg.mounts[i].target);
+	stop_grace_default = cfg.grace_ms;
+	if (agent_cfg.token && (!agent_cfg.token[0] || strspn(agent_cfg.token, "0123456789abcdef") != strlen(agent_cfg.token)))
+		die("config", EINVAL, "agent_token must be lowercase hex");
 }
 
 /* Picks the filesystem by its magic, so the kernel does not log a failed
@@ -704,6 +789,45 @@ static void mount_root(void)
 	if (mount("overlay", "/kiln/root", "overlay", 0,
 		  "lowerdir=/kiln/lower,upperdir=/kiln/rw/upper,workdir=/kiln/rw/work") != 0)
 		die("overlay", errno, "mount overlay on /kiln/root");
+}
+
+/* mkdir -p below /kiln/root. */
+static int mkdirs_under_root(const char *target)
+{
+	char path[4200];
+
+	snprintf(path, sizeof(path), "/kiln/root%s", target);
+	for (char *s = path + strlen("/kiln/root") + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		if (mkdir(path, 0755) != 0 && errno != EEXIST)
+			return -1;
+		*s = '/';
+	}
+	return mkdir(path, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+/* Volumes: extra drives mounted inside the new root, before anything runs there. */
+static void mount_extra(void)
+{
+	for (size_t i = 0; i < cfg.nmounts; i++) {
+		struct extra_mount *m = &cfg.mounts[i];
+		char dev[80], dst[4200];
+		const char *type;
+
+		snprintf(dev, sizeof(dev), "/dev/%s", m->drive.dev);
+		type = detect_fs(dev);
+		if (!type)
+			die("mount", EINVAL, "%s for %s: no squashfs, erofs or ext4 found", dev, m->target);
+		if (m->rw && strcmp(type, "ext4"))
+			die("mount", EROFS, "%s for %s is %s, which is read-only", dev, m->target, type);
+		if (mkdirs_under_root(m->target) != 0)
+			die("mount", errno, "mkdir %s", m->target);
+		snprintf(dst, sizeof(dst), "/kiln/root%s", m->target);
+		if (mount(dev, dst, type, (m->rw ? MS_NOATIME : MS_RDONLY) | MS_NODEV, NULL) != 0)
+			die("mount", errno, "mount %s (%s) on %s", dev, type, m->target);
+	}
 }
 
 static void switch_root(void)
@@ -909,12 +1033,30 @@ static int console_input(int timer_fd)
 	return 0;
 }
 
+static void handle_signals(int timer_fd)
+{
+	struct signalfd_siginfo si;
+
+	while (read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+		if (si.ssi_signo == SIGCHLD || si.ssi_signo == SIGHUP)
+			continue;
+		/* An agent session's shutdown: sigqueue()d SIGTERM carrying grace_ms. */
+		if (si.ssi_signo == SIGTERM && si.ssi_code == SI_QUEUE && si.ssi_int >= 0)
+			stop_workload((unsigned long)si.ssi_int, timer_fd);
+		else
+			stop_workload(cfg.grace_ms, timer_fd);
+	}
+	reap_children();
+}
+
 static void run_workload(long long root_ms)
 {
 	int out[2], err[2];
 	int timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	struct stream so = { -1, 1, -1 }, se = { -1, 1, -1 };
 
+	if (agent_listen() >= 0)
+		boot_times.listener = now_ms(CLOCK_BOOTTIME);
 	if (open_pipe(out) != 0 || open_pipe(err) != 0)
 		die("exec", errno, "pipe");
 	workload = fork();
@@ -922,6 +1064,7 @@ static void run_workload(long long root_ms)
 		die("exec", errno, "fork");
 	if (workload == 0)
 		exec_workload(out[1], err[1]);
+	boot_times.workload = now_ms(CLOCK_BOOTTIME);
 	close(out[1]);
 	close(err[1]);
 	so.fd = out[0];
@@ -929,14 +1072,14 @@ static void run_workload(long long root_ms)
 	marker("ready uptime_ms=%lld root_ms=%lld pid=%d", now_ms(CLOCK_BOOTTIME), root_ms, (int)workload);
 
 	while (workload > 0) {
-		struct pollfd p[5] = {
+		struct pollfd p[8] = {
 			{ so.fd, POLLIN, 0 }, { se.fd, POLLIN, 0 }, { con_in, POLLIN, 0 },
 			{ sigfd, POLLIN, 0 }, { timer_fd, POLLIN, 0 },
 		};
-		struct signalfd_siginfo si;
+		int timeout = -1, na = agent_pollfds(p + 5, 3, &timeout);
 		uint64_t ticks;
 
-		if (poll(p, 5, -1) < 0) {
+		if (poll(p, 5 + na, timeout) < 0) {
 			if (errno == EINTR)
 				continue;
 			die("loop", errno, "poll");
@@ -949,14 +1092,11 @@ static void run_workload(long long root_ms)
 			close(con_in);   /* hung up: stop polling it rather than spin */
 			con_in = -1;
 		}
-		if (p[3].revents) {
-			while (read(sigfd, &si, sizeof(si)) == sizeof(si))
-				if (si.ssi_signo != SIGCHLD && si.ssi_signo != SIGHUP)
-					stop_workload(cfg.grace_ms, timer_fd);
-			reap_children();
-		}
+		if (p[3].revents)
+			handle_signals(timer_fd);
 		if (p[4].revents && read(timer_fd, &ticks, sizeof(ticks)) > 0)
 			signal_workload(SIGKILL);
+		agent_poll_done(p + 5, na);
 	}
 
 	/* Background processes may hold the pipes open and keep writing: take
@@ -969,6 +1109,7 @@ static void run_workload(long long root_ms)
 		marker("exit signal=%d", WTERMSIG(workload_status));
 	else
 		marker("exit code=%d", WEXITSTATUS(workload_status));
+	agent_send_exit(workload_status);
 }
 
 int main(void)
@@ -988,6 +1129,7 @@ int main(void)
 		boot_times.net = now_ms(CLOCK_BOOTTIME);
 	read_config();
 	mount_root();
+	mount_extra();
 	switch_root();
 	root_ms = now_ms(CLOCK_MONOTONIC) - t0;
 	boot_times.root = now_ms(CLOCK_BOOTTIME);

@@ -56,6 +56,8 @@ void session_run(int fd) __attribute__((noreturn));
 extern pid_t workload;
 extern int workload_status;
 extern unsigned long stop_grace_default;
+char **workload_env(void);
+void workload_identity(const char **cwd, unsigned long *uid, unsigned long *gid);
 
 /* Recent workload output (kiln-init.c), for the logs operation. */
 #define LOG_RING (256 * 1024)

@@ -1,0 +1,386 @@
+/*
+ * The guest agent's PID 1 side: the session listener and the control channel
+ * (docs/agent-protocol.md). Everything here is nonblocking and driven by PID
+ * 1's poll loop; each accepted session runs in a forked child (session.c), so
+ * a slow or hostile peer can never stall reaping or the workload's output.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/vm_sockets.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kiln-init.h"
+
+#define CTL_BACKOFF_MIN_MS 50
+#define CTL_BACKOFF_MAX_MS 1000
+#define EXIT_SEND_MS 1000
+
+struct agent_cfg agent_cfg = { .port = 10240 };
+
+static int listen_fd = -1;
+static int ctl_fd = -1;
+static enum { CTL_OFF, CTL_IDLE, CTL_CONNECTING, CTL_CONNECTED, CTL_READY } ctl_state = CTL_OFF;
+static long long ctl_next_ms;      /* CLOCK_MONOTONIC time of the next attempt */
+static int ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
+static unsigned ctl_connects;
+
+/* ----------------------------------------------------------- wire helpers */
+
+int write_all(int fd, const void *buf, size_t n)
+{
+	const char *p = buf;
+
+	while (n > 0) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+
+		if (w < 0 && errno == ENOTSOCK)
+			w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN) {
+				struct pollfd pf = { fd, POLLOUT, 0 };
+
+				poll(&pf, 1, 1000);
+				continue;
+			}
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int send_frame(int fd, int type, const void *payload, size_t n)
+{
+	unsigned char h[5] = { n >> 24, n >> 16, n >> 8, n, (unsigned char)type };
+	struct iovec iov[2] = { { h, 5 }, { (void *)payload, n } };
+	struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n ? 2 : 1 };
+	ssize_t w;
+
+	if (n > FRAME_MAX)
+		return -1;
+	/* One syscall for small frames; write_all() picks up any remainder. */
+	do
+		w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+	while (w < 0 && errno == EINTR);
+	if (w < 0) {
+		if (errno != EAGAIN)
+			return -1;
+		w = 0;
+	}
+	if ((size_t)w < 5)
+		return write_all(fd, h + w, 5 - (size_t)w) || write_all(fd, payload, n) ? -1 : 0;
+	return write_all(fd, (const char *)payload + (w - 5), n - (size_t)(w - 5));
+}
+
+int send_json(int fd, const char *fmt, ...)
+{
+	char buf[8192];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(buf))
+		return -1;
+	return send_frame(fd, F_JSON, buf, (size_t)n);
+}
+
+void json_escape(char *out, size_t cap, const char *in)
+{
+	size_t o = 0;
+
+	for (; *in && o + 7 < cap; in++) {
+		unsigned char c = (unsigned char)*in;
+
+		if (c == '"' || c == '\\') {
+			out[o++] = '\\';
+			out[o++] = (char)c;
+		} else if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(out + o, cap - o, "\\u%04x", c);
+		} else {
+			out[o++] = (char)c;
+		}
+	}
+	out[o] = 0;
+}
+
+/* ------------------------------------------------------------- listener */
+
+static int vsock_socket(int nonblock)
+{
+	return socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+}
+
+int agent_listen(void)
+{
+	int one = 1, fd;
+
+	if (!agent_cfg.token)
+		return -1;
+	if (agent_cfg.vsock_port) {
+		struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY,
+					 .svm_port = (unsigned)agent_cfg.vsock_port };
+
+		fd = vsock_socket(1);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 64) != 0) {
+			report("agent", errno, "vsock listen on port %lu", agent_cfg.vsock_port);
+			goto fail;
+		}
+	} else {
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((unsigned short)agent_cfg.port),
+					 .sin_addr.s_addr = htonl(INADDR_ANY) };
+
+		fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		if (fd >= 0)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(fd, 64) != 0) {
+			report("agent", errno, "tcp listen on port %lu", agent_cfg.port);
+			goto fail;
+		}
+	}
+	listen_fd = fd;
+	if (agent_cfg.host || agent_cfg.vsock_port)
+		ctl_state = CTL_IDLE;
+	return fd;
+fail:
+	if (fd >= 0)
+		close(fd);
+	/* Still push, so the host hears why sessions are impossible. */
+	if (agent_cfg.host || agent_cfg.vsock_port)
+		ctl_state = CTL_IDLE;
+	return -1;
+}
+
+void agent_accept(void)
+{
+	for (;;) {
+		int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		pid_t pid;
+
+		if (c < 0)
+			return;   /* EAGAIN, or a connection that died in the backlog */
+		pid = fork();
+		if (pid == 0) {
+			close(listen_fd);
+			if (ctl_fd >= 0)
+				close(ctl_fd);
+			session_run(c);
+		}
+		if (pid < 0)
+			report("agent", errno, "fork session");
+		close(c);
+	}
+}
+
+/* ------------------------------------------------------ control channel */
+
+static int ctl_sockaddr(struct sockaddr_storage *ss, socklen_t *len)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (agent_cfg.vsock_port) {
+		struct sockaddr_vm *a = (struct sockaddr_vm *)ss;
+
+		a->svm_family = AF_VSOCK;
+		a->svm_cid = VMADDR_CID_HOST;
+		a->svm_port = (unsigned)agent_cfg.vsock_port;
+		*len = sizeof(*a);
+		return 0;
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)ss;
+		char host[64];
+		const char *colon = strrchr(agent_cfg.host, ':');
+		unsigned long port;
+
+		if (!colon || (size_t)(colon - agent_cfg.host) >= sizeof(host) || parse_num(colon + 1, &port) || port > 65535)
+			return -1;
+		memcpy(host, agent_cfg.host, (size_t)(colon - agent_cfg.host));
+		host[colon - agent_cfg.host] = 0;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((unsigned short)port);
+		*len = sizeof(*a);
+		return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
+	}
+}
+
+static void ctl_drop(void)
+{
+	if (ctl_fd >= 0)
+		close(ctl_fd);
+	ctl_fd = -1;
+	ctl_state = CTL_IDLE;
+	ctl_next_ms = now_ms(CLOCK_MONOTONIC) + ctl_backoff_ms;
+	ctl_backoff_ms = ctl_backoff_ms * 2 > CTL_BACKOFF_MAX_MS ? CTL_BACKOFF_MAX_MS : ctl_backoff_ms * 2;
+}
+
+static void ctl_start(void)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int one = 1;
+
+	if (ctl_sockaddr(&ss, &len) != 0) {
+		report("agent", EINVAL, "bad agent_host");
+		ctl_state = CTL_OFF;
+		return;
+	}
+	ctl_fd = agent_cfg.vsock_port ? vsock_socket(1) : socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (ctl_fd < 0) {
+		ctl_drop();
+		return;
+	}
+	if (!agent_cfg.vsock_port)
+		setsockopt(ctl_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	ctl_connects++;
+	if (connect(ctl_fd, (struct sockaddr *)&ss, len) == 0)
+		ctl_state = CTL_CONNECTED;
+	else if (errno == EINPROGRESS)
+		ctl_state = CTL_CONNECTING;
+	else
+		ctl_drop();
+}
+
+static int ctl_hello(void)
+{
+	char tok[256];
+
+	json_escape(tok, sizeof(tok), agent_cfg.token);
+	return send_json(ctl_fd,
+		"{\"type\":\"hello\",\"proto\":%d,\"agent\":\"%s\",\"token\":\"%s\",\"ip\":\"%s\","
+		"\"session_port\":%lu,\"vsock_port\":%lu,\"pid\":%d,\"connects\":%u,"
+		"\"boot\":{\"init_ms\":%lld,\"net_ms\":%lld,\"root_ms\":%lld,\"listener_ms\":%lld,\"workload_ms\":%lld},"
+		"\"uptime_ms\":%lld,\"realtime_us\":%lld}",
+		KILN_AGENT_PROTO, KILN_AGENT_VERSION, tok, net_ip,
+		listen_fd >= 0 && !agent_cfg.vsock_port ? agent_cfg.port : 0, agent_cfg.vsock_port,
+		(int)workload, ctl_connects,
+		boot_times.init, boot_times.net, boot_times.root, boot_times.listener, boot_times.workload,
+		now_ms(CLOCK_BOOTTIME), now_us(CLOCK_REALTIME));
+}
+
+/* Advances the control channel's state machine as far as it goes without waiting. */
+static void ctl_step(void)
+{
+	if (ctl_state == CTL_IDLE && now_ms(CLOCK_MONOTONIC) >= ctl_next_ms)
+		ctl_start();
+	if (ctl_state == CTL_CONNECTED) {
+		if (ctl_hello() != 0) {
+			ctl_drop();
+		} else {
+			ctl_state = CTL_READY;   /* from now on only watch for hangups */
+			ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
+		}
+	}
+}
+
+int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
+{
+	int n = 0;
+
+	ctl_step();
+	if (listen_fd >= 0 && n < max)
+		p[n++] = (struct pollfd){ listen_fd, POLLIN, 0 };
+	if (ctl_state == CTL_IDLE) {
+		long long wait = ctl_next_ms - now_ms(CLOCK_MONOTONIC);
+
+		if (wait < 0)
+			wait = 0;
+		if (*timeout_ms < 0 || wait < *timeout_ms)
+			*timeout_ms = (int)wait;
+	}
+	if ((ctl_state == CTL_CONNECTING || ctl_state == CTL_READY) && n < max)
+		p[n++] = (struct pollfd){ ctl_fd, ctl_state == CTL_CONNECTING ? POLLOUT : POLLIN, 0 };
+	return n;
+}
+
+void agent_poll_done(struct pollfd *p, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (!p[i].revents)
+			continue;
+		if (p[i].fd == listen_fd) {
+			agent_accept();
+		} else if (p[i].fd == ctl_fd && ctl_state == CTL_CONNECTING) {
+			int err = 0;
+			socklen_t len = sizeof(err);
+
+			getsockopt(ctl_fd, SOL_SOCKET, SO_ERROR, &err, &len);
+			if (err) {
+				ctl_drop();
+			} else {
+				ctl_state = CTL_CONNECTED;
+				ctl_step();
+			}
+		} else if (p[i].fd == ctl_fd) {
+			/* v1 hosts send nothing on this channel; anything but EOF is ignored. */
+			char buf[512];
+			ssize_t r = recv(ctl_fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+				ctl_drop();
+		}
+	}
+}
+
+/* Bounded by EXIT_SEND_MS in total: the VM powers off right after. */
+void agent_send_exit(int status)
+{
+	long long deadline = now_ms(CLOCK_MONOTONIC) + EXIT_SEND_MS;
+	struct pollfd pf;
+
+	if (ctl_state == CTL_OFF)
+		return;
+	while (ctl_state != CTL_READY && ctl_state != CTL_OFF) {
+		long long left = deadline - now_ms(CLOCK_MONOTONIC);
+
+		if (left <= 0)
+			break;
+		if (ctl_state == CTL_IDLE)
+			ctl_next_ms = 0;
+		ctl_step();
+		if (ctl_state == CTL_CONNECTING) {
+			pf = (struct pollfd){ ctl_fd, POLLOUT, 0 };
+			if (poll(&pf, 1, (int)left) <= 0)
+				break;
+			agent_poll_done(&pf, 1);
+		} else if (ctl_state == CTL_IDLE) {
+			struct timespec nap = { 0, 20 * 1000000 };
+
+			nanosleep(&nap, NULL);
+		}
+	}
+	if (ctl_state != CTL_READY)
+		return;
+	if (WIFSIGNALED(status))
+		send_json(ctl_fd, "{\"type\":\"exit\",\"signal\":%d,\"uptime_ms\":%lld}", WTERMSIG(status), now_ms(CLOCK_BOOTTIME));
+	else
+		send_json(ctl_fd, "{\"type\":\"exit\",\"code\":%d,\"uptime_ms\":%lld}", WEXITSTATUS(status), now_ms(CLOCK_BOOTTIME));
+	/* The host closes once it has the message; wait for that (or the deadline)
+	 * so poweroff does not drop it from our send queue. */
+	shutdown(ctl_fd, SHUT_WR);
+	pf = (struct pollfd){ ctl_fd, POLLIN, 0 };
+	for (;;) {
+		long long left = deadline - now_ms(CLOCK_MONOTONIC);
+		char buf[256];
+
+		if (left <= 0 || poll(&pf, 1, (int)left) <= 0 || recv(ctl_fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
+			break;
+	}
+	close(ctl_fd);
+	ctl_fd = -1;
+	ctl_state = CTL_OFF;
+}
