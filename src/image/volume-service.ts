@@ -101,8 +101,8 @@ export class VolumeService {
     const out: VmVolume[] = [];
     const targets = new Set<string>();
     for (const r of reqs) {
-      const target = path.posix.normalize(r.target);
-      if (!target.startsWith('/') || target === '/' || target.split('/').includes('..') || target.includes(',')) {
+      const target = path.posix.normalize(r.target).replace(/(.)\/+$/, '$1');
+      if (!target.startsWith('/') || target === '/' || r.target.split('/').includes('..') || target.includes(',')) {
         throw new KilnError('KILN_ERR_VALIDATION', `volume target must be an absolute path other than / (no "..", no commas): ${r.target}`);
       }
       if (targets.has(target)) throw new KilnError('KILN_ERR_VALIDATION', `two volumes mounted at ${target}`);
