@@ -3,10 +3,12 @@
 // converted by a real kilnd, booted in real microVMs whose workload inspects the tree and
 // prints what it finds on the console.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import { KilnApiError, type KilnClient, type KilnEvent } from '../src/sdk/client.ts';
 import { getXattrs } from '../src/tools/setfattr.ts';
 import { run } from '../src/util/process.ts';
@@ -213,6 +215,17 @@ describe('OCI images', () => {
     assert.ok(!(await d.client.listImages()).some((i) => i.state === 'pulling' || i.name.includes('nope')));
     const left = (await fs.readdir(path.join(d.stateDir, 'images'))).filter((f) => f.startsWith('.staging-') || f.includes('.tmp-'));
     assert.deepEqual(left, []);
+  });
+
+  test('kiln images pull: progress on stderr, the ready image on stdout', async () => {
+    const bin = new URL('../bin/kiln.js', import.meta.url).pathname;
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, '--api', d.url, '--json', 'images', 'pull', images.base]);
+    const img = JSON.parse(stdout) as { state: string; source: string; format: string };
+    assert.equal(img.state, 'ready');
+    assert.equal(img.source, images.base);
+    assert.match(stderr, /building squashfs root filesystem/, `stderr: ${stderr}`);
+    const again = await promisify(execFile)(process.execPath, [bin, '--api', d.url, 'images', 'pull', images.base]);
+    assert.match(again.stdout, /squashfs/, 'a second pull is a no-op that prints the image');
   });
 
   test('gc removes blobs and files of deleted images, keeps what images use', async () => {

@@ -35,7 +35,8 @@ export function imageCommands(client: () => KilnClient, json: () => boolean): Co
     .description('pull and convert an image, with progress bars')
     .action(async (ref: string, o) => {
       const body = { ref, ...(o.insecure ? { insecure: true } : {}), ...(o.format ? { format: o.format } : {}) };
-      show(o.wait ? await pullWithProgress(client(), body, json()) : await client().pullImage(body));
+      // Progress goes to stderr, so it does not disturb --json output on stdout.
+      show(o.wait ? await pullWithProgress(client(), body, false) : await client().pullImage(body));
     });
 
   images.command('gc')
