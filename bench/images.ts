@@ -4,7 +4,7 @@
 //   - the Beta9 per-VM cost: plain `mksquashfs -comp zstd` of the same (flattened) tree,
 //   - the NQRust per-VM cost: `cp` of an ext4 image of the same tree,
 //   - kiln's per-VM root preparation for the converted image: the exact `rootfs.prepare`
-//     step body (extra drives + prepareVmRoot), median over N VMs.
+//     step body (drivesFor + prepareVmRoot + buildDrives), median over N VMs.
 //   npm run bench -- images [--sizes 100,500,2048] [--vms 100]
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -195,11 +195,12 @@ async function main(): Promise<void> {
         const files = runtimeFiles(dir);
         // Exactly the body of VmManager.boot's `rootfs.prepare` step.
         const t0 = performance.now();
-        const drives = await volumes.prepareDrives(vm, dir);
+        const drives = await volumes.drivesFor(vm, dir);
         const s = await prepareVmRoot({
           runtimeDir: dir, scratch: files.scratch, config: files.config, scratchTemplate: assets.scratchTemplate,
           guest: guestConfig(vm, image, 5000, drives),
         });
+        await volumes.buildDrives(vm, drives);
         if (i >= 0) prep.push(performance.now() - t0);
         strategy = s ?? strategy;
       }

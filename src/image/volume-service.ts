@@ -149,9 +149,11 @@ export class VolumeService {
     return out;
   }
 
-  /** drivesFor(), building each host directory's squashfs drive (once per VM run dir). */
-  async prepareDrives(vm: VmRecord, runtimeDir: string): Promise<ExtraDrive[]> {
-    const drives = await this.drivesFor(vm, runtimeDir);
+  /**
+   * Builds each host directory's squashfs drive into the VM's runtime dir (which must exist),
+   * unless an earlier boot of the VM did.
+   */
+  async buildDrives(vm: VmRecord, drives: readonly ExtraDrive[]): Promise<void> {
     for (const [i, a] of vm.volumes.entries()) {
       if (!a.hostPath) continue;
       const d = drives[i]!;
@@ -165,6 +167,5 @@ export class VolumeService {
         await fs.rm(tmp, { force: true });
       }
     }
-    return drives;
   }
 }

@@ -187,12 +187,13 @@ export class VmManager {
     try {
       const image = await this.deps.images.get(vm.imageId);
       const extra = await timeline.step('rootfs.prepare', async () => {
-        const drives = await this.deps.volumes.prepareDrives(vm, dir);
+        const drives = await this.deps.volumes.drivesFor(vm, dir);
         const strategy = await prepareVmRoot({
           runtimeDir: dir, scratch: files.scratch, config: files.config, scratchTemplate: this.deps.assets.scratchTemplate,
           guest: guestConfig(vm, image, this.deps.config.stopGraceMs, drives), undo,
         });
         if (strategy) this.deps.log.debug({ vm: vm.id, strategy }, 'writable layer cloned');
+        await this.deps.volumes.buildDrives(vm, drives);
         return drives;
       });
       const net = await this.attachNetwork(vm, timeline, undo);
