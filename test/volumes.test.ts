@@ -41,6 +41,7 @@ async function runIn(script: string, volumes: CreateVmBody['volumes']): Promise<
   const vm = await d.client.createVm({ cmd: ['/bin/sh', '-c', script], volumes });
   const done = await waitForState(d.client, vm.id, ['stopped', 'failed']);
   const log = await d.client.logs(vm.id);
+  if (done.state !== 'stopped') await d.client.deleteVm(vm.id);
   assert.equal(done.state, 'stopped', `${done.state_reason}\n${log}`);
   return { id: vm.id, log };
 }
