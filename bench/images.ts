@@ -177,6 +177,9 @@ async function main(): Promise<void> {
       await fs.rm(ext4);
 
       process.stderr.write(`per-VM prepare ×${VMS}… `);
+      // Let the gigabytes the baselines just wrote reach the disk first: the per-VM step is
+      // a few small metadata writes, and measuring them behind a writeback burst measures the burst.
+      await run('sync', []);
       const store = new SqliteStore(path.join(d.stateDir, 'kiln.db'));
       const bus = new EventBus(store, pino({ level: 'silent' }));
       const volumes = new VolumeService(store, bus, d.stateDir, []);
