@@ -10,6 +10,8 @@ import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
+import { pullImage } from './image/oci/index.ts';
+import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
 import { NeighbourWatch } from './net/neighbour-watch.ts';
@@ -41,6 +43,7 @@ export class Daemon {
     readonly backend: BackendDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
+    readonly volumes: VolumeService,
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
@@ -73,15 +76,22 @@ export class Daemon {
         for (const vm of await store.listVms()) counts[vm.state] = (counts[vm.state] ?? 0) + 1;
         return counts;
       });
-      const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
+      const images = new ImageService(store, bus, {
+        stateDir: config.stateDir,
+        puller: pullImage,
+        insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
+        credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
+      });
+      await images.recover();
       await ensureDefaultImage(images);
+      const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
       const network = new NetworkManager(config.network, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
-      const vms = new VmManager({ config, store, bus, images, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
+      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, network, agents, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

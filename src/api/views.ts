@@ -42,6 +42,7 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     created_at: iso(vm.createdAt),
     updated_at: iso(vm.updatedAt),
     timeline: phases.map(phaseView),
+    volumes: vm.volumes.map((v) => ({ volume: v.volumeId ?? null, host_path: v.hostPath ?? null, target: v.target, read_only: v.readOnly })),
   };
 }
 
@@ -54,5 +55,10 @@ export function imageView(img: ImageRecord): Image {
     size_bytes: img.sizeBytes,
     config: img.config,
     created_at: iso(img.createdAt),
+    state: img.state,
+    source: img.source,
+    manifest_digest: img.manifestDigest,
+    layers: img.layers,
+    builder: img.builder,
   };
 }

@@ -7,6 +7,7 @@ import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
 import { vmCommands } from './vm-commands.ts';
+import { volumeCommands } from './volume-commands.ts';
 
 const program = new Command('kiln')
   .version(KILN_VERSION)
@@ -22,6 +23,7 @@ program.addCommand(serveCommand());
 program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
+program.addCommand(volumeCommands(client, json));
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
   if (json()) console.log(JSON.stringify(h, null, 2));

@@ -69,4 +69,21 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (proto, host_port)
   );
   `,
+  // v3 (images issue #3): pulled images (state, source ref, manifest, layers, builder),
+  // volumes, and the volumes a VM has attached.
+  `
+  ALTER TABLE images ADD COLUMN state TEXT NOT NULL DEFAULT 'ready';
+  ALTER TABLE images ADD COLUMN source TEXT;
+  ALTER TABLE images ADD COLUMN manifest_digest TEXT;
+  ALTER TABLE images ADD COLUMN layers TEXT NOT NULL DEFAULT '[]';
+  ALTER TABLE images ADD COLUMN builder TEXT;
+  CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size_mib INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    created_at REAL NOT NULL
+  );
+  ALTER TABLE vms ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
+  `,
 ];

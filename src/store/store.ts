@@ -62,27 +62,60 @@ export interface VmRecord {
   /** Console log size when the current boot started: markers before it belong to older boots. */
   consoleOffset: number;
   exitCode: number | null;
+  /** Extra drives: persistent volumes and read-only host directories, in drive order. */
+  volumes: VmVolume[];
   createdAt: number;
   updatedAt: number;
 }
 
+export interface VmVolume {
+  /** A volume id, or (exclusive) a host directory under an allowed root, attached read-only. */
+  volumeId?: string;
+  hostPath?: string;
+  /** Absolute mount point in the guest. */
+  target: string;
+  readOnly: boolean;
+}
+
+export interface VolumeRecord {
+  id: string;
+  name: string;
+  sizeMib: number;
+  path: string;
+  createdAt: number;
+}
+
 export interface ImageConfig {
+  /** Docker semantics: kept when a VM overrides cmd. Absent on images imported from a directory. */
+  entrypoint?: string[];
   cmd: string[];
   env: Record<string, string>;
   workdir: string;
   user: string;
 }
 
+export type ImageState = 'pulling' | 'ready';
+
 export interface ImageRecord {
   id: string;
   name: string;
-  /** sha256 of the root filesystem file: identical trees dedupe to one image. */
+  /** Pulled: the manifest digest. Imported: sha256 of the root filesystem file (identical trees dedupe). */
   digest: string;
-  format: 'squashfs';
+  format: 'squashfs' | 'erofs' | 'ext4';
+  /** '' while pulling. */
   path: string;
   sizeBytes: number;
   config: ImageConfig;
   createdAt: number;
+  /** 'pulling' records are placeholders: nothing boots from them; a failed pull removes them. */
+  state: ImageState;
+  /** The reference it was pulled from (canonical), or null for imports. */
+  source: string | null;
+  manifestDigest: string | null;
+  /** Layer blob digests, base first (what GC keeps). */
+  layers: string[];
+  /** How the root filesystem was built, e.g. "mksquashfs -comp zstd -Xcompression-level 3". */
+  builder: string | null;
 }
 
 export interface PhaseRecord {
@@ -119,6 +152,12 @@ export interface Store {
   getImageByDigest(digest: string): Promise<ImageRecord | null>;
   listImages(): Promise<ImageRecord[]>;
   deleteImage(id: string): Promise<void>;
+  updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord>;
+
+  insertVolume(v: VolumeRecord): Promise<void>;
+  getVolume(idOrName: string): Promise<VolumeRecord | null>;
+  listVolumes(): Promise<VolumeRecord[]>;
+  deleteVolume(id: string): Promise<void>;
 
   recordPhase(phase: PhaseRecord): Promise<void>;
   listPhases(vmId: string, boot: number): Promise<PhaseRecord[]>;

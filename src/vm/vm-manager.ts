@@ -10,17 +10,16 @@ import type { KilnConfig } from '../config.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
-import { encodeConfigDrive } from '../guest/config-drive.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
 import { parseMarker, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
 import type { ImageService } from '../image/image-service.ts';
+import { prepareVmRoot } from '../image/rootfs-prepare.ts';
+import type { VolumeAttachRequest, VolumeService } from '../image/volume-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
 import type { NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import { AGENT_SESSION_PORT, AgentLink, type AgentHub } from './agent-link.ts';
-import { cloneFile } from '../tools/cp.ts';
-import { exists } from '../util/atomic.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
@@ -42,6 +41,7 @@ export interface CreateVmInput {
   network?: NetworkMode;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   readiness?: ReadinessMode;
+  volumes?: VolumeAttachRequest[];
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
@@ -75,6 +75,7 @@ export class VmManager {
       store: Store;
       bus: EventBus;
       images: ImageService;
+      volumes: VolumeService;
       driver: VmmDriver;
       metrics: Metrics;
       network: NetworkManager;
@@ -132,7 +133,9 @@ export class VmManager {
       throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
     }
     for (const p of ports) await assertHostPortFree(p.proto, p.hostPort);
-    const image = await this.deps.images.get(input.image ?? DEFAULT_IMAGE);
+    // A registry reference not pulled yet is pulled (and converted) here, before the VM exists.
+    const image = await this.deps.images.resolveForVm(input.image ?? DEFAULT_IMAGE);
+    const volumes = await this.deps.volumes.resolveAttachments(input.volumes ?? []);
     const id = `vm-${randomBytes(5).toString('hex')}`;
     const name = input.name ?? id;
     if (await this.deps.store.getVm(name)) {
@@ -164,6 +167,7 @@ export class VmManager {
       bootCount: 1,
       consoleOffset: 0,
       exitCode: null,
+      volumes,
       createdAt: now,
       updatedAt: now,
     };
@@ -202,19 +206,18 @@ export class VmManager {
     let live: LiveVm | null = null;
     try {
       const image = await this.deps.images.get(vm.imageId);
-      await timeline.step('rootfs.prepare', async () => {
-        if (!(await exists(dir))) {
-          await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-          undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
-        }
-        if (!(await exists(files.scratch))) {
-          const strategy = await cloneFile(this.deps.assets.scratchTemplate, files.scratch);
-          this.deps.log.debug({ vm: vm.id, strategy }, 'writable layer cloned');
-        }
-        await fs.writeFile(files.config, encodeConfigDrive({ ...guestConfig(vm, image, this.deps.config.stopGraceMs), agent: this.agentConfig(vm) }));
+      const extra = await timeline.step('rootfs.prepare', async () => {
+        const drives = await this.deps.volumes.drivesFor(vm, dir);
+        const strategy = await prepareVmRoot({
+          runtimeDir: dir, scratch: files.scratch, config: files.config, scratchTemplate: this.deps.assets.scratchTemplate,
+          guest: { ...guestConfig(vm, image, this.deps.config.stopGraceMs, drives), agent: this.agentConfig(vm) }, undo,
+        });
+        if (strategy) this.deps.log.debug({ vm: vm.id, strategy }, 'writable layer cloned');
+        await this.deps.volumes.buildDrives(vm, drives);
+        return drives;
       });
       const net = await this.attachNetwork(vm, timeline, undo);
-      const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net);
+      const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net, extra);
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
@@ -604,8 +607,9 @@ export class VmManager {
     const image = await this.deps.store.getImage(vm.imageId);
     const dir = this.runtimeDir(vm.id);
     const driver = vm.backend === this.deps.driver.name ? this.deps.driver : this.deps.driverFor?.(vm.backend as BackendName);
+    const extra = await this.deps.volumes.drivesFor(vm, dir).catch(() => []);
     const instance =
-      image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm)), vm.pid) : null;
+      image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm), extra), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
       const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
