@@ -19,6 +19,12 @@ needs=(
   zstd:zstd
   ip:iproute2
   nft:nftables
+  # image pulls: tests run a real registry and build/push images with umoci + skopeo
+  docker-registry:docker-registry
+  skopeo:skopeo
+  umoci:umoci
+  setfattr:attr
+  openssl:openssl
 )
 missing=()
 for pair in "${needs[@]}"; do

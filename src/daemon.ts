@@ -11,12 +11,14 @@ import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { Metrics } from './metrics/metrics.ts';
+import { NetworkManager } from './net/network-manager.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
-import type { VmmDriver } from './vmm/driver.ts';
+import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
+import type { BackendName, VmmDriver } from './vmm/driver.ts';
 import { createDriver } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
@@ -33,8 +35,10 @@ export class Daemon {
     readonly metrics: Metrics,
     readonly assets: GuestAssets,
     readonly accel: AccelDecision,
+    readonly backend: BackendDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
+    readonly network: NetworkManager,
     readonly vms: VmManager,
   ) {}
 
@@ -45,17 +49,19 @@ export class Daemon {
     await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
     try {
-      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg));
+      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
+      if (assets.kernel.source === 'user') log.info({ kernel: assets.kernel.path, format: assets.kernel.format }, 'user-supplied guest kernel');
       const accel = await decideAccelerator({
         requested: config.accelerator,
-        kernel: assets.kernel.bzImage,
+        kernel: assets.kernel.path,
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
+        canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
-      // Firecracker joins 'auto' once its driver is wired in (it needs KVM in any case).
-      const backend = config.backend === 'auto' ? 'qemu' : config.backend;
-      const driver = createDriver(backend, { assetsDir: config.assetsDir });
+      const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
+      log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -64,9 +70,12 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, path.join(config.stateDir, 'images'));
       await ensureDefaultImage(images);
-      const vms = new VmManager({ config, store, bus, images, driver, metrics, log, assets, accelerator: accel.accelerator });
+      const network = new NetworkManager(config.network, { store, log });
+      await network.init();
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const vms = new VmManager({ config, store, bus, images, driver, metrics, network, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, network, vms);
     } catch (e) {
       await store.close();
       throw e;

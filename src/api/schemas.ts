@@ -16,6 +16,17 @@ export const EnvMap = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]
   maxProperties: 256,
 });
 
+export const PortProto = Type.Union([Type.Literal('tcp'), Type.Literal('udp')]);
+
+export const PortPublish = Type.Object(
+  {
+    host: Type.Integer({ minimum: 1, maximum: 65535, description: 'Host port (on every host address, 127.0.0.1 included)' }),
+    guest: Type.Integer({ minimum: 1, maximum: 65535, description: 'Port inside the VM' }),
+    proto: Type.Optional(PortProto),
+  },
+  { additionalProperties: false },
+);
+
 export const CreateVmBody = Type.Object(
   {
     name: Type.Optional(Name),
@@ -25,6 +36,10 @@ export const CreateVmBody = Type.Object(
     kernel_args: Type.Optional(Type.Array(KernelArg, { maxItems: 32, description: 'Extra kernel command-line parameters' })),
     cmd: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 256, description: 'Overrides the image’s command' })),
     env: Type.Optional(EnvMap),
+    network: Type.Optional(
+      Type.Union([Type.Literal('bridge'), Type.Literal('none')], { description: '"bridge" (default): an address on kiln’s bridge; "none": no NIC' }),
+    ),
+    ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the VM (DNAT)' })),
   },
   { additionalProperties: false },
 );
@@ -48,6 +63,10 @@ export const Vm = Type.Object({
   kernel_args: Type.Array(Type.String()),
   cmd: Type.Union([Type.Array(Type.String()), Type.Null()]),
   env: Type.Record(Type.String(), Type.String()),
+  network: Type.Union([Type.Literal('bridge'), Type.Literal('none')]),
+  ip: Type.Union([Type.String({ description: 'Leased at create, before boot' }), Type.Null()]),
+  mac: Type.Union([Type.String(), Type.Null()]),
+  ports: Type.Array(Type.Object({ host: Type.Integer(), guest: Type.Integer(), proto: PortProto })),
   backend: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   pid: Type.Union([Type.Integer(), Type.Null()]),
@@ -147,6 +166,8 @@ export const Health = Type.Object({
   status: Type.Literal('ok'),
   version: Type.String(),
   backend: Type.String(),
+  /** Why this backend: configuration, or what 'auto' found (Firecracker binary, KVM). */
+  backend_reason: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   accelerator_reason: Type.String(),
   kernel: Type.String(),

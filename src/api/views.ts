@@ -1,6 +1,7 @@
 // Store records → API JSON (snake_case, ISO timestamps).
 import type { Daemon } from '../daemon.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
+import { macFor } from '../net/ipv4.ts';
 import { phaseView } from '../vm/timeline.ts';
 import type { Image, Vm } from './schemas.ts';
 
@@ -19,6 +20,10 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     kernel_args: vm.kernelArgs,
     cmd: vm.cmd,
     env: vm.env,
+    network: vm.network,
+    ip: vm.ip,
+    mac: vm.ip ? macFor(vm.ip) : null,
+    ports: vm.ports.map((p) => ({ host: p.hostPort, guest: p.guestPort, proto: p.proto })),
     backend: vm.backend,
     accelerator: vm.accelerator,
     pid: vm.pid,

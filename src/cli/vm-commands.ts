@@ -5,7 +5,8 @@ import { age, printJson, printTable } from './output.ts';
 function printVm(vm: Vm): void {
   printTable(['field', 'value'], [
     ['id', vm.id], ['name', vm.name], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
-    ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
+    ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`],
+    ['ports', vm.ports.map(portText).join(', ') || null], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
     ['boots', vm.boot_count], ['exit code', vm.exit_code], ['created', vm.created_at],
   ]);
   if (vm.timeline.length) {
@@ -14,6 +15,14 @@ function printVm(vm: Vm): void {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
+const portText = (p: Vm['ports'][number]) => `${p.host}→${p.guest}/${p.proto}`;
+
+/** `-p HOST:GUEST[/tcp|udp]`, as docker writes it. */
+export function parsePublish(spec: string): { host: number; guest: number; proto: 'tcp' | 'udp' } {
+  const m = /^(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/.exec(spec);
+  if (!m) throw new Error(`-p wants HOST:GUEST[/tcp|udp], got ${JSON.stringify(spec)}`);
+  return { host: Number(m[1]), guest: Number(m[2]), proto: (m[3] as 'tcp' | 'udp' | undefined) ?? 'tcp' };
+}
 
 export function vmCommands(client: () => KilnClient, json: () => boolean): Command {
   const vm = new Command('vm').description('create and control microVMs');
@@ -27,6 +36,8 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .option('--memory <mib>', 'memory in MiB', Number)
     .option('--kernel-arg <arg>', 'extra kernel parameter (repeatable)', collect, [])
     .option('-e, --env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
+    .option('-p, --publish <host:guest[/proto]>', 'publish a host port to the VM (repeatable)', collect, [])
+    .option('--network <mode>', '"bridge" (an address on kiln’s bridge) or "none"')
     .option('--no-wait', 'return at once instead of waiting for ready')
     .argument('[cmd...]', 'command to run instead of the image’s (put it after --)')
     .action(async (cmd: string[], o) => {
@@ -39,6 +50,8 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
         ...(o.kernelArg.length ? { kernel_args: o.kernelArg } : {}),
         ...(Object.keys(env).length ? { env } : {}),
         ...(cmd.length ? { cmd } : {}),
+        ...(o.network ? { network: o.network } : {}),
+        ...(o.publish.length ? { ports: (o.publish as string[]).map(parsePublish) } : {}),
       }, { wait: o.wait });
       show(created);
     });
@@ -46,8 +59,8 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
   vm.command('ls').alias('list').description('list VMs').action(async () => {
     const vms = await client().listVms();
     if (json()) return printJson(vms);
-    printTable(['ID', 'NAME', 'STATE', 'IMAGE', 'VCPUS', 'MEMORY', 'ACCEL', 'AGE'],
-      vms.map((v) => [v.id, v.name, v.state, v.image.name ?? v.image.id, v.vcpus, `${v.memory_mib}M`, v.accelerator, age(v.created_at)]));
+    printTable(['ID', 'NAME', 'STATE', 'IMAGE', 'IP', 'PORTS', 'VCPUS', 'MEMORY', 'AGE'],
+      vms.map((v) => [v.id, v.name, v.state, v.image.name ?? v.image.id, v.ip ?? '-', v.ports.map(portText).join(', '), v.vcpus, `${v.memory_mib}M`, age(v.created_at)]));
   });
 
   vm.command('get').alias('inspect').argument('<vm>', 'id or name').description('show a VM and its boot timeline')

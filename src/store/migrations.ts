@@ -49,4 +49,19 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX events_vm ON events(vm_id, seq);
   `,
+  // v2: networking. A VM's address lives on its row (UNIQUE: no lease twice, released with
+  // the row); published ports get their own table so a clash is a constraint, not a race.
+  `
+  ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
+  ALTER TABLE vms ADD COLUMN ip TEXT;
+  ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+  CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
+  CREATE TABLE published_ports (
+    proto TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    vm_id TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+    guest_port INTEGER NOT NULL,
+    PRIMARY KEY (proto, host_port)
+  );
+  `,
 ];

@@ -15,7 +15,7 @@ const image: ImageRecord = {
 };
 const vm = (id: string, name = id): VmRecord => ({
   id, name, state: 'creating', stateReason: null, imageId: 'img-1', vcpus: 1, memoryMib: 256, kernelArgs: ['a=1'],
-  cmd: null, env: { K: 'v' }, backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
+  cmd: null, env: { K: 'v' }, network: 'bridge', ip: null, ports: [], backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
   exitCode: null, createdAt: 1, updatedAt: 1,
 });
 
@@ -55,6 +55,42 @@ test('names are unique: a clash is KILN_ERR_NAME_CONFLICT', async () => {
   await s.insertVm(vm('vm-1', 'same'));
   await assert.rejects(s.insertVm(vm('vm-2', 'same')), (e: KilnError) => e.code === 'KILN_ERR_NAME_CONFLICT');
   await assert.rejects(s.insertImage({ ...image, id: 'img-2' }), (e: KilnError) => e.code === 'KILN_ERR_NAME_CONFLICT');
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
+test('IP leases are unique, atomic and released with the VM', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  await s.insertImage(image);
+  await s.insertVm(vm('vm-1'));
+  await s.insertVm(vm('vm-2'));
+  const lowest = (taken: ReadonlySet<string>) => ['10.0.0.2', '10.0.0.3'].find((a) => !taken.has(a)) ?? null;
+  assert.equal(await s.assignIp('vm-1', lowest), '10.0.0.2');
+  assert.equal(await s.assignIp('vm-2', lowest), '10.0.0.3');
+  assert.equal((await s.getVm('vm-2'))?.ip, '10.0.0.3');
+  await s.insertVm(vm('vm-3'));
+  assert.equal(await s.assignIp('vm-3', lowest), null, 'range exhausted');
+  await s.deleteVm('vm-1');
+  assert.equal(await s.assignIp('vm-3', lowest), '10.0.0.2', 'a deleted VM gives its address back');
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
+test('a host port is published once: a clash is KILN_ERR_PORT_CONFLICT and inserts nothing', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  await s.insertImage(image);
+  await s.insertVm({ ...vm('vm-1'), ports: [{ proto: 'tcp', hostPort: 8080, guestPort: 80 }] });
+  await s.insertVm({ ...vm('vm-2'), ports: [{ proto: 'udp', hostPort: 8080, guestPort: 80 }] });
+  await assert.rejects(
+    s.insertVm({ ...vm('vm-3'), ports: [{ proto: 'tcp', hostPort: 9090, guestPort: 1 }, { proto: 'tcp', hostPort: 8080, guestPort: 80 }] }),
+    (e: KilnError) => e.code === 'KILN_ERR_PORT_CONFLICT',
+  );
+  assert.equal(await s.getVm('vm-3'), null, 'the VM row rolled back with the port');
+  await s.insertVm({ ...vm('vm-4'), ports: [{ proto: 'tcp', hostPort: 9090, guestPort: 1 }] });
+  await s.deleteVm('vm-1');
+  await s.insertVm({ ...vm('vm-5'), ports: [{ proto: 'tcp', hostPort: 8080, guestPort: 80 }] });
   await s.close();
   await fs.rm(dir, { recursive: true });
 });

@@ -19,6 +19,9 @@ function vmFromRow(r: Row): VmRecord {
     kernelArgs: JSON.parse(r.kernel_args as string),
     cmd: r.cmd === null ? null : JSON.parse(r.cmd as string),
     env: JSON.parse(r.env as string),
+    network: r.network as VmRecord['network'],
+    ip: (r.ip as string | null) ?? null,
+    ports: JSON.parse(r.ports as string),
     backend: r.backend as VmRecord['backend'],
     accelerator: r.accelerator as VmRecord['accelerator'],
     pid: (r.pid as number | null) ?? null,
@@ -42,6 +45,9 @@ function vmToRow(vm: VmRecord): Row {
     kernel_args: JSON.stringify(vm.kernelArgs),
     cmd: vm.cmd === null ? null : JSON.stringify(vm.cmd),
     env: JSON.stringify(vm.env),
+    network: vm.network,
+    ip: vm.ip,
+    ports: JSON.stringify(vm.ports),
     backend: vm.backend,
     accelerator: vm.accelerator,
     pid: vm.pid,
@@ -90,15 +96,18 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        backend, accelerator, pid, boot_count, console_offset, exit_code, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
-        @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
+        network, ip, ports, backend, accelerator, pid, boot_count, console_offset, exit_code, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
         @created_at, @updated_at)`),
       updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
-        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, backend=@backend, accelerator=@accelerator,
+        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, backend=@backend, accelerator=@accelerator,
         pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, updated_at=@updated_at WHERE id=@id`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),
+      leasedIps: p('SELECT ip FROM vms WHERE ip IS NOT NULL'),
+      setIp: p('UPDATE vms SET ip = ? WHERE id = ?'),
+      insertPort: p('INSERT INTO published_ports (proto, host_port, vm_id, guest_port) VALUES (?, ?, ?, ?)'),
       countVmsUsingImage: p('SELECT COUNT(*) AS n FROM vms WHERE image_id = ?'),
       insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at)
         VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at)`),
@@ -132,7 +141,26 @@ export class SqliteStore implements Store {
   }
 
   async insertVm(vm: VmRecord): Promise<void> {
-    uniqueName(() => this.stmt.insertVm.run(vmToRow(vm)), `a VM named ${JSON.stringify(vm.name)} already exists`);
+    this.db.transaction(() => {
+      uniqueName(() => this.stmt.insertVm.run(vmToRow(vm)), `a VM named ${JSON.stringify(vm.name)} already exists`);
+      for (const p of vm.ports) {
+        try {
+          this.stmt.insertPort.run(p.proto, p.hostPort, vm.id, p.guestPort);
+        } catch (e) {
+          if ((e as { code?: string }).code !== 'SQLITE_CONSTRAINT_PRIMARYKEY') throw e;
+          throw new KilnError('KILN_ERR_PORT_CONFLICT', `host port ${p.proto}/${p.hostPort} is already published by another VM`);
+        }
+      }
+    })();
+  }
+
+  async assignIp(vmId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null> {
+    return this.db.transaction(() => {
+      const taken = new Set((this.stmt.leasedIps.all() as { ip: string }[]).map((r) => r.ip));
+      const ip = pick(taken);
+      if (ip !== null) this.stmt.setIp.run(ip, vmId);
+      return ip;
+    }).immediate();
   }
 
   async updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord> {

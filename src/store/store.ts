@@ -6,6 +6,14 @@ import type { Accelerator, BackendName } from '../vmm/driver.ts';
 export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
+export type NetworkMode = 'bridge' | 'none';
+
+export interface PortMapping {
+  proto: 'tcp' | 'udp';
+  hostPort: number;
+  guestPort: number;
+}
+
 export interface VmRecord {
   id: string;
   name: string;
@@ -17,6 +25,12 @@ export interface VmRecord {
   kernelArgs: string[];
   cmd: string[] | null;
   env: Record<string, string>;
+  /** 'bridge': a tap on kiln's bridge with `ip`; 'none': no NIC at all. */
+  network: NetworkMode;
+  /** Leased when the VM is created (known before boot), released when it is deleted. */
+  ip: string | null;
+  /** Host ports published to the guest; unique per (proto, hostPort) across all VMs. */
+  ports: PortMapping[];
   backend: BackendName;
   accelerator: Accelerator;
   pid: number | null;
@@ -71,6 +85,11 @@ export interface Store {
   listVms(): Promise<VmRecord[]>;
   deleteVm(id: string): Promise<void>;
   countVmsUsingImage(imageId: string): Promise<number>;
+  /**
+   * Leases an address to a VM atomically: `pick` gets every address leased now and returns
+   * a free one (or null when the range is exhausted). Returns the leased address or null.
+   */
+  assignIp(vmId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null>;
 
   insertImage(image: ImageRecord): Promise<void>;
   getImage(idOrName: string): Promise<ImageRecord | null>;

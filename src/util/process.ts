@@ -129,3 +129,39 @@ export function pidAlive(pid: number): boolean {
     return false;
   }
 }
+
+export interface LineStream {
+  /** Settles when the process ends: resolves after stop(), rejects (ProcessError) on its own exit. */
+  readonly done: Promise<void>;
+  stop(): void;
+}
+
+/**
+ * Runs a long-lived tool (a monitor) and hands each stdout line to `onLine`. Its ending on its
+ * own is an error carrying the stderr tail, like run()'s.
+ */
+export function streamLines(cmd: string, args: readonly string[], onLine: (line: string) => void): LineStream {
+  const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const err: Buffer[] = [];
+  let stopped = false;
+  let partial = '';
+  child.stdout!.setEncoding('utf8');
+  child.stdout!.on('data', (s: string) => {
+    const lines = (partial + s).split('\n');
+    partial = lines.pop()!;
+    for (const l of lines) onLine(l);
+  });
+  child.stderr!.on('data', (b: Buffer) => err.push(b));
+  const done = new Promise<void>((resolve, reject) => {
+    child.on('error', (e) => reject(new ProcessError(cmd, args, null, null, tail(err, STDERR_TAIL), e.message)));
+    child.on('close', (code, sig) => (stopped ? resolve() : reject(new ProcessError(cmd, args, code, sig, tail(err, STDERR_TAIL)))));
+  });
+  done.catch(() => {});
+  return {
+    done,
+    stop() {
+      stopped = true;
+      child.kill('SIGTERM');
+    },
+  };
+}

@@ -15,15 +15,16 @@ import { ConsoleFollower } from '../guest/console-follower.ts';
 import { parseMarker, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
 import type { ImageService } from '../image/image-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
-import type { Store, VmRecord, VmState } from '../store/store.ts';
+import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
+import type { NetworkMode, PortMapping, Store, VmRecord, VmState } from '../store/store.ts';
 import { cloneFile } from '../tools/cp.ts';
 import { exists } from '../util/atomic.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
-import type { Accelerator, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
+import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, preciseNow } from './timeline.ts';
-import { guestConfig, runtimeFiles, vmSpec } from './vm-spec.ts';
+import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
 
 export const MIN_MEMORY_MIB = 128;
 export const DEFAULT_IMAGE = 'default';
@@ -36,6 +37,8 @@ export interface CreateVmInput {
   kernel_args?: string[];
   cmd?: string[];
   env?: Record<string, string>;
+  network?: NetworkMode;
+  ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
@@ -69,9 +72,15 @@ export class VmManager {
       images: ImageService;
       driver: VmmDriver;
       metrics: Metrics;
+      network: NetworkManager;
       log: Logger;
       assets: GuestAssets;
       accelerator: Accelerator;
+      /**
+       * The driver of another backend, for VMs a previous kilnd started with it (the host's
+       * backend can change between runs, e.g. `auto` after Firecracker was installed).
+       */
+      driverFor?: (name: BackendName) => VmmDriver;
     },
   ) {
     this.states.setMaxListeners(0);
@@ -107,6 +116,12 @@ export class VmManager {
     if (memoryMib > HOST_MEMORY_MIB) {
       throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `memory_mib ${memoryMib} exceeds this host's ${HOST_MEMORY_MIB} MiB`);
     }
+    const network = input.network ?? 'bridge';
+    const ports = portMappings(input.ports ?? []);
+    if (ports.length && network === 'none') {
+      throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
+    }
+    for (const p of ports) await assertHostPortFree(p.proto, p.hostPort);
     const image = await this.deps.images.get(input.image ?? DEFAULT_IMAGE);
     const id = `vm-${randomBytes(5).toString('hex')}`;
     const name = input.name ?? id;
@@ -125,6 +140,9 @@ export class VmManager {
       kernelArgs: input.kernel_args ?? [],
       cmd: input.cmd ?? null,
       env: input.env ?? {},
+      network,
+      ip: null,
+      ports,
       backend: this.deps.driver.name,
       accelerator: this.deps.accelerator,
       pid: null,
@@ -137,6 +155,15 @@ export class VmManager {
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
     await this.deps.store.insertVm(vm);
+    if (network === 'bridge') {
+      // Leased now, before boot: the address is in the create response.
+      const addr = await this.deps.network.lease(id);
+      if (!addr) {
+        await this.deps.store.deleteVm(id);
+        throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `no free address left in ${this.deps.config.network.cidr}`);
+      }
+      vm.ip = addr.ip;
+    }
     await timeline.end('api.accept');
     this.deps.bus.publish('vm.created', id, { name, image: image.name });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
@@ -171,7 +198,8 @@ export class VmManager {
         }
         await fs.writeFile(files.config, encodeConfigDrive(guestConfig(vm, image, this.deps.config.stopGraceMs)));
       });
-      const spec = vmSpec(vm, image, this.deps.assets, dir);
+      const net = await this.attachNetwork(vm, timeline, undo);
+      const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net);
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
@@ -180,14 +208,40 @@ export class VmManager {
       live = this.track(vm.id, instance, consoleOffset, timeline);
       undo.release();
       await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null });
+      if (vm.ports.length) await this.deps.network.sync();
     } catch (e) {
       const errors = await undo.run();
       if (errors.length) this.deps.log.error({ vm: vm.id, errors: describeFailures(errors) }, 'cleanup after failed boot');
       const err = e instanceof KilnError ? e : new KilnError('KILN_ERR_VMM_FAILED', (e as Error).message);
       await this.transition(vm.id, 'failed', { pid: null }, `${err.code}: ${err.message}`);
+      if (vm.ports.length) await this.deps.network.sync().catch(() => {});
       throw err;
     }
     void this.awaitReady(vm, live, t0);
+  }
+
+  private async attachNetwork(vm: VmRecord, timeline: Timeline, undo: CleanupStack): Promise<VmNetAttachment | undefined> {
+    if (vm.network !== 'bridge' || !vm.ip) return undefined;
+    const network = this.deps.network;
+    return timeline.step('network.prepare', async () => {
+      const nic = await network.plug(vm);
+      undo.push('tap', () => network.unplug(vm.id));
+      return { nic, kernelArgs: network.kernelArgs(network.address(vm.ip!)) };
+    });
+  }
+
+  /** The NIC a running VM already has (re-attach after a kilnd restart). */
+  private netAttachment(vm: VmRecord): VmNetAttachment | undefined {
+    if (vm.network !== 'bridge' || !vm.ip) return undefined;
+    const addr = this.deps.network.address(vm.ip);
+    return { nic: { tap: tapName(vm.id), mac: addr.mac }, kernelArgs: this.deps.network.kernelArgs(addr) };
+  }
+
+  /** Takes a VM's tap and port rules off the host once its VMM is gone. */
+  private async detachNetwork(vm: Pick<VmRecord, 'id' | 'network'>): Promise<void> {
+    if (vm.network !== 'bridge') return;
+    await this.deps.network.unplug(vm.id).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'removing tap failed'));
+    await this.deps.network.sync().catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'updating nftables failed'));
   }
 
   private async awaitReady(vm: VmRecord, live: LiveVm, t0: number): Promise<void> {
@@ -271,6 +325,7 @@ export class VmManager {
     if (!reason && (vm.state === 'stopping' || exit.clean)) {
       const why = vm.state === 'stopping' ? 'stopped on request' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
       await this.transition(id, 'stopped', { pid: null, exitCode: live.exitCode }, why);
+      await this.detachNetwork(vm);
       return;
     }
     await this.failAndRelease(vm, reason ?? `KILN_ERR_VMM_FAILED: ${exit.reason}`);
@@ -282,6 +337,7 @@ export class VmManager {
     const tail = await this.consoleTail(vm, 2048);
     await fs.rm(this.runtimeDir(vm.id), { recursive: true, force: true });
     await this.transition(vm.id, 'failed', { pid: null }, reason, { console_tail: tail });
+    await this.detachNetwork(vm);
   }
 
   /** The last `bytes` of the console log at or after `fromOffset`, without kiln's markers. */
@@ -380,7 +436,13 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      const next = await this.deps.store.updateVm(id, { bootCount: vm.bootCount + 1, stateReason: null });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
+      const next = await this.deps.store.updateVm(id, {
+        bootCount: vm.bootCount + 1,
+        stateReason: null,
+        backend: this.deps.driver.name,
+        accelerator: this.deps.accelerator,
+      });
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
@@ -413,7 +475,7 @@ export class VmManager {
   }
 
   async delete(idOrName: string): Promise<void> {
-    const { id } = await this.get(idOrName);
+    const { id, network } = await this.get(idOrName);
     await this.lock.run(id, async () => {
       const live = this.live.get(id);
       if (live) {
@@ -424,6 +486,8 @@ export class VmManager {
       }
       await fs.rm(this.runtimeDir(id), { recursive: true, force: true });
       await this.deps.store.deleteVm(id);
+      // After the row is gone: its address and host ports are free again, and the render omits it.
+      await this.detachNetwork({ id, network });
       this.deps.bus.publish('vm.deleted', id);
       this.states.emit(id, null);
     });
@@ -455,6 +519,7 @@ export class VmManager {
     for (const vm of vms) {
       await this.lock.run(vm.id, () => this.reconcileOne(vm)).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'reconcile failed'));
     }
+    await this.deps.network.sweep().catch((e) => this.deps.log.error({ err: e }, 'network sweep failed'));
     const known = new Set(vms.map((v) => v.id));
     for (const dir of await fs.readdir(this.vmsDir).catch(() => [] as string[])) {
       if (!known.has(dir)) {
@@ -472,12 +537,15 @@ export class VmManager {
     if (!ACTIVE.includes(vm.state)) return;
     const image = await this.deps.store.getImage(vm.imageId);
     const dir = this.runtimeDir(vm.id);
-    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir), vm.pid) : null;
+    const driver = vm.backend === this.deps.driver.name ? this.deps.driver : this.deps.driverFor?.(vm.backend as BackendName);
+    const instance =
+      image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm)), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
       const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
       if (poweredOff || vm.state === 'stopping') {
         await this.transition(vm.id, 'stopped', { pid: null }, 'VMM exited while kilnd was down (guest powered off)');
+        await this.detachNetwork(vm);
       } else {
         this.deps.log.warn({ vm: vm.id, tail: log.slice(-500) }, 'VMM vanished while kilnd was down');
         await this.failAndRelease(vm, 'KILN_ERR_VMM_FAILED: the VMM process exited while kilnd was down');
@@ -504,4 +572,15 @@ export class VmManager {
     }
     this.live.clear();
   }
+}
+
+function portMappings(ports: NonNullable<CreateVmInput['ports']>): PortMapping[] {
+  const seen = new Set<string>();
+  return ports.map((p) => {
+    const m: PortMapping = { proto: p.proto ?? 'tcp', hostPort: p.host, guestPort: p.guest };
+    const key = `${m.proto}/${m.hostPort}`;
+    if (seen.has(key)) throw new KilnError('KILN_ERR_VALIDATION', `host port ${key} is listed twice`);
+    seen.add(key);
+    return m;
+  });
 }

@@ -2,8 +2,7 @@
 import path from 'node:path';
 import type { GuestConfig } from '../guest/config-drive.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
-import type { VmSpec } from '../vmm/driver.ts';
-import { kernelCmdline } from '../vmm/qemu/qemu-args.ts';
+import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 
 export function runtimeFiles(runtimeDir: string) {
@@ -13,7 +12,21 @@ export function runtimeFiles(runtimeDir: string) {
   };
 }
 
-export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string): VmSpec {
+/** The VM's NIC on kiln's bridge and the kernel arguments that tell kiln-init its address. */
+export interface VmNetAttachment {
+  nic: NicSpec;
+  kernelArgs: string[];
+}
+
+/** `driver`: the backend that boots it, which owns the kernel command line. */
+export function vmSpec(
+  vm: VmRecord,
+  image: ImageRecord,
+  assets: GuestAssets,
+  runtimeDir: string,
+  driver: Pick<VmmDriver, 'kernelCmdline'>,
+  net?: VmNetAttachment,
+): VmSpec {
   const files = runtimeFiles(runtimeDir);
   return {
     id: vm.id,
@@ -22,9 +35,9 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
     memoryMib: vm.memoryMib,
     accelerator: vm.accelerator,
     kernel: {
-      path: assets.kernel.bzImage,
+      path: assets.kernel.path,
       initrd: assets.initramfs.path,
-      cmdline: kernelCmdline(vm.accelerator, vm.kernelArgs),
+      cmdline: driver.kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...vm.kernelArgs]),
     },
     // Order matters: Firecracker has no drive serials, so kiln-init falls back to this index.
     drives: [
@@ -32,6 +45,7 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
       { id: 'scratch', path: files.scratch, readOnly: false },
       { id: 'config', path: files.config, readOnly: true },
     ],
+    nics: net ? [net.nic] : [],
   };
 }
 

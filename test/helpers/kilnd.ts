@@ -1,11 +1,15 @@
 // Starts a real kilnd (the CLI's `serve`, as a child process) on a fresh state dir and a free
 // loopback port. The guest kernel/initramfs cache is shared between test daemons.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { KilnClient } from '../../src/sdk/client.ts';
+import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
+import { deleteLink, linkExists } from '../../src/tools/ip.ts';
+import { nftDeleteTable } from '../../src/tools/nft.ts';
+import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const TEST_ASSETS_DIR = process.env.KILN_ASSETS_DIR ?? path.join(os.tmpdir(), 'kiln-test-assets');
@@ -14,18 +18,51 @@ export interface TestDaemon {
   url: string;
   client: KilnClient;
   stateDir: string;
+  /** This daemon's own bridge and subnet: test daemons never share kiln's default network. */
+  network: TestNetwork;
   proc: ChildProcess;
   output: () => string;
   /** SIGTERM and wait (VMs keep running). */
   stop(): Promise<void>;
   /** SIGKILL and wait (VMs keep running). */
   kill(): Promise<void>;
+  /** Deletes every VM, stops kilnd, removes its bridge, nftables table and state dir. */
+  dispose(): Promise<void>;
 }
 
-export async function startKilnd(opts: { stateDir?: string } = {}): Promise<TestDaemon> {
+export interface TestNetwork {
+  bridge: string;
+  cidr: string;
+}
+
+export function testNetwork(): TestNetwork {
+  return { bridge: `kt${randomBytes(3).toString('hex')}`, cidr: `10.${randomInt(200, 250)}.${randomInt(0, 256)}.0/24` };
+}
+
+/** Removes what a test daemon added to the host (its VMs must be gone). */
+export async function removeTestNetwork(n: TestNetwork): Promise<void> {
+  if (await linkExists(n.bridge)) await deleteLink(n.bridge);
+  await nftDeleteTable(NFT_FAMILY, tableName(n.bridge));
+}
+
+/** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
+export async function startKilnd(
+  opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string } = {},
+): Promise<TestDaemon> {
   const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
-  const proc = spawn(process.execPath, [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0'], {
-    env: { ...process.env, KILN_ASSETS_DIR: TEST_ASSETS_DIR, KILN_LOG_LEVEL: process.env.KILN_LOG_LEVEL ?? 'warn', KILN_STOP_GRACE_MS: '3000' },
+  const network = opts.network ?? testNetwork();
+  const backend = opts.backend ?? process.env.KILN_BACKEND ?? 'auto';
+  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend];
+  const proc = spawn(process.execPath, serve, {
+    env: {
+      ...process.env,
+      KILN_ASSETS_DIR: TEST_ASSETS_DIR,
+      KILN_LOG_LEVEL: process.env.KILN_LOG_LEVEL ?? 'warn',
+      KILN_STOP_GRACE_MS: '3000',
+      KILN_BRIDGE: network.bridge,
+      KILN_CIDR: network.cidr,
+      ...opts.env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -39,19 +76,31 @@ export async function startKilnd(opts: { stateDir?: string } = {}): Promise<Test
     proc.once('exit', (code) => reject(new Error(`kilnd exited (${code}) before it was ready:\n${out}`)));
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  const client = new KilnClient({ url });
+  const stop = async () => {
+    if (proc.exitCode === null) proc.kill('SIGTERM');
+    await exited;
+  };
   return {
     url,
-    client: new KilnClient({ url }),
+    client,
     stateDir,
+    network,
     proc,
     output: () => out,
-    async stop() {
-      if (proc.exitCode === null) proc.kill('SIGTERM');
-      await exited;
-    },
+    stop,
     async kill() {
       if (proc.exitCode === null) proc.kill('SIGKILL');
       await exited;
+    },
+    async dispose() {
+      if (proc.exitCode === null) {
+        for (const vm of await client.listVms().catch(() => [])) await client.deleteVm(vm.id).catch(() => {});
+      }
+      await stop();
+      for (const pid of await qemuPids(stateDir)) process.kill(pid, 'SIGKILL');
+      await removeTestNetwork(network);
+      await fs.rm(stateDir, { recursive: true, force: true });
     },
   };
 }
@@ -74,31 +123,56 @@ export async function waitForState(client: KilnClient, id: string, states: strin
   }
 }
 
-/** Waits until the VM's console output matches `re` (follows the log stream). */
+/**
+ * Waits until the VM's console output matches `re`: follows the log stream and checks the
+ * whole log too, so output written before the call (or by a VM that already stopped) counts.
+ * Returns the whole console log at the moment of the match, each line once.
+ */
 export async function waitForLog(client: KilnClient, id: string, re: RegExp, timeoutMs = 60_000): Promise<string> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), timeoutMs);
-  let seen = '';
-  try {
-    for await (const chunk of client.followLogs(id, ac.signal)) {
-      seen += chunk;
-      if (re.test(seen)) return seen;
+  const deadline = Date.now() + timeoutMs;
+  let whole = '';
+  while (Date.now() < deadline) {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), Math.max(1, deadline - Date.now()));
+    try {
+      const it = client.followLogs(id, ac.signal)[Symbol.asyncIterator]();
+      const first = it.next();
+      first.catch(() => {});
+      whole = await client.logs(id).catch(() => whole);
+      if (re.test(whole)) return whole;
+      // The stream and the snapshot overlap: match on the stream, answer with a fresh snapshot.
+      let followed = '';
+      for (let r = await first; !r.done; r = await it.next()) {
+        followed += r.value;
+        if (re.test(followed) || re.test(whole + followed)) return await client.logs(id).catch(() => whole + followed);
+      }
+    } catch (e) {
+      // No console yet (the VM is still being created): retry below.
+      if (!(e instanceof KilnApiError && e.code === 'KILN_ERR_INVALID_STATE') && !ac.signal.aborted) throw e;
+    } finally {
+      clearTimeout(timer);
+      ac.abort();
     }
-    throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
+    whole = await client.logs(id).catch(() => whole);
+    if (re.test(whole)) return whole;
+    await new Promise((r) => setTimeout(r, 100));
   }
+  throw new Error(`console of ${id} never matched ${re}; got:\n${whole.slice(-2000)}`);
 }
 
-export async function qemuPids(stateDir: string): Promise<number[]> {
+/** Live VMM processes (QEMU or Firecracker) whose command line names `stateDir`. */
+export async function vmmPids(stateDir: string): Promise<number[]> {
   const pids: number[] = [];
   for (const p of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     const cmd = await fs.readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
     const stat = await fs.readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
     const zombie = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-    if (!zombie && cmd.startsWith('qemu-system') && cmd.includes(stateDir)) pids.push(Number(p));
+    const vmm = cmd.startsWith('qemu-system') || path.basename(cmd.split('\0')[0]!) === path.basename(process.env.KILN_FIRECRACKER_BIN ?? 'firecracker');
+    if (!zombie && vmm && cmd.includes(stateDir)) pids.push(Number(p));
   }
   return pids;
 }
+
+/** Kept for tests written before Firecracker: same as vmmPids. */
+export const qemuPids = vmmPids;
