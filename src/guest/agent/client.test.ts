@@ -6,7 +6,7 @@ import { AgentClient } from './client.ts';
 import { encodeFrame, FrameDecoder, FrameType, type Frame } from './frame.ts';
 
 // A scripted guest: `script` sees the OPEN request and every later frame and writes raw bytes.
-type Script = (sock: net.Socket, open: Record<string, string[]>, frames: AsyncIterable<Frame>) => void | Promise<void>;
+type Script = (sock: net.Socket, open: Record<string, string[]>, frames: AsyncIterable<Frame>) => unknown;
 const servers: net.Server[] = [];
 after(() => servers.forEach((s) => s.close()));
 
