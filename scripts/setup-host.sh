@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 needs=(
   qemu-system-x86_64:qemu-system-x86
   mksquashfs:squashfs-tools
+  mkfs.erofs:erofs-utils
+  setfattr:attr
+  mkfs.btrfs:btrfs-progs
   mkfs.ext4:e2fsprogs
   cpio:cpio
   modprobe:kmod
@@ -24,6 +27,7 @@ needs=(
   skopeo:skopeo
   umoci:umoci
   setfattr:attr
+  mkfs.btrfs:btrfs-progs
   openssl:openssl
 )
 missing=()

@@ -27,10 +27,20 @@ export const PortPublish = Type.Object(
   { additionalProperties: false },
 );
 
+export const VolumeAttach = Type.Object(
+  {
+    volume: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Volume id or name' })),
+    host_path: Type.Optional(Type.String({ pattern: '^/', maxLength: 4096, description: 'Host directory under an allowed root (attached read-only)' })),
+    target: Type.String({ pattern: '^/[^,]*$', maxLength: 1024, description: 'Mount point in the guest' }),
+    read_only: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
 export const CreateVmBody = Type.Object(
   {
     name: Type.Optional(Name),
-    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Image id or name; default: "default"' })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, description: 'Image id, name, or a registry reference (pulled on demand); default: "default"' })),
     vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64, description: 'Virtual CPUs (at most the host’s CPU count)' })),
     memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'Guest memory in MiB (at most the host’s memory)' })),
     kernel_args: Type.Optional(Type.Array(KernelArg, { maxItems: 32, description: 'Extra kernel command-line parameters' })),
@@ -40,6 +50,13 @@ export const CreateVmBody = Type.Object(
       Type.Union([Type.Literal('bridge'), Type.Literal('none')], { description: '"bridge" (default): an address on kiln’s bridge; "none": no NIC' }),
     ),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the VM (DNAT)' })),
+    readiness: Type.Optional(
+      Type.Union([Type.Literal('auto'), Type.Literal('push'), Type.Literal('neighbour'), Type.Literal('poll')], {
+        description:
+          'How kilnd learns the guest is ready. "auto" (default): the agent pushes, with logged fallbacks; "push", "neighbour", "poll": force one method (diagnostics, bench/readiness)',
+      }),
+    ),
+    volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Volumes and host directories mounted in the guest' })),
   },
   { additionalProperties: false },
 );
@@ -67,6 +84,19 @@ export const Vm = Type.Object({
   ip: Type.Union([Type.String({ description: 'Leased at create, before boot' }), Type.Null()]),
   mac: Type.Union([Type.String(), Type.Null()]),
   ports: Type.Array(Type.Object({ host: Type.Integer(), guest: Type.Integer(), proto: PortProto })),
+  readiness: Type.String({ description: 'Requested readiness method' }),
+  agent: Type.Union([
+    Type.Object({
+      channel: Type.String({ description: 'tcp | vsock | serial' }),
+      readiness: Type.String({ description: 'How readiness was detected this boot: push | neighbour | poll | serial' }),
+      version: Type.Union([Type.String(), Type.Null()]),
+      latency_ms: Type.Union([Type.Number({ description: 'Guest ready → kilnd knew, on kilnd’s clock' }), Type.Null()]),
+      clock_error_ms: Type.Union([Type.Number(), Type.Null()]),
+    }),
+    Type.Null(),
+  ]),
+  health: Type.Union([Type.Literal('unknown'), Type.Literal('healthy'), Type.Literal('unhealthy')]),
+  health_reason: Type.Union([Type.String(), Type.Null()]),
   backend: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   pid: Type.Union([Type.Integer(), Type.Null()]),
@@ -75,12 +105,19 @@ export const Vm = Type.Object({
   created_at: Type.String({ format: 'date-time' }),
   updated_at: Type.String({ format: 'date-time' }),
   timeline: Type.Array(Phase, { description: 'Phases of the latest boot, in order' }),
+  volumes: Type.Array(Type.Object({
+    volume: Type.Union([Type.String(), Type.Null()]),
+    host_path: Type.Union([Type.String(), Type.Null()]),
+    target: Type.String(),
+    read_only: Type.Boolean(),
+  })),
 });
 export type Vm = Static<typeof Vm>;
 
 export const VmList = Type.Object({ vms: Type.Array(Vm) });
 
 export const ImageConfig = Type.Object({
+  entrypoint: Type.Optional(Type.Array(Type.String(), { description: 'Kept when a VM overrides cmd (Docker semantics)' })),
   cmd: Type.Array(Type.String()),
   env: Type.Record(Type.String(), Type.String()),
   workdir: Type.String(),
@@ -95,10 +132,64 @@ export const Image = Type.Object({
   size_bytes: Type.Integer(),
   config: ImageConfig,
   created_at: Type.String({ format: 'date-time' }),
+  state: Type.Union([Type.Literal('pulling'), Type.Literal('ready')], { description: 'Nothing boots a pulling image; a failed pull removes it' }),
+  source: Type.Union([Type.String({ description: 'Canonical registry reference' }), Type.Null()]),
+  manifest_digest: Type.Union([Type.String(), Type.Null()]),
+  layers: Type.Array(Type.String(), { description: 'Config and layer blob digests' }),
+  builder: Type.Union([Type.String({ description: 'How the root filesystem was built' }), Type.Null()]),
 });
 export type Image = Static<typeof Image>;
 
 export const ImageList = Type.Object({ images: Type.Array(Image) });
+
+export const ImageFormat = Type.Union([Type.Literal('squashfs'), Type.Literal('erofs'), Type.Literal('ext4')]);
+
+export const PullImageBody = Type.Object(
+  {
+    ref: Type.String({ minLength: 1, maxLength: 512, description: 'Registry reference, e.g. "docker.io/library/alpine:3.19" or "127.0.0.1:5000/app@sha256:…"' }),
+    insecure: Type.Optional(Type.Boolean({ description: 'Allow plain HTTP to this registry (loopback registries always may)' })),
+    format: Type.Optional(ImageFormat),
+  },
+  { additionalProperties: false },
+);
+export type PullImageBody = Static<typeof PullImageBody>;
+
+export const PullQuery = Type.Object(
+  { wait: Type.Optional(Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false')], { description: 'Return when the image is ready' })) },
+  { additionalProperties: false },
+);
+
+export const GcBody = Type.Object(
+  { images: Type.Optional(Type.Boolean({ description: 'Also delete every image no VM uses (except "default")' })) },
+  { additionalProperties: false },
+);
+
+export const GcResult = Type.Object({
+  removed_images: Type.Array(Type.String()),
+  removed_files: Type.Integer(),
+  removed_blobs: Type.Integer(),
+  freed_bytes: Type.Integer(),
+  skipped_in_flight: Type.Boolean({ description: 'Pulls were running: their blobs and staging trees were left alone' }),
+});
+
+export const CreateVolumeBody = Type.Object(
+  {
+    name: Name,
+    size_mib: Type.Integer({ minimum: 16, maximum: 16 * 1024 * 1024, description: 'Size of the sparse ext4 filesystem' }),
+  },
+  { additionalProperties: false },
+);
+
+export const Volume = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  size_mib: Type.Integer(),
+  allocated_bytes: Type.Integer({ description: 'Disk space the sparse file uses' }),
+  attached_to: Type.Array(Type.String(), { description: 'VM ids with this volume attached' }),
+  created_at: Type.String({ format: 'date-time' }),
+});
+export type Volume = Static<typeof Volume>;
+export const VolumeList = Type.Object({ volumes: Type.Array(Volume) });
 
 const AbsPath = Type.String({ pattern: '^/', maxLength: 4096 });
 export const ImportImageBody = Type.Object(

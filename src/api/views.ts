@@ -24,6 +24,16 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     ip: vm.ip,
     mac: vm.ip ? macFor(vm.ip) : null,
     ports: vm.ports.map((p) => ({ host: p.hostPort, guest: p.guestPort, proto: p.proto })),
+    readiness: vm.readiness,
+    agent: vm.agent && {
+      channel: vm.agent.channel,
+      readiness: vm.agent.readiness,
+      version: vm.agent.version,
+      latency_ms: vm.agent.latencyMs,
+      clock_error_ms: vm.agent.clockErrorMs,
+    },
+    health: vm.health,
+    health_reason: vm.healthReason,
     backend: vm.backend,
     accelerator: vm.accelerator,
     pid: vm.pid,
@@ -32,6 +42,7 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     created_at: iso(vm.createdAt),
     updated_at: iso(vm.updatedAt),
     timeline: phases.map(phaseView),
+    volumes: vm.volumes.map((v) => ({ volume: v.volumeId ?? null, host_path: v.hostPath ?? null, target: v.target, read_only: v.readOnly })),
   };
 }
 
@@ -44,5 +55,10 @@ export function imageView(img: ImageRecord): Image {
     size_bytes: img.sizeBytes,
     config: img.config,
     created_at: iso(img.createdAt),
+    state: img.state,
+    source: img.source,
+    manifest_digest: img.manifestDigest,
+    layers: img.layers,
+    builder: img.builder,
   };
 }

@@ -8,6 +8,7 @@ import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
 import { vmCommands } from './vm-commands.ts';
+import { volumeCommands } from './volume-commands.ts';
 
 const program = new Command('kiln')
   .version(KILN_VERSION)
@@ -23,6 +24,7 @@ program.addCommand(serveCommand());
 program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
+program.addCommand(volumeCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();

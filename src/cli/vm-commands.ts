@@ -6,7 +6,9 @@ function printVm(vm: Vm): void {
   printTable(['field', 'value'], [
     ['id', vm.id], ['name', vm.name], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
     ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`],
-    ['ports', vm.ports.map(portText).join(', ') || null], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
+    ['ports', vm.ports.map(portText).join(', ') || null],
+    ['agent', vm.agent ? `${vm.agent.channel}, ready by ${vm.agent.readiness}${vm.agent.latency_ms !== null ? ` (+${vm.agent.latency_ms.toFixed(1)} ms)` : ''}` : null],
+    ['health', vm.health_reason ? `${vm.health}: ${vm.health_reason}` : vm.health], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
     ['boots', vm.boot_count], ['exit code', vm.exit_code], ['created', vm.created_at],
   ]);
   if (vm.timeline.length) {
@@ -30,7 +32,8 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
 
   vm.command('create')
     .description('create and boot a VM; waits until it is ready unless --no-wait')
-    .option('--image <image>', 'image id or name', 'default')
+    .option('--image <image>', 'image id, name or registry reference (pulled on demand)', 'default')
+    .option('-v, --volume <SRC:TARGET[:ro]>', 'attach a volume (name) or a host directory (absolute path, read-only) (repeatable)', collect, [])
     .option('--name <name>', 'VM name (default: its id)')
     .option('--vcpus <n>', 'virtual CPUs', Number)
     .option('--memory <mib>', 'memory in MiB', Number)
@@ -52,6 +55,7 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
         ...(cmd.length ? { cmd } : {}),
         ...(o.network ? { network: o.network } : {}),
         ...(o.publish.length ? { ports: (o.publish as string[]).map(parsePublish) } : {}),
+        ...(o.volume.length ? { volumes: (o.volume as string[]).map(parseVolumeFlag) } : {}),
       }, { wait: o.wait });
       show(created);
     });
@@ -86,4 +90,15 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
       for await (const chunk of client().followLogs(id, ac.signal)) process.stdout.write(chunk);
     });
   return vm;
+}
+
+/** `-v data:/data`, `-v data:/data:ro`, `-v /host/dir:/mnt` (host directories are always read-only). */
+function parseVolumeFlag(spec: string): { volume?: string; host_path?: string; target: string; read_only?: boolean } {
+  const parts = spec.split(':');
+  const ro = parts.length === 3 && parts[2] === 'ro';
+  if (parts.length < 2 || parts.length > 3 || (parts.length === 3 && !ro && parts[2] !== 'rw')) {
+    throw new Error(`--volume must be SRC:TARGET[:ro|rw], got ${JSON.stringify(spec)}`);
+  }
+  const [src, target] = parts as [string, string];
+  return src.startsWith('/') ? { host_path: src, target } : { volume: src, target, ...(ro ? { read_only: true } : {}) };
 }

@@ -1,9 +1,17 @@
 // The typed kiln client. The CLI is built on it and the tests drive the daemon through it,
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
-import type { CreateVmBody, Image, Vm } from '../api/schemas.ts';
+import type { CreateVmBody, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
 
-export type { CreateVmBody, Image, Vm };
+export type { CreateVmBody, Image, PullImageBody, Vm, Volume };
+
+export interface GcResult {
+  removed_images: string[];
+  removed_files: number;
+  removed_blobs: number;
+  freed_bytes: number;
+  skipped_in_flight: boolean;
+}
 
 export interface KilnClientOptions {
   /** Default: $KILN_API or http://127.0.0.1:18080 */
@@ -225,25 +233,57 @@ export class KilnClient {
     });
   }
 
+  /** Pulls and converts a registry image; `wait` returns once it is ready (or failed). */
+  pullImage(body: PullImageBody, opts: { wait?: boolean } = {}): Promise<Image> {
+    return this.json('POST', '/v1/images', { body, query: { wait: opts.wait ? 1 : undefined } });
+  }
+  gcImages(opts: { images?: boolean } = {}): Promise<GcResult> {
+    return this.json('POST', '/v1/images/gc', { body: opts });
+  }
+
+  // Volumes
+  createVolume(name: string, sizeMib: number): Promise<Volume> {
+    return this.json('POST', '/v1/volumes', { body: { name, size_mib: sizeMib } });
+  }
+  async listVolumes(): Promise<Volume[]> {
+    return (await this.json<{ volumes: Volume[] }>('GET', '/v1/volumes')).volumes;
+  }
+  getVolume(id: string): Promise<Volume> {
+    return this.json('GET', `/v1/volumes/${encodeURIComponent(id)}`);
+  }
+  deleteVolume(id: string): Promise<void> {
+    return this.json('DELETE', `/v1/volumes/${encodeURIComponent(id)}`);
+  }
+
   // Events
   /** Server-sent events, parsed. */
   async *events(opts: { vm?: string; since?: number; signal?: AbortSignal } = {}): AsyncGenerator<KilnEvent> {
+    yield* await this.subscribe(opts);
+  }
+
+  /**
+   * Like events(), but resolves only once the daemon has subscribed this stream: events
+   * published after this returns are never missed (e.g. a pull's progress after its POST).
+   */
+  async subscribe(opts: { vm?: string; since?: number; signal?: AbortSignal } = {}): Promise<AsyncGenerator<KilnEvent>> {
     const res = await this.request('GET', '/v1/events', { query: { vm: opts.vm, since: opts.since }, signal: opts.signal });
-    const decoder = new TextDecoder();
-    let buf = '';
-    try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        buf += decoder.decode(chunk, { stream: true });
-        let sep: number;
-        while ((sep = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, sep);
-          buf = buf.slice(sep + 2);
-          const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
-          if (data) yield JSON.parse(data) as KilnEvent;
+    return (async function* parse(): AsyncGenerator<KilnEvent> {
+      const decoder = new TextDecoder();
+      let buf = '';
+      try {
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          buf += decoder.decode(chunk, { stream: true });
+          let sep: number;
+          while ((sep = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, sep);
+            buf = buf.slice(sep + 2);
+            const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+            if (data) yield JSON.parse(data) as KilnEvent;
+          }
         }
+      } catch (e) {
+        if ((e as Error).name !== 'AbortError') throw e;
       }
-    } catch (e) {
-      if ((e as Error).name !== 'AbortError') throw e;
-    }
+    })();
   }
 }

@@ -55,6 +55,11 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
   ALTER TABLE vms ADD COLUMN ip TEXT;
   ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+  ALTER TABLE vms ADD COLUMN readiness TEXT NOT NULL DEFAULT 'auto';
+  ALTER TABLE vms ADD COLUMN agent_token TEXT;
+  ALTER TABLE vms ADD COLUMN agent TEXT;
+  ALTER TABLE vms ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown';
+  ALTER TABLE vms ADD COLUMN health_reason TEXT;
   CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
   CREATE TABLE published_ports (
     proto TEXT NOT NULL,
@@ -63,5 +68,22 @@ export const MIGRATIONS: readonly string[] = [
     guest_port INTEGER NOT NULL,
     PRIMARY KEY (proto, host_port)
   );
+  `,
+  // v3 (images issue #3): pulled images (state, source ref, manifest, layers, builder),
+  // volumes, and the volumes a VM has attached.
+  `
+  ALTER TABLE images ADD COLUMN state TEXT NOT NULL DEFAULT 'ready';
+  ALTER TABLE images ADD COLUMN source TEXT;
+  ALTER TABLE images ADD COLUMN manifest_digest TEXT;
+  ALTER TABLE images ADD COLUMN layers TEXT NOT NULL DEFAULT '[]';
+  ALTER TABLE images ADD COLUMN builder TEXT;
+  CREATE TABLE volumes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size_mib INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    created_at REAL NOT NULL
+  );
+  ALTER TABLE vms ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
   `,
 ];

@@ -12,11 +12,12 @@ import type { ImageRecord, VmRecord } from './store.ts';
 const image: ImageRecord = {
   id: 'img-1', name: 'default', digest: 'sha256:ab', format: 'squashfs', path: '/x', sizeBytes: 10,
   config: { cmd: ['/bin/sh'], env: {}, workdir: '/', user: '0:0' }, createdAt: 1,
+  state: 'ready', source: null, manifestDigest: null, layers: [], builder: null,
 };
 const vm = (id: string, name = id): VmRecord => ({
   id, name, state: 'creating', stateReason: null, imageId: 'img-1', vcpus: 1, memoryMib: 256, kernelArgs: ['a=1'],
-  cmd: null, env: { K: 'v' }, network: 'bridge', ip: null, ports: [], backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
-  exitCode: null, createdAt: 1, updatedAt: 1,
+  cmd: null, env: { K: 'v' }, network: 'bridge', ip: null, ports: [], readiness: 'auto', agentToken: null, agent: null, health: 'unknown', healthReason: null, backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
+  exitCode: null, volumes: [], createdAt: 1, updatedAt: 1,
 });
 
 async function tmpStore() {
@@ -116,4 +117,24 @@ test('schema is versioned; a database from a newer kiln is refused', async () =>
   db.close();
   assert.throws(() => new SqliteStore(file), (e: KilnError) => e.code === 'KILN_ERR_HOST_SETUP');
   await fs.rm(dir, { recursive: true });
+});
+
+test('pulled image fields, image updates, volumes and VM attachments round-trip', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  await s.insertImage({ ...image, id: 'img-p', name: 'r/x:1', state: 'pulling', path: '', source: 'r/x:1', layers: ['sha256:l1'] });
+  const ready = await s.updateImage('img-p', { state: 'ready', path: '/p', manifestDigest: 'sha256:m', builder: 'mksquashfs', format: 'erofs' });
+  assert.equal(ready.state, 'ready');
+  assert.deepEqual(await s.getImage('r/x:1'), ready);
+  assert.deepEqual(ready.layers, ['sha256:l1']);
+  await s.insertVolume({ id: 'vol-1', name: 'data', sizeMib: 64, path: '/v', createdAt: 2 });
+  await assert.rejects(s.insertVolume({ id: 'vol-2', name: 'data', sizeMib: 64, path: '/v2', createdAt: 2 }), { code: 'KILN_ERR_NAME_CONFLICT' });
+  assert.equal((await s.getVolume('data'))?.id, 'vol-1');
+  await s.insertImage(image);
+  await s.insertVm({ ...vm('vm-v'), volumes: [{ volumeId: 'vol-1', target: '/data', readOnly: false }] });
+  assert.deepEqual((await s.getVm('vm-v'))?.volumes, [{ volumeId: 'vol-1', target: '/data', readOnly: false }]);
+  await s.deleteVolume('vol-1');
+  assert.deepEqual(await s.listVolumes(), []);
+  await s.close();
+  await fs.rm(dir, { recursive: true, force: true });
 });

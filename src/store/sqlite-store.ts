@@ -3,7 +3,7 @@
 import Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
 import { MIGRATIONS } from './migrations.ts';
-import type { EventRecord, ImageRecord, PhaseRecord, Store, VmRecord } from './store.ts';
+import type { EventRecord, ImageRecord, PhaseRecord, Store, VmRecord, VolumeRecord } from './store.ts';
 
 type Row = Record<string, unknown>;
 
@@ -22,12 +22,18 @@ function vmFromRow(r: Row): VmRecord {
     network: r.network as VmRecord['network'],
     ip: (r.ip as string | null) ?? null,
     ports: JSON.parse(r.ports as string),
+    readiness: r.readiness as VmRecord['readiness'],
+    agentToken: (r.agent_token as string | null) ?? null,
+    agent: r.agent === null || r.agent === undefined ? null : JSON.parse(r.agent as string),
+    health: r.health as VmRecord['health'],
+    healthReason: (r.health_reason as string | null) ?? null,
     backend: r.backend as VmRecord['backend'],
     accelerator: r.accelerator as VmRecord['accelerator'],
     pid: (r.pid as number | null) ?? null,
     bootCount: r.boot_count as number,
     consoleOffset: r.console_offset as number,
     exitCode: (r.exit_code as number | null) ?? null,
+    volumes: JSON.parse((r.volumes as string | undefined) ?? '[]'),
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
   };
@@ -48,12 +54,18 @@ function vmToRow(vm: VmRecord): Row {
     network: vm.network,
     ip: vm.ip,
     ports: JSON.stringify(vm.ports),
+    readiness: vm.readiness,
+    agent_token: vm.agentToken,
+    agent: vm.agent === null ? null : JSON.stringify(vm.agent),
+    health: vm.health,
+    health_reason: vm.healthReason,
     backend: vm.backend,
     accelerator: vm.accelerator,
     pid: vm.pid,
     boot_count: vm.bootCount,
     console_offset: vm.consoleOffset,
     exit_code: vm.exitCode,
+    volumes: JSON.stringify(vm.volumes ?? []),
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };
@@ -69,7 +81,34 @@ function imageFromRow(r: Row): ImageRecord {
     sizeBytes: r.size_bytes as number,
     config: JSON.parse(r.config as string),
     createdAt: r.created_at as number,
+    state: (r.state as ImageRecord['state'] | undefined) ?? 'ready',
+    source: (r.source as string | null) ?? null,
+    manifestDigest: (r.manifest_digest as string | null) ?? null,
+    layers: JSON.parse((r.layers as string | undefined) ?? '[]'),
+    builder: (r.builder as string | null) ?? null,
   };
+}
+
+function imageToRow(image: ImageRecord): Row {
+  return {
+    id: image.id,
+    name: image.name,
+    digest: image.digest,
+    format: image.format,
+    path: image.path,
+    size_bytes: image.sizeBytes,
+    config: JSON.stringify(image.config),
+    created_at: image.createdAt,
+    state: image.state ?? 'ready',
+    source: image.source ?? null,
+    manifest_digest: image.manifestDigest ?? null,
+    layers: JSON.stringify(image.layers ?? []),
+    builder: image.builder ?? null,
+  };
+}
+
+function volumeFromRow(r: Row): VolumeRecord {
+  return { id: r.id as string, name: r.name as string, sizeMib: r.size_mib as number, path: r.path as string, createdAt: r.created_at as number };
 }
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
@@ -96,12 +135,13 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, backend, accelerator, pid, boot_count, console_offset, exit_code, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
-        @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @created_at, @updated_at)`),
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
+        @volumes, @created_at, @updated_at)`),
       updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
-        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, backend=@backend, accelerator=@accelerator,
-        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, updated_at=@updated_at WHERE id=@id`),
+        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, readiness=@readiness,
+        agent_token=@agent_token, agent=@agent, health=@health, health_reason=@health_reason, backend=@backend, accelerator=@accelerator,
+        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, updated_at=@updated_at WHERE id=@id`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),
@@ -109,8 +149,14 @@ export class SqliteStore implements Store {
       setIp: p('UPDATE vms SET ip = ? WHERE id = ?'),
       insertPort: p('INSERT INTO published_ports (proto, host_port, vm_id, guest_port) VALUES (?, ?, ?, ?)'),
       countVmsUsingImage: p('SELECT COUNT(*) AS n FROM vms WHERE image_id = ?'),
-      insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at)
-        VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at)`),
+      insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at, state, source, manifest_digest, layers, builder)
+        VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at, @state, @source, @manifest_digest, @layers, @builder)`),
+      updateImage: p(`UPDATE images SET name=@name, digest=@digest, format=@format, path=@path, size_bytes=@size_bytes, config=@config,
+        state=@state, source=@source, manifest_digest=@manifest_digest, layers=@layers, builder=@builder WHERE id=@id`),
+      insertVolume: p('INSERT INTO volumes (id, name, size_mib, path, created_at) VALUES (@id, @name, @size_mib, @path, @created_at)'),
+      getVolume: p('SELECT * FROM volumes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
+      listVolumes: p('SELECT * FROM volumes ORDER BY created_at, id'),
+      deleteVolume: p('DELETE FROM volumes WHERE id = ?'),
       getImage: p('SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       getImageByDigest: p('SELECT * FROM images WHERE digest = ?'),
       listImages: p('SELECT * FROM images ORDER BY created_at, id'),
@@ -189,17 +235,35 @@ export class SqliteStore implements Store {
   }
 
   async insertImage(image: ImageRecord): Promise<void> {
-    const row = {
-      id: image.id,
-      name: image.name,
-      digest: image.digest,
-      format: image.format,
-      path: image.path,
-      size_bytes: image.sizeBytes,
-      config: JSON.stringify(image.config),
-      created_at: image.createdAt,
-    };
-    uniqueName(() => this.stmt.insertImage.run(row), `an image named ${JSON.stringify(image.name)} already exists`);
+    uniqueName(() => this.stmt.insertImage.run(imageToRow(image)), `an image named ${JSON.stringify(image.name)} already exists`);
+  }
+
+  async updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord> {
+    const row = this.stmt.getImage.get(id, id, id) as Row | undefined;
+    if (!row) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${id}`);
+    const next: ImageRecord = { ...imageFromRow(row), ...patch };
+    this.stmt.updateImage.run(imageToRow(next));
+    return next;
+  }
+
+  async insertVolume(v: VolumeRecord): Promise<void> {
+    uniqueName(
+      () => this.stmt.insertVolume.run({ id: v.id, name: v.name, size_mib: v.sizeMib, path: v.path, created_at: v.createdAt }),
+      `a volume named ${JSON.stringify(v.name)} already exists`,
+    );
+  }
+
+  async getVolume(idOrName: string): Promise<VolumeRecord | null> {
+    const row = this.stmt.getVolume.get(idOrName, idOrName, idOrName) as Row | undefined;
+    return row ? volumeFromRow(row) : null;
+  }
+
+  async listVolumes(): Promise<VolumeRecord[]> {
+    return (this.stmt.listVolumes.all() as Row[]).map(volumeFromRow);
+  }
+
+  async deleteVolume(id: string): Promise<void> {
+    this.stmt.deleteVolume.run(id);
   }
 
   async getImage(idOrName: string): Promise<ImageRecord | null> {

@@ -14,6 +14,22 @@ export interface PortMapping {
   guestPort: number;
 }
 
+/** How kilnd learns that the guest is ready: 'auto' is the agent's push, with fallbacks. */
+export type ReadinessMode = 'auto' | 'push' | 'neighbour' | 'poll';
+
+/** What kilnd knows about the guest agent of the current boot. */
+export interface AgentInfo {
+  /** The channel sessions use: TCP over the VM's network, vsock, or only the serial console. */
+  channel: 'tcp' | 'vsock' | 'serial';
+  /** How readiness was detected for this boot. */
+  readiness: 'push' | 'neighbour' | 'poll' | 'serial';
+  version: string | null;
+  /** Guest ready → host knew, on the host's clock; null until measured. */
+  latencyMs: number | null;
+  /** Uncertainty of that mapping (half the `time` round trip). */
+  clockErrorMs: number | null;
+}
+
 export interface VmRecord {
   id: string;
   name: string;
@@ -31,6 +47,13 @@ export interface VmRecord {
   ip: string | null;
   /** Host ports published to the guest; unique per (proto, hostPort) across all VMs. */
   ports: PortMapping[];
+  readiness: ReadinessMode;
+  /** Per-VM secret the agent authenticates with (both directions); kept across restarts. */
+  agentToken: string | null;
+  agent: AgentInfo | null;
+  /** 'unhealthy' when the guest's agent misbehaved (garbage, oversized frames, silence). */
+  health: 'unknown' | 'healthy' | 'unhealthy';
+  healthReason: string | null;
   backend: BackendName;
   accelerator: Accelerator;
   pid: number | null;
@@ -39,27 +62,60 @@ export interface VmRecord {
   /** Console log size when the current boot started: markers before it belong to older boots. */
   consoleOffset: number;
   exitCode: number | null;
+  /** Extra drives: persistent volumes and read-only host directories, in drive order. */
+  volumes: VmVolume[];
   createdAt: number;
   updatedAt: number;
 }
 
+export interface VmVolume {
+  /** A volume id, or (exclusive) a host directory under an allowed root, attached read-only. */
+  volumeId?: string;
+  hostPath?: string;
+  /** Absolute mount point in the guest. */
+  target: string;
+  readOnly: boolean;
+}
+
+export interface VolumeRecord {
+  id: string;
+  name: string;
+  sizeMib: number;
+  path: string;
+  createdAt: number;
+}
+
 export interface ImageConfig {
+  /** Docker semantics: kept when a VM overrides cmd. Absent on images imported from a directory. */
+  entrypoint?: string[];
   cmd: string[];
   env: Record<string, string>;
   workdir: string;
   user: string;
 }
 
+export type ImageState = 'pulling' | 'ready';
+
 export interface ImageRecord {
   id: string;
   name: string;
-  /** sha256 of the root filesystem file: identical trees dedupe to one image. */
+  /** Pulled: the manifest digest. Imported: sha256 of the root filesystem file (identical trees dedupe). */
   digest: string;
-  format: 'squashfs';
+  format: 'squashfs' | 'erofs' | 'ext4';
+  /** '' while pulling. */
   path: string;
   sizeBytes: number;
   config: ImageConfig;
   createdAt: number;
+  /** 'pulling' records are placeholders: nothing boots from them; a failed pull removes them. */
+  state: ImageState;
+  /** The reference it was pulled from (canonical), or null for imports. */
+  source: string | null;
+  manifestDigest: string | null;
+  /** Layer blob digests, base first (what GC keeps). */
+  layers: string[];
+  /** How the root filesystem was built, e.g. "mksquashfs -comp zstd -Xcompression-level 3". */
+  builder: string | null;
 }
 
 export interface PhaseRecord {
@@ -96,6 +152,12 @@ export interface Store {
   getImageByDigest(digest: string): Promise<ImageRecord | null>;
   listImages(): Promise<ImageRecord[]>;
   deleteImage(id: string): Promise<void>;
+  updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord>;
+
+  insertVolume(v: VolumeRecord): Promise<void>;
+  getVolume(idOrName: string): Promise<VolumeRecord | null>;
+  listVolumes(): Promise<VolumeRecord[]>;
+  deleteVolume(id: string): Promise<void>;
 
   recordPhase(phase: PhaseRecord): Promise<void>;
   listPhases(vmId: string, boot: number): Promise<PhaseRecord[]>;

@@ -25,7 +25,7 @@ export async function prepareGuestAssets(assetsDir: string, log: (msg: string) =
   const kernelP = opts.kernelPath ? userKernel(opts.kernelPath) : ensureGuestKernel(assetsDir, log);
   const [kernel, kilnInit] = await Promise.all([kernelP, ensureKilnInit(assetsDir)]);
   const initramfs = await ensureInitramfs(assetsDir, kernel, kilnInit);
-  const scratchTemplate = path.join(assetsDir, `scratch-${SCRATCH_SIZE_MIB}m.ext4`);
-  await buildOnce(scratchTemplate, (tmp) => mkfsExt4(tmp, { sizeMib: SCRATCH_SIZE_MIB, label: SCRATCH_LABEL }));
+  const scratchTemplate = path.join(assetsDir, `scratch-${SCRATCH_SIZE_MIB}m-noresize.ext4`);
+  await buildOnce(scratchTemplate, (tmp) => mkfsExt4(tmp, { sizeMib: SCRATCH_SIZE_MIB, label: SCRATCH_LABEL, resizable: false }));
   return { kernel, kilnInit, initramfs, scratchTemplate };
 }

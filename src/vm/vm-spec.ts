@@ -1,6 +1,8 @@
 // Turns a stored VM into what the VMM driver boots, and lays out its runtime dir.
 import path from 'node:path';
 import type { GuestConfig } from '../guest/config-drive.ts';
+import { workloadArgv } from '../image/image-config.ts';
+import type { ExtraDrive } from '../image/volume-service.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
 import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
@@ -26,6 +28,7 @@ export function vmSpec(
   runtimeDir: string,
   driver: Pick<VmmDriver, 'kernelCmdline'>,
   net?: VmNetAttachment,
+  extra: ExtraDrive[] = [],
 ): VmSpec {
   const files = runtimeFiles(runtimeDir);
   return {
@@ -44,15 +47,16 @@ export function vmSpec(
       { id: 'root', path: image.path, readOnly: true },
       { id: 'scratch', path: files.scratch, readOnly: false },
       { id: 'config', path: files.config, readOnly: true },
+      ...extra.map((d) => ({ id: d.id, path: d.path, readOnly: d.readOnly })),
     ],
     nics: net ? [net.nic] : [],
   };
 }
 
-export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number): GuestConfig {
+export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number, extra: ExtraDrive[] = []): GuestConfig {
   const [uid, gid] = image.config.user.split(':').map((n) => Number.parseInt(n, 10));
   return {
-    argv: vm.cmd ?? image.config.cmd,
+    argv: workloadArgv(image.config, vm.cmd),
     env: { ...image.config.env, ...vm.env },
     cwd: image.config.workdir,
     hostname: vm.name,
@@ -63,5 +67,7 @@ export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: numbe
       { role: 'root', serial: 'root', index: 0 },
       { role: 'scratch', serial: 'scratch', index: 1 },
     ],
+    // Extra drives follow root, scratch and config (index 2) in vmSpec's drive order.
+    mounts: extra.map((d, i) => ({ serial: d.id, index: 3 + i, target: d.target, readOnly: d.readOnly })),
   };
 }

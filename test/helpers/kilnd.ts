@@ -110,7 +110,9 @@ export async function waitForState(client: KilnClient, id: string, states: strin
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(), timeoutMs);
   try {
-    const events = client.events({ vm: id, signal: ac.signal });
+    // Subscribed (not just a lazy generator) before the first read: a transition between the
+    // two would otherwise be missed and the wait would run into its timeout.
+    const events = await client.subscribe({ vm: id, signal: ac.signal });
     const first = await client.getVm(id);
     if (states.includes(first.state)) return first;
     for await (const e of events) {

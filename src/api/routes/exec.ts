@@ -4,9 +4,8 @@ import { PassThrough } from 'node:stream';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
-import { KilnError, asKilnError } from '../../errors.ts';
+import { asKilnError } from '../../errors.ts';
 import type { AgentClient, ExecRequest } from '../../guest/agent/client.ts';
-import { AgentTokens, agentClientFor } from '../../vm/vm-agent.ts';
 import { ErrorBody, ExecBody, ExecQuery, ExecResult, FilesQuery, IdParams, PutFileResult, truthy } from '../schemas.ts';
 
 const errors = { 400: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 503: ErrorBody, 504: ErrorBody };
@@ -21,15 +20,7 @@ function clientGone(req: FastifyRequest): AbortSignal {
 
 export function registerExecRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
-  let tokens: Promise<AgentTokens> | undefined;
-  const agent = async (id: string): Promise<AgentClient> => {
-    const vm = await daemon.vms.get(id);
-    if (vm.state !== 'ready') throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${vm.name ?? vm.id} is ${vm.state}; exec and files need it ready`, { state: vm.state });
-    tokens ??= AgentTokens.load(daemon.config.stateDir);
-    const client = agentClientFor(vm, await tokens);
-    if (!client) throw new KilnError('KILN_ERR_AGENT_UNAVAILABLE', `VM ${vm.name ?? vm.id} has no agent channel (it has no network)`);
-    return client;
-  };
+  const agent = (id: string): Promise<AgentClient> => daemon.vms.agent(id);
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
 
   app.post('/v1/vms/:id/exec', {

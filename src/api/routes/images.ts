@@ -4,10 +4,10 @@ import path from 'node:path';
 import { Type } from 'typebox';
 import type { Daemon } from '../../daemon.ts';
 import { KilnError } from '../../errors.ts';
-import { ErrorBody, IdParams, Image, ImageList, ImportImageBody, ImportTarQuery } from '../schemas.ts';
+import { ErrorBody, GcBody, GcResult, IdParams, Image, ImageList, ImportImageBody, ImportTarQuery, PullImageBody, PullQuery, truthy } from '../schemas.ts';
 import { imageView } from '../views.ts';
 
-const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 500: ErrorBody };
+const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 507: ErrorBody };
 /** Image trees are uploaded as tar; far above BODY_LIMIT, which is for JSON. */
 const TAR_LIMIT = 16 * 1024 * 1024 * 1024;
 
@@ -28,6 +28,28 @@ export function registerImageRoutes(root: FastifyInstance, daemon: Daemon): void
   app.get('/v1/images', { schema: { summary: 'List images', tags: ['images'], response: { 200: ImageList } } }, async () => ({
     images: (await daemon.images.list()).map(imageView),
   }));
+
+  app.post('/v1/images', {
+    schema: {
+      summary: 'Pull an image from a registry and convert it (idempotent; concurrent pulls of a ref coalesce)',
+      description: 'Returns 202 with the image in `pulling` (progress: `image.progress` events on /v1/events), '
+        + 'or 200 once it is `ready` with `?wait=1` or when it was pulled before. A failed pull removes the record '
+        + 'and publishes `image.failed`.',
+      tags: ['images'], body: PullImageBody, querystring: PullQuery, response: { 200: Image, 202: Image, ...errors },
+    },
+  }, async (req, reply) => {
+    const { image, done } = await daemon.images.pull(req.body);
+    if (image.state === 'ready') return reply.status(200).send(imageView(image));
+    if (truthy(req.query.wait)) return reply.status(200).send(imageView(await done));
+    return reply.status(202).send(imageView(image));
+  });
+
+  app.post('/v1/images/gc', {
+    schema: {
+      summary: 'Remove image files, staging trees and blobs no image refers to (and, with images: true, images no VM uses)',
+      tags: ['images'], body: Type.Optional(GcBody), response: { 200: GcResult, ...errors },
+    },
+  }, async (req) => daemon.images.gc({ images: req.body?.images ?? false, keep: ['default'] }));
 
   app.get('/v1/images/:id', {
     schema: { summary: 'Get an image by id or name', tags: ['images'], params: IdParams, response: { 200: Image, ...errors } },

@@ -6,7 +6,7 @@ import type { VmState } from '../../store/store.ts';
 import { CreateVmBody, ErrorBody, IdParams, LogsQuery, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
 import { vmView } from '../views.ts';
 
-const errors = { 400: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 504: ErrorBody };
+const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 504: ErrorBody, 507: ErrorBody };
 
 export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();

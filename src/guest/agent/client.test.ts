@@ -56,9 +56,9 @@ test('the open frame carries protocol version, token, op and arguments', async (
   let seen: Record<string, string[]> = {};
   const c = await fakeGuest((s, kv) => {
     seen = kv;
-    s.end(json({ type: 'time', realtime_us: 5, boottime_us: 6 }));
+    s.end(json({ type: 'time', realtime_us: 5, boottime_us: 6, ready_boottime_us: 4 }));
   });
-  assert.deepEqual(await c.time(), { type: 'time', realtime_us: 5, boottime_us: 6 });
+  assert.deepEqual(await c.time(), { type: 'time', realtime_us: 5, boottime_us: 6, ready_boottime_us: 4 });
   assert.deepEqual(seen, { proto: ['1'], token: ['cd'.repeat(32)], op: ['time'] });
 });
 
