@@ -101,7 +101,7 @@ describe('guest agent in a real VM', { timeout: 600_000 }, () => {
     const r = await client.execCollect({ argv: ['/bin/sh', '-c', 'sleep 1000 & sleep 1000; echo never'], timeoutMs: 500 });
     assert.equal(r.timedOut, true);
     assert.equal(r.signal, 9);
-    const ps = await client.execCollect({ argv: ['/bin/sh', '-c', 'ps -o args | grep "[s]leep 1000" || true'] });
+    const ps = await client.execCollect({ argv: ['/bin/sh', '-c', 'ps -o args | grep -x "[s]leep 1000" || true'] });
     assert.equal(ps.stdout.toString(), '');
   });
 

@@ -266,3 +266,46 @@ export const Health = Type.Object({
 });
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';
+
+// Guest agent: exec and files (docs/agent-protocol.md).
+export const ExecBody = Type.Object(
+  {
+    cmd: Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 4096, description: 'argv; cmd[0] is looked up in the guest PATH' }),
+    env: Type.Optional(EnvMap),
+    cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    user: Type.Optional(Type.String({ pattern: '^\\d{1,10}(:\\d{1,10})?$', description: 'uid[:gid] (default: the workload\'s)' })),
+    stdin: Type.Optional(Type.String({ maxLength: 16 * 1024 * 1024, description: 'Bytes for stdin; base64 if stdin_base64' })),
+    stdin_base64: Type.Optional(Type.Boolean()),
+    timeout_ms: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400_000, description: 'The guest kills the process group (SIGKILL) after this' })),
+  },
+  { additionalProperties: false },
+);
+
+export const ExecQuery = Type.Object(
+  {
+    stream: Type.Optional(Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false')], {
+      description: 'Stream NDJSON lines ({"stdout":b64} / {"stderr":b64} / {"exit":{…}} / {"error":{…}}) instead of one JSON result',
+    })),
+  },
+  { additionalProperties: false },
+);
+
+export const ExecResult = Type.Object({
+  exit_code: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.Integer(), Type.Null()]),
+  timed_out: Type.Boolean(),
+  stdout: Type.String({ description: 'UTF-8 (lossy); at most 16 MiB' }),
+  stderr: Type.String({ description: 'UTF-8 (lossy); at most 16 MiB' }),
+  truncated: Type.Boolean({ description: 'Output beyond the limit was dropped (use ?stream=1 for more)' }),
+});
+
+export const FilesQuery = Type.Object(
+  {
+    path: Type.String({ pattern: '^/', minLength: 1, maxLength: 4096, description: 'Absolute path in the guest' }),
+    mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$', description: 'Octal permission bits for PUT (default 0644)' })),
+    mkdirs: Type.Optional(Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false')])),
+  },
+  { additionalProperties: false },
+);
+
+export const PutFileResult = Type.Object({ bytes: Type.Integer({ minimum: 0 }) });

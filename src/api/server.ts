@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import { ERRORS, KilnError, isKilnError } from '../errors.ts';
 import type { Daemon } from '../daemon.ts';
 import { registerEventRoutes } from './routes/events.ts';
+import { registerExecRoutes } from './routes/exec.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
@@ -93,5 +94,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerImageRoutes(app, daemon);
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);
+  registerExecRoutes(app, daemon);
   return app;
 }

@@ -42,6 +42,35 @@ export class KilnApiError extends Error {
 
 type Query = Record<string, string | number | boolean | undefined>;
 
+export interface ExecOptions {
+  cmd: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  /** `uid` or `uid:gid` */
+  user?: string;
+  stdin?: Buffer | string;
+  timeoutMs?: number;
+}
+
+export interface ExecExit {
+  exit_code: number | null;
+  signal: number | null;
+  timed_out: boolean;
+}
+
+export interface ExecResult extends ExecExit {
+  stdout: string;
+  stderr: string;
+  truncated: boolean;
+}
+
+export type ExecStreamItem = { stream: 'stdout' | 'stderr'; data: Buffer } | { exit: ExecExit };
+
+function execBody(o: ExecOptions): Record<string, unknown> {
+  const stdin = o.stdin === undefined ? undefined : Buffer.isBuffer(o.stdin) ? o.stdin.toString('base64') : Buffer.from(o.stdin).toString('base64');
+  return { cmd: o.cmd, env: o.env, cwd: o.cwd, user: o.user, stdin, stdin_base64: stdin === undefined ? undefined : true, timeout_ms: o.timeoutMs };
+}
+
 export class KilnClient {
   readonly url: string;
   private readonly token: string | undefined;
@@ -134,6 +163,52 @@ export class KilnClient {
     } catch (e) {
       if ((e as Error).name !== 'AbortError') throw e;
     }
+  }
+
+  // Guest agent: exec and files
+  /** Runs a command and returns its result (output capped at 16 MiB per stream). */
+  exec(id: string, body: ExecOptions): Promise<ExecResult> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/exec`, { body: execBody(body) });
+  }
+
+  /**
+   * Runs a command, yielding its output as it arrives; the last item is the exit. Aborting
+   * `signal` disconnects, and the guest kills the process group.
+   */
+  async *execStream(id: string, body: ExecOptions, signal?: AbortSignal): AsyncGenerator<ExecStreamItem> {
+    const res = await this.request('POST', `/v1/vms/${encodeURIComponent(id)}/exec`, { body: execBody(body), query: { stream: 1 }, signal });
+    const decoder = new TextDecoder();
+    let buf = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = JSON.parse(buf.slice(0, nl)) as { stdout?: string; stderr?: string; exit?: ExecExit; error?: { code: string; message: string } };
+        buf = buf.slice(nl + 1);
+        if (line.stdout !== undefined) yield { stream: 'stdout', data: Buffer.from(line.stdout, 'base64') };
+        else if (line.stderr !== undefined) yield { stream: 'stderr', data: Buffer.from(line.stderr, 'base64') };
+        else if (line.exit) yield { exit: line.exit };
+        else if (line.error) throw new KilnApiError(502, line.error.code, line.error.message);
+      }
+    }
+  }
+
+  /** Writes a file in the VM (atomic replace). */
+  putFile(id: string, path: string, data: BodyInit, opts: { mode?: number; mkdirs?: boolean } = {}): Promise<{ bytes: number }> {
+    return this.json('PUT', `/v1/vms/${encodeURIComponent(id)}/files`, {
+      raw: data,
+      query: { path, mode: opts.mode === undefined ? undefined : opts.mode.toString(8).padStart(4, '0'), mkdirs: opts.mkdirs ? 1 : undefined },
+    });
+  }
+
+  /** Reads a file from the VM as a stream of bytes. */
+  async getFile(id: string, path: string, signal?: AbortSignal): Promise<{ size: number; mode: number; body: AsyncIterable<Uint8Array> }> {
+    const res = await this.request('GET', `/v1/vms/${encodeURIComponent(id)}/files`, { query: { path }, signal });
+    return {
+      size: Number(res.headers.get('content-length') ?? 0),
+      mode: parseInt(res.headers.get('x-kiln-file-mode') ?? '644', 8),
+      body: res.body as unknown as AsyncIterable<Uint8Array>,
+    };
   }
 
   // Images

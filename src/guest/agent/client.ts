@@ -210,6 +210,9 @@ export class ExecHandle {
     };
     this.stdout = new Readable({ read: onRead, highWaterMark: 1 << 20 });
     this.stderr = new Readable({ read: onRead, highWaterMark: 1 << 20 });
+    // A failed session destroys both with its error; that must reach readers, never crash kilnd.
+    this.stdout.on('error', () => {});
+    this.stderr.on('error', () => {});
     this.waitForReader = () => new Promise<void>((r) => (resumeReader = r));
     const pending: { chunk: Buffer; cb: (e?: Error | null) => void }[] = [];
     this.stdin = new Writable({
@@ -437,6 +440,7 @@ export class AgentClient {
         cb(err);
       },
     });
+    stream.on('error', () => {}); // delivered to readers; never an uncaught exception
     return { size: head.size, mode: head.mode, stream };
   }
 

@@ -9,7 +9,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
-#include <libgen.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -114,9 +113,10 @@ static int token_ok(const char *given)
 	return diff == 0;
 }
 
-static void parse_request(struct request *rq, long len)
+/* `buf` must outlive the request: later frames reuse the frame buffer. */
+static void parse_request(struct request *rq, char *buf, long len)
 {
-	char *p = (char *)frame, *end = (char *)frame + len, *next;
+	char *p = buf, *end = buf + len, *next;
 
 	memset(rq, 0, sizeof(*rq));
 	for (; p < end; p = next) {
@@ -428,7 +428,9 @@ static void __attribute__((noreturn)) op_put(struct request *rq)
 	if (!rq->path || rq->path[0] != '/' || strlen(rq->path) >= sizeof(dir))
 		fail("bad_request", EINVAL, "put needs an absolute path");
 	snprintf(dir, sizeof(dir), "%s", rq->path);
-	snprintf(dir, sizeof(dir), "%s", dirname(dir));
+	*strrchr(dir, '/') = 0;
+	if (!dir[0])
+		strcpy(dir, "/");
 	if (rq->mkdirs && mkdir_p(dir) != 0)
 		fail("io", errno, "mkdir %s", dir);
 	snprintf(tmp, sizeof(tmp), "%s/.kiln-put.%d", strcmp(dir, "/") ? dir : "", (int)getpid());
@@ -605,7 +607,14 @@ void session_run(int fd)
 	setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
 	if (type != F_OPEN)
 		fail("bad_request", EPROTO, "the first frame must be 'o'");
-	parse_request(rq, n);
+	{
+		char *copy = malloc((size_t)n + 1);
+
+		if (!copy)
+			fail("io", ENOMEM, "out of memory");
+		memcpy(copy, frame, (size_t)n + 1);
+		parse_request(rq, copy, n);
+	}
 	if (!rq->token || !token_ok(rq->token))
 		fail("bad_token", EACCES, "authentication failed");
 	if (rq->proto != KILN_AGENT_PROTO)

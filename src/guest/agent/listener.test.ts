@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+import { encodeFrame, FrameType } from './frame.ts';
+import { AgentListener, type AgentProblem } from './listener.ts';
+import type { HelloMessage, WorkloadExitMessage } from './messages.ts';
+
+const TOKEN = 'a1'.repeat(32);
+const hello = (token = TOKEN, extra: Record<string, unknown> = {}) =>
+  encodeFrame(FrameType.JSON, JSON.stringify({
+    type: 'hello', proto: 1, agent: '0.2.0', token, ip: '127.0.0.1', session_port: 10240, vsock_port: 0, pid: 40, connects: 1,
+    boot: { init_ms: 1, net_ms: 2, root_ms: 3, listener_ms: 4, workload_ms: 5 }, uptime_ms: 6, realtime_us: 7, ...extra,
+  }));
+
+let listener: AgentListener;
+let port: number;
+let events: { hello: HelloMessage[]; exit: WorkloadExitMessage[]; problems: AgentProblem[]; disconnects: number };
+
+function watch(vmId = 'vm1', token = TOKEN) {
+  events = { hello: [], exit: [], problems: [], disconnects: 0 };
+  listener.expect(vmId, token, {
+    onHello: (h) => events.hello.push(h),
+    onExit: (e) => events.exit.push(e),
+    onProblem: (p) => events.problems.push(p),
+    onDisconnect: () => events.disconnects++,
+  }, { ip: '127.0.0.1' });
+}
+
+function peer(): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const s = net.createConnection({ host: '127.0.0.1', port }, () => resolve(s));
+    s.on('error', reject);
+  });
+}
+
+const closed = (s: net.Socket) => new Promise<void>((r) => (s.destroyed ? r() : s.once('close', () => r())));
+const until = async (cond: () => boolean) => {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+};
+
+before(async () => {
+  listener = new AgentListener({ authDeadlineMs: 300 });
+  port = (await listener.listenTcp('127.0.0.1', 0)).port;
+});
+after(() => listener.close());
+
+test('hello then exit: callbacks fire, the listener closes so the guest may power off', async () => {
+  watch();
+  const s = await peer();
+  s.on('error', () => {});
+  s.write(hello());
+  await until(() => events.hello.length === 1);
+  assert.ok(listener.connected('vm1'));
+  s.write(encodeFrame(FrameType.JSON, '{"type":"exit","code":0,"uptime_ms":99}'));
+  await closed(s);
+  assert.deepEqual(events.exit, [{ type: 'exit', code: 0, uptime_ms: 99 }]);
+  assert.deepEqual(events.problems, []);
+});
+
+test('a reconnect (kilnd or network blip) replaces the old connection and says hello again', async () => {
+  watch();
+  const a = await peer();
+  a.write(hello());
+  await until(() => events.hello.length === 1);
+  const b = await peer();
+  b.write(hello(TOKEN, { connects: 2 }));
+  await closed(a);
+  await until(() => events.hello.length === 2);
+  assert.equal(events.hello[1]!.connects, 2);
+  assert.ok(listener.connected('vm1'));
+  b.destroy();
+  await until(() => !listener.connected('vm1'));
+});
+
+for (const [name, bytes, reason] of [
+  ['garbage', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), 'garbage'],
+  ['an oversized frame', Buffer.from([0x7f, 0xff, 0xff, 0xff, FrameType.JSON]), 'oversized'],
+  ['a bad token', hello('b2'.repeat(32)), 'bad_token'],
+  ['a schema violation', encodeFrame(FrameType.JSON, '{"type":"hello","proto":"one"}'), 'schema'],
+  ['stdout on the control channel', encodeFrame(FrameType.STDOUT, 'hi'), 'unexpected'],
+] as const) {
+  test(`a peer sending ${name} is cut off and reported against the VM with that address`, async () => {
+    watch();
+    const s = await peer();
+    s.on('error', () => {});
+    s.write(bytes);
+    await closed(s);
+    await until(() => events.problems.length === 1);
+    assert.equal(events.problems[0]!.reason, reason);
+    assert.equal(events.hello.length, 0);
+  });
+}
+
+test('a peer that never says hello is cut off at the deadline', async () => {
+  watch();
+  const s = await peer();
+  await closed(s);
+  assert.equal(events.problems[0]?.reason, 'deadline');
+});
+
+test('a peer that dribbles forever past its byte budget is cut off', async () => {
+  watch();
+  const s = await peer();
+  s.on('error', () => {});
+  s.write(hello());
+  await until(() => events.hello.length === 1);
+  // Valid-looking frames, never an exit: a chatty or malicious guest.
+  const spam = encodeFrame(FrameType.JSON, JSON.stringify({ type: 'exit', pad: 'x'.repeat(10_000) }));
+  for (let i = 0; i < 20 && !s.destroyed; i++) s.write(spam);
+  await closed(s);
+  assert.ok(['excess', 'schema'].includes(events.problems[0]!.reason), events.problems[0]!.reason);
+});
+
+test('a throwing callback does not take the listener down', async () => {
+  events = { hello: [], exit: [], problems: [], disconnects: 0 };
+  listener.expect('vm2', TOKEN, {
+    onHello: () => {
+      throw new Error('boom');
+    },
+    onExit: () => {},
+    onProblem: () => {},
+  });
+  const s = await peer();
+  s.write(hello());
+  await new Promise((r) => setTimeout(r, 50));
+  s.destroy();
+  watch();
+  const t = await peer();
+  t.write(hello());
+  await until(() => events.hello.length === 1);
+  t.destroy();
+});
+
+test('Unix socket variant (Firecracker <uds>_<port>): attributed to its VM even before auth', async () => {
+  watch('vm3');
+  const p = path.join(os.tmpdir(), `kiln-agent-${process.pid}.sock_10240`);
+  const stop = await listener.listenUnix(p, 'vm3');
+  try {
+    const s = net.createConnection(p);
+    s.on('error', () => {});
+    s.write(Buffer.from('\xff\xff\xff\xff\x6agarbage', 'latin1'));
+    await closed(s);
+    await until(() => events.problems.length === 1);
+    assert.equal(events.problems[0]!.reason, 'oversized');
+    const ok = net.createConnection(p);
+    ok.write(hello());
+    await until(() => events.hello.length === 1);
+    ok.destroy();
+  } finally {
+    await stop();
+  }
+});
