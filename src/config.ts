@@ -14,6 +14,10 @@ export interface KilnConfig {
   apiToken?: string;
   /** 'auto' picks firecracker when present and KVM boots a guest, qemu otherwise. */
   backend: BackendName | 'auto';
+  /** Firecracker binary (KILN_FIRECRACKER_BIN); default `firecracker` on PATH. */
+  firecrackerBinary?: string;
+  /** A user-supplied guest kernel (KILN_KERNEL: bzImage or ELF vmlinux) instead of Debian's. */
+  kernelPath?: string;
   /** 'auto' probes KVM with a short boot and falls back to TCG. */
   accelerator: 'auto' | 'kvm' | 'tcg';
   /** How long a guest may take from VMM start to ready before it is failed. */
@@ -44,6 +48,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     listenPort: 18080,
     apiToken: env.KILN_API_TOKEN || undefined,
     backend: (env.KILN_BACKEND as KilnConfig['backend']) ?? 'auto',
+    firecrackerBinary: env.KILN_FIRECRACKER_BIN || undefined,
+    kernelPath: env.KILN_KERNEL ? path.resolve(env.KILN_KERNEL) : undefined,
     accelerator: (env.KILN_ACCEL as KilnConfig['accelerator']) ?? 'auto',
     bootTimeoutMs: Number(env.KILN_BOOT_TIMEOUT_MS ?? 180_000),
     stopGraceMs: Number(env.KILN_STOP_GRACE_MS ?? 5_000),

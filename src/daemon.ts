@@ -14,12 +14,16 @@ import { pullImage } from './image/oci/index.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
+import { NeighbourWatch } from './net/neighbour-watch.ts';
+import { AgentListener } from './guest/agent/listener.ts';
+import type { AgentHub } from './vm/agent-link.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
-import type { VmmDriver } from './vmm/driver.ts';
+import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
+import type { BackendName, VmmDriver } from './vmm/driver.ts';
 import { createDriver } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
@@ -36,10 +40,12 @@ export class Daemon {
     readonly metrics: Metrics,
     readonly assets: GuestAssets,
     readonly accel: AccelDecision,
+    readonly backend: BackendDecision,
     readonly driver: VmmDriver,
     readonly images: ImageService,
     readonly volumes: VolumeService,
     readonly network: NetworkManager,
+    readonly agents: AgentHub,
     readonly vms: VmManager,
   ) {}
 
@@ -49,18 +55,21 @@ export class Daemon {
     }
     await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
     const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
+    let agents: AgentHub | null = null;
     try {
-      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg));
+      const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
+      if (assets.kernel.source === 'user') log.info({ kernel: assets.kernel.path, format: assets.kernel.format }, 'user-supplied guest kernel');
       const accel = await decideAccelerator({
         requested: config.accelerator,
-        kernel: assets.kernel.bzImage,
+        kernel: assets.kernel.path,
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
+        canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
-      // Firecracker joins 'auto' once its driver is wired in (it needs KVM in any case).
-      const backend = config.backend === 'auto' ? 'qemu' : config.backend;
-      const driver = createDriver(backend, { assetsDir: config.assetsDir });
+      const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
+      log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -78,10 +87,13 @@ export class Daemon {
       const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
       const network = new NetworkManager(config.network, { store, log });
       await network.init();
-      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, log, assets, accelerator: accel.accelerator });
+      agents = await startAgentHub(config, network, log);
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, driver, images, volumes, network, vms);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
     } catch (e) {
+      await closeAgentHub(agents);
       await store.close();
       throw e;
     }
@@ -101,8 +113,34 @@ export class Daemon {
     if (this.closed) return;
     this.closed = true;
     await this.vms.close();
+    await closeAgentHub(this.agents);
     await this.app?.close();
     await this.bus.flush();
     await this.store.close();
   }
+}
+
+/**
+ * Listens for agent pushes on the bridge address. A failure does not stop kilnd: VMs then
+ * come up through the fallbacks, and the reason is logged and kept for each VM's log line.
+ */
+async function startAgentHub(config: KilnConfig, network: NetworkManager, log: Logger): Promise<AgentHub> {
+  const host = network.subnet.gateway;
+  // Guests connect while still mounting their root and say hello at ready: allow for slow boots.
+  const listener = new AgentListener({ authDeadlineMs: 60_000, log: (msg, fields) => log.warn(fields ?? {}, msg) });
+  const neighbours = new NeighbourWatch(network.bridge, log);
+  try {
+    const { port } = await listener.listenTcp(host, config.network.agentPort);
+    return { listener, pushUnavailable: null, pushTarget: `${host}:${port}`, neighbours };
+  } catch (e) {
+    const why = `cannot listen on ${host}:${config.network.agentPort}: ${(e as Error).message}`;
+    log.error({ why }, 'agent push channel unavailable; readiness falls back to neighbour-table detection');
+    await listener.close();
+    return { listener: null, pushUnavailable: why, pushTarget: `${host}:${config.network.agentPort}`, neighbours };
+  }
+}
+
+async function closeAgentHub(hub: AgentHub | null): Promise<void> {
+  hub?.neighbours.close();
+  await hub?.listener?.close();
 }

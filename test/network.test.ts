@@ -13,11 +13,13 @@ import { nftListTable } from '../src/tools/nft.ts';
 import { run } from '../src/util/process.ts';
 import { tapName } from '../src/net/network-manager.ts';
 import { NFT_FAMILY, tableName } from '../src/net/ruleset.ts';
+import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, waitForLog, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 
 let d: TestDaemon;
 
 before(async () => {
+  if (skip) return;
   d = await startKilnd();
 });
 after(() => d?.dispose());
@@ -52,7 +54,7 @@ async function freePort(): Promise<number> {
   });
 }
 
-describe('bridge networking', () => {
+describe('bridge networking', { skip }, () => {
   test('the address is known at create; the guest serves on it and on a published 127.0.0.1 port', async () => {
     const hostPort = await freePort();
     const created = await d.client.createVm({ name: 'web', cmd: httpd('web'), ports: [{ host: hostPort, guest: 80 }] });
@@ -159,7 +161,7 @@ describe('bridge networking', () => {
   });
 });
 
-describe('restart safety', () => {
+describe('restart safety', { skip }, () => {
   test('a kilnd restart keeps addresses and publications; a leftover tap is swept', async () => {
     const hostPort = await freePort();
     const vm = await d.client.createVm({ name: 'keep', cmd: httpd('keep'), ports: [{ host: hostPort, guest: 80 }] }, { wait: true });

@@ -50,6 +50,12 @@ export const CreateVmBody = Type.Object(
       Type.Union([Type.Literal('bridge'), Type.Literal('none')], { description: '"bridge" (default): an address on kiln’s bridge; "none": no NIC' }),
     ),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the VM (DNAT)' })),
+    readiness: Type.Optional(
+      Type.Union([Type.Literal('auto'), Type.Literal('push'), Type.Literal('neighbour'), Type.Literal('poll')], {
+        description:
+          'How kilnd learns the guest is ready. "auto" (default): the agent pushes, with logged fallbacks; "push", "neighbour", "poll": force one method (diagnostics, bench/readiness)',
+      }),
+    ),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Volumes and host directories mounted in the guest' })),
   },
   { additionalProperties: false },
@@ -78,6 +84,19 @@ export const Vm = Type.Object({
   ip: Type.Union([Type.String({ description: 'Leased at create, before boot' }), Type.Null()]),
   mac: Type.Union([Type.String(), Type.Null()]),
   ports: Type.Array(Type.Object({ host: Type.Integer(), guest: Type.Integer(), proto: PortProto })),
+  readiness: Type.String({ description: 'Requested readiness method' }),
+  agent: Type.Union([
+    Type.Object({
+      channel: Type.String({ description: 'tcp | vsock | serial' }),
+      readiness: Type.String({ description: 'How readiness was detected this boot: push | neighbour | poll | serial' }),
+      version: Type.Union([Type.String(), Type.Null()]),
+      latency_ms: Type.Union([Type.Number({ description: 'Guest ready → kilnd knew, on kilnd’s clock' }), Type.Null()]),
+      clock_error_ms: Type.Union([Type.Number(), Type.Null()]),
+    }),
+    Type.Null(),
+  ]),
+  health: Type.Union([Type.Literal('unknown'), Type.Literal('healthy'), Type.Literal('unhealthy')]),
+  health_reason: Type.Union([Type.String(), Type.Null()]),
   backend: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   pid: Type.Union([Type.Integer(), Type.Null()]),
@@ -238,6 +257,8 @@ export const Health = Type.Object({
   status: Type.Literal('ok'),
   version: Type.String(),
   backend: Type.String(),
+  /** Why this backend: configuration, or what 'auto' found (Firecracker binary, KVM). */
+  backend_reason: Type.String(),
   accelerator: Type.Union([Type.Literal('kvm'), Type.Literal('tcg')]),
   accelerator_reason: Type.String(),
   kernel: Type.String(),

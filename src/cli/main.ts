@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { KilnClient } from '../sdk/client.ts';
 import { KILN_VERSION } from '../version.ts';
+import { doctorCommand } from './doctor.ts';
 import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
@@ -21,11 +22,12 @@ const json = () => Boolean(program.opts().json);
 program.addCommand(serveCommand());
 program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
+program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
   if (json()) console.log(JSON.stringify(h, null, 2));
-  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.accelerator}: ${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
+  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.backend_reason}), ${h.accelerator} (${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
 });
 
 program.parseAsync(process.argv).catch(reportError);

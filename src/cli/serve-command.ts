@@ -10,22 +10,25 @@ export function serveCommand(): Command {
     .option('--assets-dir <dir>', 'guest kernel/initramfs cache (default: <state-dir>/assets)')
     .option('--listen <host:port>', 'API address', '127.0.0.1:18080')
     .option('--accel <auto|kvm|tcg>', 'CPU accelerator', process.env.KILN_ACCEL ?? 'auto')
+    .option('--backend <auto|qemu|firecracker>', 'VMM backend', process.env.KILN_BACKEND ?? 'auto')
     .option('--allowed-root <dir>', 'host directory that path-based imports may read (repeatable)', (v: string, p: string[]) => [...p, v], [])
     .action(async (o) => {
       const base = defaultConfig({ ...process.env, KILN_STATE_DIR: o.stateDir });
       const { host, port } = parseListen(o.listen);
       if (!['auto', 'kvm', 'tcg'].includes(o.accel)) throw new Error('--accel must be auto, kvm or tcg');
+      if (!['auto', 'qemu', 'firecracker'].includes(o.backend)) throw new Error('--backend must be auto, qemu or firecracker');
       const config = {
         ...base,
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : base.assetsDir,
         listenHost: host,
         listenPort: port,
         accelerator: o.accel,
+        backend: o.backend,
         allowedRoots: [...base.allowedRoots, ...o.allowedRoot.map((p: string) => path.resolve(p))],
       };
       const daemon = await Daemon.start(config);
       const url = await daemon.listen();
-      process.stderr.write(`kilnd ready on ${url} (backend ${daemon.driver.name}, ${daemon.accel.accelerator}: ${daemon.accel.reason})\n`);
+      process.stderr.write(`kilnd ready on ${url} (backend ${daemon.driver.name}: ${daemon.backend.reason}; ${daemon.accel.accelerator}: ${daemon.accel.reason})\n`);
       const stop = (sig: string) => {
         daemon.log.info({ signal: sig }, 'shutting down; VMs keep running');
         void daemon.close().then(() => process.exit(0));

@@ -6,7 +6,9 @@ function printVm(vm: Vm): void {
   printTable(['field', 'value'], [
     ['id', vm.id], ['name', vm.name], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
     ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`],
-    ['ports', vm.ports.map(portText).join(', ') || null], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
+    ['ports', vm.ports.map(portText).join(', ') || null],
+    ['agent', vm.agent ? `${vm.agent.channel}, ready by ${vm.agent.readiness}${vm.agent.latency_ms !== null ? ` (+${vm.agent.latency_ms.toFixed(1)} ms)` : ''}` : null],
+    ['health', vm.health_reason ? `${vm.health}: ${vm.health_reason}` : vm.health], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
     ['boots', vm.boot_count], ['exit code', vm.exit_code], ['created', vm.created_at],
   ]);
   if (vm.timeline.length) {

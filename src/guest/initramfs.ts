@@ -24,22 +24,25 @@ export interface Initramfs {
 
 async function resolveModules(kernel: GuestKernel): Promise<string[]> {
   const files: string[] = [];
+  const root = kernel.root;
+  // A user-supplied kernel has its drivers built in: modules of another build would not load.
+  if (root === null) return files;
   const add = (list: string[]) => list.forEach((f) => files.includes(f) || files.push(f));
   for (const m of REQUIRED_MODULES) {
     try {
-      add(await moduleDependencies(kernel.root, kernel.version, m));
+      add(await moduleDependencies(root, kernel.version, m));
     } catch (e) {
       throw new KilnError('KILN_ERR_HOST_SETUP', `guest kernel ${kernel.version} lacks module ${m}`, undefined, { cause: e });
     }
   }
-  for (const m of OPTIONAL_MODULES) add(await moduleDependencies(kernel.root, kernel.version, m).catch(() => []));
+  for (const m of OPTIONAL_MODULES) add(await moduleDependencies(root, kernel.version, m).catch(() => []));
   return files;
 }
 
 export async function ensureInitramfs(assetsDir: string, kernel: GuestKernel, init: KilnInitBinary): Promise<Initramfs> {
   const moduleFiles = await resolveModules(kernel);
   const hash = createHash('sha256')
-    .update(`${kernel.version}\n${init.hash}\n${moduleFiles.join('\n')}`)
+    .update(`${kernel.root === null ? 'no-modules:' : ''}${kernel.version}\n${init.hash}\n${moduleFiles.join('\n')}`)
     .digest('hex')
     .slice(0, 16);
   const dir = path.join(assetsDir, 'initramfs');

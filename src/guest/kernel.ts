@@ -6,19 +6,27 @@ import { KilnError } from '../errors.ts';
 import { aptDependsMatching, aptDownload, aptUpdate, dpkgExtract } from '../tools/apt.ts';
 import { depmod } from '../tools/modprobe.ts';
 import { buildOnce } from '../util/atomic.ts';
+import { detectKernelImage, type KernelFormat } from './kernel-format.ts';
 
 export interface GuestKernel {
   version: string;
-  /** The kernel tree: boot/ and lib/modules/<version>/. */
-  root: string;
-  /** bzImage, what QEMU boots. */
-  bzImage: string;
+  /**
+   * Debian's kernel tree (boot/ and lib/modules/<version>/) whose modules go into the
+   * initramfs; null for a user-supplied kernel, which must have them built in.
+   */
+  root: string | null;
+  /** The image each driver boots from (Firecracker extracts an ELF from a bzImage). */
+  path: string;
+  format: KernelFormat;
+  /** ELF only: has the PVH entry note QEMU needs to boot it. */
+  pvh?: boolean;
+  source: 'debian' | 'user';
 }
 
 const META_PACKAGE = 'linux-image-cloud-amd64';
 
 function kernelAt(root: string, version: string): GuestKernel {
-  return { version, root, bzImage: path.join(root, 'boot', `vmlinuz-${version}`) };
+  return { version, root, path: path.join(root, 'boot', `vmlinuz-${version}`), format: 'bzImage', source: 'debian' };
 }
 
 async function installedKernels(kernelsDir: string): Promise<GuestKernel[]> {
@@ -26,7 +34,7 @@ async function installedKernels(kernelsDir: string): Promise<GuestKernel[]> {
   for (const v of await fs.readdir(kernelsDir).catch(() => [] as string[])) {
     if (v.includes('.tmp-')) continue;
     const k = kernelAt(path.join(kernelsDir, v), v);
-    if (await fs.stat(k.bzImage).then(() => true, () => false)) out.push(k);
+    if (await fs.stat(k.path).then(() => true, () => false)) out.push(k);
   }
   return out.sort((a, b) => b.version.localeCompare(a.version, undefined, { numeric: true }));
 }
@@ -41,6 +49,11 @@ async function resolvePackage(): Promise<string> {
   }
   if (!pkg) throw new KilnError('KILN_ERR_HOST_SETUP', `apt knows no kernel package behind ${META_PACKAGE}`);
   return pkg;
+}
+
+/** The Debian kernel already in the assets dir, without downloading anything (for `kiln doctor`). */
+export async function cachedGuestKernel(assetsDir: string): Promise<GuestKernel | null> {
+  return (await installedKernels(path.join(assetsDir, 'kernels')))[0] ?? null;
 }
 
 /**
@@ -63,4 +76,15 @@ export async function ensureGuestKernel(assetsDir: string, log: (msg: string) =>
     await depmod(tmp, version);
   });
   return kernelAt(root, version);
+}
+
+/**
+ * A kernel the user built (KILN_KERNEL), e.g. from Firecracker's recommended microVM config:
+ * a bzImage or an ELF vmlinux, told apart by magic. kiln's initramfs then carries no modules,
+ * so virtio_mmio, virtio_blk, virtio_net, vsock, squashfs, overlay and ext4 must be built in.
+ */
+export async function userKernel(file: string): Promise<GuestKernel> {
+  const abs = path.resolve(file);
+  const info = await detectKernelImage(abs);
+  return { version: info.version ?? `user-${path.basename(abs)}`, root: null, path: abs, format: info.format, pvh: info.pvh, source: 'user' };
 }

@@ -94,7 +94,7 @@ export class KilnClient {
   }
 
   health() {
-    return this.json<{ status: string; version: string; backend: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number }>('GET', '/healthz');
+    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number }>('GET', '/healthz');
   }
 
   // VMs

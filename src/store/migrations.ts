@@ -55,6 +55,11 @@ export const MIGRATIONS: readonly string[] = [
   ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
   ALTER TABLE vms ADD COLUMN ip TEXT;
   ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+  ALTER TABLE vms ADD COLUMN readiness TEXT NOT NULL DEFAULT 'auto';
+  ALTER TABLE vms ADD COLUMN agent_token TEXT;
+  ALTER TABLE vms ADD COLUMN agent TEXT;
+  ALTER TABLE vms ADD COLUMN health TEXT NOT NULL DEFAULT 'unknown';
+  ALTER TABLE vms ADD COLUMN health_reason TEXT;
   CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip IS NOT NULL;
   CREATE TABLE published_ports (
     proto TEXT NOT NULL,

@@ -16,7 +16,7 @@ const image: ImageRecord = {
 };
 const vm = (id: string, name = id): VmRecord => ({
   id, name, state: 'creating', stateReason: null, imageId: 'img-1', vcpus: 1, memoryMib: 256, kernelArgs: ['a=1'],
-  cmd: null, env: { K: 'v' }, network: 'bridge', ip: null, ports: [], backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
+  cmd: null, env: { K: 'v' }, network: 'bridge', ip: null, ports: [], readiness: 'auto', agentToken: null, agent: null, health: 'unknown', healthReason: null, backend: 'qemu', accelerator: 'tcg', pid: null, bootCount: 1, consoleOffset: 0,
   exitCode: null, volumes: [], createdAt: 1, updatedAt: 1,
 });
 

@@ -14,6 +14,22 @@ export interface PortMapping {
   guestPort: number;
 }
 
+/** How kilnd learns that the guest is ready: 'auto' is the agent's push, with fallbacks. */
+export type ReadinessMode = 'auto' | 'push' | 'neighbour' | 'poll';
+
+/** What kilnd knows about the guest agent of the current boot. */
+export interface AgentInfo {
+  /** The channel sessions use: TCP over the VM's network, vsock, or only the serial console. */
+  channel: 'tcp' | 'vsock' | 'serial';
+  /** How readiness was detected for this boot. */
+  readiness: 'push' | 'neighbour' | 'poll' | 'serial';
+  version: string | null;
+  /** Guest ready → host knew, on the host's clock; null until measured. */
+  latencyMs: number | null;
+  /** Uncertainty of that mapping (half the `time` round trip). */
+  clockErrorMs: number | null;
+}
+
 export interface VmRecord {
   id: string;
   name: string;
@@ -31,6 +47,13 @@ export interface VmRecord {
   ip: string | null;
   /** Host ports published to the guest; unique per (proto, hostPort) across all VMs. */
   ports: PortMapping[];
+  readiness: ReadinessMode;
+  /** Per-VM secret the agent authenticates with (both directions); kept across restarts. */
+  agentToken: string | null;
+  agent: AgentInfo | null;
+  /** 'unhealthy' when the guest's agent misbehaved (garbage, oversized frames, silence). */
+  health: 'unknown' | 'healthy' | 'unhealthy';
+  healthReason: string | null;
   backend: BackendName;
   accelerator: Accelerator;
   pid: number | null;

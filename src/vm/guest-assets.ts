@@ -2,7 +2,7 @@
 // modules) and the empty writable-layer template. Prepared once at daemon start.
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { ensureGuestKernel, type GuestKernel } from '../guest/kernel.ts';
+import { ensureGuestKernel, userKernel, type GuestKernel } from '../guest/kernel.ts';
 import { ensureInitramfs, type Initramfs } from '../guest/initramfs.ts';
 import { ensureKilnInit, type KilnInitBinary } from '../guest/kiln-init-build.ts';
 import { mkfsExt4 } from '../tools/mkfs-ext4.ts';
@@ -19,9 +19,11 @@ export interface GuestAssets {
   scratchTemplate: string;
 }
 
-export async function prepareGuestAssets(assetsDir: string, log: (msg: string) => void): Promise<GuestAssets> {
+/** `kernelPath`: a user-supplied kernel (KILN_KERNEL) instead of Debian's. */
+export async function prepareGuestAssets(assetsDir: string, log: (msg: string) => void, opts: { kernelPath?: string } = {}): Promise<GuestAssets> {
   await fs.mkdir(assetsDir, { recursive: true });
-  const [kernel, kilnInit] = await Promise.all([ensureGuestKernel(assetsDir, log), ensureKilnInit(assetsDir)]);
+  const kernelP = opts.kernelPath ? userKernel(opts.kernelPath) : ensureGuestKernel(assetsDir, log);
+  const [kernel, kilnInit] = await Promise.all([kernelP, ensureKilnInit(assetsDir)]);
   const initramfs = await ensureInitramfs(assetsDir, kernel, kilnInit);
   const scratchTemplate = path.join(assetsDir, `scratch-${SCRATCH_SIZE_MIB}m-noresize.ext4`);
   await buildOnce(scratchTemplate, (tmp) => mkfsExt4(tmp, { sizeMib: SCRATCH_SIZE_MIB, label: SCRATCH_LABEL, resizable: false }));

@@ -17,10 +17,12 @@ import { prepareVmRoot } from '../image/rootfs-prepare.ts';
 import type { VolumeAttachRequest, VolumeService } from '../image/volume-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
-import type { NetworkMode, PortMapping, Store, VmRecord, VmState } from '../store/store.ts';
+import type { NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
+import type { AgentClient } from '../guest/agent/client.ts';
+import { AGENT_SESSION_PORT, AgentLink, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
-import type { Accelerator, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
+import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
@@ -39,6 +41,7 @@ export interface CreateVmInput {
   network?: NetworkMode;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   volumes?: VolumeAttachRequest[];
+  readiness?: ReadinessMode;
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
@@ -54,6 +57,8 @@ interface LiveVm {
   guestError: string | null;
   exitCode: number | null;
   deleting: boolean;
+  /** The guest agent of a VM on kiln's network; null: the serial console is the only channel. */
+  agent: AgentLink | null;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -74,9 +79,15 @@ export class VmManager {
       driver: VmmDriver;
       metrics: Metrics;
       network: NetworkManager;
+      agents: AgentHub;
       log: Logger;
       assets: GuestAssets;
       accelerator: Accelerator;
+      /**
+       * The driver of another backend, for VMs a previous kilnd started with it (the host's
+       * backend can change between runs, e.g. `auto` after Firecracker was installed).
+       */
+      driverFor?: (name: BackendName) => VmmDriver;
     },
   ) {
     this.states.setMaxListeners(0);
@@ -113,6 +124,10 @@ export class VmManager {
       throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `memory_mib ${memoryMib} exceeds this host's ${HOST_MEMORY_MIB} MiB`);
     }
     const network = input.network ?? 'bridge';
+    const readiness = input.readiness ?? 'auto';
+    if (network === 'none' && readiness !== 'auto') {
+      throw new KilnError('KILN_ERR_VALIDATION', `readiness "${readiness}" needs the guest agent, which needs a network; a VM without one reports readiness over the serial console`);
+    }
     const ports = portMappings(input.ports ?? []);
     if (ports.length && network === 'none') {
       throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
@@ -141,6 +156,11 @@ export class VmManager {
       network,
       ip: null,
       ports,
+      readiness,
+      agentToken: network === 'bridge' ? randomBytes(16).toString('hex') : null,
+      agent: null,
+      health: 'unknown',
+      healthReason: null,
       backend: this.deps.driver.name,
       accelerator: this.deps.accelerator,
       pid: null,
@@ -190,22 +210,22 @@ export class VmManager {
         const drives = await this.deps.volumes.drivesFor(vm, dir);
         const strategy = await prepareVmRoot({
           runtimeDir: dir, scratch: files.scratch, config: files.config, scratchTemplate: this.deps.assets.scratchTemplate,
-          guest: guestConfig(vm, image, this.deps.config.stopGraceMs, drives), undo,
+          guest: { ...guestConfig(vm, image, this.deps.config.stopGraceMs, drives), agent: this.agentConfig(vm) }, undo,
         });
         if (strategy) this.deps.log.debug({ vm: vm.id, strategy }, 'writable layer cloned');
         await this.deps.volumes.buildDrives(vm, drives);
         return drives;
       });
       const net = await this.attachNetwork(vm, timeline, undo);
-      const spec = vmSpec(vm, image, this.deps.assets, dir, net, extra);
+      const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net, extra);
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
       undo.push('vmm', () => instance.kill());
       timeline.begin('guest.kernel');
-      live = this.track(vm.id, instance, consoleOffset, timeline);
+      live = this.track(vm, instance, consoleOffset, timeline);
       undo.release();
-      await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null });
+      await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null, agent: null });
       if (vm.ports.length) await this.deps.network.sync();
     } catch (e) {
       const errors = await undo.run();
@@ -216,6 +236,13 @@ export class VmManager {
       throw err;
     }
     void this.awaitReady(vm, live, t0);
+  }
+
+  /** The config-drive keys that start the guest agent (docs/agent-protocol.md). */
+  private agentConfig(vm: VmRecord) {
+    if (!vm.agentToken) return undefined;
+    const hub = this.deps.agents;
+    return { token: vm.agentToken, port: AGENT_SESSION_PORT, ...(AgentLink.pushes(vm, hub) ? { host: hub.pushTarget } : {}) };
   }
 
   private async attachNetwork(vm: VmRecord, timeline: Timeline, undo: CleanupStack): Promise<VmNetAttachment | undefined> {
@@ -245,7 +272,15 @@ export class VmManager {
   private async awaitReady(vm: VmRecord, live: LiveVm, t0: number): Promise<void> {
     const timeout = setTimeout(() => live.failBoot(new KilnError('KILN_ERR_BOOT_TIMEOUT', `guest not ready after ${this.deps.config.bootTimeoutMs} ms`)), this.deps.config.bootTimeoutMs);
     try {
-      await live.ready;
+      if (live.agent) {
+        // The agent's readiness (push, or a logged fallback) is the VM's; the console's marker
+        // only closes the guest.init phase.
+        const info = await Promise.race([live.agent.ready(), live.ready.then(() => new Promise<never>(() => {}))]);
+        await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
+        this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', ...info });
+      } else {
+        await live.ready;
+      }
       await this.lock.run(vm.id, async () => {
         const cur = await this.deps.store.getVm(vm.id);
         if (cur?.state !== 'booting' || this.live.get(vm.id) !== live) return;
@@ -264,7 +299,8 @@ export class VmManager {
   }
 
   /** Wires a running VMM's console and exit into the lifecycle. */
-  private track(id: string, instance: VmmInstance, consoleOffset: number, timeline: Timeline | null): LiveVm {
+  private track(vm: VmRecord, instance: VmmInstance, consoleOffset: number, timeline: Timeline | null): LiveVm {
+    const id = vm.id;
     let markReady!: () => void;
     let failBoot!: (e: Error) => void;
     const ready = new Promise<void>((res, rej) => {
@@ -273,7 +309,16 @@ export class VmManager {
     });
     ready.catch(() => {});
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
-    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false };
+    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null };
+    if (vm.network === 'bridge' && vm.ip && vm.agentToken) {
+      live.agent = new AgentLink(vm, this.deps.agents, this.deps.log, {
+        onHello: (hello) => this.deps.bus.publish('vm.agent', id, { event: 'hello', agent: hello.agent, connects: hello.connects, boot: hello.boot }),
+        onExit: (exit) => {
+          live.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
+        },
+        onProblem: (p) => void this.markUnhealthy(id, `guest agent ${p.reason}: ${p.message}`),
+      });
+    }
     follower.on('line', (line) => this.onConsoleLine(id, live, line));
     follower.on('error', (e) => this.deps.log.warn({ vm: id, err: e }, 'console follower error'));
     follower.start();
@@ -291,6 +336,7 @@ export class VmManager {
         live.timeline?.begin('guest.init');
         break;
       case 'ready':
+        live.agent?.markConsoleReady();
         void live.timeline?.end('guest.init').then(() => live.markReady());
         if (!live.timeline) live.markReady();
         this.deps.bus.publish('vm.guest', id, { event: 'ready', ...m.fields });
@@ -315,6 +361,7 @@ export class VmManager {
     if (this.live.get(id) !== live) return;
     this.live.delete(id);
     live.follower.close();
+    live.agent?.close();
     live.failBoot(new KilnError('KILN_ERR_VMM_FAILED', exit.reason));
     if (live.deleting) return;
     const vm = await this.deps.store.getVm(id);
@@ -434,7 +481,13 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      const next = await this.deps.store.updateVm(id, { bootCount: vm.bootCount + 1, stateReason: null });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
+      const next = await this.deps.store.updateVm(id, {
+        bootCount: vm.bootCount + 1,
+        stateReason: null,
+        backend: this.deps.driver.name,
+        accelerator: this.deps.accelerator,
+      });
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
@@ -475,6 +528,7 @@ export class VmManager {
         await live.instance.kill();
         this.live.delete(id);
         live.follower.close();
+        live.agent?.close();
       }
       await fs.rm(this.runtimeDir(id), { recursive: true, force: true });
       await this.deps.store.deleteVm(id);
@@ -483,6 +537,29 @@ export class VmManager {
       this.deps.bus.publish('vm.deleted', id);
       this.states.emit(id, null);
     });
+  }
+
+  // ---- agent ------------------------------------------------------------------------------
+
+  /** A session client for the VM's guest agent (exec, files, status); the VM must be ready. */
+  async agent(idOrName: string): Promise<AgentClient> {
+    const vm = await this.get(idOrName);
+    const live = this.live.get(vm.id);
+    if (!live?.agent) {
+      const why = vm.network === 'none' ? 'it has no network (the agent needs one)' : `it is ${vm.state}`;
+      throw new KilnError('KILN_ERR_AGENT_UNAVAILABLE', `VM ${vm.id} has no guest agent to talk to: ${why}`);
+    }
+    if (vm.state !== 'ready') throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${vm.id} is ${vm.state}; the agent is reachable when it is ready`);
+    return live.agent.client;
+  }
+
+  /** A guest that misbehaves on the agent channel stays up but is flagged, with the reason. */
+  private async markUnhealthy(id: string, reason: string): Promise<void> {
+    const vm = await this.deps.store.getVm(id);
+    if (!vm) return;
+    this.deps.log.warn({ vm: id, reason }, 'guest agent misbehaved: VM marked unhealthy');
+    await this.deps.store.updateVm(id, { health: 'unhealthy', healthReason: reason });
+    this.deps.bus.publish('vm.health', id, { health: 'unhealthy', reason });
   }
 
   // ---- logs ------------------------------------------------------------------------------
@@ -529,8 +606,10 @@ export class VmManager {
     if (!ACTIVE.includes(vm.state)) return;
     const image = await this.deps.store.getImage(vm.imageId);
     const dir = this.runtimeDir(vm.id);
+    const driver = vm.backend === this.deps.driver.name ? this.deps.driver : this.deps.driverFor?.(vm.backend as BackendName);
     const extra = await this.deps.volumes.drivesFor(vm, dir).catch(() => []);
-    const instance = image && vm.pid ? await this.deps.driver.attach(vmSpec(vm, image, this.deps.assets, dir, this.netAttachment(vm), extra), vm.pid) : null;
+    const instance =
+      image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm), extra), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
       const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
@@ -545,7 +624,7 @@ export class VmManager {
     }
     // Replaying the console from this boot's start recovers readiness and exit codes that
     // happened while kilnd was down.
-    const live = this.track(vm.id, instance, vm.consoleOffset, null);
+    const live = this.track(vm, instance, vm.consoleOffset, null);
     this.deps.log.info({ vm: vm.id, pid: instance.pid, state: vm.state }, 're-attached to running VMM');
     if (vm.state === 'stopping') {
       live.instance.kill().catch(() => {});
@@ -560,6 +639,7 @@ export class VmManager {
     for (const live of this.live.values()) {
       live.instance.detach();
       live.follower.close();
+      live.agent?.close();
     }
     this.live.clear();
   }

@@ -4,8 +4,7 @@ import type { GuestConfig } from '../guest/config-drive.ts';
 import { workloadArgv } from '../image/image-config.ts';
 import type { ExtraDrive } from '../image/volume-service.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
-import type { NicSpec, VmSpec } from '../vmm/driver.ts';
-import { kernelCmdline } from '../vmm/qemu/qemu-args.ts';
+import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 
 export function runtimeFiles(runtimeDir: string) {
@@ -21,7 +20,16 @@ export interface VmNetAttachment {
   kernelArgs: string[];
 }
 
-export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, runtimeDir: string, net?: VmNetAttachment, extra: ExtraDrive[] = []): VmSpec {
+/** `driver`: the backend that boots it, which owns the kernel command line. */
+export function vmSpec(
+  vm: VmRecord,
+  image: ImageRecord,
+  assets: GuestAssets,
+  runtimeDir: string,
+  driver: Pick<VmmDriver, 'kernelCmdline'>,
+  net?: VmNetAttachment,
+  extra: ExtraDrive[] = [],
+): VmSpec {
   const files = runtimeFiles(runtimeDir);
   return {
     id: vm.id,
@@ -30,9 +38,9 @@ export function vmSpec(vm: VmRecord, image: ImageRecord, assets: GuestAssets, ru
     memoryMib: vm.memoryMib,
     accelerator: vm.accelerator,
     kernel: {
-      path: assets.kernel.bzImage,
+      path: assets.kernel.path,
       initrd: assets.initramfs.path,
-      cmdline: kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...vm.kernelArgs]),
+      cmdline: driver.kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...vm.kernelArgs]),
     },
     // Order matters: Firecracker has no drive serials, so kiln-init falls back to this index.
     drives: [

@@ -50,12 +50,17 @@ export async function decideAccelerator(opts: {
   kernel: string;
   initrd: string;
   cacheDir: string;
+  /** False when QEMU cannot boot `kernel` (an ELF without a PVH note): KVM opening is all we learn. */
+  canProbe?: boolean;
 }): Promise<AccelDecision> {
   if (opts.requested === 'tcg') return { accelerator: 'tcg', reason: 'TCG requested by configuration' };
   const unusable = await kvmOpenable();
   if (unusable) {
     if (opts.requested === 'kvm') throw new Error(unusable);
     return { accelerator: 'tcg', reason: `${unusable}; using TCG (software CPU)` };
+  }
+  if (opts.canProbe === false) {
+    return { accelerator: 'kvm', reason: '/dev/kvm opens; boot not probed (QEMU cannot boot this ELF kernel: it has no PVH note)' };
   }
   const bootId = (await fs.readFile('/proc/sys/kernel/random/boot_id', 'utf8')).trim();
   const key = `${bootId}|${QEMU_BINARY}|${path.basename(opts.kernel)}`;

@@ -35,7 +35,7 @@ export interface VmSpec {
   memoryMib: number;
   accelerator: Accelerator;
   kernel: {
-    /** bzImage for QEMU; ELF vmlinux for Firecracker. */
+    /** bzImage or ELF vmlinux; each driver boots what it can (Firecracker extracts an ELF). */
     path: string;
     initrd: string;
     cmdline: string;
@@ -82,4 +82,9 @@ export interface VmmDriver {
   attach(spec: VmSpec, pid: number): Promise<VmmInstance | null>;
   /** VMM version string, for snapshots and `kiln doctor`. */
   version(): Promise<string>;
+  /**
+   * The guest kernel command line for this VMM: its own console/reboot/timing arguments,
+   * then `extra` (kiln's and the user's) in order.
+   */
+  kernelCmdline(accelerator: Accelerator, extra: readonly string[]): string;
 }

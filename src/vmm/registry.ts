@@ -4,12 +4,12 @@ import type { BackendName, VmmDriver } from './driver.ts';
 import { FirecrackerDriver } from './firecracker/firecracker-driver.ts';
 import { QemuDriver } from './qemu/qemu-driver.ts';
 
-export function createDriver(name: BackendName, opts: { assetsDir: string }): VmmDriver {
+export function createDriver(name: BackendName, opts: { assetsDir: string; firecrackerBinary?: string }): VmmDriver {
   switch (name) {
     case 'qemu':
       return new QemuDriver();
     case 'firecracker':
       // Firecracker boots only an ELF vmlinux: extracted once from the Debian bzImage.
-      return new FirecrackerDriver({ vmlinuxCacheDir: path.join(opts.assetsDir, 'kernels', 'vmlinux') });
+      return new FirecrackerDriver({ binary: opts.firecrackerBinary, vmlinuxCacheDir: path.join(opts.assetsDir, 'kernels', 'vmlinux') });
   }
 }

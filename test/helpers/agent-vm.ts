@@ -98,7 +98,7 @@ export async function bootAgentVm(opts: {
     );
     const { accelerator } = await decideAccelerator({
       requested: 'auto',
-      kernel: assets.kernel.bzImage,
+      kernel: assets.kernel.path,
       initrd: assets.initramfs.path,
       cacheDir: TEST_ASSETS_DIR,
     });
@@ -111,7 +111,7 @@ export async function bootAgentVm(opts: {
         vcpus: 1,
         memoryMib: 256,
         kernel: {
-          path: assets.kernel.bzImage,
+          path: assets.kernel.path,
           initrd: assets.initramfs.path,
           cmdline: kernelCmdline(accelerator, [`kiln.ip=${guestIp}/24`, `kiln.gw=${hostIp}`]),
         },

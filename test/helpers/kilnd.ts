@@ -45,10 +45,15 @@ export async function removeTestNetwork(n: TestNetwork): Promise<void> {
   await nftDeleteTable(NFT_FAMILY, tableName(n.bridge));
 }
 
-export async function startKilnd(opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string> } = {}): Promise<TestDaemon> {
+/** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
+export async function startKilnd(
+  opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string } = {},
+): Promise<TestDaemon> {
   const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
   const network = opts.network ?? testNetwork();
-  const proc = spawn(process.execPath, [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0'], {
+  const backend = opts.backend ?? process.env.KILN_BACKEND ?? 'auto';
+  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend];
+  const proc = spawn(process.execPath, serve, {
     env: {
       ...process.env,
       KILN_ASSETS_DIR: TEST_ASSETS_DIR,
@@ -123,10 +128,11 @@ export async function waitForState(client: KilnClient, id: string, states: strin
 /**
  * Waits until the VM's console output matches `re`: follows the log stream and checks the
  * whole log too, so output written before the call (or by a VM that already stopped) counts.
+ * Returns the whole console log at the moment of the match, each line once.
  */
 export async function waitForLog(client: KilnClient, id: string, re: RegExp, timeoutMs = 60_000): Promise<string> {
   const deadline = Date.now() + timeoutMs;
-  let seen = '';
+  let whole = '';
   while (Date.now() < deadline) {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), Math.max(1, deadline - Date.now()));
@@ -134,11 +140,13 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
       const it = client.followLogs(id, ac.signal)[Symbol.asyncIterator]();
       const first = it.next();
       first.catch(() => {});
-      seen = await client.logs(id).catch(() => seen);
-      if (re.test(seen)) return seen;
+      whole = await client.logs(id).catch(() => whole);
+      if (re.test(whole)) return whole;
+      // The stream and the snapshot overlap: match on the stream, answer with a fresh snapshot.
+      let followed = '';
       for (let r = await first; !r.done; r = await it.next()) {
-        seen += r.value;
-        if (re.test(seen)) return seen;
+        followed += r.value;
+        if (re.test(followed) || re.test(whole + followed)) return await client.logs(id).catch(() => whole + followed);
       }
     } catch (e) {
       // No console yet (the VM is still being created): retry below.
@@ -147,21 +155,26 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
       clearTimeout(timer);
       ac.abort();
     }
-    seen = await client.logs(id).catch(() => seen);
-    if (re.test(seen)) return seen;
+    whole = await client.logs(id).catch(() => whole);
+    if (re.test(whole)) return whole;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`console of ${id} never matched ${re}; got:\n${seen.slice(-2000)}`);
+  throw new Error(`console of ${id} never matched ${re}; got:\n${whole.slice(-2000)}`);
 }
 
-export async function qemuPids(stateDir: string): Promise<number[]> {
+/** Live VMM processes (QEMU or Firecracker) whose command line names `stateDir`. */
+export async function vmmPids(stateDir: string): Promise<number[]> {
   const pids: number[] = [];
   for (const p of await fs.readdir('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     const cmd = await fs.readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
     const stat = await fs.readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
     const zombie = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) === 'Z';
-    if (!zombie && cmd.startsWith('qemu-system') && cmd.includes(stateDir)) pids.push(Number(p));
+    const vmm = cmd.startsWith('qemu-system') || path.basename(cmd.split('\0')[0]!) === path.basename(process.env.KILN_FIRECRACKER_BIN ?? 'firecracker');
+    if (!zombie && vmm && cmd.includes(stateDir)) pids.push(Number(p));
   }
   return pids;
 }
+
+/** Kept for tests written before Firecracker: same as vmmPids. */
+export const qemuPids = vmmPids;

@@ -9,6 +9,7 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     status: 'ok' as const,
     version: daemon.version,
     backend: daemon.driver.name,
+    backend_reason: daemon.backend.reason,
     accelerator: daemon.accel.accelerator,
     accelerator_reason: daemon.accel.reason,
     kernel: daemon.assets.kernel.version,

@@ -74,7 +74,7 @@ export const StatusMessage = Type.Object({
   mem: Type.Object({ total_kb: Type.Integer({ minimum: -1 }), available_kb: Type.Integer({ minimum: -1 }) }),
 });
 export type StatusMessage = Static<typeof StatusMessage>;
-export const TimeMessage = Type.Object({ type: Type.Literal('time'), realtime_us: Ms, boottime_us: Ms });
+export const TimeMessage = Type.Object({ type: Type.Literal('time'), realtime_us: Ms, boottime_us: Ms, ready_boottime_us: Ms });
 export type TimeMessage = Static<typeof TimeMessage>;
 
 const validators = new Map<TSchema, ReturnType<typeof Compile>>();

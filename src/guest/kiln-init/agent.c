@@ -155,14 +155,14 @@ int agent_listen(void)
 		}
 	}
 	listen_fd = fd;
-	if (agent_cfg.host || agent_cfg.vsock_port)
+	if ((agent_cfg.host || agent_cfg.vsock_port) && ctl_state == CTL_OFF)
 		ctl_state = CTL_IDLE;
 	return fd;
 fail:
 	if (fd >= 0)
 		close(fd);
 	/* Still push, so the host hears why sessions are impossible. */
-	if (agent_cfg.host || agent_cfg.vsock_port)
+	if ((agent_cfg.host || agent_cfg.vsock_port) && ctl_state == CTL_OFF)
 		ctl_state = CTL_IDLE;
 	return -1;
 }
@@ -285,6 +285,31 @@ static void ctl_step(void)
 			ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
 		}
 	}
+}
+
+/*
+ * Opens the control connection as soon as the network is up, while the root is still being
+ * mounted: at ready only the hello is left to send (no ARP, no handshake on that path).
+ */
+void agent_preconnect(void)
+{
+	if (!agent_cfg.token || !(agent_cfg.host || agent_cfg.vsock_port) || ctl_state != CTL_OFF)
+		return;
+	ctl_state = CTL_IDLE;
+	ctl_start();
+}
+
+/* At ready: say hello now if the pre-opened connection is up, before anything else is done. */
+void agent_push_now(void)
+{
+	if (ctl_state == CTL_CONNECTING) {
+		struct pollfd p = { ctl_fd, POLLOUT, 0 };
+
+		if (poll(&p, 1, 0) == 1)
+			agent_poll_done(&p, 1);   /* → CONNECTED → hello, or dropped on error */
+		return;
+	}
+	ctl_step();
 }
 
 int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)

@@ -27,6 +27,7 @@ extern char net_ip[16];
 /* Boot timings, CLOCK_BOOTTIME ms; 0 = did not happen. */
 struct boot_times {
 	long long init, root, net, listener, workload;
+	long long ready_us;   /* µs: the instant the agent and the workload are both up */
 };
 extern struct boot_times boot_times;
 
@@ -41,6 +42,8 @@ extern struct agent_cfg agent_cfg;
 
 /* The session listener; -1 if none. */
 int agent_listen(void);
+void agent_preconnect(void);
+void agent_push_now(void);
 /* PID 1 loop hooks: fill pollfds, then handle them. Return the number of fds used. */
 int agent_pollfds(struct pollfd *p, int max, int *timeout_ms);
 void agent_poll_done(struct pollfd *p, int n);

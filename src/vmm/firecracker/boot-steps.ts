@@ -9,6 +9,7 @@ import { run } from '../../util/process.ts';
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import type { JailerOptions, JailLayout } from './jailer.ts';
 import {
+  networkInterfacesOf,
   toDrives,
   toMachineConfig,
   toMmdsConfig,
@@ -303,7 +304,7 @@ export const drives = step('fc.drives', async (ctx) => {
 });
 
 export const networkInterfaces = step('fc.networkInterfaces', async (ctx) => {
-  for (const n of ctx.spec.network ?? []) await api(ctx).putNetworkInterface(toNetworkInterface(n, caps(ctx).netMtu), ctx.signal);
+  for (const n of networkInterfacesOf(ctx.spec)) await api(ctx).putNetworkInterface(toNetworkInterface(n, caps(ctx).netMtu), ctx.signal);
 });
 
 export const vsock = step('fc.vsock', async (ctx) => {

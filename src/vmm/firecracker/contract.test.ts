@@ -8,6 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isKilnError } from '../../errors.ts';
+import type { VmSpec } from '../driver.ts';
 import { FirecrackerApiClient } from './api-client.ts';
 import { FirecrackerDriver, type FirecrackerVmSpec } from './firecracker-driver.ts';
 import type { FirecrackerInstance } from './instance.ts';
@@ -169,6 +170,39 @@ for (const version of SPEC_VERSIONS) {
         const actions = all.filter((r) => r.path === '/actions').map((r) => (r.body as { action_type: string }).action_type);
         assert.deepEqual(actions, ['InstanceStart', 'FlushMetrics', 'SendCtrlAltDel']);
         assert.deepEqual(contractProblems(spec, all), []);
+      } finally {
+        await vm.kill();
+      }
+    });
+
+    test('the common VmSpec as kilnd builds it: nics → /network-interfaces/ethN, vsock → /vsock, the driver’s command line', async () => {
+      const { d, record } = driver();
+      const base = baseSpec(dir, assets, 'common-1');
+      // Only VmSpec fields (what src/vm/vm-spec.ts and the network layer fill), nothing Firecracker-specific.
+      const common: VmSpec = {
+        ...base,
+        kernel: { ...base.kernel, cmdline: d.kernelCmdline('kvm', ['kiln.mode=vm']) },
+        nics: [
+          { tap: 'kt-common1', mac: '52:54:0a:76:00:02' },
+          { tap: 'kt-common1b', mac: '52:54:0a:76:00:03' },
+        ],
+        vsock: { guestCid: 42 },
+      };
+      const vm = await d.start(common);
+      try {
+        const recs = await readRecords(record);
+        const body = (op: string) => recs.find((r) => `${r.method} ${r.path}` === op)?.body as Record<string, unknown> | undefined;
+        assert.deepEqual(body('PUT /network-interfaces/eth0'), { iface_id: 'eth0', host_dev_name: 'kt-common1', guest_mac: '52:54:0a:76:00:02' });
+        assert.deepEqual(body('PUT /network-interfaces/eth1'), { iface_id: 'eth1', host_dev_name: 'kt-common1b', guest_mac: '52:54:0a:76:00:03' });
+        const ops = opsOf(recs);
+        assert.ok(ops.indexOf('PUT /network-interfaces/eth0') < ops.indexOf('PUT /network-interfaces/eth1'), 'guest sees them in order');
+        assert.deepEqual(body('PUT /vsock'), { guest_cid: 42, uds_path: path.join(common.runtimeDir, 'vsock.sock') });
+        const bootArgs = String(body('PUT /boot-source')!.boot_args);
+        assert.equal(bootArgs, 'console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd swiotlb=noforce kiln.shutdown=reboot quiet kiln.mode=vm');
+        assert.ok(ops.indexOf('PUT /vsock') < ops.indexOf('PUT /actions'), 'devices are attached before InstanceStart');
+        const { socket } = await vm.connectVsock(52);
+        socket.destroy();
+        assert.deepEqual(contractProblems(spec, recs), []);
       } finally {
         await vm.kill();
       }

@@ -6,13 +6,13 @@ import { describeFailures } from '../../util/cleanup-stack.ts';
 import path from 'node:path';
 import { KilnError, asKilnError } from '../../errors.ts';
 import { pidAlive, run } from '../../util/process.ts';
-import type { VmmDriver, VmSpec } from '../driver.ts';
+import type { Accelerator, VmmDriver, VmSpec } from '../driver.ts';
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
 import { JAIL, jailLayout, withJailer, type JailerOptions } from './jailer.ts';
 import { withSnapshotRestore } from './snapshot.ts';
-import { instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
+import { firecrackerKernelCmdline, instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
 import type { StepEvent, StepList } from './steps.ts';
 import { fetchCapabilities } from './version.ts';
 import { readCmdline, readProcStat, resolveBinary, watchPid } from './vmm-process.ts';
@@ -159,6 +159,11 @@ export class FirecrackerDriver implements VmmDriver {
       vmmPath,
       watch,
     });
+  }
+
+  /** The accelerator is always KVM under Firecracker (validateSpec refuses anything else). */
+  kernelCmdline(_accelerator: Accelerator, extra: readonly string[]): string {
+    return firecrackerKernelCmdline(extra);
   }
 
   /** `firecracker --version`, first line (e.g. "Firecracker v1.13.1"). */

@@ -1,7 +1,18 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isKilnError } from '../../errors.ts';
-import { apiIdFor, instanceIdFor, toDrives, toMachineConfig, toMmdsConfig, toNetworkInterface, validateSpec, type FirecrackerVmSpec } from './spec.ts';
+import {
+  apiIdFor,
+  firecrackerKernelCmdline,
+  instanceIdFor,
+  networkInterfacesOf,
+  toDrives,
+  toMachineConfig,
+  toMmdsConfig,
+  toNetworkInterface,
+  validateSpec,
+  type FirecrackerVmSpec,
+} from './spec.ts';
 
 const spec = (extra: Partial<FirecrackerVmSpec> = {}): FirecrackerVmSpec => ({
   id: 'vm-1',
@@ -91,4 +102,33 @@ test('what Firecracker would refuse mid-boot is refused before anything is spawn
   );
   assert.throws(() => validateSpec(spec({ vsock: { guestCid: 2 } })), invalid);
   assert.throws(() => validateSpec(spec({ driveOptions: { nope: {} } })), invalid);
+});
+
+test('the common VmSpec nics become eth0, eth1, … in order; Firecracker network entries win; both is refused', () => {
+  const nics = [
+    { tap: 'kt-a', mac: '52:54:0a:76:00:02' },
+    { tap: 'kt-b', mac: '52:54:0a:76:00:03' },
+  ];
+  assert.deepEqual(networkInterfacesOf(spec({ nics })), [
+    { ifaceId: 'eth0', hostDevName: 'kt-a', guestMac: '52:54:0a:76:00:02' },
+    { ifaceId: 'eth1', hostDevName: 'kt-b', guestMac: '52:54:0a:76:00:03' },
+  ]);
+  assert.deepEqual(networkInterfacesOf(spec({})), []);
+  const own = [{ ifaceId: 'net0', hostDevName: 'tap0' }];
+  assert.deepEqual(networkInterfacesOf(spec({ network: own })), own);
+  assert.throws(() => validateSpec(spec({ nics, network: own })), invalid);
+  // MMDS defaults to the first interface, whichever way it was given.
+  assert.deepEqual(toMmdsConfig(spec({ nics, mmds: {} }))!.network_interfaces, ['eth0']);
+  validateSpec(spec({ nics, mmds: {} }));
+});
+
+test('kernel command line: Firecracker’s documented arguments, never nomodule, then kiln’s', () => {
+  const c = firecrackerKernelCmdline(['kiln.ip=10.0.0.2']);
+  assert.match(c, /^console=ttyS0 reboot=k panic=1 pci=off /);
+  assert.ok(c.endsWith(' kiln.ip=10.0.0.2'));
+  assert.ok(!c.split(' ').includes('nomodule'));
+  assert.ok(!c.includes('8250.nr_uarts=0'), 'the serial console stays');
+  // x86 Firecracker exits on a guest reset (reboot=k), not on a power-off: kiln-init resets.
+  assert.ok(c.split(' ').includes('kiln.shutdown=reboot') && c.split(' ').includes('reboot=k'));
+  assert.ok(!c.includes('tsc_early_khz'), 'no TCG timing workaround: Firecracker is KVM only');
 });

@@ -34,6 +34,10 @@ export interface FirecrackerVmSpec extends VmSpec {
   machine?: { smt?: boolean; trackDirtyPages?: boolean; hugePages?: 'None' | '2M'; cpuTemplate?: T.CpuTemplate };
   /** Per drive id (DriveSpec.id): rate limiter, cache and I/O engine. */
   driveOptions?: Record<string, { rateLimiter?: RateLimiterSpec; cacheType?: 'Unsafe' | 'Writeback'; ioEngine?: 'Sync' | 'Async' }>;
+  /**
+   * Firecracker-level interfaces (rate limiters, MTU). When absent, the common `nics` are
+   * used, as eth0, eth1, … in order; giving both is refused.
+   */
   network?: NetworkInterfaceSpec[];
   /** Hybrid vsock; `udsPath` defaults to `<runtimeDir>/vsock.sock` (in the jail under the jailer). */
   vsock?: { guestCid: number; udsPath?: string };
@@ -138,10 +142,33 @@ export function toNetworkInterface(n: NetworkInterfaceSpec, mtuSupported: boolea
   return out;
 }
 
+/** The VM's interfaces: `network` when given, else the common VmSpec `nics` (eth0, eth1, …). */
+export function networkInterfacesOf(spec: FirecrackerVmSpec): NetworkInterfaceSpec[] {
+  if (spec.network) return spec.network;
+  return (spec.nics ?? []).map((n, i) => ({ ifaceId: `eth${i}`, hostDevName: n.tap, guestMac: n.mac }));
+}
+
+/**
+ * Firecracker's default boot arguments (docs: kernel-policy.md) with kiln's console, then
+ * `extra`. Two of its defaults are left out on purpose: `nomodule` (kiln's initramfs loads
+ * virtio_mmio and friends as modules) and `8250.nr_uarts=0` (the serial console is kiln's log
+ * and last-resort channel). The i8042 ones skip probes that only cost boot time.
+ */
+export function firecrackerKernelCmdline(extra: readonly string[]): string {
+  return [
+    'console=ttyS0', 'reboot=k', 'panic=1', 'pci=off',
+    'i8042.noaux', 'i8042.nomux', 'i8042.dumbkbd', 'swiotlb=noforce',
+    // Firecracker on x86 exits on a guest reset but not on a power-off: kiln-init resets.
+    'kiln.shutdown=reboot',
+    'quiet', ...extra,
+  ].join(' ');
+}
+
 export function toMmdsConfig(spec: FirecrackerVmSpec): T.MmdsConfig | undefined {
   const m = spec.mmds;
   if (!m) return undefined;
-  const ifaces = m.networkInterfaces ?? (spec.network?.[0] ? [spec.network[0].ifaceId] : []);
+  const first = networkInterfacesOf(spec)[0];
+  const ifaces = m.networkInterfaces ?? (first ? [first.ifaceId] : []);
   const out: T.MmdsConfig = { network_interfaces: ifaces.map(apiIdFor), version: m.version ?? 'V2' };
   if (m.ipv4Address) out.ipv4_address = m.ipv4Address;
   if (m.imdsCompat !== undefined) out.imds_compat = m.imdsCompat;
@@ -170,7 +197,8 @@ export function validateSpec(spec: FirecrackerVmSpec): void {
     }
   };
   seen(spec.drives.map((d) => d.id), 'drive');
-  seen((spec.network ?? []).map((n) => n.ifaceId), 'network interface');
+  if (spec.network && spec.nics?.length) invalid('give either the common nics or Firecracker network interfaces, not both');
+  seen(networkInterfacesOf(spec).map((n) => n.ifaceId), 'network interface');
   for (const id of Object.keys(spec.driveOptions ?? {})) {
     if (!spec.drives.some((d) => d.id === id)) invalid(`driveOptions names unknown drive ${id}`);
   }
@@ -178,7 +206,7 @@ export function validateSpec(spec: FirecrackerVmSpec): void {
     const ifaces = toMmdsConfig(spec)!.network_interfaces;
     if (!ifaces.length) invalid('MMDS needs a network interface to be served on');
     for (const i of ifaces) {
-      if (!(spec.network ?? []).some((n) => apiIdFor(n.ifaceId) === i)) invalid(`MMDS interface ${i} is not one of the VM's interfaces`);
+      if (!networkInterfacesOf(spec).some((n) => apiIdFor(n.ifaceId) === i)) invalid(`MMDS interface ${i} is not one of the VM's interfaces`);
     }
   }
   if (spec.vsock && (!Number.isInteger(spec.vsock.guestCid) || spec.vsock.guestCid < 3)) {

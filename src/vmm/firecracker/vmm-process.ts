@@ -7,6 +7,7 @@ import { constants as FS, watch } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { KilnError } from '../../errors.ts';
+import { findBinary } from '../../util/find-binary.ts';
 
 export interface VmmExitStatus {
   code: number | null;
@@ -36,20 +37,8 @@ export interface SpawnDetachedOptions {
 
 /** Finds an executable the way execvp would; a missing binary is a host-setup error. */
 export async function resolveBinary(name: string, what = name): Promise<string> {
-  const candidates = name.includes('/')
-    ? [path.resolve(name)]
-    : (process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin')
-        .split(':')
-        .filter(Boolean)
-        .map((d) => path.join(d, name));
-  for (const c of candidates) {
-    try {
-      await fs.access(c, FS.X_OK);
-      if ((await fs.stat(c)).isFile()) return c;
-    } catch {
-      // keep looking
-    }
-  }
+  const found = await findBinary(name);
+  if (found) return found;
   throw new KilnError('KILN_ERR_HOST_SETUP', `${what} binary "${name}" not found${name.includes('/') ? '' : ' on PATH'} or not executable`, {
     binary: name,
   });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { VmSpec } from '../driver.ts';
-import { hostTscKhz, kernelCmdline, qemuArgs } from './qemu-args.ts';
+import { deviceNetArgs, hostTscKhz, kernelCmdline, qemuArgs } from './qemu-args.ts';
 
 const spec: VmSpec = {
   id: 'vm-1',
@@ -46,4 +46,32 @@ test('kernel command line pins the TSC rate only under TCG', () => {
 test('host TSC rate comes from /proc/cpuinfo, with a fallback', () => {
   assert.equal(hostTscKhz('processor\t: 0\ncpu MHz\t\t: 2445.404\n'), 2445404);
   assert.equal(hostTscKhz('nothing here'), 2000000);
+});
+
+test('each NIC is a tap netdev (no scripts) plus a virtio-net-device with its MAC, in order', () => {
+  const a = qemuArgs(
+    { ...spec, nics: [{ tap: 'kt-vm1', mac: '52:54:0a:76:00:02' }, { tap: 'kt-vm1b', mac: '52:54:0a:76:00:03' }] },
+    { daemonize: true },
+  );
+  const netdevs = a.filter((_, i) => a[i - 1] === '-netdev');
+  assert.deepEqual(netdevs, ['tap,id=net0,ifname=kt-vm1,script=no,downscript=no', 'tap,id=net1,ifname=kt-vm1b,script=no,downscript=no']);
+  const nets = a.filter((x, i) => a[i - 1] === '-device' && x.startsWith('virtio-net-device'));
+  assert.deepEqual(nets, ['virtio-net-device,netdev=net0,mac=52:54:0a:76:00:02', 'virtio-net-device,netdev=net1,mac=52:54:0a:76:00:03']);
+  // The NIC follows its netdev, so the guest's eth0 is the first tap.
+  assert.ok(a.indexOf('tap,id=net0,ifname=kt-vm1,script=no,downscript=no') < a.indexOf('virtio-net-device,netdev=net0,mac=52:54:0a:76:00:02'));
+});
+
+test('no NICs: no netdev at all (QEMU adds none with -nodefaults)', () => {
+  const a = qemuArgs({ ...spec, nics: [] }, { daemonize: true });
+  assert.ok(!a.includes('-netdev'));
+  assert.deepEqual(deviceNetArgs(spec, {}), []);
+});
+
+test('vsock becomes vhost-vsock only where the host has /dev/vhost-vsock', () => {
+  const withVsock: VmSpec = { ...spec, vsock: { guestCid: 7 } };
+  assert.deepEqual(deviceNetArgs(withVsock, { vhostVsock: true }), ['-device', 'vhost-vsock-device,guest-cid=7']);
+  assert.deepEqual(deviceNetArgs(withVsock, { vhostVsock: false }), []);
+  const a = qemuArgs(withVsock, { daemonize: true, vhostVsock: true });
+  assert.equal(a.filter((x) => x.startsWith('vhost-vsock-device')).length, 1);
+  assert.ok(!qemuArgs(withVsock, { daemonize: true }).some((x) => x.includes('vhost-vsock')));
 });

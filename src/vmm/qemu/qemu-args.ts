@@ -23,7 +23,29 @@ export function qemuPaths(runtimeDir: string): QemuPaths {
 /** Why each machine option is there: DESIGN.md §9 (TCG needs the PIT and a fixed TSC rate). */
 export const MICROVM_MACHINE = 'microvm,isa-serial=on,rtc=on,pit=on,pic=on';
 
-export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
+export interface QemuArgsOptions {
+  daemonize: boolean;
+  /** The host has /dev/vhost-vsock: spec.vsock becomes a vhost-vsock device (else no vsock). */
+  vhostVsock?: boolean;
+}
+
+/**
+ * NICs (one tap each, made by kilnd: QEMU runs no scripts) and, where the host has
+ * vhost-vsock, the guest's vsock. All of the VM's network-facing devices are built here.
+ */
+export function deviceNetArgs(spec: VmSpec, opts: { vhostVsock?: boolean }): string[] {
+  const args: string[] = [];
+  for (const [i, nic] of (spec.nics ?? []).entries()) {
+    args.push(
+      '-netdev', `tap,id=net${i},ifname=${nic.tap},script=no,downscript=no`,
+      '-device', `virtio-net-device,netdev=net${i},mac=${nic.mac}`,
+    );
+  }
+  if (spec.vsock && opts.vhostVsock) args.push('-device', `vhost-vsock-device,guest-cid=${spec.vsock.guestCid}`);
+  return args;
+}
+
+export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
   const p = qemuPaths(spec.runtimeDir);
   const args = [
     '-name', `kiln-${spec.id},debug-threads=on`,
@@ -43,7 +65,7 @@ export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
       '-device', `virtio-blk-device,drive=${d.id},serial=${d.id}`,
     );
   }
-  args.push(...nicArgs(spec));
+  args.push(...deviceNetArgs(spec, opts));
   args.push(
     '-chardev', `socket,id=console,path=${p.consoleSocket},server=on,wait=off,logfile=${p.consoleLog},logappend=on`,
     '-serial', 'chardev:console',
@@ -52,14 +74,6 @@ export function qemuArgs(spec: VmSpec, opts: { daemonize: boolean }): string[] {
   );
   if (opts.daemonize) args.push('-daemonize');
   return args;
-}
-
-/** One virtio-net device per NIC on an existing tap: kilnd made the tap, QEMU only opens it. */
-export function nicArgs(spec: VmSpec): string[] {
-  return (spec.nics ?? []).flatMap((n, i) => [
-    '-netdev', `tap,id=net${i},ifname=${n.tap},script=no,downscript=no`,
-    '-device', `virtio-net-device,netdev=net${i},mac=${n.mac}`,
-  ]);
 }
 
 /**

@@ -5,8 +5,8 @@ import net from 'node:net';
 import { KilnError } from '../../errors.ts';
 import { pidAlive } from '../../util/process.ts';
 import { qemuDaemonize, qemuVersion } from '../../tools/qemu-system.ts';
-import type { VmmDriver, VmmExit, VmmInstance, VmSpec } from '../driver.ts';
-import { qemuArgs, qemuPaths } from './qemu-args.ts';
+import type { Accelerator, VmmDriver, VmmExit, VmmInstance, VmSpec } from '../driver.ts';
+import { kernelCmdline, qemuArgs, qemuPaths } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
 
 /** Backstop liveness check for a VMM whose QMP connection could not be (re)established. */
@@ -131,7 +131,8 @@ export class QemuDriver implements VmmDriver {
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance> {
     const paths = qemuPaths(spec.runtimeDir);
     for (const f of [paths.qmpSocket, paths.consoleSocket, paths.pidFile]) await fs.rm(f, { force: true });
-    await qemuDaemonize(qemuArgs(spec, { daemonize: true }), signal);
+    const vhostVsock = await fs.access('/dev/vhost-vsock').then(() => true, () => false);
+    await qemuDaemonize(qemuArgs(spec, { daemonize: true, vhostVsock }), signal);
     const pid = await readPid(paths.pidFile);
     let qmp: QmpClient;
     try {
@@ -157,5 +158,9 @@ export class QemuDriver implements VmmDriver {
 
   version(): Promise<string> {
     return qemuVersion();
+  }
+
+  kernelCmdline(accelerator: Accelerator, extra: readonly string[]): string {
+    return kernelCmdline(accelerator, extra);
   }
 }
