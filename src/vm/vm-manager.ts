@@ -40,8 +40,8 @@ export interface CreateVmInput {
   env?: Record<string, string>;
   network?: NetworkMode;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
-  volumes?: VolumeAttachRequest[];
   readiness?: ReadinessMode;
+  volumes?: VolumeAttachRequest[];
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
