@@ -193,7 +193,7 @@ async function main(): Promise<void> {
           id: `vm-bench${i}`, name: `bench-${i}`, state: 'creating', stateReason: null, imageId: image.id, vcpus: 1, memoryMib: 256,
           kernelArgs: [], cmd: null, env: {}, network: 'none', ip: null, ports: [], readiness: 'auto', agentToken: null, agent: null, health: 'unknown', healthReason: null, backend: 'qemu', accelerator: 'tcg', pid: null,
           bootCount: 1, consoleOffset: 0, exitCode: null, volumes: [], createdAt: Date.now(), updatedAt: Date.now(),
-        } as VmRecord;
+        };
         const dir = path.join(vmsDir, vm.id);
         const files = runtimeFiles(dir);
         // Exactly the body of VmManager.boot's `rootfs.prepare` step.

@@ -194,11 +194,17 @@ export class ImageService {
   async resolveForVm(idOrRef: string): Promise<ImageRecord> {
     const have = await this.store.getImage(idOrRef);
     if (have?.state === 'ready') return have;
+    // A bare word ("mytree") names a local image; only something reference-shaped (a path, a
+    // tag or a digest: "alpine:3.19", "library/alpine", "ghcr.io/org/app@sha256:…") is pulled.
+    // So a typo in a local name is a 404, not an attempt to reach docker.io.
+    const notFound = () => new KilnError('KILN_ERR_IMAGE_NOT_FOUND',
+      `no image ${JSON.stringify(idOrRef)}; to pull it from a registry, name it fully (e.g. docker.io/library/${idOrRef}:latest)`);
+    if (!/[/:@]/.test(idOrRef)) throw notFound();
     let ref: string;
     try {
       ref = parseImageReference(idOrRef).canonical;
     } catch {
-      throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${JSON.stringify(idOrRef)} (and it is not a registry reference)`);
+      throw notFound();
     }
     const byRef = await this.store.getImage(ref);
     if (byRef?.state === 'ready') return byRef;
