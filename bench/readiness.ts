@@ -7,12 +7,23 @@
 // "Guest ready" is the instant the agent was ready, in the guest's CLOCK_BOOTTIME; kilnd maps
 // it onto its own clock with a `time` round trip after readiness (error ≤ RTT/2, reported).
 import { parseArgs } from 'node:util';
+import type { KilnClient, Vm } from '../src/sdk/client.ts';
 import { startKilnd } from '../test/helpers/kilnd.ts';
 import { median, quantile, table } from './stats.ts';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '20' } }, allowPositionals: true });
 const RUNS = Number(values.runs);
 const MODES = ['push', 'neighbour', 'poll'] as const;
+
+/** kilnd measures the latency just after ready (it must not delay ready): wait for it, bounded. */
+async function withLatency(client: KilnClient, id: string): Promise<Vm> {
+  for (let i = 0; i < 100; i++) {
+    const vm = await client.getVm(id);
+    if (vm.agent?.latency_ms !== null && vm.agent?.latency_ms !== undefined) return vm;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return client.getVm(id);
+}
 
 async function main(): Promise<void> {
   const d = await startKilnd();
@@ -23,7 +34,8 @@ async function main(): Promise<void> {
     await d.client.deleteVm((await d.client.createVm({ name: 'warmup' }, { wait: true })).id);
     for (let i = 0; i < RUNS; i++) {
       for (const mode of MODES) {
-        const vm = await d.client.createVm({ name: `ready-${mode}-${i}`, readiness: mode }, { wait: true });
+        const created = await d.client.createVm({ name: `ready-${mode}-${i}`, readiness: mode }, { wait: true });
+        const vm = await withLatency(d.client, created.id);
         const r = vm.agent;
         if (!r || r.readiness !== mode || r.latency_ms === null) throw new Error(`VM ${vm.id}: no ${mode} readiness measurement: ${JSON.stringify(r)}`);
         latency[mode]!.push(r.latency_ms);

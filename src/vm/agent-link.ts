@@ -9,7 +9,7 @@ import type { HelloMessage, WorkloadExitMessage } from '../guest/agent/messages.
 import { macFor } from '../net/ipv4.ts';
 import type { NeighbourWatch } from '../net/neighbour-watch.ts';
 import type { AgentInfo, VmRecord } from '../store/store.ts';
-import { detectReadiness, measureReadyLatency, type DetectedBy } from './readiness.ts';
+import { detectReadiness, measureReadyLatency, type ClockSample, type DetectedBy } from './readiness.ts';
 
 /** Guest TCP port of the agent's sessions (kiln-init's default). */
 export const AGENT_SESSION_PORT = 10240;
@@ -74,8 +74,8 @@ export class AgentLink {
     this.#consoleReady();
   }
 
-  /** Detects readiness for this boot; resolves with how and when, and the measured latency. */
-  async ready(): Promise<AgentInfo> {
+  /** Detects readiness for this boot; resolves with how, and when the host knew (performance.now()). */
+  async ready(): Promise<{ info: AgentInfo; knownAt: number }> {
     const signal = this.#abort.signal;
     let mode: DetectedBy = this.vm.readiness === 'auto' ? 'push' : this.vm.readiness;
     if (mode === 'push' && !this.hub.listener) {
@@ -94,15 +94,33 @@ export class AgentLink {
       signal,
       onFallback: (why) => this.log.warn({ vm: this.vm.id, why }, 'agent push missing: readiness by backoff polling'),
     });
-    const info: AgentInfo = { channel: 'tcp', readiness: r.by, version: this.version, latencyMs: null, clockErrorMs: null };
+    return { info: { channel: 'tcp', readiness: r.by, version: this.version, latencyMs: null, clockErrorMs: null }, knownAt: r.knownAt };
+  }
+
+  /**
+   * Guest ready → host knew, on the host's clock. Measured after the VM is ready (it must
+   * not delay readiness); null when the guest went away meanwhile.
+   */
+  async latency(knownAt: number): Promise<Pick<AgentInfo, 'latencyMs' | 'clockErrorMs'> | null> {
     try {
-      const m = await measureReadyLatency(this.client, r.knownAt, signal);
-      info.latencyMs = round3(m.latencyMs);
-      info.clockErrorMs = round3(m.clockErrorMs);
+      const m = await measureReadyLatency(() => this.clockSample(this.#abort.signal), knownAt);
+      return { latencyMs: round3(m.latencyMs), clockErrorMs: round3(m.clockErrorMs) };
     } catch (e) {
-      this.log.warn({ vm: this.vm.id, err: e }, 'could not measure readiness latency');
+      this.log.debug({ vm: this.vm.id, err: e }, 'could not measure readiness latency');
+      return null;
     }
-    return info;
+  }
+
+  /**
+   * PID 1 answers on the control channel when it is connected (short, symmetric round trip);
+   * otherwise a session does (connect + fork in the guest: a wider error bound).
+   */
+  private async clockSample(signal: AbortSignal): Promise<ClockSample> {
+    const viaControl = await this.hub.listener?.time(this.vm.id);
+    if (viaControl) return viaControl;
+    const sentAt = performance.now();
+    const time = await this.client.time({ signal, timeoutMs: 2000 });
+    return { sentAt, receivedAt: performance.now(), time };
   }
 
   close(): void {

@@ -69,25 +69,26 @@ export async function detectReadiness(r: ReadinessInput): Promise<Readiness> {
   }
 }
 
+/** One clock sample: when the request left, when the answer came, what the guest said. */
+export interface ClockSample {
+  sentAt: number;
+  receivedAt: number;
+  time: { boottime_us: number; ready_boottime_us: number };
+}
+
 /**
  * Places the guest's "ready" instant on the host's clock with `time` round trips: the guest
  * answers with its boot clock now and at ready; each answer was produced somewhere inside its
  * round trip, so the mapping's error is at most half of it. The shortest of a few wins (NTP's
  * rule).
  */
-export async function measureReadyLatency(
-  client: AgentClient,
-  knownAt: number,
-  signal: AbortSignal,
-  samples = 3,
-): Promise<{ latencyMs: number; clockErrorMs: number }> {
+export async function measureReadyLatency(sample: () => Promise<ClockSample>, knownAt: number, samples = 5): Promise<{ latencyMs: number; clockErrorMs: number }> {
   let best: { latencyMs: number; clockErrorMs: number } | null = null;
   for (let i = 0; i < samples; i++) {
-    const t0 = performance.now();
-    const m = await client.time({ signal, timeoutMs: 2000 });
-    const t1 = performance.now();
-    const readyOnHost = (t0 + t1) / 2 - (m.boottime_us - m.ready_boottime_us) / 1000;
-    if (!best || (t1 - t0) / 2 < best.clockErrorMs) best = { latencyMs: knownAt - readyOnHost, clockErrorMs: (t1 - t0) / 2 };
+    const { sentAt, receivedAt, time } = await sample();
+    const readyOnHost = (sentAt + receivedAt) / 2 - (time.boottime_us - time.ready_boottime_us) / 1000;
+    const err = (receivedAt - sentAt) / 2;
+    if (!best || err < best.clockErrorMs) best = { latencyMs: knownAt - readyOnHost, clockErrorMs: err };
   }
   return best!;
 }

@@ -17,7 +17,7 @@ import { prepareVmRoot } from '../image/rootfs-prepare.ts';
 import type { VolumeAttachRequest, VolumeService } from '../image/volume-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
-import type { NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
+import type { AgentInfo, NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import { AGENT_SESSION_PORT, AgentLink, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
@@ -271,13 +271,15 @@ export class VmManager {
 
   private async awaitReady(vm: VmRecord, live: LiveVm, t0: number): Promise<void> {
     const timeout = setTimeout(() => live.failBoot(new KilnError('KILN_ERR_BOOT_TIMEOUT', `guest not ready after ${this.deps.config.bootTimeoutMs} ms`)), this.deps.config.bootTimeoutMs);
+    let agentReady: { info: AgentInfo; knownAt: number } | null = null;
     try {
       if (live.agent) {
         // The agent's readiness (push, or a logged fallback) is the VM's; the console's marker
         // only closes the guest.init phase.
-        const info = await Promise.race([live.agent.ready(), live.ready.then(() => new Promise<never>(() => {}))]);
+        agentReady = await Promise.race([live.agent.ready(), live.ready.then(() => new Promise<never>(() => {}))]);
+        const { info } = agentReady;
         await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
-        this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', ...info });
+        this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', readiness: info.readiness, channel: info.channel });
       } else {
         await live.ready;
       }
@@ -287,6 +289,7 @@ export class VmManager {
         this.deps.metrics.provisionTotal.observe({ backend: vm.backend, accelerator: vm.accelerator }, (preciseNow() - t0) / 1000);
         await this.transition(vm.id, 'ready');
       });
+      if (agentReady && live.agent) void this.recordReadyLatency(vm.id, live.agent, agentReady);
     } catch (e) {
       // A boot that failed while its VMM still runs: kill it; the exit handler records why.
       if (this.live.get(vm.id) === live && !live.deleting) {
@@ -551,6 +554,14 @@ export class VmManager {
     }
     if (vm.state !== 'ready') throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${vm.id} is ${vm.state}; the agent is reachable when it is ready`);
     return live.agent.client;
+  }
+
+  private async recordReadyLatency(id: string, link: AgentLink, ready: { info: AgentInfo; knownAt: number }): Promise<void> {
+    const m = await link.latency(ready.knownAt);
+    if (!m || this.live.get(id)?.agent !== link) return;
+    const info = { ...ready.info, ...m };
+    await this.deps.store.updateVm(id, { agent: info }).catch(() => {});
+    this.deps.bus.publish('vm.agent', id, { event: 'latency', readiness: info.readiness, latency_ms: info.latencyMs, clock_error_ms: info.clockErrorMs });
   }
 
   /** A guest that misbehaves on the agent channel stays up but is flagged, with the reason. */

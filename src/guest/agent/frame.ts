@@ -20,6 +20,8 @@ export const FrameType = {
   DATA: 0x64, // 'd'
   /** guest→host: one JSON object. */
   JSON: 0x6a, // 'j'
+  /** host→guest on the control channel: empty; PID 1 answers with a `time` JSON at once. */
+  TIME: 0x74, // 't'
   STDOUT: 0x31, // '1'
   STDERR: 0x32, // '2'
 } as const;

@@ -7,8 +7,9 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
-import { AgentProtocolError, FrameDecoder, FrameType, PROTOCOL_VERSION } from './frame.ts';
-import { HelloMessage, parseMessage, WorkloadExitMessage, JSON_MAX } from './messages.ts';
+import { performance } from 'node:perf_hooks';
+import { AgentProtocolError, encodeFrame, FrameDecoder, FrameType, PROTOCOL_VERSION } from './frame.ts';
+import { HelloMessage, parseMessage, TimeMessage, WorkloadExitMessage, JSON_MAX } from './messages.ts';
 
 export interface AgentProblem {
   reason: AgentProtocolError['reason'] | 'proto_version';
@@ -42,6 +43,8 @@ interface Expected {
   /** Source address of the VM's NIC: lets unauthenticated misbehaviour be attributed. */
   ip?: string;
   active?: net.Socket;
+  /** Answers to `time` requests on the control channel, oldest first. */
+  timeWaiters: ((m: TimeMessage) => void)[];
 }
 
 const hashToken = (token: string) => createHash('sha256').update(token, 'utf8').digest();
@@ -89,7 +92,7 @@ export class AgentListener {
   /** Registers a VM whose agent will connect with `token`. Replaces an earlier registration. */
   expect(vmId: string, token: string, callbacks: AgentCallbacks, opts: { ip?: string } = {}): void {
     this.forget(vmId);
-    const e: Expected = { vmId, tokenHash: hashToken(token), callbacks, ip: opts.ip };
+    const e: Expected = { vmId, tokenHash: hashToken(token), callbacks, ip: opts.ip, timeWaiters: [] };
     this.byVm.set(vmId, e);
     this.byToken.set(e.tokenHash.toString('hex'), e);
   }
@@ -100,6 +103,30 @@ export class AgentListener {
     this.byVm.delete(vmId);
     this.byToken.delete(e.tokenHash.toString('hex'));
     e.active?.destroy();
+  }
+
+  /**
+   * Asks the guest's PID 1 for its clocks over the authenticated control connection (no
+   * connect, no fork on the guest side: a short, symmetric round trip). Null when there is
+   * no such connection or no answer within `timeoutMs`.
+   */
+  async time(vmId: string, timeoutMs = 2000): Promise<{ sentAt: number; receivedAt: number; time: TimeMessage } | null> {
+    const e = this.byVm.get(vmId);
+    const socket = e?.active;
+    if (!e || !socket) return null;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        e.timeWaiters = e.timeWaiters.filter((w) => w !== waiter);
+        resolve(null);
+      }, timeoutMs);
+      const waiter = (time: TimeMessage) => {
+        clearTimeout(timer);
+        resolve({ sentAt, receivedAt: performance.now(), time });
+      };
+      e.timeWaiters.push(waiter);
+      const sentAt = performance.now();
+      socket.write(encodeFrame(FrameType.TIME));
+    });
   }
 
   /** Whether `vmId`'s agent currently holds an authenticated control connection. */
@@ -189,8 +216,15 @@ export class AgentListener {
           this.safe('onHello', () => e.callbacks.onHello(hello, { remote, channel, receivedAt }));
           continue;
         }
-        const exit = parseMessage(f.payload, WorkloadExitMessage);
-        if (exit instanceof AgentProtocolError) return cut(exit);
+        const msg = parseMessage(f.payload, WorkloadExitMessage, TimeMessage);
+        if (msg instanceof AgentProtocolError) return cut(msg);
+        if (msg.type === 'time') {
+          const w = owner.timeWaiters.shift();
+          if (!w) return cut(new AgentProtocolError('unexpected', 'a time answer nobody asked for'));
+          w(msg);
+          continue;
+        }
+        const exit = msg;
         const o = owner;
         this.safe('onExit', () => o.callbacks.onExit(exit));
         // Closing tells the guest it may power off now.

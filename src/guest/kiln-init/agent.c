@@ -31,6 +31,8 @@ struct agent_cfg agent_cfg = { .port = 10240 };
 
 static int listen_fd = -1;
 static int ctl_fd = -1;
+static unsigned char ctl_in[5];     /* a frame header the host is sending us, so far */
+static size_t ctl_in_len;
 static enum { CTL_OFF, CTL_IDLE, CTL_CONNECTING, CTL_CONNECTED, CTL_READY } ctl_state = CTL_OFF;
 static long long ctl_next_ms;      /* CLOCK_MONOTONIC time of the next attempt */
 static int ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
@@ -223,6 +225,7 @@ static void ctl_drop(void)
 	if (ctl_fd >= 0)
 		close(ctl_fd);
 	ctl_fd = -1;
+	ctl_in_len = 0;
 	ctl_state = CTL_IDLE;
 	ctl_next_ms = now_ms(CLOCK_MONOTONIC) + ctl_backoff_ms;
 	ctl_backoff_ms = ctl_backoff_ms * 2 > CTL_BACKOFF_MAX_MS ? CTL_BACKOFF_MAX_MS : ctl_backoff_ms * 2;
@@ -332,6 +335,26 @@ int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 	return n;
 }
 
+/*
+ * The host's only request on the control channel: a bodiless TIME frame, answered at once by
+ * PID 1 itself (no connect, no fork), so the round trip the host measures is short and
+ * symmetric and maps "ready" onto the host's clock tightly. Anything else is ignored.
+ */
+static void ctl_input(const char *buf, size_t n)
+{
+	unsigned char *hdr = ctl_in;
+
+	for (size_t i = 0; i < n; i++) {
+		hdr[ctl_in_len++] = (unsigned char)buf[i];
+		if (ctl_in_len < sizeof(ctl_in))
+			continue;
+		ctl_in_len = 0;
+		if (hdr[4] == F_TIME && !hdr[0] && !hdr[1] && !hdr[2] && !hdr[3])
+			send_json(ctl_fd, "{\"type\":\"time\",\"realtime_us\":%lld,\"boottime_us\":%lld,\"ready_boottime_us\":%lld}",
+				  now_us(CLOCK_REALTIME), now_us(CLOCK_BOOTTIME), boot_times.ready_us);
+	}
+}
+
 void agent_poll_done(struct pollfd *p, int n)
 {
 	for (int i = 0; i < n; i++) {
@@ -351,12 +374,13 @@ void agent_poll_done(struct pollfd *p, int n)
 				ctl_step();
 			}
 		} else if (p[i].fd == ctl_fd) {
-			/* v1 hosts send nothing on this channel; anything but EOF is ignored. */
 			char buf[512];
 			ssize_t r = recv(ctl_fd, buf, sizeof(buf), MSG_DONTWAIT);
 
 			if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
 				ctl_drop();
+			else if (r > 0)
+				ctl_input(buf, (size_t)r);
 		}
 	}
 }

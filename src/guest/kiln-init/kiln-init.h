@@ -77,6 +77,7 @@ extern unsigned long long log_total;   /* bytes ever written; ring holds the las
 #define F_JSON 'j'      /* guest->host: one JSON object */
 #define F_STDOUT '1'    /* guest->host */
 #define F_STDERR '2'    /* guest->host */
+#define F_TIME 't'      /* host->guest on the control channel: empty; answered with a time JSON */
 
 int write_all(int fd, const void *buf, size_t n);
 int send_frame(int fd, int type, const void *payload, size_t n);
