@@ -9,12 +9,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { KilnApiError, type KilnClient, type KilnEvent } from '../src/sdk/client.ts';
+import type { KilnClient, KilnEvent } from '../src/sdk/client.ts';
 import { getXattrs } from '../src/tools/setfattr.ts';
 import { run } from '../src/util/process.ts';
 import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { startRegistry, type TestRegistry } from './helpers/registry.ts';
 import { FEATURES_EXPECTED, OciLayoutBuilder, buildTestImages, pushTestImages, type PushedTestImages } from './helpers/test-images.ts';
+import { expectApiError } from './helpers/api-errors.ts';
 
 let registry: TestRegistry;
 let images: PushedTestImages;
@@ -33,18 +34,6 @@ after(async () => {
   await images?.builder.remove();
   await registry?.stop();
 });
-
-async function expectApiError(p: Promise<unknown>, status: number, code: string): Promise<KilnApiError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof KilnApiError, `expected an API error, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    assert.equal(e.status, status, e.message);
-    return e;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 /** Stored events (replayed from seq 0) until `stop` says enough. */
 async function eventsUntil(client: KilnClient, stop: (e: KilnEvent) => boolean): Promise<KilnEvent[]> {

@@ -4,9 +4,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { KilnApiError } from '../src/sdk/client.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { vmmPids, startKilnd, waitForLog, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { expectApiError } from './helpers/api-errors.ts';
 
 let d: TestDaemon;
 
@@ -16,18 +16,6 @@ before(async () => {
 });
 
 after(() => d?.dispose());
-
-async function expectApiError(p: Promise<unknown>, status: number, code: string): Promise<KilnApiError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof KilnApiError, `expected an API error, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    assert.equal(e.status, status, e.message);
-    return e;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 describe('VM lifecycle', { skip }, () => {
   test('create → ready → logs → stop → start → delete, reflected by ls', async () => {

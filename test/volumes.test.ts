@@ -6,8 +6,9 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { KilnApiError, type CreateVmBody } from '../src/sdk/client.ts';
+import type { CreateVmBody } from '../src/sdk/client.ts';
 import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { expectApiError } from './helpers/api-errors.ts';
 
 let d: TestDaemon;
 let allowed: string;
@@ -23,18 +24,6 @@ after(async () => {
   await d?.dispose();
   await fs.rm(allowed, { recursive: true, force: true });
 });
-
-async function expectApiError(p: Promise<unknown>, status: number, code: string): Promise<void> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof KilnApiError, `expected an API error, got ${e}`);
-    assert.equal(e.code, code, e.message);
-    assert.equal(e.status, status, e.message);
-    return;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 /** Runs `script` in a VM with `volumes`; returns its console output once it has exited. */
 async function runIn(script: string, volumes: CreateVmBody['volumes']): Promise<{ id: string; log: string }> {
