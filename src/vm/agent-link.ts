@@ -3,7 +3,8 @@
 // current boot. Created when a VMM is tracked, closed when it exits or the VM is deleted.
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { AgentClient } from '../guest/agent/client.ts';
+import path from 'node:path';
+import { AgentClient, type AgentTarget } from '../guest/agent/client.ts';
 import type { AgentListener, AgentProblem } from '../guest/agent/listener.ts';
 import type { HelloMessage, WorkloadExitMessage } from '../guest/agent/messages.ts';
 import { macFor } from '../net/ipv4.ts';
@@ -13,6 +14,20 @@ import { detectReadiness, measureReadyLatency, type ClockSample, type DetectedBy
 
 /** Guest TCP port of the agent's sessions (kiln-init's default). */
 export const AGENT_SESSION_PORT = 10240;
+/** vsock port of the agent: sessions to the guest on it, pushes to the host (CID 2) on it. */
+export const AGENT_VSOCK_PORT = 10240;
+/** Every Firecracker VM has its own vsock device, so every guest can have the same CID. */
+export const GUEST_CID = 3;
+
+/**
+ * The best channel a VM has: Firecracker's hybrid vsock (a Unix socket on the host, no
+ * network needed), else TCP over kiln's bridge. QEMU's vhost-vsock would need AF_VSOCK
+ * sockets on the host, which Node does not have, so QEMU VMs use TCP.
+ */
+export function agentChannel(vm: Pick<VmRecord, 'backend' | 'ip'>, runtimeDir: string): AgentTarget | null {
+  if (vm.backend === 'firecracker') return { kind: 'vsock', udsPath: path.join(runtimeDir, 'vsock.sock'), port: AGENT_VSOCK_PORT };
+  return vm.ip ? { kind: 'tcp', host: vm.ip, port: AGENT_SESSION_PORT } : null;
+}
 
 export interface AgentHub {
   /** Null when kilnd could not listen for pushes: readiness falls back, and says why. */
@@ -40,13 +55,15 @@ export class AgentLink {
   readonly consoleReady = new Promise<void>((r) => (this.#consoleReady = r));
   version: string | null = null;
 
+  #stopUnix: Promise<(() => Promise<void>) | null> = Promise.resolve(null);
+
   constructor(
     private readonly vm: Pick<VmRecord, 'id' | 'ip' | 'agentToken' | 'readiness'>,
+    private readonly target: AgentTarget,
     private readonly hub: AgentHub,
     private readonly log: Logger,
     events: AgentLinkEvents,
   ) {
-    const target = { kind: 'tcp', host: vm.ip!, port: AGENT_SESSION_PORT } as const;
     this.client = new AgentClient(target, vm.agentToken!);
     this.#probe = new AgentClient(target, vm.agentToken!, { connectTimeoutMs: 1000, opTimeoutMs: 1000 });
     hub.listener?.expect(
@@ -61,8 +78,15 @@ export class AgentLink {
         onExit: (exit) => events.onExit(exit),
         onProblem: (p) => events.onProblem(p),
       },
-      { ip: vm.ip! },
+      vm.ip ? { ip: vm.ip } : {},
     );
+    if (target.kind === 'vsock' && hub.listener) {
+      // Firecracker hands a guest-initiated vsock connection to `<uds>_<port>` on the host.
+      this.#stopUnix = hub.listener.listenUnix(`${target.udsPath}_${target.port}`, vm.id).catch((e) => {
+        log.error({ vm: vm.id, err: e }, 'cannot listen for the agent on vsock');
+        return null;
+      });
+    }
   }
 
   /** Whether the guest is told to push (agent_host in its config drive). */
@@ -82,11 +106,13 @@ export class AgentLink {
       this.log.warn({ vm: this.vm.id, why: this.hub.pushUnavailable }, 'agent push unavailable: readiness by neighbour table + backoff probe');
       mode = 'neighbour';
     }
+    // The neighbour table needs an address on kiln's bridge.
+    if (mode === 'neighbour' && !this.vm.ip) mode = 'poll';
     const r = await detectReadiness({
       mode,
       fallback: this.vm.readiness === 'auto',
-      ip: this.vm.ip!,
-      mac: macFor(this.vm.ip!),
+      ip: this.vm.ip ?? '',
+      mac: this.vm.ip ? macFor(this.vm.ip) : '',
       client: this.#probe,
       hello: this.hello,
       consoleReady: this.consoleReady,
@@ -94,7 +120,7 @@ export class AgentLink {
       signal,
       onFallback: (why) => this.log.warn({ vm: this.vm.id, why }, 'agent push missing: readiness by backoff polling'),
     });
-    return { info: { channel: 'tcp', readiness: r.by, version: this.version, latencyMs: null, clockErrorMs: null }, knownAt: r.knownAt };
+    return { info: { channel: this.target.kind, readiness: r.by, version: this.version, latencyMs: null, clockErrorMs: null }, knownAt: r.knownAt };
   }
 
   /**
@@ -126,6 +152,7 @@ export class AgentLink {
   close(): void {
     this.#abort.abort();
     this.hub.listener?.forget(this.vm.id);
+    void this.#stopUnix.then((stop) => stop?.());
   }
 }
 

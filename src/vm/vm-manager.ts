@@ -19,7 +19,7 @@ import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
 import type { AgentInfo, NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
-import { AGENT_SESSION_PORT, AgentLink, type AgentHub } from './agent-link.ts';
+import { AGENT_SESSION_PORT, AGENT_VSOCK_PORT, AgentLink, GUEST_CID, agentChannel, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
@@ -157,7 +157,8 @@ export class VmManager {
       ip: null,
       ports,
       readiness,
-      agentToken: network === 'bridge' ? randomBytes(16).toString('hex') : null,
+      // Every VM with an agent channel (kiln's network, or Firecracker's vsock) gets a token.
+      agentToken: network === 'bridge' || this.deps.driver.name === 'firecracker' ? randomBytes(16).toString('hex') : null,
       agent: null,
       health: 'unknown',
       healthReason: null,
@@ -218,6 +219,8 @@ export class VmManager {
       });
       const net = await this.attachNetwork(vm, timeline, undo);
       const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net, extra);
+      const channel = agentChannel(vm, dir);
+      if (vm.agentToken && channel?.kind === 'vsock') spec.vsock = { guestCid: GUEST_CID, udsPath: channel.udsPath };
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
@@ -240,7 +243,9 @@ export class VmManager {
 
   /** The config-drive keys that start the guest agent (docs/agent-protocol.md). */
   private agentConfig(vm: VmRecord) {
-    if (!vm.agentToken) return undefined;
+    const channel = agentChannel(vm, this.runtimeDir(vm.id));
+    if (!vm.agentToken || !channel) return undefined;
+    if (channel.kind === 'vsock') return { token: vm.agentToken, vsockPort: AGENT_VSOCK_PORT };
     const hub = this.deps.agents;
     return { token: vm.agentToken, port: AGENT_SESSION_PORT, ...(AgentLink.pushes(vm, hub) ? { host: hub.pushTarget } : {}) };
   }
@@ -313,8 +318,9 @@ export class VmManager {
     ready.catch(() => {});
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
     const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null };
-    if (vm.network === 'bridge' && vm.ip && vm.agentToken) {
-      live.agent = new AgentLink(vm, this.deps.agents, this.deps.log, {
+    const channel = agentChannel(vm, this.runtimeDir(id));
+    if (vm.agentToken && channel) {
+      live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
         onHello: (hello) => this.deps.bus.publish('vm.agent', id, { event: 'hello', agent: hello.agent, connects: hello.connects, boot: hello.boot }),
         onExit: (exit) => {
           live.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
