@@ -10,6 +10,7 @@ export const preciseNow = (): number => ORIGIN + performance.now();
 
 export class Timeline {
   private readonly open = new Map<string, number>();
+  private readonly ended = new Set<string>();
 
   constructor(
     private readonly store: Store,
@@ -20,6 +21,8 @@ export class Timeline {
   ) {}
 
   begin(name: string, at = preciseNow()): void {
+    // A phase is measured once per boot: a late marker must not reopen a settled phase.
+    if (this.ended.has(name)) return;
     this.open.set(name, at);
   }
 
@@ -27,8 +30,22 @@ export class Timeline {
     const startedAt = this.open.get(name);
     if (startedAt === undefined) return;
     this.open.delete(name);
+    this.ended.add(name);
     this.metrics.provisionPhase.observe({ phase: name, ...this.labels }, (at - startedAt) / 1000);
     await this.store.recordPhase({ vmId: this.vmId, boot: this.boot, name, startedAt, endedAt: at });
+  }
+
+  /**
+   * Ends `names` in order at `at`: open ones end, ones never begun are recorded as empty at
+   * `at`. For a signal that proves them all over (the agent's hello, which can overtake the
+   * console markers the phases are otherwise bounded by).
+   */
+  async settle(names: readonly string[], at = preciseNow()): Promise<void> {
+    for (const name of names) {
+      if (this.ended.has(name)) continue;
+      if (!this.open.has(name)) this.begin(name, at);
+      await this.end(name, at);
+    }
   }
 
   async step<T>(name: string, fn: () => Promise<T>): Promise<T> {

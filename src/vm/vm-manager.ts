@@ -282,6 +282,9 @@ export class VmManager {
         // The agent's readiness (push, or a logged fallback) is the VM's; the console's marker
         // only closes the guest.init phase.
         agentReady = await Promise.race([live.agent.ready(), live.ready.then(() => new Promise<never>(() => {}))]);
+        // The hello proves the kernel booted and init finished, even if their console markers
+        // are still on their way.
+        await live.timeline?.settle(['guest.kernel', 'guest.init']);
         const { info } = agentReady;
         await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
         this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', readiness: info.readiness, channel: info.channel });
