@@ -171,6 +171,7 @@ export const GcResult = Type.Object({
   freed_bytes: Type.Integer(),
   skipped_in_flight: Type.Boolean({ description: 'Pulls were running: their blobs and staging trees were left alone' }),
 });
+export type GcResult = Static<typeof GcResult>;
 
 export const CreateVolumeBody = Type.Object(
   {

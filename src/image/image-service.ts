@@ -12,6 +12,7 @@ import * as tar from 'tar';
 import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
+import type { GcResult } from '../api/schemas.ts';
 import { tempSibling } from '../util/atomic.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
@@ -28,15 +29,6 @@ export interface PullRequest {
   ref: string;
   insecure?: boolean;
   format?: ImageFormat;
-}
-
-export interface GcResult {
-  removed_images: string[];
-  removed_files: number;
-  removed_blobs: number;
-  freed_bytes: number;
-  /** Pulls were running: their blobs and staging trees were left alone. */
-  skipped_in_flight: boolean;
 }
 
 async function du(p: string): Promise<number> {

@@ -1,17 +1,9 @@
 // The typed kiln client. The CLI is built on it and the tests drive the daemon through it,
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
-import type { CreateVmBody, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
+import type { CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
 
-export type { CreateVmBody, Image, PullImageBody, Vm, Volume };
-
-export interface GcResult {
-  removed_images: string[];
-  removed_files: number;
-  removed_blobs: number;
-  freed_bytes: number;
-  skipped_in_flight: boolean;
-}
+export type { CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
 
 export interface KilnClientOptions {
   /** Default: $KILN_API or http://127.0.0.1:18080 */
