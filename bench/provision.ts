@@ -15,7 +15,7 @@ import { SqliteStore } from '../src/store/sqlite-store.ts';
 import { QEMU_BINARY } from '../src/tools/qemu-system.ts';
 import { cloneFile } from '../src/tools/cp.ts';
 import { macFor, parseSubnet } from '../src/net/ipv4.ts';
-import { tapName } from '../src/net/network-manager.ts';
+import { guestNetArgs, tapName } from '../src/net/network-manager.ts';
 import { prepareGuestAssets, type GuestAssets } from '../src/vm/guest-assets.ts';
 import { guestConfig, runtimeFiles, vmSpec } from '../src/vm/vm-spec.ts';
 import { ensureVmlinux } from '../src/guest/extract-vmlinux.ts';
@@ -139,7 +139,7 @@ async function main(): Promise<void> {
       const addr = rec.ip ? { ip: rec.ip, ...parseSubnet(d.network.cidr) } : null;
       const net = addr && {
         nic: { tap: tapName(rec.id), mac: macFor(addr.ip) },
-        kernelArgs: [`kiln.ip=${addr.ip}/${addr.prefix}`, `kiln.gw=${addr.gateway}`],
+        kernelArgs: guestNetArgs(addr),
       };
       const cmdline = { kernelCmdline: fc ? (_: unknown, x: readonly string[]) => firecrackerKernelCmdline(x) : kernelCmdline };
       const spec = vmSpec(rec, img, assets, dir, cmdline, net ?? undefined);

@@ -26,6 +26,11 @@ export interface VmAddress {
   mac: string;
 }
 
+/** What kiln-init reads from the kernel command line to configure eth0 (no DHCP). */
+export function guestNetArgs(addr: Pick<VmAddress, 'ip' | 'prefix' | 'gateway'>): string[] {
+  return [`kiln.ip=${addr.ip}/${addr.prefix}`, `kiln.gw=${addr.gateway}`];
+}
+
 export function tapName(vmId: string): string {
   // vm ids are `vm-` + 10 hex digits: `kiln` + 10 = 14 characters, inside IFNAMSIZ (15).
   return `${TAP_PREFIX}${vmId.replace(/^vm-/, '')}`.slice(0, 15);
@@ -88,9 +93,8 @@ export class NetworkManager {
     return { ip: addr, prefix: this.subnet.prefix, gateway: this.subnet.gateway, mac: macFor(addr) };
   }
 
-  /** What kiln-init reads from the kernel command line to configure eth0 (no DHCP). */
   kernelArgs(addr: VmAddress): string[] {
-    return [`kiln.ip=${addr.ip}/${addr.prefix}`, `kiln.gw=${addr.gateway}`];
+    return guestNetArgs(addr);
   }
 
   /** Creates the VM's tap on the bridge, isolated from other VMs' taps. Idempotent. */

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { encodeConfigDrive, type GuestAgentConfig } from '../../src/guest/config-drive.ts';
 import { buildBusyboxTree } from '../../src/image/default-image.ts';
+import { guestNetArgs } from '../../src/net/network-manager.ts';
 import { mksquashfs } from '../../src/tools/mksquashfs.ts';
 import { QEMU_BINARY } from '../../src/tools/qemu-system.ts';
 import { run } from '../../src/util/process.ts';
@@ -113,7 +114,7 @@ export async function bootAgentVm(opts: {
         kernel: {
           path: assets.kernel.path,
           initrd: assets.initramfs.path,
-          cmdline: kernelCmdline(accelerator, [`kiln.ip=${guestIp}/24`, `kiln.gw=${hostIp}`]),
+          cmdline: kernelCmdline(accelerator, guestNetArgs({ ip: guestIp, prefix: 24, gateway: hostIp })),
         },
         drives: drives.map((d) => ({ id: d.id, path: d.path, readOnly: d.readOnly })),
       } as Parameters<typeof qemuArgs>[0],
