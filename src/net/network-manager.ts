@@ -53,7 +53,10 @@ export class NetworkManager {
     return this.config.bridge;
   }
 
-  /** Creates (or adopts) the bridge and turns on forwarding. Idempotent. */
+  /**
+   * Creates (or adopts) the bridge and turns on forwarding. Idempotent. The nftables table is
+   * rendered by the start-up sweep, once the store has been reconciled with what runs.
+   */
   async init(): Promise<void> {
     const { bridge } = this.config;
     const gwCidr = `${this.subnet.gateway}/${this.subnet.prefix}`;
@@ -70,7 +73,6 @@ export class NetworkManager {
     await writeSysctl(`net/ipv4/conf/${bridge}/route_localnet`, '1');
     // Learn guests from their gratuitous ARP (the neighbour-table readiness fallback).
     await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '1');
-    await this.sync();
   }
 
   private async refuseOverlap(): Promise<void> {
@@ -146,14 +148,18 @@ export class NetworkManager {
   async sweep(): Promise<string[]> {
     const running = new Set((await this.deps.store.listVms()).filter((v) => PLUGGED.includes(v.state)).map((v) => tapName(v.id)));
     const removed: string[] = [];
-    for (const link of await ip.listLinks({ master: this.config.bridge })) {
-      if (link.ifname.startsWith(TAP_PREFIX) && !running.has(link.ifname)) {
-        await ip.deleteLink(link.ifname);
-        removed.push(link.ifname);
+    try {
+      for (const link of await ip.listLinks({ master: this.config.bridge })) {
+        if (link.ifname.startsWith(TAP_PREFIX) && !running.has(link.ifname)) {
+          await ip.deleteLink(link.ifname);
+          removed.push(link.ifname);
+        }
       }
+    } finally {
+      // The table must reflect the store even if a stray tap could not be removed.
+      if (removed.length) this.deps.log.warn({ taps: removed }, 'removed taps of VMs that are not running');
+      await this.sync();
     }
-    if (removed.length) this.deps.log.warn({ taps: removed }, 'removed taps of VMs that are not running');
-    await this.sync();
     return removed;
   }
 

@@ -8,7 +8,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { KilnError } from '../../errors.ts';
 import { BlobStore, DigestMismatchError } from './blob-store.ts';
-import { MEDIA, parseImageConfig, platformString } from './manifest.ts';
+import { MEDIA, imagePlatform, parseImageConfig, platformString } from './manifest.ts';
 import { localReference } from './import-oci-layout.ts';
 import { sniffCompression } from './layer-stream.ts';
 import { DEFAULT_PLATFORM } from './pull.ts';
@@ -201,7 +201,7 @@ export async function importDockerArchive(file: string, opts: ImportOptions, onP
     configDigest,
     config,
     layers,
-    platform: { os: config.os || want.os, architecture: config.architecture || want.architecture, ...(config.variant ? { variant: config.variant } : {}) },
+    platform: imagePlatform(config, want),
     source: { kind: 'docker-archive', path: path.resolve(file) },
   };
 }

@@ -6,7 +6,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { BlobStore } from './blob-store.ts';
-import { layerCompression, parseImageConfig, parseManifest, platformString, selectPlatform, type Descriptor, type ImageIndex, type ImageManifest } from './manifest.ts';
+import { imagePlatform, layerCompression, parseImageConfig, parseManifest, platformString, selectPlatform, type Descriptor, type ImageIndex, type ImageManifest } from './manifest.ts';
 import { DEFAULT_PLATFORM } from './pull.ts';
 import { isDigest, parseImageReference } from './reference.ts';
 import type { ImageReference, ImportOptions, ProgressListener, PulledImage, PulledLayer } from './types.ts';
@@ -144,7 +144,7 @@ export async function importOciLayout(dir: string, opts: ImportOptions, onProgre
     configDigest: manifest.config.digest,
     config,
     layers,
-    platform: { os: config.os || want.os, architecture: config.architecture || want.architecture, ...(config.variant ? { variant: config.variant } : {}) },
+    platform: imagePlatform(config, want),
     source: { kind: 'oci-layout', path: path.resolve(dir) },
   };
 }

@@ -195,3 +195,8 @@ export function parseImageConfig(body: Buffer): OciImageConfig {
     diffIds,
   };
 }
+
+/** The platform an image is for, from its config; fields a config leaves empty are the wanted ones. */
+export function imagePlatform(config: Pick<OciImageConfig, 'os' | 'architecture' | 'variant'>, want: Platform): Platform {
+  return { os: config.os || want.os, architecture: config.architecture || want.architecture, ...(config.variant ? { variant: config.variant } : {}) };
+}

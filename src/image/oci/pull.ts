@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KilnError, isKilnError } from '../../errors.ts';
 import { readCredentialsFile } from './auth.ts';
 import { BlobStore, DigestMismatchError } from './blob-store.ts';
-import { MAX_CONFIG_BYTES, layerCompression, parseImageConfig, parseManifest, platformString, selectPlatform, type Descriptor, type ImageManifest } from './manifest.ts';
+import { MAX_CONFIG_BYTES, imagePlatform, layerCompression, parseImageConfig, parseManifest, platformString, selectPlatform, type Descriptor, type ImageManifest } from './manifest.ts';
 import { manifestReference, parseImageReference } from './reference.ts';
 import { RegistryClient } from './registry-client.ts';
 import type { Platform, ProgressListener, PulledImage, PulledLayer, PullOptions } from './types.ts';
@@ -130,7 +130,7 @@ export async function pullImage(refString: string, opts: PullOptions, onProgress
     configDigest: manifest.config.digest,
     config,
     layers,
-    platform: { os: config.os || want.os, architecture: config.architecture || want.architecture, ...(config.variant ? { variant: config.variant } : {}) },
+    platform: imagePlatform(config, want),
     source: { kind: 'registry', registry: ref.registry },
   };
 }
