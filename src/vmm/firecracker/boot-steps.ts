@@ -219,6 +219,17 @@ export const kernel = step('fc.kernel', async (ctx) => {
   ctx.kernelPath = await ensureVmlinux(ctx.spec.kernel.path, ctx.options.vmlinuxCacheDir ?? ctx.paths.dir);
 });
 
+/** Where a spawned VMM (Firecracker, or the jailer that becomes it) reads and writes. */
+export function vmmStdio(ctx: BootContext) {
+  return {
+    cwd: ctx.paths.dir,
+    env: ctx.options.env,
+    stdinPath: ctx.paths.consoleIn,
+    stdoutPath: ctx.paths.consoleLog,
+    stderrPath: ctx.paths.stderrLog,
+  };
+}
+
 export const spawnFirecracker = step('fc.spawn', async (ctx) => {
   const bin = await resolveBinary(ctx.options.binary, 'firecracker');
   let file = bin;
@@ -228,15 +239,7 @@ export const spawnFirecracker = step('fc.spawn', async (ctx) => {
     file = await resolveBinary('nsenter');
     args = [`--net=${ctx.spec.netns}`, '--', bin, ...args];
   }
-  const spawned = await spawnDetached({
-    file,
-    args,
-    cwd: ctx.paths.dir,
-    env: ctx.options.env,
-    stdinPath: ctx.paths.consoleIn,
-    stdoutPath: ctx.paths.consoleLog,
-    stderrPath: ctx.paths.stderrLog,
-  });
+  const spawned = await spawnDetached({ file, args, ...vmmStdio(ctx) });
   ctx.spawned = spawned;
   ctx.pid = spawned.pid;
   ctx.vmmGone = spawned.exited.then(() => undefined);

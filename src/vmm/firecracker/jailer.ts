@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
-import { killVmm, type BootContext, type BootStep } from './boot-steps.ts';
+import { killVmm, vmmStdio, type BootContext, type BootStep } from './boot-steps.ts';
 import { apiIdFor } from './spec.ts';
 import type { StepList } from './steps.ts';
 import { assertSocketPathFits, processGone, readProcStat, resolveBinary, spawnDetached, watchPid } from './vmm-process.ts';
@@ -195,11 +195,7 @@ export const jailerSpawn: BootStep = {
     const spawned = await spawnDetached({
       file: jailer,
       args: jailerArgv({ jailer: j, execFile, id: ctx.fcId, netns: ctx.spec.netns, firecrackerArgs: ['--api-sock', JAIL.apiSocket] }),
-      cwd: ctx.paths.dir,
-      env: ctx.options.env,
-      stdinPath: ctx.paths.consoleIn,
-      stdoutPath: ctx.paths.consoleLog,
-      stderrPath: ctx.paths.stderrLog,
+      ...vmmStdio(ctx),
     });
     ctx.spawned = spawned;
     ctx.pid = spawned.pid;
