@@ -21,6 +21,7 @@ import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
+import { ContainerService } from './containers/container-service.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
@@ -47,6 +48,7 @@ export class Daemon {
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
+    readonly containers: ContainerService,
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
@@ -90,8 +92,13 @@ export class Daemon {
       agents = await startAgentHub(config, network, log);
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
+      const containers = new ContainerService({ stateDir: config.stateDir, store, bus, images, vms, log });
+      // Subscribed before the reconcile: re-attached consoles replay output and exits.
+      containers.attach();
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
+      await bus.flush();
+      await containers.reconcile();
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, containers);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
@@ -112,6 +119,7 @@ export class Daemon {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.containers.close();
     await this.vms.close();
     await closeAgentHub(this.agents);
     await this.app?.close();

@@ -38,6 +38,7 @@ export const ERRORS = {
   KILN_ERR_AGENT_TIMEOUT: { status: 504, summary: 'The guest agent did not answer before the deadline' },
   KILN_ERR_GUEST_PATH_NOT_FOUND: { status: 404, summary: 'The path does not exist inside the guest' },
   KILN_ERR_GUEST_OP_FAILED: { status: 422, summary: 'The guest could not carry out the operation (exec or file I/O failed)' },
+  KILN_ERR_CONTAINER_NOT_FOUND: { status: 404, summary: 'No container has that id or name' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -310,3 +310,101 @@ export const FilesQuery = Type.Object(
 );
 
 export const PutFileResult = Type.Object({ bytes: Type.Integer({ minimum: 0 }) });
+
+// Containers (src/containers/): an OCI image run as its own microVM, Docker's semantics.
+export const CreateContainerBody = Type.Object(
+  {
+    image: Type.String({ minLength: 1, maxLength: 512, description: 'Image id, name, or a registry reference (pulled if absent)' }),
+    name: Type.Optional(Name),
+    cmd: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { minItems: 1, maxItems: 256, description: 'Replaces the image’s cmd (its entrypoint stays)' })),
+    entrypoint: Type.Optional(Type.Array(Type.String({ maxLength: 32768 }), { maxItems: 256, description: 'Replaces the image’s entrypoint and resets its cmd; [] clears it' })),
+    env: Type.Optional(EnvMap),
+    workdir: Type.Optional(Type.String({ pattern: '^/', maxLength: 4096, description: 'Working directory (created if missing)' })),
+    user: Type.Optional(Type.String({
+      pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$',
+      description: 'name|uid[:group|gid], resolved against the image’s own /etc/passwd and /etc/group',
+    })),
+    ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the container (DNAT)' })),
+    volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Named volumes (read-write or read-only) and host directories (read-only)' })),
+    vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'Guest memory in MiB (default 128)' })),
+    restart: Type.Optional(Type.String({ pattern: '^(no|always|on-failure(:\\d{1,6})?)$', description: 'no (default) | on-failure[:N] | always' })),
+    auto_remove: Type.Optional(Type.Boolean({ description: 'Remove the container when it exits (--rm)' })),
+  },
+  { additionalProperties: false },
+);
+export type CreateContainerBody = Static<typeof CreateContainerBody>;
+
+export const CONTAINER_STATES = ['starting', 'running', 'paused', 'stopping', 'restarting', 'exited', 'failed'] as const;
+
+export const Container = Type.Object({
+  id: Type.String({ description: 'Also the id of the VM it runs in' }),
+  name: Type.String(),
+  image: Type.String({ description: 'The reference it was created from' }),
+  image_id: Type.String(),
+  state: Type.Enum([...CONTAINER_STATES]),
+  vm_state: Type.Enum([...VM_STATES]),
+  state_reason: Type.Union([Type.String(), Type.Null()]),
+  exit_code: Type.Union([Type.Integer({ description: '128+n when killed by signal n' }), Type.Null()]),
+  command: Type.Array(Type.String(), { description: 'What runs: entrypoint + cmd after the merge' }),
+  entrypoint: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  cmd: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  env: Type.Record(Type.String(), Type.String(), { description: 'Request env (merged over the image’s)' }),
+  workdir: Type.String(),
+  user: Type.String(),
+  restart_policy: Type.String(),
+  restart_count: Type.Integer(),
+  restart_at: Type.Union([Type.String({ format: 'date-time' }), Type.Null()]),
+  auto_remove: Type.Boolean(),
+  ip: Type.Union([Type.String(), Type.Null()]),
+  ports: Type.Array(Type.Object({ host: Type.Integer(), guest: Type.Integer(), proto: PortProto })),
+  volumes: Type.Array(Type.Object({
+    volume: Type.Union([Type.String(), Type.Null()]),
+    host_path: Type.Union([Type.String(), Type.Null()]),
+    target: Type.String(),
+    read_only: Type.Boolean(),
+  })),
+  vcpus: Type.Integer(),
+  memory_mib: Type.Integer(),
+  boot_count: Type.Integer(),
+  created_at: Type.String({ format: 'date-time' }),
+  updated_at: Type.String({ format: 'date-time' }),
+});
+export type Container = Static<typeof Container>;
+export const ContainerList = Type.Object({ containers: Type.Array(Container) });
+
+const Flag = Type.Union([Type.Literal('0'), Type.Literal('1'), Type.Literal('true'), Type.Literal('false')]);
+
+export const ContainerListQuery = Type.Object({ all: Type.Optional(Flag) }, { additionalProperties: false });
+export const ContainerRemoveQuery = Type.Object({ force: Type.Optional(Flag) }, { additionalProperties: false });
+
+export const ContainerLogsQuery = Type.Object(
+  {
+    follow: Type.Optional(Flag),
+    timestamps: Type.Optional(Flag),
+    tail: Type.Optional(Type.String({ pattern: '^\\d{1,9}$', description: 'Only the last N pieces of output' })),
+    format: Type.Optional(Type.Union([Type.Literal('text'), Type.Literal('ndjson')], {
+      description: 'text (default): the output as written; ndjson: {"ts","stream","text","partial"} per piece and, when following, a final {"end":{"state","exit_code","removed"}}',
+    })),
+  },
+  { additionalProperties: false },
+);
+
+export const ContainerStatsQuery = Type.Object(
+  { interval_ms: Type.Optional(Type.String({ pattern: '^\\d{1,5}$', description: 'Time between the two samples (default 500)' })) },
+  { additionalProperties: false },
+);
+
+export const ContainerStats = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  cpu_percent: Type.Number({ description: 'The workload, % of one CPU' }),
+  guest_cpu_percent: Type.Number({ description: 'The whole guest, % of one CPU' }),
+  vcpus: Type.Integer(),
+  memory_usage_bytes: Type.Integer({ description: 'Guest memory in use (total − available)' }),
+  memory_limit_bytes: Type.Integer(),
+  workload_rss_bytes: Type.Integer(),
+  workload_running: Type.Boolean(),
+  interval_ms: Type.Integer(),
+});
+export type ContainerStats = Static<typeof ContainerStats>;

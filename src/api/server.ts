@@ -5,6 +5,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import { ERRORS, KilnError, isKilnError } from '../errors.ts';
 import type { Daemon } from '../daemon.ts';
+import { registerContainerRoutes } from './routes/containers.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerExecRoutes } from './routes/exec.ts';
 import { registerImageRoutes } from './routes/images.ts';
@@ -95,5 +96,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);
   registerExecRoutes(app, daemon);
+  registerContainerRoutes(app, daemon);
   return app;
 }

@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { KilnClient } from '../sdk/client.ts';
 import { KILN_VERSION } from '../version.ts';
+import { containerCommands } from './container-commands.ts';
 import { doctorCommand } from './doctor.ts';
 import { execCommands } from './exec-commands.ts';
 import { imageCommands } from './image-commands.ts';
@@ -15,6 +16,8 @@ const program = new Command('kiln')
   .description('kiln: microVMs for functions, containers and VMs')
   .option('--api <url>', 'kilnd URL (default: $KILN_API or http://127.0.0.1:18080)')
   .option('--json', 'print JSON instead of tables')
+  // `kiln run IMAGE sh -c …`: options after a subcommand's arguments belong to the command.
+  .enablePositionalOptions()
   .showHelpAfterError();
 
 const client = () => new KilnClient({ url: program.opts().api });
@@ -26,6 +29,7 @@ program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
+for (const c of containerCommands(client, json)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
   if (json()) console.log(JSON.stringify(h, null, 2));

@@ -14,6 +14,10 @@ export interface GuestConfig {
   hostname?: string;
   uid?: number;
   gid?: number;
+  /** "name|uid[:group|gid]": kiln-init resolves it against the image's /etc/passwd and /etc/group. */
+  user?: string;
+  /** 'tagged': workload output framed per stream on the console (container logs). */
+  stdio?: 'tagged';
   stopGraceMs?: number;
   drives: { role: 'root' | 'scratch'; serial: string; index: number }[];
   /** Extra drives (volumes) mounted inside the root before the workload starts. */
@@ -42,6 +46,8 @@ export function encodeConfigDrive(cfg: GuestConfig): Buffer {
   if (cfg.hostname) entries.push(`hostname=${cfg.hostname}`);
   if (cfg.uid !== undefined) entries.push(`uid=${cfg.uid}`);
   if (cfg.gid !== undefined) entries.push(`gid=${cfg.gid}`);
+  if (cfg.user !== undefined) entries.push(`user=${cfg.user}`);
+  if (cfg.stdio !== undefined) entries.push(`stdio=${cfg.stdio}`);
   if (cfg.stopGraceMs !== undefined) entries.push(`stop_grace_ms=${cfg.stopGraceMs}`);
   for (const d of cfg.drives) entries.push(`drive=${d.role},${d.serial},${d.index}`);
   for (const m of cfg.mounts ?? []) {

@@ -14,6 +14,7 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
   private again = false;
   private partial = '';
   private closed = false;
+  private drained: (() => void)[] = [];
 
   constructor(
     private readonly file: string,
@@ -61,6 +62,8 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
         if (this.again) {
           this.again = false;
           this.pump();
+        } else {
+          for (const done of this.drained.splice(0)) done();
         }
       });
     };
@@ -83,7 +86,24 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
     return this.offset;
   }
 
+  /**
+   * Reads to the end of what the file holds now, then resolves: the VMM has exited, so the
+   * last lines it wrote are delivered before the follower is closed.
+   */
+  drain(timeoutMs = 1000): Promise<void> {
+    if (this.closed || this.fd === null) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      this.drained.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.pump();
+    });
+  }
+
   close(): void {
+    for (const done of this.drained.splice(0)) done();
     if (this.closed) return;
     this.closed = true;
     this.watcher?.close();

@@ -20,6 +20,20 @@ export function parseMarker(line: string): GuestMarker | null {
   return { event, fields };
 }
 
+/**
+ * A piece of workload output under `stdio=tagged`: `@kiln:1 text` / `@kiln:2 text` ended a
+ * line of stdout / stderr, `@kiln:1+ …` / `@kiln:2+ …` did not.
+ */
+export function parseOutputLine(line: string): { stream: 'stdout' | 'stderr'; text: string; partial: boolean } | null {
+  if (line.length < MARKER_PREFIX.length + 2 || !line.startsWith(MARKER_PREFIX)) return null;
+  const tag = line[MARKER_PREFIX.length];
+  if (tag !== '1' && tag !== '2') return null;
+  const partial = line[MARKER_PREFIX.length + 1] === '+';
+  const start = MARKER_PREFIX.length + (partial ? 2 : 1);
+  if (line[start] !== ' ') return null;
+  return { stream: tag === '1' ? 'stdout' : 'stderr', text: line.slice(start + 1), partial };
+}
+
 export function stopCommand(graceMs: number): string {
   return `${MARKER_PREFIX}stop grace_ms=${Math.max(0, Math.round(graceMs))}\n`;
 }

@@ -1,9 +1,14 @@
 // The typed kiln client. The CLI is built on it and the tests drive the daemon through it,
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
-import type { CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
+import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
 
-export type { CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
+export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
+
+/** One piece of a container's output, or (following) how it ended. */
+export type ContainerLogItem =
+  | { ts: string; stream: 'stdout' | 'stderr'; text: string; partial: boolean }
+  | { end: { state: string; exit_code: number | null; removed: boolean } };
 
 export interface KilnClientOptions {
   /** Default: $KILN_API or http://127.0.0.1:18080 */
@@ -201,6 +206,68 @@ export class KilnClient {
       mode: parseInt(res.headers.get('x-kiln-file-mode') ?? '644', 8),
       body: res.body as unknown as AsyncIterable<Uint8Array>,
     };
+  }
+
+  // Containers
+  createContainer(body: CreateContainerBody, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<Container> {
+    return this.json('POST', '/v1/containers', { body, query: { wait: opts.wait ? 1 : undefined, timeout_ms: opts.timeoutMs } });
+  }
+  async listContainers(opts: { all?: boolean } = {}): Promise<Container[]> {
+    return (await this.json<{ containers: Container[] }>('GET', '/v1/containers', { query: { all: opts.all ? 1 : undefined } })).containers;
+  }
+  getContainer(id: string): Promise<Container> {
+    return this.json('GET', `/v1/containers/${encodeURIComponent(id)}`);
+  }
+  removeContainer(id: string, opts: { force?: boolean } = {}): Promise<void> {
+    return this.json('DELETE', `/v1/containers/${encodeURIComponent(id)}`, { query: { force: opts.force ? 1 : undefined } });
+  }
+  /** SIGTERM, then SIGKILL after `graceMs` (the daemon's default if absent). */
+  stopContainer(id: string, opts: { graceMs?: number } = {}): Promise<Container> {
+    return this.json('POST', `/v1/containers/${encodeURIComponent(id)}/stop`, { query: { grace_ms: opts.graceMs } });
+  }
+  startContainer(id: string, opts: { wait?: boolean } = {}): Promise<Container> {
+    return this.json('POST', `/v1/containers/${encodeURIComponent(id)}/start`, { query: { wait: opts.wait ? 1 : undefined } });
+  }
+  pauseContainer(id: string): Promise<Container> {
+    return this.json('POST', `/v1/containers/${encodeURIComponent(id)}/pause`);
+  }
+  resumeContainer(id: string): Promise<Container> {
+    return this.json('POST', `/v1/containers/${encodeURIComponent(id)}/resume`);
+  }
+  containerStats(id: string, opts: { intervalMs?: number } = {}): Promise<ContainerStats> {
+    return this.json('GET', `/v1/containers/${encodeURIComponent(id)}/stats`, { query: { interval_ms: opts.intervalMs } });
+  }
+  /** The retained output, rendered as text (`timestamps`: RFC 3339 per line). */
+  async containerLogs(id: string, opts: { timestamps?: boolean; tail?: number } = {}): Promise<string> {
+    return (await this.request('GET', `/v1/containers/${encodeURIComponent(id)}/logs`, { query: { timestamps: opts.timestamps ? 1 : undefined, tail: opts.tail } })).text();
+  }
+  /**
+   * Output pieces as they arrive (retained ones first); with `follow`, until the container
+   * exits for good, the last item then being its end (state, exit code).
+   */
+  async *containerLogStream(id: string, opts: { follow?: boolean; tail?: number; signal?: AbortSignal } = {}): AsyncGenerator<ContainerLogItem> {
+    const res = await this.request('GET', `/v1/containers/${encodeURIComponent(id)}/logs`, {
+      query: { format: 'ndjson', follow: opts.follow ? 1 : undefined, tail: opts.tail }, signal: opts.signal,
+    });
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += decoder.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (line) yield JSON.parse(line) as ContainerLogItem;
+        }
+      }
+    } catch (e) {
+      if ((e as Error).name !== 'AbortError') throw e;
+    }
+  }
+  /** Runs a command in a container (its VM's agent). */
+  execContainer(id: string, body: ExecOptions): Promise<ExecResult> {
+    return this.json('POST', `/v1/containers/${encodeURIComponent(id)}/exec`, { body: execBody(body) });
   }
 
   // Images

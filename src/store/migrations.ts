@@ -86,4 +86,20 @@ export const MIGRATIONS: readonly string[] = [
   );
   ALTER TABLE vms ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
   `,
+  // v4 (containers, issue #7): a container is a VM plus its restart policy state; the row
+  // goes with its VM. `process` holds container-style overrides (entrypoint, workdir, user).
+  `
+  ALTER TABLE vms ADD COLUMN process TEXT;
+  CREATE TABLE containers (
+    id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    image TEXT NOT NULL,
+    restart TEXT NOT NULL,
+    auto_remove INTEGER NOT NULL DEFAULT 0,
+    restart_count INTEGER NOT NULL DEFAULT 0,
+    backoff_step INTEGER NOT NULL DEFAULT 0,
+    user_stopped INTEGER NOT NULL DEFAULT 0,
+    handled_boot INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+  );
+  `,
 ];

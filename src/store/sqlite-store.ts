@@ -3,7 +3,7 @@
 import Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
 import { MIGRATIONS } from './migrations.ts';
-import type { EventRecord, ImageRecord, PhaseRecord, Store, VmRecord, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, Store, VmRecord, VolumeRecord } from './store.ts';
 
 type Row = Record<string, unknown>;
 
@@ -34,6 +34,7 @@ function vmFromRow(r: Row): VmRecord {
     consoleOffset: r.console_offset as number,
     exitCode: (r.exit_code as number | null) ?? null,
     volumes: JSON.parse((r.volumes as string | undefined) ?? '[]'),
+    process: r.process === null || r.process === undefined ? null : JSON.parse(r.process as string),
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
   };
@@ -66,6 +67,7 @@ function vmToRow(vm: VmRecord): Row {
     console_offset: vm.consoleOffset,
     exit_code: vm.exitCode,
     volumes: JSON.stringify(vm.volumes ?? []),
+    process: vm.process ? JSON.stringify(vm.process) : null,
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };
@@ -111,6 +113,34 @@ function volumeFromRow(r: Row): VolumeRecord {
   return { id: r.id as string, name: r.name as string, sizeMib: r.size_mib as number, path: r.path as string, createdAt: r.created_at as number };
 }
 
+function containerFromRow(r: Row): ContainerRecord {
+  return {
+    id: r.id as string,
+    image: r.image as string,
+    restart: JSON.parse(r.restart as string),
+    autoRemove: r.auto_remove === 1,
+    restartCount: r.restart_count as number,
+    backoffStep: r.backoff_step as number,
+    userStopped: r.user_stopped === 1,
+    handledBoot: r.handled_boot as number,
+    createdAt: r.created_at as number,
+  };
+}
+
+function containerToRow(c: ContainerRecord): Row {
+  return {
+    id: c.id,
+    image: c.image,
+    restart: JSON.stringify(c.restart),
+    auto_remove: c.autoRemove ? 1 : 0,
+    restart_count: c.restartCount,
+    backoff_step: c.backoffStep,
+    user_stopped: c.userStopped ? 1 : 0,
+    handled_boot: c.handledBoot,
+    created_at: c.createdAt,
+  };
+}
+
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
   try {
@@ -135,13 +165,13 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
         @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @volumes, @created_at, @updated_at)`),
+        @volumes, @process, @created_at, @updated_at)`),
       updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
         memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, readiness=@readiness,
         agent_token=@agent_token, agent=@agent, health=@health, health_reason=@health_reason, backend=@backend, accelerator=@accelerator,
-        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, updated_at=@updated_at WHERE id=@id`),
+        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, process=@process, updated_at=@updated_at WHERE id=@id`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),
@@ -157,6 +187,12 @@ export class SqliteStore implements Store {
       getVolume: p('SELECT * FROM volumes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVolumes: p('SELECT * FROM volumes ORDER BY created_at, id'),
       deleteVolume: p('DELETE FROM volumes WHERE id = ?'),
+      insertContainer: p(`INSERT INTO containers (id, image, restart, auto_remove, restart_count, backoff_step, user_stopped, handled_boot, created_at)
+        VALUES (@id, @image, @restart, @auto_remove, @restart_count, @backoff_step, @user_stopped, @handled_boot, @created_at)`),
+      updateContainer: p(`UPDATE containers SET image=@image, restart=@restart, auto_remove=@auto_remove, restart_count=@restart_count,
+        backoff_step=@backoff_step, user_stopped=@user_stopped, handled_boot=@handled_boot WHERE id=@id`),
+      getContainer: p('SELECT * FROM containers WHERE id = ?'),
+      listContainers: p('SELECT * FROM containers ORDER BY created_at, id'),
       getImage: p('SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       getImageByDigest: p('SELECT * FROM images WHERE digest = ?'),
       listImages: p('SELECT * FROM images ORDER BY created_at, id'),
@@ -264,6 +300,27 @@ export class SqliteStore implements Store {
 
   async deleteVolume(id: string): Promise<void> {
     this.stmt.deleteVolume.run(id);
+  }
+
+  async insertContainer(c: ContainerRecord): Promise<void> {
+    this.stmt.insertContainer.run(containerToRow(c));
+  }
+
+  async updateContainer(id: string, patch: Partial<Omit<ContainerRecord, 'id' | 'createdAt'>>): Promise<ContainerRecord> {
+    const row = this.stmt.getContainer.get(id) as Row | undefined;
+    if (!row) throw new KilnError('KILN_ERR_CONTAINER_NOT_FOUND', `no container ${id}`);
+    const next: ContainerRecord = { ...containerFromRow(row), ...patch };
+    this.stmt.updateContainer.run(containerToRow(next));
+    return next;
+  }
+
+  async getContainer(id: string): Promise<ContainerRecord | null> {
+    const row = this.stmt.getContainer.get(id) as Row | undefined;
+    return row ? containerFromRow(row) : null;
+  }
+
+  async listContainers(): Promise<ContainerRecord[]> {
+    return (this.stmt.listContainers.all() as Row[]).map(containerFromRow);
   }
 
   async getImage(idOrName: string): Promise<ImageRecord | null> {

@@ -64,8 +64,47 @@ export interface VmRecord {
   exitCode: number | null;
   /** Extra drives: persistent volumes and read-only host directories, in drive order. */
   volumes: VmVolume[];
+  /** How the workload is started beyond argv/env (containers); null/absent: the image's. */
+  process?: VmProcess | null;
   createdAt: number;
   updatedAt: number;
+}
+
+/** Container-style overrides of the image's process config (Docker semantics, src/containers/oci-process.ts). */
+export interface VmProcess {
+  /** Replaces the image's entrypoint and resets its cmd (`[]`: no entrypoint). */
+  entrypoint?: string[];
+  workdir?: string;
+  /** "name|uid[:group|gid]", resolved by kiln-init against the image's /etc/passwd and /etc/group. */
+  user?: string;
+  /** 'tagged': the workload's stdout/stderr reach kilnd as tagged console lines (container logs). */
+  stdio?: 'tagged';
+}
+
+export type RestartPolicyName = 'no' | 'on-failure' | 'always';
+
+export interface RestartPolicy {
+  name: RestartPolicyName;
+  /** on-failure only: restarts at most this many times (null: unlimited). */
+  maxRetries: number | null;
+}
+
+/** A container is a VM (same id and name) plus what only containers have. */
+export interface ContainerRecord {
+  id: string;
+  /** The image reference as the user gave it. */
+  image: string;
+  restart: RestartPolicy;
+  autoRemove: boolean;
+  /** Restarts done by the policy since the user last started it. */
+  restartCount: number;
+  /** Consecutive quick exits: the backoff exponent (reset after a stable run). */
+  backoffStep: number;
+  /** Stopped by the user: the policy leaves it alone until the user starts it. */
+  userStopped: boolean;
+  /** The VM boot whose exit the policy has already acted on (survives kilnd restarts). */
+  handledBoot: number;
+  createdAt: number;
 }
 
 export interface VmVolume {
@@ -158,6 +197,11 @@ export interface Store {
   getVolume(idOrName: string): Promise<VolumeRecord | null>;
   listVolumes(): Promise<VolumeRecord[]>;
   deleteVolume(id: string): Promise<void>;
+
+  insertContainer(c: ContainerRecord): Promise<void>;
+  updateContainer(id: string, patch: Partial<Omit<ContainerRecord, 'id' | 'createdAt'>>): Promise<ContainerRecord>;
+  getContainer(id: string): Promise<ContainerRecord | null>;
+  listContainers(): Promise<ContainerRecord[]>;
 
   recordPhase(phase: PhaseRecord): Promise<void>;
   listPhases(vmId: string, boot: number): Promise<PhaseRecord[]>;

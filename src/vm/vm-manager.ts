@@ -11,13 +11,13 @@ import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
-import { parseMarker, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
+import { parseMarker, parseOutputLine, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
 import type { ImageService } from '../image/image-service.ts';
 import { prepareVmRoot } from '../image/rootfs-prepare.ts';
 import type { VolumeAttachRequest, VolumeService } from '../image/volume-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
-import type { AgentInfo, NetworkMode, PortMapping, ReadinessMode, Store, VmRecord, VmState } from '../store/store.ts';
+import type { AgentInfo, NetworkMode, PortMapping, ReadinessMode, Store, VmProcess, VmRecord, VmState } from '../store/store.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import { AGENT_SESSION_PORT, AGENT_VSOCK_PORT, AgentLink, GUEST_CID, agentChannel, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
@@ -42,6 +42,20 @@ export interface CreateVmInput {
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   readiness?: ReadinessMode;
   volumes?: VolumeAttachRequest[];
+  /** Container-style process overrides (entrypoint, workdir, user, tagged stdio). */
+  process?: VmProcess;
+}
+
+/** One piece of the workload's stdout/stderr (containers: `stdio: 'tagged'`). */
+export interface WorkloadOutput {
+  vmId: string;
+  boot: number;
+  /** Position among this boot's pieces: a console replay after a kilnd restart repeats them. */
+  seq: number;
+  stream: 'stdout' | 'stderr';
+  text: string;
+  /** The piece did not end a line. */
+  partial: boolean;
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
@@ -59,6 +73,8 @@ interface LiveVm {
   deleting: boolean;
   /** The guest agent of a VM on kiln's network; null: the serial console is the only channel. */
   agent: AgentLink | null;
+  boot: number;
+  outputSeq: number;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -67,6 +83,8 @@ export class VmManager {
   private readonly live = new Map<string, LiveVm>();
   private readonly lock = new KeyedLock();
   private readonly states = new EventEmitter<Record<string, [VmRecord | null]>>();
+  /** The workload's tagged stdout/stderr, as the console delivers it (container logs). */
+  readonly output = new EventEmitter<{ output: [WorkloadOutput] }>();
   private closing = false;
 
   constructor(
@@ -169,6 +187,7 @@ export class VmManager {
       consoleOffset: 0,
       exitCode: null,
       volumes,
+      process: input.process ?? null,
       createdAt: now,
       updatedAt: now,
     };
@@ -320,7 +339,7 @@ export class VmManager {
     });
     ready.catch(() => {});
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
-    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null };
+    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0 };
     const channel = agentChannel(vm, this.runtimeDir(id));
     if (vm.agentToken && channel) {
       live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
@@ -340,6 +359,11 @@ export class VmManager {
   }
 
   private onConsoleLine(id: string, live: LiveVm, line: string): void {
+    const out = parseOutputLine(line);
+    if (out) {
+      this.output.emit('output', { vmId: id, boot: live.boot, seq: live.outputSeq++, ...out });
+      return;
+    }
     const m = parseMarker(line);
     if (!m) return;
     switch (m.event) {
@@ -372,6 +396,8 @@ export class VmManager {
   private async onVmmExit(id: string, live: LiveVm, exit: VmmExit): Promise<void> {
     if (this.live.get(id) !== live) return;
     this.live.delete(id);
+    // The guest's last lines (its exit code, a container's final output) may not be read yet.
+    await live.follower.drain();
     live.follower.close();
     live.agent?.close();
     live.failBoot(new KilnError('KILN_ERR_VMM_FAILED', exit.reason));

@@ -1,7 +1,7 @@
 // Turns a stored VM into what the VMM driver boots, and lays out its runtime dir.
 import path from 'node:path';
 import type { GuestConfig } from '../guest/config-drive.ts';
-import { workloadArgv } from '../image/image-config.ts';
+import { mergeProcess } from '../containers/oci-process.ts';
 import type { ExtraDrive } from '../image/volume-service.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
 import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
@@ -54,14 +54,20 @@ export function vmSpec(
 }
 
 export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number, extra: ExtraDrive[] = []): GuestConfig {
-  const [uid, gid] = image.config.user.split(':').map((n) => Number.parseInt(n, 10));
+  const p = mergeProcess(image.config, {
+    cmd: vm.cmd,
+    env: vm.env,
+    entrypoint: vm.process?.entrypoint ?? null,
+    workdir: vm.process?.workdir ?? null,
+    user: vm.process?.user ?? null,
+  });
   return {
-    argv: workloadArgv(image.config, vm.cmd),
-    env: { ...image.config.env, ...vm.env },
-    cwd: image.config.workdir,
+    argv: p.argv,
+    env: p.env,
+    cwd: p.cwd,
     hostname: vm.name,
-    uid: Number.isInteger(uid) ? uid : 0,
-    gid: Number.isInteger(gid) ? gid : 0,
+    ...('spec' in p.user ? { user: p.user.spec } : { uid: p.user.uid, gid: p.user.gid }),
+    ...(vm.process?.stdio ? { stdio: vm.process.stdio } : {}),
     stopGraceMs,
     drives: [
       { role: 'root', serial: 'root', index: 0 },

@@ -23,11 +23,16 @@ export function registerExecRoutes(root: FastifyInstance, daemon: Daemon): void 
   const agent = (id: string): Promise<AgentClient> => daemon.vms.agent(id);
   app.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
 
-  app.post('/v1/vms/:id/exec', {
+  // A container is a VM: the same exec, after checking the id names a container.
+  const execTargets = [
+    ['vms', 'a VM', agent],
+    ['containers', 'a container', async (id: string) => agent((await daemon.containers.get(id)).container.id)],
+  ] as const;
+  for (const [kind, what, targetAgent] of execTargets) app.post(`/v1/${kind}/:id/exec`, {
     schema: {
-      summary: 'Run a command in a VM through its agent',
+      summary: `Run a command in ${what} through its agent`,
       description: 'One JSON result (output capped at 16 MiB per stream), or with `?stream=1` NDJSON lines as output arrives.',
-      tags: ['vms'], params: IdParams, querystring: ExecQuery, body: ExecBody, response: { 200: ExecResult, ...errors },
+      tags: [kind], params: IdParams, querystring: ExecQuery, body: ExecBody, response: { 200: ExecResult, ...errors },
     },
   }, async (req, reply) => {
     const b = req.body;
@@ -35,7 +40,7 @@ export function registerExecRoutes(root: FastifyInstance, daemon: Daemon): void 
     const signal = clientGone(req);
     const request: ExecRequest = { argv: b.cmd, env: b.env, cwd: b.cwd, uid, gid: gid ?? (b.user ? uid : undefined), timeoutMs: b.timeout_ms, signal };
     const stdin = b.stdin === undefined ? Buffer.alloc(0) : Buffer.from(b.stdin, b.stdin_base64 ? 'base64' : 'utf8');
-    const client = await agent(req.params.id);
+    const client = await targetAgent(req.params.id);
     if (!truthy(req.query.stream)) {
       const r = await client.execCollect({ ...request, stdin, maxOutputBytes: MAX_OUTPUT });
       return { exit_code: r.exitCode, signal: r.signal, timed_out: r.timedOut, stdout: r.stdout.toString('utf8'), stderr: r.stderr.toString('utf8'), truncated: r.truncated };

@@ -17,8 +17,10 @@ import {
   ReadyMessage,
   StartedMessage,
   StatusMessage,
+  StatsMessage,
   TimeMessage,
   type StatusMessage as Status,
+  type StatsMessage as Stats,
   type TimeMessage as Time,
 } from './messages.ts';
 import type { Static, TSchema } from 'typebox';
@@ -328,6 +330,11 @@ export class AgentClient {
 
   status(o: OpOptions = {}): Promise<Status> {
     return this.simple('status', [], StatusMessage, o);
+  }
+
+  /** CPU tick and memory counters of the guest and its workload (docs/agent-protocol.md). */
+  stats(o: OpOptions = {}): Promise<Stats> {
+    return this.simple('stats', [], StatsMessage, o);
   }
 
   time(o: OpOptions = {}): Promise<Time> {

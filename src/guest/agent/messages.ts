@@ -74,6 +74,20 @@ export const StatusMessage = Type.Object({
   mem: Type.Object({ total_kb: Type.Integer({ minimum: -1 }), available_kb: Type.Integer({ minimum: -1 }) }),
 });
 export type StatusMessage = Static<typeof StatusMessage>;
+const Count = Type.Integer({ minimum: 0, maximum: 2 ** 53 - 1 });
+/** Counters for `kiln stats`: the host turns two samples into rates. */
+export const StatsMessage = Type.Object({
+  type: Type.Literal('stats'),
+  uptime_ms: Ms,
+  clk_tck: Type.Integer({ minimum: 1, maximum: 100_000 }),
+  ncpu: Type.Integer({ minimum: 1, maximum: 4096 }),
+  cpu: Type.Object({
+    user: Count, nice: Count, system: Count, idle: Count, iowait: Count, irq: Count, softirq: Count, steal: Count,
+  }),
+  mem: Type.Object({ total_kb: Type.Integer({ minimum: -1 }), available_kb: Type.Integer({ minimum: -1 }), free_kb: Type.Integer({ minimum: -1 }) }),
+  workload: Type.Object({ pid: Type.Integer({ minimum: 0 }), running: Type.Boolean(), utime: Count, stime: Count, rss_kb: Count }),
+});
+export type StatsMessage = Static<typeof StatsMessage>;
 export const TimeMessage = Type.Object({ type: Type.Literal('time'), realtime_us: Ms, boottime_us: Ms, ready_boottime_us: Ms });
 export type TimeMessage = Static<typeof TimeMessage>;
 

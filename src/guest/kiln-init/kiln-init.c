@@ -12,7 +12,11 @@
  *   stop grace_ms=<n>                           (host -> guest)
  * The workload's stdout and stderr are forwarded through pipes; any forwarded
  * line that would start with "@kiln:" gets a space in front so it cannot be
- * mistaken for a marker.
+ * mistaken for a marker. With `stdio=tagged` (containers) every piece of output
+ * is instead framed as its own console line, "@kiln:1 <text>" (stdout) or
+ * "@kiln:2 <text>" (stderr), "1+"/"2+" when the piece did not end a line: the
+ * host separates the workload's streams from kernel messages, and the workload
+ * cannot forge a marker since its bytes never start a line.
  *
  * Config drive: "KILNCFG1\n" then NUL-terminated key=value strings, ending at
  * an empty string or end of data (at most 1 MiB).
@@ -77,11 +81,16 @@ static struct {
 	char **env;
 	const char *cwd;
 	const char *hostname;
+	const char *user;       /* "name|uid[:group|gid]", resolved in the new root */
+	int tagged;             /* stdio=tagged */
 	unsigned long uid, gid, grace_ms;
+	gid_t groups[MAX_SUP_GROUPS];
+	int ngroups;
+	int home_default;       /* index in env of the HOME=/ we added, or -1 */
 	struct drive root, scratch;
 	struct extra_mount mounts[MAX_MOUNTS];
 	size_t nmounts;
-} cfg = { .cwd = "/", .grace_ms = 5000 };
+} cfg = { .cwd = "/", .grace_ms = 5000, .home_default = -1 };
 
 unsigned long stop_grace_default = 5000;
 char log_ring[LOG_RING];
@@ -298,14 +307,45 @@ static void log_append(const char *p, size_t n)
 	}
 }
 
+/* stdio=tagged: one console line per piece of output, tagged with its stream. */
+static void forward_tagged(int stream_no, const char *buf, size_t n)
+{
+	static char out[4096 * 10 + 16];   /* worst case: every byte a newline */
+	size_t o = 0;
+
+	while (n > 0) {
+		const char *nl = memchr(buf, '\n', n);
+		size_t len = nl ? (size_t)(nl - buf) : n;
+
+		out[o++] = '@';
+		memcpy(out + o, MARK + 1, MARK_LEN - 1);
+		o += MARK_LEN - 1;
+		out[o++] = (char)('0' + stream_no);
+		if (!nl)
+			out[o++] = '+';
+		out[o++] = ' ';
+		memcpy(out + o, buf, len);
+		o += len;
+		out[o++] = '\n';
+		buf += len + (nl ? 1 : 0);
+		n -= len + (nl ? 1 : 0);
+	}
+	if (!con_at_bol)
+		con_write("\n", 1);
+	con_write(out, o);
+}
+
 /* Forwards one read's worth; returns 0 when there is nothing more right now. */
-static int pump(struct stream *s)
+static int pump(struct stream *s, int stream_no)
 {
 	char buf[4096];
 	ssize_t n = read(s->fd, buf, sizeof(buf));
 
 	if (n > 0) {
-		forward(s, buf, n);
+		if (cfg.tagged)
+			forward_tagged(stream_no, buf, (size_t)n);
+		else
+			forward(s, buf, n);
 		log_append(buf, (size_t)n);
 		return 1;
 	}
@@ -668,6 +708,10 @@ static void parse_config(size_t len)
 			cfg.cwd = v;
 		else if (!strcmp(p, "hostname"))
 			cfg.hostname = v;
+		else if (!strcmp(p, "user"))
+			cfg.user = v;
+		else if (!strcmp(p, "stdio"))
+			cfg.tagged = !strcmp(v, "tagged");
 		else if (!strcmp(p, "uid"))
 			num = &cfg.uid;
 		else if (!strcmp(p, "gid"))
@@ -708,8 +752,10 @@ static void parse_config(size_t len)
 	}
 	if (!env_get("PATH"))
 		cfg.env[ne++] = "PATH=" DEFAULT_PATH;
-	if (!env_get("HOME"))
+	if (!env_get("HOME")) {
+		cfg.home_default = (int)ne;
 		cfg.env[ne++] = "HOME=/";
+	}
 	if (!env_get("TERM"))
 		cfg.env[ne++] = "TERM=linux";
 }
@@ -994,8 +1040,8 @@ static void __attribute__((noreturn)) exec_workload(int out_w, int err_w)
 
 	if (chdir(cfg.cwd) != 0)
 		child_fail("chdir", cfg.cwd);
-	if ((cfg.uid || cfg.gid) && setgroups(0, NULL) != 0)
-		child_fail("setgroups", "0");
+	if ((cfg.uid || cfg.gid || cfg.ngroups) && setgroups((size_t)cfg.ngroups, cfg.groups) != 0)
+		child_fail("setgroups", "");
 	if (cfg.gid && setgid(cfg.gid) != 0)
 		child_fail("setgid", "");
 	if (cfg.uid && setuid(cfg.uid) != 0)
@@ -1073,6 +1119,49 @@ static void handle_signals(int timer_fd)
 	reap_children();
 }
 
+/* mkdir -p, as root: Docker creates a missing working directory too. */
+static void ensure_dir(const char *dir)
+{
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s", dir);
+	for (char *s = path + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = 0;
+		mkdir(path, 0755);
+		*s = '/';
+	}
+	if (mkdir(path, 0755) != 0 && errno != EEXIST)
+		report("workdir", errno, "mkdir %s", dir);
+}
+
+/* After the root switch: --user against the image's own passwd/group files. */
+static void apply_user(void)
+{
+	struct workload_user u;
+	char err[256];
+
+	if (cfg.cwd[0] == '/' && access(cfg.cwd, F_OK) != 0)
+		ensure_dir(cfg.cwd);
+	if (!cfg.user)
+		return;
+	if (resolve_user(cfg.user, &u, err, sizeof(err)) != 0)
+		die("user", EINVAL, "%s", err);
+	cfg.uid = u.uid;
+	cfg.gid = u.gid;
+	cfg.ngroups = u.ngroups;
+	memcpy(cfg.groups, u.groups, sizeof(u.groups));
+	if (cfg.home_default >= 0 && u.home[0]) {
+		char *home = malloc(strlen(u.home) + 6);
+
+		if (home) {
+			sprintf(home, "HOME=%s", u.home);
+			cfg.env[cfg.home_default] = home;
+		}
+	}
+}
+
 static void run_workload(long long root_ms)
 {
 	int out[2], err[2];
@@ -1112,9 +1201,9 @@ static void run_workload(long long root_ms)
 			die("loop", errno, "poll");
 		}
 		if (p[0].revents)
-			pump(&so);
+			pump(&so, 1);
 		if (p[1].revents)
-			pump(&se);
+			pump(&se, 2);
 		if (p[2].revents && ((p[2].revents & POLLIN) == 0 || console_input(timer_fd) < 0)) {
 			close(con_in);   /* hung up: stop polling it rather than spin */
 			con_in = -1;
@@ -1128,9 +1217,9 @@ static void run_workload(long long root_ms)
 
 	/* Background processes may hold the pipes open and keep writing: take
 	 * what a default-sized pipe can hold (16 reads of 4 KiB), no more. */
-	for (int i = 0; i < 16 && so.fd >= 0 && pump(&so); i++)
+	for (int i = 0; i < 16 && so.fd >= 0 && pump(&so, 1); i++)
 		;
-	for (int i = 0; i < 16 && se.fd >= 0 && pump(&se); i++)
+	for (int i = 0; i < 16 && se.fd >= 0 && pump(&se, 2); i++)
 		;
 	if (WIFSIGNALED(workload_status))
 		marker("exit signal=%d", WTERMSIG(workload_status));
@@ -1164,6 +1253,7 @@ int main(void)
 	boot_times.root = now_ms(CLOCK_BOOTTIME);
 
 	setup_new_root();
+	apply_user();
 	run_workload(root_ms);
 	shutdown_vm();
 }

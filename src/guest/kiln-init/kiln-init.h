@@ -85,4 +85,15 @@ int send_json(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 /* JSON string body escaping into out (always NUL-terminated). */
 void json_escape(char *out, size_t cap, const char *in);
 
+/* user.c: Docker's --user rules against the image's /etc/passwd and /etc/group. */
+#define MAX_SUP_GROUPS 64
+struct workload_user {
+	unsigned long uid, gid;
+	gid_t groups[MAX_SUP_GROUPS];
+	int ngroups;
+	char name[64];
+	char home[256];   /* "" when the user has no passwd entry */
+};
+int resolve_user(const char *spec, struct workload_user *out, char *err, size_t errcap);
+
 #endif

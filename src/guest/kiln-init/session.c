@@ -545,6 +545,60 @@ static void __attribute__((noreturn)) op_status(void)
 	finish();
 }
 
+static ssize_t read_small(const char *path, char *buf, size_t cap)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return -1;
+	n = read(fd, buf, cap - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = 0;
+	return n;
+}
+
+/*
+ * Counters, not rates: the host takes two samples and divides. CPU times are in
+ * clock ticks (`clk_tck` per second); the workload's are its own plus those of
+ * its reaped children (/proc/<pid>/stat fields 14-17), its memory the resident set.
+ */
+static void __attribute__((noreturn)) op_stats(void)
+{
+	char stat[1024] = "", mem[4096] = "", path[64], pstat[1024] = "", statm[256] = "";
+	unsigned long long c[8] = { 0 }, ut = 0, st = 0, cut = 0, cst = 0, rss_pages = 0;
+	long page_kb = sysconf(_SC_PAGESIZE) / 1024;
+	int running = 0;
+
+	if (read_small("/proc/stat", stat, sizeof(stat)) > 0)
+		sscanf(stat, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &c[0], &c[1], &c[2], &c[3], &c[4], &c[5], &c[6], &c[7]);
+	read_small("/proc/meminfo", mem, sizeof(mem));
+	if (workload > 0) {
+		snprintf(path, sizeof(path), "/proc/%d/stat", (int)workload);
+		if (read_small(path, pstat, sizeof(pstat)) > 0) {
+			/* The command name may hold spaces and parens: fields restart after the last ')'. */
+			char *p = strrchr(pstat, ')');
+
+			if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu", &ut, &st, &cut, &cst) == 4)
+				running = 1;
+		}
+		snprintf(path, sizeof(path), "/proc/%d/statm", (int)workload);
+		if (read_small(path, statm, sizeof(statm)) > 0)
+			sscanf(statm, "%*u %llu", &rss_pages);
+	}
+	send_json(conn,
+		"{\"type\":\"stats\",\"uptime_ms\":%lld,\"clk_tck\":%ld,\"ncpu\":%ld,"
+		"\"cpu\":{\"user\":%llu,\"nice\":%llu,\"system\":%llu,\"idle\":%llu,\"iowait\":%llu,"
+		"\"irq\":%llu,\"softirq\":%llu,\"steal\":%llu},"
+		"\"mem\":{\"total_kb\":%lld,\"available_kb\":%lld,\"free_kb\":%lld},"
+		"\"workload\":{\"pid\":%d,\"running\":%s,\"utime\":%llu,\"stime\":%llu,\"rss_kb\":%llu}}",
+		now_ms(CLOCK_BOOTTIME), sysconf(_SC_CLK_TCK), sysconf(_SC_NPROCESSORS_ONLN),
+		c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+		meminfo_kb(mem, "MemTotal:"), meminfo_kb(mem, "MemAvailable:"), meminfo_kb(mem, "MemFree:"),
+		running ? (int)workload : 0, running ? "true" : "false", ut + cut, st + cst, rss_pages * (unsigned long long)page_kb);
+	finish();
+}
+
 static void __attribute__((noreturn)) op_time(void)
 {
 	/* ready_boottime_us lets the host place "guest ready" on its own clock (bench/readiness). */
@@ -631,6 +685,8 @@ void session_run(int fd)
 		op_status();
 	if (!strcmp(rq->op, "time"))
 		op_time();
+	if (!strcmp(rq->op, "stats"))
+		op_stats();
 	if (!strcmp(rq->op, "logs"))
 		op_logs();
 	if (!strcmp(rq->op, "shutdown"))
