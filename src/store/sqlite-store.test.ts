@@ -138,3 +138,28 @@ test('pulled image fields, image updates, volumes and VM attachments round-trip'
   await s.close();
   await fs.rm(dir, { recursive: true, force: true });
 });
+
+test('containers: a row per container VM, restart state survives reopen, removed with its VM', async () => {
+  const { file } = await tmpStore();
+  let s = new SqliteStore(file);
+  await s.insertImage(image);
+  await s.insertVm({ ...vm('vm-c', 'web'), process: { entrypoint: ['/bin/echo'], user: 'app', stdio: 'tagged' } });
+  await s.insertContainer({
+    id: 'vm-c', image: 'reg/app:v1', restart: { name: 'on-failure', maxRetries: 3 }, autoRemove: false,
+    restartCount: 0, backoffStep: 0, userStopped: false, handledBoot: 0, createdAt: 1,
+  });
+  await s.updateContainer('vm-c', { restartCount: 2, backoffStep: 2, handledBoot: 3 });
+  await s.close();
+  s = new SqliteStore(file);
+  const c = await s.getContainer('vm-c');
+  assert.deepEqual(c?.restart, { name: 'on-failure', maxRetries: 3 });
+  assert.equal(c?.restartCount, 2);
+  assert.equal(c?.handledBoot, 3);
+  assert.equal(c?.userStopped, false);
+  assert.deepEqual((await s.getVm('web'))?.process, { entrypoint: ['/bin/echo'], user: 'app', stdio: 'tagged' });
+  assert.equal((await s.listContainers()).length, 1);
+  await s.deleteVm('vm-c');
+  assert.equal(await s.getContainer('vm-c'), null);
+  await assert.rejects(s.updateContainer('vm-c', { restartCount: 1 }), { code: 'KILN_ERR_CONTAINER_NOT_FOUND' });
+  await s.close();
+});
