@@ -278,7 +278,9 @@ test('10 containers from one image start concurrently; the image is stored once'
 });
 
 test('bad input is a clear 4xx and leaves nothing behind', { skip }, async () => {
-  const keeper = await c.createContainer({ image, name: 'keeper', ports: [{ host: await freePort(), guest: 80 }], cmd: ['sh', '-c', 'while :; do sleep 5; done'] }, { wait: true });
+  const keeper = await c.createContainer({ image, name: 'keeper', ports: [{ host: await freePort(), guest: 80 }], cmd: ['sh', '-c', 'echo keeper-up; while :; do sleep 5; done'] }, { wait: true });
+  // Its log exists once it said something.
+  await waitForOutput(keeper.id, /keeper-up/);
   const before = await footprint();
   const port = keeper.ports[0]!.host;
   const hostListener = net.createServer().listen(0, '0.0.0.0');
