@@ -359,3 +359,22 @@ test('kiln run / ps / logs / stop / rm', { skip }, async () => {
   assert.doesNotMatch((await kiln('ps', '-a')).stdout, /cli-bg/);
 });
 
+
+test('a kilnd restart keeps the restart policy state and the log (no piece lost or repeated)', { skip }, async () => {
+  const x = await c.createContainer({ image, restart: 'on-failure:2', cmd: ['sh', '-c', 'echo run $(cat /proc/sys/kernel/random/uuid); sleep 2; exit 9'] });
+  const events = await c.subscribe({ vm: x.id });
+  for await (const e of events) if (e.type === 'container.restarting') break;
+  // kilnd dies between restarts; the VMs keep running without it.
+  await d.kill();
+  d = await startKilnd({ stateDir: d.stateDir, network: d.network, env: { KILN_ALLOWED_ROOTS: allowed, KILN_STOP_GRACE_MS: '3000' } });
+  c = d.client;
+  const { end } = await runToEnd(x.id);
+  assert.deepEqual(end, { state: 'exited', exit_code: 9, removed: false });
+  const got = await c.getContainer(x.id);
+  assert.equal(got.restart_count, 2, 'the count went on from where the old kilnd left it');
+  assert.equal(got.boot_count, 3);
+  const runs = (await c.containerLogs(x.id)).match(/^run \S+$/gm) ?? [];
+  assert.equal(runs.length, 3, runs.join('\n'));
+  assert.equal(new Set(runs).size, 3);
+  await c.removeContainer(x.id);
+});

@@ -157,6 +157,7 @@ export class ContainerService {
       backoffStep: 0,
       userStopped: false,
       handledBoot: 0,
+      restartAt: null,
       createdAt: vm.createdAt,
     };
     try {
@@ -191,7 +192,7 @@ export class ContainerService {
 
   private info(c: ContainerRecord, vm: VmRecord): ContainerInfo {
     const pending = this.timers.get(c.id);
-    return { container: c, vm, state: this.stateOf(c, vm), restartAt: pending?.at ?? null };
+    return { container: c, vm, state: this.stateOf(c, vm), restartAt: pending?.at ?? c.restartAt };
   }
 
   private stateOf(c: ContainerRecord, vm: VmRecord): ContainerState {
@@ -209,7 +210,7 @@ export class ContainerService {
         return 'failed';
       case 'stopped':
         // Exited, unless the policy is about to start it again (or has not decided yet).
-        return this.timers.has(c.id) || this.undecided(c, vm) ? 'restarting' : 'exited';
+        return this.timers.has(c.id) || c.restartAt !== null || this.undecided(c, vm) ? 'restarting' : 'exited';
     }
   }
 
@@ -225,7 +226,7 @@ export class ContainerService {
     const { container: c } = await this.get(idOrName);
     await this.lock.run(c.id, async () => {
       this.cancelRestart(c.id);
-      await this.deps.store.updateContainer(c.id, { userStopped: true });
+      await this.deps.store.updateContainer(c.id, { userStopped: true, restartAt: null });
     });
     const vm = await this.deps.vms.get(c.id);
     if (vm.state !== 'stopped' && vm.state !== 'failed') await this.deps.vms.stop(c.id, graceMs);
@@ -235,13 +236,14 @@ export class ContainerService {
   async start(idOrName: string): Promise<ContainerInfo> {
     const { container: c } = await this.get(idOrName);
     await this.lock.run(c.id, async () => {
-      this.cancelRestart(c.id);
-      // A user start is a fresh start: the policy's count and backoff begin again.
-      await this.deps.store.updateContainer(c.id, { userStopped: false, restartCount: 0, backoffStep: 0 });
       const vm = await this.deps.vms.get(c.id);
       if (vm.state === 'failed') {
         throw new KilnError('KILN_ERR_INVALID_STATE', `container ${c.id} failed (${vm.stateReason ?? 'unknown reason'}); remove it and run a new one`);
       }
+      if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `container ${vm.name} is not stopped (its VM is ${vm.state})`);
+      this.cancelRestart(c.id);
+      // A user start is a fresh start: the policy's count and backoff begin again.
+      await this.deps.store.updateContainer(c.id, { userStopped: false, restartCount: 0, backoffStep: 0, restartAt: null });
       await this.deps.vms.start(c.id);
     });
     return this.get(c.id);
@@ -359,7 +361,12 @@ export class ContainerService {
   private async handleExit(id: string, exitedAt = Date.now()): Promise<void> {
     const c = await this.deps.store.getContainer(id);
     const vm = await this.deps.store.getVm(id);
-    if (!c || !vm || (vm.state !== 'stopped' && vm.state !== 'failed') || c.handledBoot >= vm.bootCount) return;
+    if (!c || !vm || (vm.state !== 'stopped' && vm.state !== 'failed')) return;
+    if (c.handledBoot >= vm.bootCount) {
+      // Decided before a kilnd restart, not yet carried out: the timer died with that kilnd.
+      if (c.restartAt !== null && !this.timers.has(id) && vm.state === 'stopped' && !c.userStopped) this.scheduleRestart(id, Math.max(0, c.restartAt - Date.now()));
+      return;
+    }
     const since = this.runningSince.get(id);
     this.runningSince.delete(id);
     // A failed VM (its VMM died, kilnd killed it) has no runtime dir left to boot again.
@@ -382,9 +389,13 @@ export class ContainerService {
     const ran = since === undefined ? 0 : exitedAt - since;
     const step = ran >= STABLE_RUN_MS ? 0 : c.backoffStep;
     const delay = backoffDelay(step);
-    await this.deps.store.updateContainer(id, { handledBoot: vm.bootCount, restartCount: c.restartCount + 1, backoffStep: step + 1 });
+    await this.deps.store.updateContainer(id, { handledBoot: vm.bootCount, restartCount: c.restartCount + 1, backoffStep: step + 1, restartAt: Date.now() + delay });
     this.deps.bus.publish('container.restarting', id, { exit_code: vm.exitCode, restart_count: c.restartCount + 1, delay_ms: delay });
     this.deps.log.info({ container: id, exitCode: vm.exitCode, restart: c.restartCount + 1, delayMs: delay }, 'restart policy: restarting');
+    this.scheduleRestart(id, delay);
+  }
+
+  private scheduleRestart(id: string, delay: number): void {
     const timer = setTimeout(() => {
       void this.lock.run(id, async () => {
         if (this.timers.get(id)?.timer !== timer) return;
@@ -392,6 +403,7 @@ export class ContainerService {
         const cur = await this.deps.store.getContainer(id);
         const v = await this.deps.store.getVm(id);
         if (!cur || cur.userStopped || v?.state !== 'stopped') return;
+        await this.deps.store.updateContainer(id, { restartAt: null });
         await this.deps.vms.start(id);
       }).catch((err) => this.deps.log.error({ container: id, err }, 'restart failed'));
     }, delay);
@@ -399,6 +411,7 @@ export class ContainerService {
     this.timers.set(id, { timer, at: Date.now() + delay });
   }
 
+  /** Under the container's lock. */
   private cancelRestart(id: string): void {
     const t = this.timers.get(id);
     if (t) clearTimeout(t.timer);

@@ -99,6 +99,7 @@ export const MIGRATIONS: readonly string[] = [
     backoff_step INTEGER NOT NULL DEFAULT 0,
     user_stopped INTEGER NOT NULL DEFAULT 0,
     handled_boot INTEGER NOT NULL DEFAULT 0,
+    restart_at REAL,
     created_at REAL NOT NULL
   );
   `,

@@ -146,15 +146,16 @@ test('containers: a row per container VM, restart state survives reopen, removed
   await s.insertVm({ ...vm('vm-c', 'web'), process: { entrypoint: ['/bin/echo'], user: 'app', stdio: 'tagged' } });
   await s.insertContainer({
     id: 'vm-c', image: 'reg/app:v1', restart: { name: 'on-failure', maxRetries: 3 }, autoRemove: false,
-    restartCount: 0, backoffStep: 0, userStopped: false, handledBoot: 0, createdAt: 1,
+    restartCount: 0, backoffStep: 0, userStopped: false, handledBoot: 0, restartAt: null, createdAt: 1,
   });
-  await s.updateContainer('vm-c', { restartCount: 2, backoffStep: 2, handledBoot: 3 });
+  await s.updateContainer('vm-c', { restartCount: 2, backoffStep: 2, handledBoot: 3, restartAt: 1234.5 });
   await s.close();
   s = new SqliteStore(file);
   const c = await s.getContainer('vm-c');
   assert.deepEqual(c?.restart, { name: 'on-failure', maxRetries: 3 });
   assert.equal(c?.restartCount, 2);
   assert.equal(c?.handledBoot, 3);
+  assert.equal(c?.restartAt, 1234.5);
   assert.equal(c?.userStopped, false);
   assert.deepEqual((await s.getVm('web'))?.process, { entrypoint: ['/bin/echo'], user: 'app', stdio: 'tagged' });
   assert.equal((await s.listContainers()).length, 1);

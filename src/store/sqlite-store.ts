@@ -123,6 +123,7 @@ function containerFromRow(r: Row): ContainerRecord {
     backoffStep: r.backoff_step as number,
     userStopped: r.user_stopped === 1,
     handledBoot: r.handled_boot as number,
+    restartAt: (r.restart_at as number | null) ?? null,
     createdAt: r.created_at as number,
   };
 }
@@ -137,6 +138,7 @@ function containerToRow(c: ContainerRecord): Row {
     backoff_step: c.backoffStep,
     user_stopped: c.userStopped ? 1 : 0,
     handled_boot: c.handledBoot,
+    restart_at: c.restartAt,
     created_at: c.createdAt,
   };
 }
@@ -187,10 +189,10 @@ export class SqliteStore implements Store {
       getVolume: p('SELECT * FROM volumes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVolumes: p('SELECT * FROM volumes ORDER BY created_at, id'),
       deleteVolume: p('DELETE FROM volumes WHERE id = ?'),
-      insertContainer: p(`INSERT INTO containers (id, image, restart, auto_remove, restart_count, backoff_step, user_stopped, handled_boot, created_at)
-        VALUES (@id, @image, @restart, @auto_remove, @restart_count, @backoff_step, @user_stopped, @handled_boot, @created_at)`),
+      insertContainer: p(`INSERT INTO containers (id, image, restart, auto_remove, restart_count, backoff_step, user_stopped, handled_boot, restart_at, created_at)
+        VALUES (@id, @image, @restart, @auto_remove, @restart_count, @backoff_step, @user_stopped, @handled_boot, @restart_at, @created_at)`),
       updateContainer: p(`UPDATE containers SET image=@image, restart=@restart, auto_remove=@auto_remove, restart_count=@restart_count,
-        backoff_step=@backoff_step, user_stopped=@user_stopped, handled_boot=@handled_boot WHERE id=@id`),
+        backoff_step=@backoff_step, user_stopped=@user_stopped, handled_boot=@handled_boot, restart_at=@restart_at WHERE id=@id`),
       getContainer: p('SELECT * FROM containers WHERE id = ?'),
       listContainers: p('SELECT * FROM containers ORDER BY created_at, id'),
       getImage: p('SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),

@@ -104,6 +104,8 @@ export interface ContainerRecord {
   userStopped: boolean;
   /** The VM boot whose exit the policy has already acted on (survives kilnd restarts). */
   handledBoot: number;
+  /** When the policy's pending restart is due (epoch ms); null: none pending. */
+  restartAt: number | null;
   createdAt: number;
 }
 
