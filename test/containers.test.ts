@@ -349,6 +349,14 @@ test('kiln run / ps / logs / stop / rm', { skip }, async () => {
   assert.match((await kiln('ps')).stdout, /cli-bg[\s\S]*running/);
   await waitForOutput('cli-bg', /started in \/tmp/);
   assert.match((await kiln('logs', '-t', 'cli-bg')).stdout, /^\S+Z started in \/tmp$/m);
+  assert.equal(JSON.parse((await kiln('--json', 'pause', 'cli-bg')).stdout).state, 'paused');
+  assert.equal(JSON.parse((await kiln('--json', 'unpause', 'cli-bg')).stdout).state, 'running');
+  const ex = await kiln('exec', 'cli-bg', '--', 'sh', '-c', 'echo in-container $(pwd)');
+  assert.equal(ex.code, 0, ex.stderr);
+  assert.match(ex.stdout, /in-container \/tmp/, 'exec runs in the container’s workdir');
+  const stats = await kiln('stats', '--interval', '200', 'cli-bg');
+  assert.equal(stats.code, 0, stats.stderr);
+  assert.match(stats.stdout, /CPU %[\s\S]*cli-bg\s.*%.*MiB \/ \d/);
   const rmRunning = await kiln('rm', 'cli-bg');
   assert.equal(rmRunning.code, 1);
   assert.match(rmRunning.stderr, /KILN_ERR_INVALID_STATE/);

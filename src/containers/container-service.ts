@@ -348,7 +348,17 @@ export class ContainerService {
   // ---- restart policy ----------------------------------------------------------------------
 
   private onEvent(e: EventRecord): void {
-    if (e.type !== 'vm.state' || !e.vmId) return;
+    if (!e.vmId) return;
+    if (e.type === 'vm.deleted') {
+      // Also when removed as a VM (DELETE /v1/vms/{id}): its row went with it, its log goes too.
+      const id = e.vmId;
+      if (this.logs.has(id) || this.timers.has(id)) {
+        this.cancelRestart(id);
+        void this.dropLog(id).then(() => this.ends.emit('end', { id, state: 'exited', exitCode: null, removed: true }));
+      }
+      return;
+    }
+    if (e.type !== 'vm.state') return;
     const id = e.vmId;
     const to = e.data.to;
     if (to === 'ready') this.runningSince.set(id, e.ts);
