@@ -58,10 +58,10 @@ async function main(): Promise<void> {
   const row = (label: string, xs: number[]) => [label, median(xs), quantile(xs, 0.95)];
   console.log(`\nbench/containers: ${RUNS} runs each, image "${IMAGE}", 128 MiB, create → process running (agent hello)\n`);
   console.log(table(['measure', 'median ms', 'p95 ms'], [
-    row('container: POST /v1/containers?wait=1', total.container),
-    row('vm: POST /v1/vms?wait=1 (same image, same cmd)', total.vm),
-    row('container: POST answered (request handled)', accept.container),
-    row('vm: POST answered (request handled)', accept.vm),
+    row('container: create → process running', total.container),
+    row('vm: create → ready (same image, same cmd)', total.vm),
+    row('container: POST /v1/containers answered', accept.container),
+    row('vm: POST /v1/vms answered', accept.vm),
     row('container: host-side boot phases (accept..spawn)', host.container),
     row('vm: host-side boot phases (accept..spawn)', host.vm),
   ]));
