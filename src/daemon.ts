@@ -11,6 +11,7 @@ import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
+import { RecipeBuilder } from './image/recipes/debian-recipe.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
@@ -47,6 +48,8 @@ export class Daemon {
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
+    /** Builds runtime and base images from Debian's archive (functions, classic VMs). */
+    readonly recipes: RecipeBuilder,
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
@@ -91,7 +94,8 @@ export class Daemon {
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
+      const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
