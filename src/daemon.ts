@@ -11,6 +11,7 @@ import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
+import { RecipeBuilder } from './image/recipes/debian-recipe.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
@@ -48,6 +49,8 @@ export class Daemon {
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
+    /** Builds runtime and base images from Debian's archive (functions, classic VMs). */
+    readonly recipes: RecipeBuilder,
     readonly containers: ContainerService,
   ) {}
 
@@ -98,7 +101,8 @@ export class Daemon {
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, containers);
+      const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
