@@ -259,6 +259,13 @@ test('stop kills a process that ignores SIGTERM after the grace; on-failure:3 re
   assert.equal(done.exit_code, 5);
   assert.equal((await c.containerLogs(flaky.id)).match(/attempt/g)?.length, 4, 'each run logged once');
   for (const id of [stubborn.id, flaky.id]) await c.removeContainer(id);
+
+  // auto_remove (detached --rm): kilnd removes it when it exits, with its VM and its log.
+  const once = await c.createContainer({ image, auto_remove: true, cmd: ['sh', '-c', 'echo bye; exit 2'] });
+  for await (const e of await c.subscribe({ vm: once.id, since: 0 })) if (e.type === 'container.removed') break;
+  await expectApiError(c.getContainer(once.id), 404, 'KILN_ERR_CONTAINER_NOT_FOUND');
+  await expectApiError(c.getVm(once.id), 404, 'KILN_ERR_VM_NOT_FOUND');
+  assert.equal(await fs.stat(path.join(d.stateDir, 'containers', once.id)).catch(() => null), null);
 });
 
 test('10 containers from one image start concurrently; the image is stored once', { skip }, async () => {

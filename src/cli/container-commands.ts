@@ -64,6 +64,7 @@ export function containerCommands(client: () => KilnClient, json: () => boolean)
     // As docker: everything after the image is the command, options included.
     .passThroughOptions()
     .action(async (image: string, cmd: string[], o) => {
+      if (o.rm && o.restart !== 'no') throw new Error(`--rm and --restart ${o.restart} conflict: a container cannot be both removed and restarted on exit`);
       const c = client();
       const created = await c.createContainer({
         image,
@@ -76,7 +77,9 @@ export function containerCommands(client: () => KilnClient, json: () => boolean)
         ...(o.publish.length ? { ports: (o.publish as string[]).map(parsePublish) } : {}),
         ...(o.volume.length ? { volumes: (o.volume as string[]).map(parseContainerVolume) } : {}),
         ...(o.restart !== 'no' ? { restart: o.restart } : {}),
-        ...(o.rm ? { auto_remove: true } : {}),
+        // Attached, the CLI removes it after reading its end: a container that exits before the
+        // log stream is opened must not be gone (with its output) by then.
+        ...(o.rm && o.detach ? { auto_remove: true } : {}),
         ...(o.cpus ? { vcpus: o.cpus } : {}),
         ...(o.memory ? { memory_mib: o.memory } : {}),
       }, { wait: Boolean(o.detach) });
@@ -84,12 +87,14 @@ export function containerCommands(client: () => KilnClient, json: () => boolean)
       // Attached: ^C stops the container (SIGTERM, then SIGKILL after the grace), like docker run.
       process.once('SIGINT', () => void c.stopContainer(created.id).catch(() => {}));
       const end = await pipeLogs(c.containerLogStream(created.id, { follow: true }), false);
+      let code = end?.exit_code ?? 125;
       if (end?.state === 'failed') {
         const why = await c.getContainer(created.id).then((x) => x.state_reason, () => null);
         process.stderr.write(`kiln: container ${created.name} failed${why ? `: ${why}` : ''}\n`);
-        process.exit(125);
+        code = 125;
       }
-      process.exit(end?.exit_code ?? 125);
+      if (o.rm) await c.removeContainer(created.id, { force: true }).catch(() => {});
+      process.exit(code);
     });
 
   const ps = new Command('ps').description('list containers').option('-a, --all', 'also exited and failed ones').action(async (o) => {

@@ -65,6 +65,8 @@ export class ContainerService {
   private readonly timers = new Map<string, { timer: NodeJS.Timeout; at: number }>();
   /** When each container's current run became ready (for the backoff's stable-run reset). */
   private readonly runningSince = new Map<string, number>();
+  /** Removals this service is carrying out: they report the end themselves, with the exit code. */
+  private readonly removing = new Set<string>();
   /** Emits 'end' when a container settled (exited for good, failed or removed). */
   readonly ends = new EventEmitter<{ end: [ContainerEnd] }>();
   private unsubscribe: (() => void) | null = null;
@@ -268,14 +270,20 @@ export class ContainerService {
     if (!force && !['exited', 'failed', 'restarting'].includes(info.state)) {
       throw new KilnError('KILN_ERR_INVALID_STATE', `container ${info.vm.name} is ${info.state}: stop it first, or remove it with force`);
     }
-    await this.lock.run(id, async () => {
-      this.cancelRestart(id);
-      await this.deps.vms.delete(id);
-      await this.dropLog(id);
-    });
-    this.runningSince.delete(id);
-    this.deps.bus.publish('container.removed', id, {});
-    this.ends.emit('end', { id, state: 'exited', exitCode: info.vm.exitCode, removed: true });
+    this.removing.add(id);
+    try {
+      await this.lock.run(id, async () => {
+        this.cancelRestart(id);
+        await this.deps.vms.delete(id);
+        await this.dropLog(id);
+      });
+      this.runningSince.delete(id);
+      this.deps.bus.publish('container.removed', id, {});
+      this.ends.emit('end', { id, state: 'exited', exitCode: info.vm.exitCode, removed: true });
+    } finally {
+      // After the vm.deleted event has gone by (events are delivered in order).
+      void this.deps.bus.flush().then(() => this.removing.delete(id));
+    }
   }
 
   // ---- logs and stats ----------------------------------------------------------------------
@@ -352,7 +360,7 @@ export class ContainerService {
     if (e.type === 'vm.deleted') {
       // Also when removed as a VM (DELETE /v1/vms/{id}): its row went with it, its log goes too.
       const id = e.vmId;
-      if (this.logs.has(id) || this.timers.has(id)) {
+      if (!this.removing.has(id) && (this.logs.has(id) || this.timers.has(id))) {
         this.cancelRestart(id);
         void this.dropLog(id).then(() => this.ends.emit('end', { id, state: 'exited', exitCode: null, removed: true }));
       }
@@ -388,9 +396,12 @@ export class ContainerService {
       this.deps.bus.publish('container.exited', id, { exit_code: vm.exitCode, state });
       if (c.autoRemove) {
         this.cancelRestart(id);
+        this.removing.add(id);
         await this.deps.vms.delete(id).catch((e) => this.deps.log.error({ container: id, err: e }, 'auto-remove failed'));
         await this.dropLog(id);
+        this.deps.bus.publish('container.removed', id, { auto: true });
         this.ends.emit('end', { id, state, exitCode: vm.exitCode, removed: true });
+        void this.deps.bus.flush().then(() => this.removing.delete(id));
         return;
       }
       this.ends.emit('end', { id, state, exitCode: vm.exitCode, removed: false });
