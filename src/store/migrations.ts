@@ -86,4 +86,8 @@ export const MIGRATIONS: readonly string[] = [
   );
   ALTER TABLE vms ADD COLUMN volumes TEXT NOT NULL DEFAULT '[]';
   `,
+  // classic VMs (issue #7): their disk, identity and first-boot data, as one JSON column.
+  `
+  ALTER TABLE vms ADD COLUMN classic TEXT;
+  `,
 ];

@@ -64,8 +64,25 @@ export interface VmRecord {
   exitCode: number | null;
   /** Extra drives: persistent volumes and read-only host directories, in drive order. */
   volumes: VmVolume[];
+  /** Set for classic VMs (systemd, SSH, own writable disk); null for workload VMs. */
+  classic?: ClassicVm | null;
   createdAt: number;
   updatedAt: number;
+}
+
+/** A classic VM: what was asked for at create, and its disk (the VM's state, kept across stops). */
+export interface ClassicVm {
+  hostname: string;
+  sshAuthorizedKeys: string[];
+  userData: string | null;
+  disk: {
+    /** `<state>/disks/<vm id>.ext4`: outside the runtime dir, which a failed boot removes. */
+    path: string;
+    sizeBytes: number;
+    /** How it was cloned from the base image: null until the first boot made it. */
+    strategy: 'reflink' | 'sparse-copy' | null;
+    cloneMs: number | null;
+  };
 }
 
 export interface VmVolume {

@@ -89,6 +89,22 @@ class QemuInstance implements VmmInstance {
     });
   }
 
+  openConsole(): Promise<net.Socket> {
+    const path = qemuPaths(this.spec.runtimeDir).consoleSocket;
+    return new Promise<net.Socket>((resolve, reject) => {
+      const s = net.createConnection(path);
+      s.once('error', reject);
+      s.once('connect', () => {
+        s.off('error', reject);
+        resolve(s);
+      });
+    });
+  }
+
+  async powerdown(): Promise<void> {
+    await (await this.control()).execute('system_powerdown');
+  }
+
   async pause(): Promise<void> {
     await (await this.control()).execute('stop');
   }
