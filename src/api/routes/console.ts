@@ -22,22 +22,27 @@ export function registerConsoleRoutes(app: FastifyInstance, daemon: Daemon): voi
       }
     },
   }, async (socket, req) => {
-    let detach: (() => void) | null = null;
+    let conn: { write: (d: Buffer) => void; detach: () => void } | null = null;
     let closed = false;
+    // Keystrokes can arrive before the console connection is made: keep them, in order.
+    const early: Buffer[] = [];
+    socket.on('message', (data: Buffer | Buffer[] | ArrayBuffer) => {
+      const b = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+      if (conn) conn.write(b);
+      else if (early.length < 1024) early.push(b);
+    });
     socket.on('close', () => {
       closed = true;
-      detach?.();
+      conn?.detach();
     });
     try {
-      const conn = await daemon.vms.attachConsole(req.params.id, {
+      const c = await daemon.vms.attachConsole(req.params.id, {
         onData: (chunk) => socket.send(chunk, { binary: true }),
         onClose: (reason) => socket.close(1000, reason.slice(0, 120)),
       });
-      if (closed) return conn.detach();
-      detach = conn.detach;
-      socket.on('message', (data: Buffer | Buffer[] | ArrayBuffer) => {
-        conn.write(Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer));
-      });
+      if (closed) return c.detach();
+      for (const b of early.splice(0)) c.write(b);
+      conn = c;
     } catch (e) {
       // 1011: the server met a condition that prevented it from fulfilling the request.
       socket.close(1011, (e instanceof KilnError ? `${e.code}: ${e.message}` : (e as Error).message).slice(0, 120));

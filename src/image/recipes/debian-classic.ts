@@ -68,6 +68,15 @@ ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_k
 WantedBy=multi-user.target
 `;
 
+/**
+ * The serial console logs root in: reaching it takes the API (kiln console), whose holder can
+ * already run anything as root through exec. No password exists to type.
+ */
+export const SERIAL_AUTOLOGIN = `[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 - $TERM
+`;
+
 export const SSHD_CONFIG = `# kiln: key-only root login, one (per-VM) host key, no DNS lookups on connect.
 HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin prohibit-password
@@ -101,6 +110,7 @@ export async function customizeClassic(root: string): Promise<void> {
   await write(root, 'etc/systemd/system/kiln-user-data.service', USER_DATA_UNIT);
   await write(root, 'etc/systemd/system/kiln-ssh-hostkeys.service', HOSTKEYS_UNIT);
   await write(root, 'etc/ssh/sshd_config.d/kiln.conf', SSHD_CONFIG);
+  await write(root, 'etc/systemd/system/serial-getty@ttyS0.service.d/kiln-autologin.conf', SERIAL_AUTOLOGIN);
   for (const u of ['kiln-agent.service', 'kiln-user-data.service', 'kiln-ssh-hostkeys.service']) await enable(root, u);
   // Every VM would share the image's host keys and machine id: both are made per VM at first
   // boot (an empty machine-id is systemd's "first boot" signal and gets a fresh id).
@@ -125,7 +135,7 @@ export const CLASSIC_RECIPE: DebianRecipe = {
   variant: 'minbase',
   packages: ['systemd-sysv', 'udev', 'dbus', 'openssh-server', 'iproute2', 'procps', 'iputils-ping', 'less', 'ca-certificates'],
   customize: customizeClassic,
-  inputs: [AGENT_UNIT, USER_DATA_UNIT, HOSTKEYS_UNIT, SSHD_CONFIG, customizeClassic.toString()],
+  inputs: [AGENT_UNIT, USER_DATA_UNIT, HOSTKEYS_UNIT, SSHD_CONFIG, SERIAL_AUTOLOGIN, customizeClassic.toString()],
   config: { cmd: ['/sbin/init'], env: {}, workdir: '/', user: '0:0' },
   format: 'ext4',
 };
