@@ -745,6 +745,15 @@ export class VmManager {
         await fs.rm(path.join(this.vmsDir, dir), { recursive: true, force: true });
       }
     }
+    // Classic disks of VMs deleted while kilnd was stopping, and clones a crash left half-made.
+    const disks = path.dirname(classicDiskPath(this.deps.config.stateDir, 'x'));
+    const keep = new Set(vms.flatMap((v) => (v.classic ? [path.basename(v.classic.disk.path)] : [])));
+    for (const f of await fs.readdir(disks).catch(() => [] as string[])) {
+      if (!keep.has(f)) {
+        this.deps.log.warn({ disk: f }, 'removing a disk no VM refers to');
+        await fs.rm(path.join(disks, f), { force: true });
+      }
+    }
   }
 
   private async reconcileOne(vm: VmRecord): Promise<void> {
@@ -761,7 +770,9 @@ export class VmManager {
       image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm), extra), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
-      const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
+      const console = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset);
+      // kiln-init says poweroff; under systemd (classic VMs) the kernel's own last line does.
+      const poweredOff = console.includes('@kiln:poweroff') || (!!vm.classic && console.includes('reboot: Power down'));
       if (poweredOff || vm.state === 'stopping') {
         await this.transition(vm.id, 'stopped', { pid: null }, 'VMM exited while kilnd was down (guest powered off)');
         await this.detachNetwork(vm);
