@@ -161,6 +161,18 @@ describe('classic VM', { skip }, () => {
     assert.ok(sizeKib > 2.5 * 1024 * 1024 && sizeKib <= 3 * 1024 * 1024, `root fs ${sizeKib} KiB after growing to 3 GiB`);
   });
 
+  test('without its agent, stop presses the ACPI power button and systemd still powers off', async () => {
+    // The session running this is in the agent's cgroup: it may be cut off as the agent stops.
+    await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'stop', 'kiln-agent.service'] }).catch(() => {});
+    await waitUntil(async () => (await d.client.exec(vm.id, { cmd: ['true'] }).then(() => false, () => true)));
+    const stopped = await d.client.stopVm(vm.id);
+    assert.equal(stopped.state, 'stopped', stopped.state_reason ?? '');
+    assert.equal(stopped.state_reason, 'stopped on request');
+    assert.match(d.output(), /pressing the ACPI power button/);
+    const logs = await d.client.logs(vm.id);
+    assert.equal(logs.match(/reboot: Power down/g)?.length, 2, 'the second boot ended in a power-off too, not a kill');
+  });
+
   test('bad input: clear 4xx, and no VM record, disk, runtime dir, tap or VMM left behind', async () => {
     const before = { vms: (await d.client.listVms()).length, disks: await listDir(path.join(d.stateDir, 'disks')), pids: (await vmmPids(d.stateDir)).length };
     const cases: [CreateVmBody, number, string][] = [
@@ -222,6 +234,14 @@ describe('console on a plain VM', { skip }, () => {
     await d.client.deleteVm(plain.id);
   });
 });
+
+async function waitUntil(cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  for (let delay = 100; !(await cond()); delay = Math.min(delay * 2, 2000)) {
+    if (Date.now() > end) throw new Error(`condition not met in ${ms} ms`);
+    await new Promise((res) => setTimeout(res, delay));
+  }
+}
 
 async function listDir(dir: string): Promise<string[]> {
   return (await fs.readdir(dir).catch(() => [] as string[])).sort();
