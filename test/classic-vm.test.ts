@@ -136,6 +136,24 @@ describe('classic VM', { skip }, () => {
     assert.match(await d.client.logs(vm.id), /42-from-console systemd/);
   });
 
+  test('a kilnd restart (SIGKILL) re-attaches: still ready, console, agent and SSH work', async () => {
+    const { stateDir, network } = d;
+    await d.kill();
+    d = await startKilnd({ stateDir, network });
+    const again = await d.client.getVm(vm.id);
+    assert.equal(again.state, 'ready');
+    assert.equal(again.boot_count, 1);
+    const ws = await d.client.console(vm.id);
+    try {
+      ws.send('echo "reattached-$((1 + 1))"\r');
+      await readUntil(ws, /reattached-2/);
+    } finally {
+      ws.close();
+    }
+    assert.equal((await sh(vm.id, 'cat /proc/1/comm')).trim(), 'systemd');
+    assert.equal((await ssh(vm.ip!, 'hostname')).trim(), 'web-1.example.test');
+  });
+
   test('disk contents survive stop/start; the disk grows offline while stopped', async () => {
     await ssh(vm.ip!, 'echo persisted-$(hostname) > /root/marker && sync');
     await expectApiError(d.client.resizeVmDisk(vm.id, 3), 409, 'KILN_ERR_INVALID_STATE');
