@@ -32,6 +32,7 @@
 
 struct classic_cfg classic_cfg;
 int agent_only;
+int agent_shutdown_signal;
 
 static int write_whole(int fd, const char *p, size_t n)
 {

@@ -1186,6 +1186,7 @@ void agent_only_run(void)
 		sigaddset(&set, sigs[i]);
 	sigprocmask(SIG_BLOCK, &set, NULL);
 	sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	agent_shutdown_signal = cmdline_has("kiln.shutdown=reboot") ? SIGRTMIN + 5 : SIGRTMIN + 4;
 	net_read_ip();
 	read_config();
 	if (!agent_cfg.token)

@@ -73,6 +73,9 @@ extern struct classic_cfg classic_cfg;
 void classic_handover(void) __attribute__((noreturn));
 /* 1 when this process is the agent-only service, not PID 1. */
 extern int agent_only;
+/* Agent-only: what the shutdown op sends systemd (SIGRTMIN+4 poweroff, or SIGRTMIN+5 reboot
+ * under kiln.shutdown=reboot: Firecracker exits on a reset, not on a power-off). */
+extern int agent_shutdown_signal;
 /* The agent-only service's main loop (never returns). */
 void agent_only_run(void) __attribute__((noreturn));
 
