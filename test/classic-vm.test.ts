@@ -179,6 +179,16 @@ describe('classic VM', { skip }, () => {
     assert.ok(sizeKib > 2.5 * 1024 * 1024 && sizeKib <= 3 * 1024 * 1024, `root fs ${sizeKib} KiB after growing to 3 GiB`);
   });
 
+  test('`reboot` inside the guest reboots the VM (kilnd boots it again; the disk is kept)', async () => {
+    await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'reboot'] }).catch(() => {});
+    await waitUntil(async () => {
+      const v = await d.client.getVm(vm.id);
+      return v.boot_count === 3 && v.state === 'ready';
+    }, BOOT_MS);
+    assert.match(await d.client.logs(vm.id), /reboot: Restarting system/);
+    assert.equal((await ssh(vm.ip!, 'cat /root/marker')).trim(), 'persisted-web-1.example.test');
+  });
+
   test('without its agent, stop presses the ACPI power button and systemd still powers off', async () => {
     // The session running this is in the agent's cgroup: it may be cut off as the agent stops.
     await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'stop', 'kiln-agent.service'] }).catch(() => {});
@@ -188,7 +198,7 @@ describe('classic VM', { skip }, () => {
     assert.equal(stopped.state_reason, 'stopped on request');
     assert.match(d.output(), /pressing the ACPI power button/);
     const logs = await d.client.logs(vm.id);
-    assert.equal(logs.match(/reboot: Power down/g)?.length, 2, 'the second boot ended in a power-off too, not a kill');
+    assert.equal(logs.match(/reboot: Power down/g)?.length, 2, 'this boot ended in a power-off too, not a kill');
   });
 
   test('bad input: clear 4xx, and no VM record, disk, runtime dir, tap or VMM left behind', async () => {

@@ -446,9 +446,17 @@ export class VmManager {
     if (!vm) return;
     const reason = live.failReason ?? (live.guestError ? `KILN_ERR_GUEST_FAILED: ${live.guestError}` : null);
     if (!reason && (vm.state === 'stopping' || exit.clean)) {
-      const why = vm.state === 'stopping' ? 'stopped on request' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
+      const rebooting = !!vm.classic && vm.state !== 'stopping' && exit.reset === true;
+      const why = vm.state === 'stopping' ? 'stopped on request'
+        : rebooting ? 'guest rebooted: starting it again'
+        : vm.classic ? 'guest powered off' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
       await this.transition(id, 'stopped', { pid: null, exitCode: live.exitCode }, why);
       await this.detachNetwork(vm);
+      // `reboot` inside a classic VM means what it means on any machine. (QEMU runs with
+      // -no-reboot so that a workload VM's reset ends it; here kilnd boots it again.)
+      if (rebooting) {
+        setImmediate(() => void this.start(id).catch((e) => this.deps.log.error({ vm: id, err: e }, 'restart after guest reboot failed')));
+      }
       return;
     }
     await this.failAndRelease(vm, reason ?? `KILN_ERR_VMM_FAILED: ${exit.reason}`);

@@ -52,6 +52,8 @@ export interface VmmExit {
   reason: string;
   /** True when the guest powered off by itself (clean shutdown), false on a crash or kill. */
   clean: boolean;
+  /** The guest asked for a reboot (QEMU runs with -no-reboot, so a reset ends the process). */
+  reset?: boolean;
 }
 
 /** A running VMM process kilnd controls. Obtained by start() or attach(). */

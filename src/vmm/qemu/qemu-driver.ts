@@ -66,6 +66,7 @@ class QemuInstance implements VmmInstance {
     const guest = ev?.guest === true;
     this.resolveExit({
       clean: guest,
+      ...(guest && ev?.reason === 'guest-reset' ? { reset: true } : {}),
       reason: ev ? `VMM exited after ${guest ? 'guest' : 'host'} shutdown (${String(ev.reason ?? 'unknown')})` : 'VMM process exited unexpectedly',
     });
   }
