@@ -5,6 +5,8 @@
 // left behind. One classic VM is shared by the tests that can share it: systemd under TCG
 // boots in ~20 s.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,11 +38,24 @@ before(async () => {
   await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'kiln-test', '-f', path.join(keyDir, 'id')]);
   pubKey = (await fs.readFile(path.join(keyDir, 'id.pub'), 'utf8')).trim();
   d = await startKilnd();
-  vm = await d.client.createVm({
-    name: 'classic-1',
-    classic: { hostname: 'web-1.example.test', ssh_authorized_keys: [pubKey], user_data: USER_DATA, disk_size_gib: 2 },
-  }, { wait: true, timeoutMs: BOOT_MS });
+  // Through the CLI: its classic flags are what a user types.
+  await fs.writeFile(path.join(keyDir, 'user-data.sh'), USER_DATA);
+  const created = await kiln('--json', 'vm', 'create', '--classic', '--name', 'classic-1', '--hostname', 'web-1.example.test',
+    '--ssh-key', path.join(keyDir, 'id.pub'), '--user-data', path.join(keyDir, 'user-data.sh'), '--disk-size', '2');
+  assert.equal(created.code, 0, created.stderr);
+  vm = JSON.parse(created.stdout) as Vm;
 });
+
+const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
+async function kiln(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const r = await promisify(execFile)(process.execPath, [BIN, '--api', d.url, ...args], { timeout: BOOT_MS });
+    return { ...r, code: 0 };
+  } catch (e) {
+    const err = e as { stdout: string; stderr: string; code: number };
+    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
+  }
+}
 after(async () => {
   await d?.dispose();
   if (keyDir) await fs.rm(keyDir, { recursive: true, force: true });
@@ -165,8 +180,9 @@ describe('classic VM', { skip }, () => {
     assert.equal((await vmmPids(d.stateDir)).length, 0);
 
     await expectApiError(d.client.resizeVmDisk(vm.id, 1), 400, 'KILN_ERR_VALIDATION');
-    const resized = await d.client.resizeVmDisk(vm.id, 3);
-    assert.equal(resized.classic?.disk.size_bytes, 3 * 1024 ** 3);
+    const resized = await kiln('--json', 'vm', 'resize', vm.name, '--disk-size', '3');
+    assert.equal(resized.code, 0, resized.stderr);
+    assert.equal((JSON.parse(resized.stdout) as Vm).classic?.disk.size_bytes, 3 * 1024 ** 3);
 
     const again = await d.client.startVm(vm.id, { wait: true, timeoutMs: BOOT_MS });
     assert.equal(again.state, 'ready');
@@ -218,6 +234,10 @@ describe('classic VM', { skip }, () => {
       [{ classic: {}, network: 'none' }, 400, 'KILN_ERR_VALIDATION'],
       [{ classic: { disk_size_gib: 0 } }, 400, 'KILN_ERR_VALIDATION'],
     ];
+    await fs.writeFile(path.join(keyDir, 'bad.pub'), `${pubKey}\nssh-ed25519 AAAAtruncated\n`);
+    const cli = await kiln('vm', 'create', '--classic', '--name', 'bad-classic', '--ssh-key', path.join(keyDir, 'bad.pub'));
+    assert.notEqual(cli.code, 0);
+    assert.match(cli.stderr, /KILN_ERR_SSH_KEY_INVALID|ssh_authorized_keys\[1\]/);
     for (const [body, status, code] of cases) {
       const e = await expectApiError(d.client.createVm({ name: body.name ?? 'bad-classic', ...body }), status, code);
       assert.ok(e.message.length > 10, `${code}: a message that says why (${e.message})`);
