@@ -31,6 +31,11 @@ needs=(
   openssl:openssl
   debootstrap:debootstrap
   chroot:coreutils
+  # classic VMs: offline disk resize; the tests SSH into them with a key they generate
+  resize2fs:e2fsprogs
+  e2fsck:e2fsprogs
+  ssh:openssh-client
+  ssh-keygen:openssh-client
 )
 missing=()
 for pair in "${needs[@]}"; do

@@ -12,6 +12,7 @@ import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
 import { RecipeBuilder } from './image/recipes/debian-recipe.ts';
+import { CLASSIC_RECIPE } from './image/recipes/debian-classic.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
@@ -94,14 +95,15 @@ export class Daemon {
       await network.init();
       agents = await startAgentHub(config, network, log);
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
-      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
+      const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
+      const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
+      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor, classicBase });
       const containers = new ContainerService({ stateDir: config.stateDir, store, bus, images, vms, log });
       // Subscribed before the reconcile: re-attached consoles replay output and exits.
       containers.attach();
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
-      const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers);
     } catch (e) {
       await closeAgentHub(agents);

@@ -39,6 +39,8 @@ export const ERRORS = {
   KILN_ERR_GUEST_PATH_NOT_FOUND: { status: 404, summary: 'The path does not exist inside the guest' },
   KILN_ERR_GUEST_OP_FAILED: { status: 422, summary: 'The guest could not carry out the operation (exec or file I/O failed)' },
   KILN_ERR_CONTAINER_NOT_FOUND: { status: 404, summary: 'No container has that id or name' },
+  KILN_ERR_SSH_KEY_INVALID: { status: 400, summary: 'An SSH public key is not in authorized_keys format (type, base64 blob, comment)' },
+  KILN_ERR_CONSOLE_UNAVAILABLE: { status: 409, summary: 'The VM has no interactive serial console right now (not running, or the backend has none)' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -37,6 +37,18 @@ export const VolumeAttach = Type.Object(
   { additionalProperties: false },
 );
 
+export const ClassicVmOptions = Type.Object(
+  {
+    hostname: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'Host name (RFC 1123); default: the VM name' })),
+    ssh_authorized_keys: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 16384 }), {
+      maxItems: 64, description: 'OpenSSH public keys ("TYPE BASE64 [comment]") installed for root at first boot',
+    })),
+    user_data: Type.Optional(Type.String({ minLength: 2, maxLength: 65536, description: 'A script (starting with "#!") run once, as root, at first boot' })),
+    disk_size_gib: Type.Optional(Type.Integer({ minimum: 1, maximum: 16384, description: 'Size of the VM\'s own disk (sparse); default 4, at least the base image' })),
+  },
+  { additionalProperties: false, description: 'Makes a classic VM: systemd as init, sshd, its own writable disk cloned from the image (default "debian")' },
+);
+
 export const CreateVmBody = Type.Object(
   {
     name: Type.Optional(Name),
@@ -57,6 +69,7 @@ export const CreateVmBody = Type.Object(
       }),
     ),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Volumes and host directories mounted in the guest' })),
+    classic: Type.Optional(ClassicVmOptions),
   },
   { additionalProperties: false },
 );
@@ -111,8 +124,27 @@ export const Vm = Type.Object({
     target: Type.String(),
     read_only: Type.Boolean(),
   })),
+  classic: Type.Optional(Type.Union([
+    Type.Object({
+      hostname: Type.String(),
+      ssh_authorized_keys: Type.Integer({ description: 'How many keys were installed' }),
+      user_data: Type.Boolean({ description: 'A first-boot script was given' }),
+      disk: Type.Object({
+        size_bytes: Type.Integer(),
+        allocated_bytes: Type.Union([Type.Integer({ description: 'Host disk space it uses (sparse; shared extents with a reflink)' }), Type.Null()]),
+        strategy: Type.Union([Type.Literal('reflink'), Type.Literal('sparse-copy'), Type.Null()], { description: 'How it was cloned from the base image (null before its first boot)' }),
+        clone_ms: Type.Union([Type.Number(), Type.Null()]),
+      }),
+    }),
+    Type.Null(),
+  ], { description: 'Classic VMs only (null otherwise)' })),
 });
 export type Vm = Static<typeof Vm>;
+
+export const ResizeDiskBody = Type.Object(
+  { size_gib: Type.Integer({ minimum: 1, maximum: 16384, description: 'New size; disks only grow' }) },
+  { additionalProperties: false },
+);
 
 export const VmList = Type.Object({ vms: Type.Array(Vm) });
 

@@ -1,11 +1,13 @@
 // The HTTP API (Fastify). Schemas are compiled at registration, so a bad schema fails at
 // boot; every error leaves as {statusCode, code, error, message}.
 import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ERRORS, KilnError, isKilnError } from '../errors.ts';
 import type { Daemon } from '../daemon.ts';
 import { registerContainerRoutes } from './routes/containers.ts';
+import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerExecRoutes } from './routes/exec.ts';
 import { registerImageRoutes } from './routes/images.ts';
@@ -91,6 +93,8 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
     },
   });
 
+  // Before the routes: the console route is a WebSocket one (kiln vm console).
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
   registerImageRoutes(app, daemon);
@@ -98,6 +102,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerEventRoutes(app, daemon);
   registerExecRoutes(app, daemon);
   registerContainerRoutes(app, daemon);
+  registerConsoleRoutes(app, daemon);
   await registerWebRoutes(app);
   return app;
 }

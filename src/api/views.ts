@@ -1,6 +1,7 @@
 // Store records → API JSON (snake_case, ISO timestamps).
 import type { Daemon } from '../daemon.ts';
-import type { ImageRecord, VmRecord } from '../store/store.ts';
+import fs from 'node:fs/promises';
+import type { ClassicVm, ImageRecord, VmRecord } from '../store/store.ts';
 import { macFor } from '../net/ipv4.ts';
 import { phaseView } from '../vm/timeline.ts';
 import type { Image, Vm } from './schemas.ts';
@@ -43,6 +44,17 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     updated_at: iso(vm.updatedAt),
     timeline: phases.map(phaseView),
     volumes: vm.volumes.map((v) => ({ volume: v.volumeId ?? null, host_path: v.hostPath ?? null, target: v.target, read_only: v.readOnly })),
+    classic: vm.classic ? await classicView(vm.classic) : null,
+  };
+}
+
+async function classicView(c: ClassicVm): Promise<NonNullable<Vm['classic']>> {
+  const st = await fs.stat(c.disk.path).catch(() => null);
+  return {
+    hostname: c.hostname,
+    ssh_authorized_keys: c.sshAuthorizedKeys.length,
+    user_data: c.userData !== null,
+    disk: { size_bytes: c.disk.sizeBytes, allocated_bytes: st ? st.blocks * 512 : null, strategy: c.disk.strategy, clone_ms: c.disk.cloneMs },
   };
 }
 

@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { KilnClient } from '../sdk/client.ts';
 import { KILN_VERSION } from '../version.ts';
 import { containerCommands } from './container-commands.ts';
+import { consoleCommand } from './console-command.ts';
 import { doctorCommand } from './doctor.ts';
 import { execCommands } from './exec-commands.ts';
 import { imageCommands } from './image-commands.ts';
@@ -28,6 +29,7 @@ program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
+program.addCommand(consoleCommand(client));
 for (const c of execCommands(client)) program.addCommand(c);
 for (const c of containerCommands(client, json)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {

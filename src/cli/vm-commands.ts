@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import { Command } from 'commander';
 import type { KilnClient, Vm } from '../sdk/client.ts';
 import { age, printJson, printTable } from './output.ts';
@@ -10,6 +11,11 @@ function printVm(vm: Vm): void {
     ['agent', vm.agent ? `${vm.agent.channel}, ready by ${vm.agent.readiness}${vm.agent.latency_ms !== null ? ` (+${vm.agent.latency_ms.toFixed(1)} ms)` : ''}` : null],
     ['health', vm.health_reason ? `${vm.health}: ${vm.health_reason}` : vm.health], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
     ['boots', vm.boot_count], ['exit code', vm.exit_code], ['created', vm.created_at],
+    ...(vm.classic ? [
+      ['hostname', vm.classic.hostname],
+      ['disk', `${(vm.classic.disk.size_bytes / 1024 ** 3).toFixed(1)} GiB${vm.classic.disk.allocated_bytes !== null ? `, ${(vm.classic.disk.allocated_bytes / 1024 ** 2).toFixed(0)} MiB used` : ''}${vm.classic.disk.strategy ? ` (${vm.classic.disk.strategy}${vm.classic.disk.clone_ms !== null ? ` in ${vm.classic.disk.clone_ms} ms` : ''})` : ''}`],
+      ['ssh keys', vm.classic.ssh_authorized_keys], ['user-data', vm.classic.user_data ? 'yes (runs once at first boot)' : 'no'],
+    ] as [string, string | number][] : []),
   ]);
   if (vm.timeline.length) {
     printTable(['phase', 'started', 'duration'], vm.timeline.map((p) => [p.phase, p.started_at, p.duration_ms === null ? 'running' : `${p.duration_ms.toFixed(1)} ms`]));
@@ -18,6 +24,21 @@ function printVm(vm: Vm): void {
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 const portText = (p: Vm['ports'][number]) => `${p.host}→${p.guest}/${p.proto}`;
+
+/** Non-empty, non-comment lines of a public key file (authorized_keys style). */
+export function keysFromFile(text: string): string[] {
+  return text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}
+
+async function classicOptions(o: { sshKey: string[]; hostname?: string; userData?: string; diskSize?: number }) {
+  const keys = (await Promise.all(o.sshKey.map((f) => fs.readFile(f, 'utf8')))).flatMap(keysFromFile);
+  return {
+    ...(keys.length ? { ssh_authorized_keys: keys } : {}),
+    ...(o.hostname ? { hostname: o.hostname } : {}),
+    ...(o.userData ? { user_data: await fs.readFile(o.userData, 'utf8') } : {}),
+    ...(o.diskSize ? { disk_size_gib: o.diskSize } : {}),
+  };
+}
 
 /** `-p HOST:GUEST[/tcp|udp]`, as docker writes it. */
 export function parsePublish(spec: string): { host: number; guest: number; proto: 'tcp' | 'udp' } {
@@ -32,7 +53,12 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
 
   vm.command('create')
     .description('create and boot a VM; waits until it is ready unless --no-wait')
-    .option('--image <image>', 'image id, name or registry reference (pulled on demand)', 'default')
+    .option('--image <image>', 'image id, name or registry reference (pulled on demand); default "default", or "debian" with --classic')
+    .option('--classic', 'a classic VM: systemd, sshd, its own disk cloned from the image (default "debian")')
+    .option('--ssh-key <file>', 'classic: public key file (one key per line, authorized_keys style) installed for root (repeatable)', collect, [])
+    .option('--hostname <name>', 'classic: host name (default: the VM name)')
+    .option('--user-data <file>', 'classic: script (starting with #!) run once as root at first boot')
+    .option('--disk-size <gib>', 'classic: disk size in GiB (default 4)', Number)
     .option('-v, --volume <SRC:TARGET[:ro]>', 'attach a volume (name) or a host directory (absolute path, read-only) (repeatable)', collect, [])
     .option('--name <name>', 'VM name (default: its id)')
     .option('--vcpus <n>', 'virtual CPUs', Number)
@@ -45,8 +71,11 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .argument('[cmd...]', 'command to run instead of the image’s (put it after --)')
     .action(async (cmd: string[], o) => {
       const env = Object.fromEntries((o.env as string[]).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const classicFlags = o.sshKey.length || o.hostname || o.userData || o.diskSize;
+      if (classicFlags && !o.classic) throw new Error('--ssh-key, --hostname, --user-data and --disk-size are for classic VMs: add --classic');
       const created = await client().createVm({
-        image: o.image,
+        ...(o.image ? { image: o.image } : {}),
+        ...(o.classic ? { classic: await classicOptions(o) } : {}),
         ...(o.name ? { name: o.name } : {}),
         ...(o.vcpus ? { vcpus: o.vcpus } : {}),
         ...(o.memory ? { memory_mib: o.memory } : {}),
@@ -74,6 +103,9 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .description('stop a VM gracefully').action(async (id: string, o) => show(await client().stopVm(id, { graceMs: o.grace })));
   vm.command('start').argument('<vm>').option('--no-wait', 'return at once').description('start a stopped VM')
     .action(async (id: string, o) => show(await client().startVm(id, { wait: o.wait })));
+  vm.command('resize').argument('<vm>').requiredOption('--disk-size <gib>', 'new disk size in GiB (disks only grow)', Number)
+    .description('grow a stopped classic VM\'s disk (offline: e2fsck + resize2fs)')
+    .action(async (id: string, o) => show(await client().resizeVmDisk(id, o.diskSize)));
   vm.command('pause').argument('<vm>').description('pause a VM’s vCPUs').action(async (id: string) => show(await client().pauseVm(id)));
   vm.command('resume').argument('<vm>').description('resume a paused VM').action(async (id: string) => show(await client().resumeVm(id)));
   vm.command('rm').alias('delete').argument('<vm...>').description('delete VMs (stops them at once)').action(async (ids: string[]) => {

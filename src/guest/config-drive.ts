@@ -23,6 +23,16 @@ export interface GuestConfig {
   /** Extra drives (volumes) mounted inside the root before the workload starts. */
   mounts?: { serial: string; index: number; target: string; readOnly: boolean }[];
   agent?: GuestAgentConfig;
+  /** A classic VM: kiln-init mounts the root drive read-write and hands PID 1 to its init. */
+  classic?: GuestClassicConfig;
+}
+
+/** First-boot identity of a classic VM (src/guest/kiln-init/classic.c). */
+export interface GuestClassicConfig {
+  /** First boot is per instance id (the VM id): its identity is written once per instance. */
+  instanceId: string;
+  sshAuthorizedKeys: string[];
+  userData?: string;
 }
 
 /** The guest agent's side of docs/agent-protocol.md. */
@@ -66,6 +76,15 @@ export function encodeConfigDrive(cfg: GuestConfig): Buffer {
     }
     if (a.port !== undefined) entries.push(`agent_port=${a.port}`);
     if (a.vsockPort !== undefined) entries.push(`agent_vsock_port=${a.vsockPort}`);
+  }
+  if (cfg.classic) {
+    const c = cfg.classic;
+    entries.push('mode=classic', `instance_id=${c.instanceId}`);
+    for (const k of c.sshAuthorizedKeys) {
+      if (/[\r\n]/.test(k)) throw new KilnError('KILN_ERR_VALIDATION', 'an SSH key cannot span lines');
+      entries.push(`ssh_key=${k}`);
+    }
+    if (c.userData !== undefined) entries.push(`user_data=${c.userData}`);
   }
   for (const e of entries) {
     if (e.includes('\0')) throw new KilnError('KILN_ERR_VALIDATION', 'strings passed to the guest cannot contain NUL bytes');

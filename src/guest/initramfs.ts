@@ -14,7 +14,7 @@ import type { KilnInitBinary } from './kiln-init-build.ts';
 /** Needed to find and mount the root and writable layer: boot fails without them. */
 const REQUIRED_MODULES = ['virtio_mmio', 'virtio_blk', 'squashfs', 'overlay', 'ext4'];
 /** Used when present (networking and vsock channels; erofs images). */
-const OPTIONAL_MODULES = ['virtio_net', 'vmw_vsock_virtio_transport', 'erofs'];
+const OPTIONAL_MODULES = ['virtio_net', 'vmw_vsock_virtio_transport', 'erofs', 'button', 'evdev'];
 
 export interface Initramfs {
   path: string;

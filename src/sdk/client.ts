@@ -1,6 +1,7 @@
 // The typed kiln client. The CLI is built on it and the tests drive the daemon through it,
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
+import WebSocket from 'ws';
 import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
 
 export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
@@ -141,6 +142,40 @@ export class KilnClient {
   }
   startVm(id: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<Vm> {
     return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/start`, { query: { wait: opts.wait ? 1 : undefined, timeout_ms: opts.timeoutMs } });
+  }
+  /** Grows a stopped classic VM's disk. */
+  resizeVmDisk(id: string, sizeGib: number): Promise<Vm> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/disk/resize`, { body: { size_gib: sizeGib } });
+  }
+  /**
+   * Opens the VM's interactive serial console (a WebSocket: binary frames, guest output in,
+   * keystrokes out). Resolves once connected; a refusal rejects with the API's KilnApiError.
+   */
+  async console(id: string): Promise<WebSocket> {
+    const u = new URL(`${this.url}/v1/vms/${encodeURIComponent(id)}/console`);
+    u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(u, { headers: this.token ? { authorization: `Bearer ${this.token}` } : {} });
+    return new Promise<WebSocket>((resolve, reject) => {
+      ws.once('open', () => {
+        ws.off('error', reject);
+        resolve(ws);
+      });
+      ws.once('unexpected-response', (_req, res) => {
+        let text = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (text += d));
+        res.on('end', () => {
+          let parsed: { code?: string; message?: string; details?: unknown } = {};
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            /* not JSON */
+          }
+          reject(new KilnApiError(res.statusCode ?? 0, parsed.code ?? `HTTP_${res.statusCode}`, parsed.message ?? text, parsed.details));
+        });
+      });
+      ws.once('error', reject);
+    });
   }
   pauseVm(id: string): Promise<Vm> {
     return this.json('POST', `/v1/vms/${encodeURIComponent(id)}/pause`);

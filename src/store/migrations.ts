@@ -103,4 +103,8 @@ export const MIGRATIONS: readonly string[] = [
     created_at REAL NOT NULL
   );
   `,
+  // v5 (classic VMs, issue #7): their disk, identity and first-boot data, as one JSON column.
+  `
+  ALTER TABLE vms ADD COLUMN classic TEXT;
+  `,
 ];

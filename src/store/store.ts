@@ -66,6 +66,8 @@ export interface VmRecord {
   volumes: VmVolume[];
   /** How the workload is started beyond argv/env (containers); null/absent: the image's. */
   process?: VmProcess | null;
+  /** Set for classic VMs (systemd, SSH, own writable disk); null for workload VMs. */
+  classic?: ClassicVm | null;
   createdAt: number;
   updatedAt: number;
 }
@@ -107,6 +109,21 @@ export interface ContainerRecord {
   /** When the policy's pending restart is due (epoch ms); null: none pending. */
   restartAt: number | null;
   createdAt: number;
+}
+
+/** A classic VM: what was asked for at create, and its disk (the VM's state, kept across stops). */
+export interface ClassicVm {
+  hostname: string;
+  sshAuthorizedKeys: string[];
+  userData: string | null;
+  disk: {
+    /** `<state>/disks/<vm id>.ext4`: outside the runtime dir, which a failed boot removes. */
+    path: string;
+    sizeBytes: number;
+    /** How it was cloned from the base image: null until the first boot made it. */
+    strategy: 'reflink' | 'sparse-copy' | null;
+    cloneMs: number | null;
+  };
 }
 
 export interface VmVolume {

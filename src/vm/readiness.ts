@@ -57,8 +57,12 @@ export async function detectReadiness(r: ReadinessInput): Promise<Readiness> {
     case 'push': {
       const pushed = r.hello.then((knownAt): Readiness => ({ by: 'push', knownAt }));
       if (!r.fallback) return pushed;
+      // Once the hello is in, the fallback is moot: without this it fired anyway 2 s after the
+      // console's marker, logging a missing push and probing a VM that was already ready.
+      const settled = new AbortController();
+      void pushed.then(() => settled.abort());
       const fallback = r.consoleReady
-        .then(() => sleep(PUSH_GRACE_MS, undefined, { signal: r.signal }))
+        .then(() => sleep(PUSH_GRACE_MS, undefined, { signal: AbortSignal.any([r.signal, settled.signal]) }))
         .then(() => {
           r.onFallback(`no agent hello ${PUSH_GRACE_MS} ms after the console reported ready`);
           return poll();

@@ -17,7 +17,7 @@ import { prepareVmRoot } from '../image/rootfs-prepare.ts';
 import type { VolumeAttachRequest, VolumeService } from '../image/volume-service.ts';
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
-import type { AgentInfo, NetworkMode, PortMapping, ReadinessMode, Store, VmProcess, VmRecord, VmState } from '../store/store.ts';
+import type { AgentInfo, ImageRecord, NetworkMode, PortMapping, ReadinessMode, Store, VmProcess, VmRecord, VmState } from '../store/store.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import { AGENT_SESSION_PORT, AGENT_VSOCK_PORT, AgentLink, GUEST_CID, agentChannel, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
@@ -26,6 +26,10 @@ import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
+import { CLASSIC_STOP_GRACE_MS, DEFAULT_DISK_GIB, GIB, checkClassicInput, checkDiskSize, classicDiskPath, ensureClassicDisk, growDiskOffline, newClassicVm, type ClassicInput } from './classic.ts';
+import { encodeConfigDrive } from '../guest/config-drive.ts';
+import { ConsoleMux, type ConsoleClient } from './console-mux.ts';
+import { CLASSIC_BASE_ALIAS } from '../image/recipes/debian-classic.ts';
 
 export const MIN_MEMORY_MIB = 128;
 export const DEFAULT_IMAGE = 'default';
@@ -42,6 +46,8 @@ export interface CreateVmInput {
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   readiness?: ReadinessMode;
   volumes?: VolumeAttachRequest[];
+  /** A classic VM (systemd, SSH, its own writable disk) instead of a workload VM. */
+  classic?: ClassicInput;
   /** Container-style process overrides (entrypoint, workdir, user, tagged stdio). */
   process?: VmProcess;
 }
@@ -75,6 +81,8 @@ interface LiveVm {
   agent: AgentLink | null;
   boot: number;
   outputSeq: number;
+  /** The interactive console connection, shared by attached clients; null where the VMM has none. */
+  console: ConsoleMux | null;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -106,6 +114,8 @@ export class VmManager {
        * backend can change between runs, e.g. `auto` after Firecracker was installed).
        */
       driverFor?: (name: BackendName) => VmmDriver;
+      /** The classic VMs' base image ("debian"), built from Debian's archive on first use. */
+      classicBase?: () => Promise<ImageRecord>;
     },
   ) {
     this.states.setMaxListeners(0);
@@ -151,11 +161,25 @@ export class VmManager {
       throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
     }
     for (const p of ports) await assertHostPortFree(p.proto, p.hostPort);
-    // A registry reference not pulled yet is pulled (and converted) here, before the VM exists.
-    const image = await this.deps.images.resolveForVm(input.image ?? DEFAULT_IMAGE);
-    const volumes = await this.deps.volumes.resolveAttachments(input.volumes ?? []);
     const id = `vm-${randomBytes(5).toString('hex')}`;
     const name = input.name ?? id;
+    // Cheap checks first: a bad key or a taken name must not wait for a base image build.
+    const classicIn = input.classic ? this.checkClassic(input, name) : null;
+    if (await this.deps.store.getVm(name)) {
+      throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(name)} already exists`);
+    }
+    // A registry reference not pulled yet is pulled (and converted) here, before the VM exists.
+    const image = await this.resolveImage(input);
+    const volumes = await this.deps.volumes.resolveAttachments(input.volumes ?? []);
+    let classic = null;
+    if (classicIn) {
+      if (image.format !== 'ext4') {
+        throw new KilnError('KILN_ERR_VALIDATION', `a classic VM's disk is cloned from an ext4 image; ${image.name} is ${image.format} (pull or import it with format ext4, or use "${CLASSIC_BASE_ALIAS}")`);
+      }
+      const sizeBytes = (input.classic!.disk_size_gib ?? Math.max(DEFAULT_DISK_GIB, Math.ceil(image.sizeBytes / GIB))) * GIB;
+      await checkDiskSize(sizeBytes, image.sizeBytes, this.deps.config.stateDir);
+      classic = newClassicVm({ ...classicIn, diskPath: classicDiskPath(this.deps.config.stateDir, id), sizeBytes });
+    }
     if (await this.deps.store.getVm(name)) {
       throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(name)} already exists`);
     }
@@ -188,6 +212,7 @@ export class VmManager {
       exitCode: null,
       volumes,
       process: input.process ?? null,
+      classic,
       createdAt: now,
       updatedAt: now,
     };
@@ -210,6 +235,22 @@ export class VmManager {
     return vm;
   }
 
+  private checkClassic(input: CreateVmInput, name: string) {
+    if (input.cmd) throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM runs its image\'s init (systemd): "cmd" does not apply (use "user_data" for a first-boot script)');
+    if ((input.network ?? 'bridge') !== 'bridge') {
+      throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM needs kiln\'s network (SSH, the agent): "network": "none" does not apply');
+    }
+    return checkClassicInput(input.classic!, name);
+  }
+
+  private async resolveImage(input: CreateVmInput): Promise<ImageRecord> {
+    if (input.classic && (input.image === undefined || input.image === CLASSIC_BASE_ALIAS)) {
+      if (!this.deps.classicBase) throw new KilnError('KILN_ERR_HOST_SETUP', 'this kilnd has no classic base image builder');
+      return this.deps.classicBase();
+    }
+    return this.deps.images.resolveForVm(input.image ?? DEFAULT_IMAGE);
+  }
+
   private timeline(vm: VmRecord): Timeline {
     return new Timeline(this.deps.store, this.deps.metrics, vm.id, vm.bootCount, {
       backend: vm.backend,
@@ -228,6 +269,11 @@ export class VmManager {
       const image = await this.deps.images.get(vm.imageId);
       const extra = await timeline.step('rootfs.prepare', async () => {
         const drives = await this.deps.volumes.drivesFor(vm, dir);
+        if (vm.classic) {
+          await this.prepareClassic(vm, image, dir, drives, undo);
+          await this.deps.volumes.buildDrives(vm, drives);
+          return drives;
+        }
         const strategy = await prepareVmRoot({
           runtimeDir: dir, scratch: files.scratch, config: files.config, scratchTemplate: this.deps.assets.scratchTemplate,
           guest: { ...guestConfig(vm, image, this.deps.config.stopGraceMs, drives), agent: this.agentConfig(vm) }, undo,
@@ -258,6 +304,24 @@ export class VmManager {
       throw err;
     }
     void this.awaitReady(vm, live, t0);
+  }
+
+  /**
+   * A classic VM's root: its own disk (cloned and grown on the first boot, kept afterwards)
+   * and the config drive. The disk is outside the runtime dir: a failed boot keeps it.
+   */
+  private async prepareClassic(vm: VmRecord, image: ImageRecord, dir: string, drives: Awaited<ReturnType<VolumeService['drivesFor']>>, undo: CleanupStack): Promise<void> {
+    if ((await fs.mkdir(dir, { recursive: true, mode: 0o700 })) !== undefined) {
+      undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
+    }
+    const made = await ensureClassicDisk(vm.classic!, image);
+    if (made) {
+      vm.classic = { ...vm.classic!, disk: { ...vm.classic!.disk, strategy: made.strategy, cloneMs: Math.round(made.ms * 100) / 100 } };
+      await this.deps.store.updateVm(vm.id, { classic: vm.classic });
+      this.deps.log.info({ vm: vm.id, strategy: made.strategy, ms: made.ms }, 'classic VM disk cloned from its base image');
+    }
+    const guest = { ...guestConfig(vm, image, this.deps.config.stopGraceMs, drives), agent: this.agentConfig(vm) };
+    await fs.writeFile(runtimeFiles(dir).config, encodeConfigDrive(guest));
   }
 
   /** The config-drive keys that start the guest agent (docs/agent-protocol.md). */
@@ -339,7 +403,8 @@ export class VmManager {
     });
     ready.catch(() => {});
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
-    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0 };
+    const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0,
+      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null };
     const channel = agentChannel(vm, this.runtimeDir(id));
     if (vm.agentToken && channel) {
       live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
@@ -400,15 +465,24 @@ export class VmManager {
     await live.follower.drain();
     live.follower.close();
     live.agent?.close();
+    live.console?.close('the VM stopped');
     live.failBoot(new KilnError('KILN_ERR_VMM_FAILED', exit.reason));
     if (live.deleting) return;
     const vm = await this.deps.store.getVm(id);
     if (!vm) return;
     const reason = live.failReason ?? (live.guestError ? `KILN_ERR_GUEST_FAILED: ${live.guestError}` : null);
     if (!reason && (vm.state === 'stopping' || exit.clean)) {
-      const why = vm.state === 'stopping' ? 'stopped on request' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
+      const rebooting = !!vm.classic && vm.state !== 'stopping' && exit.reset === true;
+      const why = vm.state === 'stopping' ? 'stopped on request'
+        : rebooting ? 'guest rebooted: starting it again'
+        : vm.classic ? 'guest powered off' : `guest powered off (workload exit code ${live.exitCode ?? 'unknown'})`;
       await this.transition(id, 'stopped', { pid: null, exitCode: live.exitCode }, why);
       await this.detachNetwork(vm);
+      // `reboot` inside a classic VM means what it means on any machine. (QEMU runs with
+      // -no-reboot so that a workload VM's reset ends it; here kilnd boots it again.)
+      if (rebooting) {
+        setImmediate(() => void this.start(id).catch((e) => this.deps.log.error({ vm: id, err: e }, 'restart after guest reboot failed')));
+      }
       return;
     }
     await this.failAndRelease(vm, reason ?? `KILN_ERR_VMM_FAILED: ${exit.reason}`);
@@ -487,8 +561,9 @@ export class VmManager {
 
   // ---- operations --------------------------------------------------------------------------
 
-  async stop(idOrName: string, graceMs = this.deps.config.stopGraceMs): Promise<VmRecord> {
-    const { id } = await this.get(idOrName);
+  async stop(idOrName: string, graceMsIn?: number): Promise<VmRecord> {
+    const { id, classic } = await this.get(idOrName);
+    const graceMs = graceMsIn ?? (classic ? CLASSIC_STOP_GRACE_MS : this.deps.config.stopGraceMs);
     const live = await this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state === 'stopped') return null;
@@ -500,7 +575,8 @@ export class VmManager {
       if (vm.state === 'paused') await l.instance.resume();
       await this.transition(id, 'stopping');
       if (vm.state === 'booting') await l.instance.kill();
-      else await l.instance.writeConsole(stopCommand(graceMs)).catch(() => l.instance.kill());
+      else if (vm.classic) await this.powerOffClassic(vm, l);
+      else await this.writeConsole(id, l, stopCommand(graceMs)).catch(() => l.instance.kill());
       return l;
     });
     if (live) {
@@ -512,6 +588,40 @@ export class VmManager {
       if (!stopped) await live.instance.kill();
     }
     return this.waitFor(id, ['stopped'], 10_000).catch(() => this.get(id));
+  }
+
+  /**
+   * systemd shuts a classic VM down: asked by the agent (SIGRTMIN+4 to PID 1, systemd's
+   * poweroff), else by the ACPI power button (QMP system_powerdown), else it is killed.
+   */
+  private async powerOffClassic(vm: VmRecord, l: LiveVm): Promise<void> {
+    try {
+      if (!l.agent) throw new Error('no agent');
+      await l.agent.client.shutdown(undefined, { timeoutMs: 5000 });
+      this.deps.log.info({ vm: vm.id }, 'classic VM: poweroff requested through the agent');
+    } catch (e) {
+      this.deps.log.warn({ vm: vm.id, err: (e as Error).message }, 'classic VM: agent shutdown failed; pressing the ACPI power button');
+      if (l.instance.powerdown) await l.instance.powerdown().catch(() => l.instance.kill());
+      else await l.instance.kill();
+    }
+  }
+
+  /** Resizes a stopped classic VM's disk (grow only; offline: truncate, e2fsck, resize2fs). */
+  async resizeDisk(idOrName: string, sizeGib: number): Promise<VmRecord> {
+    const { id } = await this.get(idOrName);
+    return this.lock.run(id, async () => {
+      const vm = await this.get(id);
+      if (!vm.classic) throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is not a classic VM: it has no disk of its own to resize`);
+      if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is ${vm.state}; its disk is resized while it is stopped (kiln vm stop first)`);
+      const sizeBytes = sizeGib * GIB;
+      const current = vm.classic.disk.sizeBytes;
+      await checkDiskSize(sizeBytes, current, this.deps.config.stateDir, current);
+      if (await fs.stat(vm.classic.disk.path).catch(() => null)) await growDiskOffline(vm.classic.disk.path, sizeBytes);
+      const classic = { ...vm.classic, disk: { ...vm.classic.disk, sizeBytes } };
+      const out = await this.deps.store.updateVm(id, { classic });
+      this.deps.bus.publish('vm.disk', id, { event: 'resized', from_bytes: current, to_bytes: sizeBytes });
+      return out;
+    });
   }
 
   async start(idOrName: string): Promise<VmRecord> {
@@ -567,8 +677,11 @@ export class VmManager {
         this.live.delete(id);
         live.follower.close();
         live.agent?.close();
+        live.console?.close('the VM was deleted');
       }
       await fs.rm(this.runtimeDir(id), { recursive: true, force: true });
+      const { classic } = await this.get(id);
+      if (classic) await fs.rm(classic.disk.path, { force: true });
       await this.deps.store.deleteVm(id);
       // After the row is gone: its address and host ports are free again, and the render omits it.
       await this.detachNetwork({ id, network });
@@ -608,6 +721,30 @@ export class VmManager {
     this.deps.bus.publish('vm.health', id, { health: 'unhealthy', reason });
   }
 
+  // ---- console ---------------------------------------------------------------------------
+
+  /** Bytes to the guest's serial input: through the shared connection while clients hold it. */
+  private async writeConsole(id: string, live: LiveVm, data: string | Buffer): Promise<void> {
+    if (live.console?.write(data)) return;
+    await live.instance.writeConsole(data);
+  }
+
+  /**
+   * Attaches an interactive client to a running VM's serial console. Returns the function
+   * that sends its keystrokes and the detach.
+   */
+  async attachConsole(idOrName: string, client: ConsoleClient): Promise<{ write: (d: Buffer | string) => void; detach: () => void }> {
+    const vm = await this.get(idOrName);
+    const live = this.live.get(vm.id);
+    if (!live) throw new KilnError('KILN_ERR_CONSOLE_UNAVAILABLE', `VM ${vm.id} is ${vm.state}: a console needs a running VM`);
+    if (!live.console) {
+      throw new KilnError('KILN_ERR_CONSOLE_UNAVAILABLE', `the ${vm.backend} backend has no interactive console for VM ${vm.id} (its serial output is in the log: kiln vm logs -f)`);
+    }
+    const mux = live.console;
+    const detach = await mux.attach(client);
+    return { write: (d) => void mux.write(d), detach };
+  }
+
   // ---- logs ------------------------------------------------------------------------------
 
   async logs(idOrName: string, maxBytes = 1024 * 1024): Promise<string> {
@@ -642,6 +779,15 @@ export class VmManager {
         await fs.rm(path.join(this.vmsDir, dir), { recursive: true, force: true });
       }
     }
+    // Classic disks of VMs deleted while kilnd was stopping, and clones a crash left half-made.
+    const disks = path.dirname(classicDiskPath(this.deps.config.stateDir, 'x'));
+    const keep = new Set(vms.flatMap((v) => (v.classic ? [path.basename(v.classic.disk.path)] : [])));
+    for (const f of await fs.readdir(disks).catch(() => [] as string[])) {
+      if (!keep.has(f)) {
+        this.deps.log.warn({ disk: f }, 'removing a disk no VM refers to');
+        await fs.rm(path.join(disks, f), { force: true });
+      }
+    }
   }
 
   private async reconcileOne(vm: VmRecord): Promise<void> {
@@ -658,7 +804,9 @@ export class VmManager {
       image && vm.pid && driver ? await driver.attach(vmSpec(vm, image, this.deps.assets, dir, driver, this.netAttachment(vm), extra), vm.pid) : null;
     if (!instance) {
       const log = await this.logs(vm.id).catch(() => '');
-      const poweredOff = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset).includes('@kiln:poweroff');
+      const console = (await fs.readFile(path.join(dir, 'console.log'), 'utf8').catch(() => '')).slice(vm.consoleOffset);
+      // kiln-init says poweroff; under systemd (classic VMs) the kernel's own last line does.
+      const poweredOff = console.includes('@kiln:poweroff') || (!!vm.classic && console.includes('reboot: Power down'));
       if (poweredOff || vm.state === 'stopping') {
         await this.transition(vm.id, 'stopped', { pid: null }, 'VMM exited while kilnd was down (guest powered off)');
         await this.detachNetwork(vm);
@@ -686,6 +834,7 @@ export class VmManager {
       live.instance.detach();
       live.follower.close();
       live.agent?.close();
+      live.console?.close('kilnd is shutting down');
     }
     this.live.clear();
   }

@@ -6,6 +6,10 @@ import type { ExtraDrive } from '../image/volume-service.ts';
 import type { ImageRecord, VmRecord } from '../store/store.ts';
 import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
+import { guestClassicConfig } from './classic.ts';
+
+/** Kernel arguments of a classic VM: eth0 keeps the name kiln-init configured it under. */
+export const CLASSIC_KERNEL_ARGS = ['net.ifnames=0'];
 
 export function runtimeFiles(runtimeDir: string) {
   return {
@@ -40,12 +44,14 @@ export function vmSpec(
     kernel: {
       path: assets.kernel.path,
       initrd: assets.initramfs.path,
-      cmdline: driver.kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...vm.kernelArgs]),
+      cmdline: driver.kernelCmdline(vm.accelerator, [...(net?.kernelArgs ?? []), ...(vm.classic ? CLASSIC_KERNEL_ARGS : []), ...vm.kernelArgs]),
     },
     // Order matters: Firecracker has no drive serials, so kiln-init falls back to this index.
+    // A classic VM boots its own writable disk: no shared image, no overlay layer.
     drives: [
-      { id: 'root', path: image.path, readOnly: true },
-      { id: 'scratch', path: files.scratch, readOnly: false },
+      ...(vm.classic
+        ? [{ id: 'root', path: vm.classic.disk.path, readOnly: false }]
+        : [{ id: 'root', path: image.path, readOnly: true }, { id: 'scratch', path: files.scratch, readOnly: false }]),
       { id: 'config', path: files.config, readOnly: true },
       ...extra.map((d) => ({ id: d.id, path: d.path, readOnly: d.readOnly })),
     ],
@@ -54,6 +60,19 @@ export function vmSpec(
 }
 
 export function guestConfig(vm: VmRecord, image: ImageRecord, stopGraceMs: number, extra: ExtraDrive[] = []): GuestConfig {
+  if (vm.classic) {
+    return {
+      // What kiln-init execs once the identity is written; the env is what agent sessions get.
+      argv: ['/sbin/init'],
+      env: { HOME: '/root', ...vm.env },
+      hostname: vm.classic.hostname,
+      stopGraceMs,
+      drives: [{ role: 'root', serial: 'root', index: 0 }],
+      // Extra drives follow root and config (index 1).
+      mounts: extra.map((d, i) => ({ serial: d.id, index: 2 + i, target: d.target, readOnly: d.readOnly })),
+      classic: guestClassicConfig(vm.id, vm.classic),
+    };
+  }
   const p = mergeProcess(image.config, {
     cmd: vm.cmd,
     env: vm.env,

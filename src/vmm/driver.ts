@@ -52,6 +52,8 @@ export interface VmmExit {
   reason: string;
   /** True when the guest powered off by itself (clean shutdown), false on a crash or kill. */
   clean: boolean;
+  /** The guest asked for a reboot (QEMU runs with -no-reboot, so a reset ends the process). */
+  reset?: boolean;
 }
 
 /** A running VMM process kilnd controls. Obtained by start() or attach(). */
@@ -63,6 +65,14 @@ export interface VmmInstance {
   readonly consoleLogPath: string;
   /** Writes bytes to the guest's serial console input. */
   writeConsole(data: string | Buffer): Promise<void>;
+  /**
+   * An interactive connection to the serial console (input and live output), where the VMM
+   * has one (QEMU's chardev socket). The VMM accepts one such connection at a time; kilnd
+   * multiplexes it (src/vm/console-mux.ts). Output keeps going to the console log regardless.
+   */
+  openConsole?(): Promise<import('node:net').Socket>;
+  /** Presses the ACPI power button (QEMU: system_powerdown), where the VMM has one. */
+  powerdown?(): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
   /** Stops the VMM at once (no guest shutdown) and waits for the process to be gone. */

@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { Daemon } from '../../daemon.ts';
 import type { VmState } from '../../store/store.ts';
-import { CreateVmBody, ErrorBody, IdParams, LogsQuery, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
+import { CreateVmBody, ErrorBody, IdParams, LogsQuery, ResizeDiskBody, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
 import { vmView } from '../views.ts';
 
 const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 504: ErrorBody, 507: ErrorBody };
@@ -57,6 +57,13 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
     const out = truthy(req.query.wait) ? await vms.waitFor(vm.id, ['ready'], waitMs(req.query)) : vm;
     return vmView(daemon, out);
   });
+
+  app.post('/v1/vms/:id/disk/resize', {
+    schema: {
+      summary: 'Grow a stopped classic VM\'s disk (offline: the file is extended, then e2fsck and resize2fs)',
+      tags: ['vms'], params: IdParams, body: ResizeDiskBody, response: { 200: Vm, ...errors },
+    },
+  }, async (req) => vmView(daemon, await vms.resizeDisk(req.params.id, req.body.size_gib)));
 
   for (const [op, target] of [['pause', 'paused'], ['resume', 'ready']] as const) {
     app.post(`/v1/vms/:id/${op}`, {

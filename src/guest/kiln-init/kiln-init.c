@@ -191,7 +191,7 @@ void report(const char *stage, int err, const char *fmt, ...)
 	va_end(ap);
 }
 
-static void __attribute__((noreturn)) die(const char *stage, int err, const char *fmt, ...)
+void die(const char *stage, int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -422,6 +422,10 @@ static void reap_for(int ms)
 static void shutdown_vm(void)
 {
 	char path[64];
+
+	/* The agent-only service is not PID 1: a fatal error ends only this process. */
+	if (agent_only)
+		_exit(1);
 
 	kill(-1, SIGTERM);
 	reap_for(1000);
@@ -728,6 +732,19 @@ static void parse_config(size_t len)
 			num = &agent_cfg.vsock_port;
 		else if (!strcmp(p, "mount"))
 			parse_mount(v);
+		else if (!strcmp(p, "mode")) {
+			if (strcmp(v, "classic"))
+				die("config", EINVAL, "unknown mode: %.40s", v);
+			classic_cfg.enabled = 1;
+		} else if (!strcmp(p, "instance_id"))
+			classic_cfg.instance_id = v;
+		else if (!strcmp(p, "user_data"))
+			classic_cfg.user_data = v;
+		else if (!strcmp(p, "ssh_key")) {
+			if (classic_cfg.nkeys == CLASSIC_MAX_KEYS)
+				die("config", E2BIG, "more than %d ssh keys", CLASSIC_MAX_KEYS);
+			classic_cfg.keys[classic_cfg.nkeys++] = v;
+		}
 		else if (!strcmp(p, "drive")) {
 			char *c1 = strchr(v, ','), *c2 = c1 ? strchr(c1 + 1, ',') : NULL;
 			struct drive *d = NULL;
@@ -758,6 +775,7 @@ static void parse_config(size_t len)
 	}
 	if (!env_get("TERM"))
 		cfg.env[ne++] = "TERM=linux";
+	classic_cfg.hostname = cfg.hostname;
 }
 
 static void read_config(void)
@@ -834,6 +852,14 @@ static void mount_root(void)
 
 	snprintf(dev, sizeof(dev), "/dev/%s", cfg.root.dev);
 	type = detect_fs(dev);
+	if (classic_cfg.enabled) {
+		/* A classic VM's root is its own writable disk: no overlay, it is the VM's state. */
+		if (!type || strcmp(type, "ext4"))
+			die("root", EINVAL, "a classic VM needs an ext4 root disk; %s is %s", dev, type ? type : "unknown");
+		if (mount(dev, "/kiln/root", "ext4", 0, NULL) != 0)
+			die("root", errno, "mount %s (ext4, rw) on /kiln/root", dev);
+		return;
+	}
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		if (type && strcmp(type, types[i]))
 			continue;
@@ -1228,10 +1254,67 @@ static void run_workload(long long root_ms)
 	agent_send_exit(workload_status);
 }
 
+/*
+ * Agent-only mode: a classic VM's systemd runs this same binary as a service once the system
+ * is up. No workload, no console protocol: the session listener and the control channel,
+ * configured from the same config drive, and hello pushed at once (that is readiness).
+ */
+void agent_only_run(void)
+{
+	static const int sigs[] = { SIGCHLD, SIGTERM, SIGINT, SIGHUP };
+	sigset_t set;
+	int fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+
+	/* Markers go to the serial console, where kilnd reads them. */
+	if (fd >= 0) {
+		dup2(fd, STDOUT_FILENO);
+		close(fd);
+	}
+	sigemptyset(&set);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaddset(&set, sigs[i]);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	agent_shutdown_signal = cmdline_has("kiln.shutdown=reboot") ? SIGRTMIN + 5 : SIGRTMIN + 4;
+	net_read_ip();
+	read_config();
+	if (!agent_cfg.token)
+		die("agent", EINVAL, "no agent_token on the config drive");
+	/* The init this agent reports on (status, hello) is systemd. */
+	workload = 1;
+	agent_preconnect();
+	if (agent_listen() >= 0)
+		boot_times.listener = now_ms(CLOCK_BOOTTIME);
+	boot_times.workload = now_ms(CLOCK_BOOTTIME);
+	boot_times.ready_us = now_us(CLOCK_BOOTTIME);
+	agent_push_now();
+	marker("ready uptime_ms=%lld pid=1 mode=classic", now_ms(CLOCK_BOOTTIME));
+	for (;;) {
+		struct pollfd p[4] = { { sigfd, POLLIN, 0 } };
+		int timeout = -1, na = agent_pollfds(p + 1, 3, &timeout);
+		struct signalfd_siginfo si;
+
+		if (poll(p, 1 + na, timeout) < 0 && errno != EINTR)
+			_exit(1);
+		while (p[0].revents && read(sigfd, &si, sizeof(si)) == sizeof(si)) {
+			if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+				_exit(0);
+		}
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		agent_poll_done(p + 1, na);
+	}
+}
+
 int main(void)
 {
 	long long t0, root_ms;
 
+	/* Not PID 1: the agent-only service of a classic VM (kiln-agent.service). */
+	if (getpid() != 1) {
+		agent_only = 1;
+		agent_only_run();
+	}
 	mount_early();
 	shutdown_by_reset = cmdline_has("kiln.shutdown=reboot");
 	setup_signals();
@@ -1251,6 +1334,17 @@ int main(void)
 	switch_root();
 	root_ms = now_ms(CLOCK_MONOTONIC) - t0;
 	boot_times.root = now_ms(CLOCK_BOOTTIME);
+	if (classic_cfg.enabled) {
+		/* systemd gets the signals and the console as it expects them at exec. */
+		sigset_t none;
+
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		close(sigfd);
+		if (con_in >= 0)
+			close(con_in);
+		classic_handover();
+	}
 
 	setup_new_root();
 	apply_user();

@@ -16,11 +16,15 @@ void marker(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* A failure worth telling the host about, but not one that stops the boot. */
 void report(const char *stage, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int parse_num(const char *s, unsigned long *out);
+/* A fatal error: an "error" marker, then power off (PID 1) or exit (agent-only). */
+void die(const char *stage, int err, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
 /* execve() with a PATH search in `env`'s PATH, not ours; returns only on failure (errno set). */
 void exec_search(char **argv, char **env);
 
 /* net.c: static IPv4 from the kernel command line. Returns 1 if an interface was configured. */
 int net_setup(void);
+/* Only learns net_ip from the command line (agent-only mode: the interface is already up). */
+void net_read_ip(void);
 /* "a.b.c.d" of the configured address, or "" without network. */
 extern char net_ip[16];
 
@@ -51,6 +55,29 @@ void agent_poll_done(struct pollfd *p, int n);
 void agent_send_exit(int status);
 /* Fork a session child for an accepted connection. */
 void agent_accept(void);
+
+/* classic.c: classic VMs (mode=classic on the config drive). kiln-init mounts the VM's
+ * writable disk as root, writes first-boot identity, and hands PID 1 to the image's
+ * init (systemd); the agent then runs as a systemd service ("agent-only mode"). */
+#define CLASSIC_MAX_KEYS 64
+struct classic_cfg {
+	int enabled;
+	const char *instance_id;
+	const char *hostname;
+	const char *user_data;
+	const char *keys[CLASSIC_MAX_KEYS];
+	size_t nkeys;
+};
+extern struct classic_cfg classic_cfg;
+/* In the new root, after the switch: identity files, the agent binary; then execs init. */
+void classic_handover(void) __attribute__((noreturn));
+/* 1 when this process is the agent-only service, not PID 1. */
+extern int agent_only;
+/* Agent-only: what the shutdown op sends systemd (SIGRTMIN+4 poweroff, or SIGRTMIN+5 reboot
+ * under kiln.shutdown=reboot: Firecracker exits on a reset, not on a power-off). */
+extern int agent_shutdown_signal;
+/* The agent-only service's main loop (never returns). */
+void agent_only_run(void) __attribute__((noreturn));
 
 /* session.c: runs in a forked child, never returns. */
 void session_run(int fd) __attribute__((noreturn));

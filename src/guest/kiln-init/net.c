@@ -246,3 +246,11 @@ int net_setup(void)
 	gratuitous_arp(nic, np.ip);
 	return 1;
 }
+
+void net_read_ip(void)
+{
+	struct net_params np = { 0 };
+
+	if (read_cmdline(&np) == 1)
+		inet_ntop(AF_INET, &np.ip, net_ip, sizeof(net_ip));
+}

@@ -625,8 +625,9 @@ static void __attribute__((noreturn)) op_shutdown(struct request *rq)
 {
 	union sigval v = { .sival_int = (int)(rq->has_grace ? rq->grace_ms : stop_grace_default) };
 
-	/* PID 1 takes a queued SIGTERM as "@kiln:stop grace_ms=<value>". */
-	if (sigqueue(1, SIGTERM, v) != 0)
+	/* PID 1 takes a queued SIGTERM as "@kiln:stop grace_ms=<value>". Under systemd
+	 * (classic VMs) SIGTERM would make it re-execute itself; it powers off on SIGRTMIN+4. */
+	if (agent_only ? kill(1, agent_shutdown_signal) != 0 : sigqueue(1, SIGTERM, v) != 0)
 		fail("io", errno, "signal init");
 	send_json(conn, "{\"type\":\"done\"}");
 	finish();

@@ -66,6 +66,7 @@ class QemuInstance implements VmmInstance {
     const guest = ev?.guest === true;
     this.resolveExit({
       clean: guest,
+      ...(guest && ev?.reason === 'guest-reset' ? { reset: true } : {}),
       reason: ev ? `VMM exited after ${guest ? 'guest' : 'host'} shutdown (${String(ev.reason ?? 'unknown')})` : 'VMM process exited unexpectedly',
     });
   }
@@ -87,6 +88,22 @@ class QemuInstance implements VmmInstance {
       s.on('data', () => {});
       s.once('connect', () => s.end(data, () => resolve()));
     });
+  }
+
+  openConsole(): Promise<net.Socket> {
+    const path = qemuPaths(this.spec.runtimeDir).consoleSocket;
+    return new Promise<net.Socket>((resolve, reject) => {
+      const s = net.createConnection(path);
+      s.once('error', reject);
+      s.once('connect', () => {
+        s.off('error', reject);
+        resolve(s);
+      });
+    });
+  }
+
+  async powerdown(): Promise<void> {
+    await (await this.control()).execute('system_powerdown');
   }
 
   async pause(): Promise<void> {
