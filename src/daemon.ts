@@ -8,6 +8,8 @@ import { buildServer } from './api/server.ts';
 import { isLoopback, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
+import { FunctionMetrics } from './functions/function-metrics.ts';
+import { FunctionService } from './functions/function-service.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
@@ -50,6 +52,8 @@ export class Daemon {
     readonly vms: VmManager,
     /** Builds runtime and base images from Debian's archive (functions, classic VMs). */
     readonly recipes: RecipeBuilder,
+    /** Functions: deploy, invoke, warm pools (src/functions). */
+    readonly functions: FunctionService,
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
@@ -95,7 +99,12 @@ export class Daemon {
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes);
+      const functions = new FunctionService({
+        store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
+        bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log,
+      });
+      await functions.start();
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, functions);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
@@ -116,6 +125,7 @@ export class Daemon {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.functions.close();
     await this.vms.close();
     await closeAgentHub(this.agents);
     await this.app?.close();

@@ -7,6 +7,7 @@ import { ERRORS, KilnError, isKilnError } from '../errors.ts';
 import type { Daemon } from '../daemon.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerExecRoutes } from './routes/exec.ts';
+import { registerFunctionRoutes } from './routes/functions.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
@@ -95,5 +96,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);
   registerExecRoutes(app, daemon);
+  registerFunctionRoutes(app, daemon);
   return app;
 }

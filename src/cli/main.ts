@@ -4,6 +4,7 @@ import { KilnClient } from '../sdk/client.ts';
 import { KILN_VERSION } from '../version.ts';
 import { doctorCommand } from './doctor.ts';
 import { execCommands } from './exec-commands.ts';
+import { fnCommands } from './fn-commands.ts';
 import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
@@ -25,6 +26,7 @@ program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
+program.addCommand(fnCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
