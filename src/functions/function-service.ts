@@ -411,7 +411,8 @@ export class FunctionService {
         return finish('ok', undefined, r.result ?? null);
       }
       const ge = r.error!;
-      if (ge.type === 'MemoryError') {
+      // Python's MemoryError, or V8 failing to back an ArrayBuffer: the instance's memory is spent.
+      if (ge.type === 'MemoryError' || (ge.type === 'RangeError' && /allocation failed|out of memory/i.test(ge.message))) {
         slot.release('retire');
         return finish('oom', new KilnError('KILN_ERR_FUNCTION_OOM', `the function ran out of memory (${version.memoryMib} MiB): ${ge.message}; its instance was replaced`, { ...ge, logs: inv.logs }));
       }

@@ -24,7 +24,7 @@ class FakeLayer implements InstanceLayer<{ id: number; version: number }> {
     });
   }
 
-  async stop(i: { id: number }, why: string) {
+  async stop(i: { id: number; version: number }, why: string) {
     this.live.delete(i.id);
     this.stopped.push({ id: i.id, why });
   }
