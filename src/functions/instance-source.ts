@@ -74,7 +74,7 @@ export class BootSource implements InstanceSource {
       await this.o.vms.waitFor(vm.id, ['ready'], this.o.bootTimeoutMs);
       const shim = new ShimClient(vm.ip!, SHIM_PORT, this.o.connections);
       try {
-        await shim.waitHealthy(deadline);
+        await shim.waitHealthy(deadline, async () => (await this.o.vms.get(vm.id).catch(() => null))?.state === 'ready');
       } catch (e) {
         await shim.close();
         throw e;
@@ -182,8 +182,9 @@ export class WarmPool implements InstanceSource {
     for (const p of this.pools.values()) {
       for (const w of p.waiters.splice(0)) w.reject(new KilnError('KILN_ERR_SHUTTING_DOWN', 'kilnd is shutting down'));
     }
-    await this.chain;
+    // Not waiting for a refill under way: its VM outlives kilnd and the next start sweeps it.
     if (!drain) return;
+    await this.chain;
     for (const p of this.pools.values()) {
       for (const inst of p.ready.splice(0)) await this.inner.destroy(inst).catch(() => {});
     }

@@ -47,9 +47,10 @@ export class ShimClient {
   }
 
   /** Waits for the shim to listen: a refused connection means "not yet", retried with backoff. */
-  async waitHealthy(deadline: number): Promise<{ pid: number }> {
+  async waitHealthy(deadline: number, alive: () => Promise<boolean> = async () => true): Promise<{ pid: number }> {
     let delay = 10;
     for (;;) {
+      if (!(await alive())) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `the VM at ${this.ip} went away before its runtime shim answered`);
       try {
         const h = (await this.request('GET', '/health', undefined, AbortSignal.timeout(Math.max(100, deadline - Date.now())))) as { ok?: boolean; pid?: number };
         if (h.ok) return { pid: Number(h.pid) };
