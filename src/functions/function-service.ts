@@ -176,9 +176,11 @@ export class FunctionService {
     await this.saveCode(name, version, raw ?? (await this.readCode(name, e.current.version)));
     await this.o.store.addVersion(v);
     this.packages.set(`${name}@${version}`, pkg);
+    const prev = e.current;
     e.current = v;
     e.scheduler.setVersion(version, limitsOf(v));
     this.pool.warm(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
+    await this.forgetUnusedShape(prev);
     return v;
   }
 
@@ -189,6 +191,13 @@ export class FunctionService {
     for (const k of [...this.packages.keys()]) if (k.startsWith(`${e.name}@`)) this.packages.delete(k);
     await e.scheduler.close();
     await fs.rm(path.join(this.dir, e.name), { recursive: true, force: true });
+    await this.forgetUnusedShape(e.current);
+  }
+
+  /** The pool keeps a shape only while some function has it. */
+  private async forgetUnusedShape(v: FunctionConfig): Promise<void> {
+    const used = [...this.fns.values()].some((f) => f.current.runtime === v.runtime && f.current.vcpus === v.vcpus && f.current.memoryMib === v.memoryMib);
+    if (!used) await this.pool.forget(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
   }
 
   list(): FnEntry[] {
@@ -369,8 +378,13 @@ export class FunctionService {
       inv.status = status;
       inv.durationMs = performance.now() - t0;
       if (err) inv.error = { code: err.code, message: err.message, ...(err.details?.type ? { type: String(err.details.type), stack: (err.details.stack as string | null) ?? null } : {}) };
-      await this.o.store.upsertInvocation(inv);
-      if (Math.random() < 0.02) await this.o.store.pruneInvocations(e.name, KEEP_INVOCATIONS);
+      try {
+        await this.o.store.upsertInvocation(inv);
+        if (Math.random() < 0.02) await this.o.store.pruneInvocations(e.name, KEEP_INVOCATIONS);
+      } catch (se) {
+        // The function was deleted while this call ran: its history went with it.
+        if (this.fns.get(e.name) === e) throw se;
+      }
       this.o.metrics.invoked(v.runtime, inv);
       if (err) err.details!.invocation = inv.id;
       return { invocation: inv, result, error: err };

@@ -137,6 +137,15 @@ export class WarmPool implements InstanceSource {
     this.fill(shapeKey(runtime, shape));
   }
 
+  /** Stops keeping instances of this shape (no function uses it any more); deletes those it holds. */
+  async forget(runtime: RuntimeName, shape: InstanceShape): Promise<void> {
+    const key = shapeKey(runtime, shape);
+    const p = this.pools.get(key);
+    if (!p || p.waiters.length || p.filling) return;
+    this.pools.delete(key);
+    for (const inst of p.ready.splice(0)) await this.inner.destroy(inst).catch(() => {});
+  }
+
   /** What the pool holds now (GET /v1/functions/pool, metrics). */
   describe(): { runtime: RuntimeName; vcpus: number; memory_mib: number; ready: number; filling: number; target: number }[] {
     return [...this.pools.values()].map((p) => ({ runtime: p.runtime, vcpus: p.shape.vcpus, memory_mib: p.shape.memoryMib, ready: p.ready.length, filling: p.filling, target: this.size }));
