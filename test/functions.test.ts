@@ -69,6 +69,12 @@ test('acceptance 1: the verbatim request, then invoke → {"hello":"world"}; the
   assert.equal(cold.cold, true);
   assert.ok(cold.timeline.some((p) => p.phase === `instance.${cold.source}`) && cold.timeline.some((p) => p.phase === 'code.load'), JSON.stringify(cold.timeline));
   assert.ok(invs[0]!.guest_ms !== null && invs[0]!.host_overhead_ms !== null);
+  const metrics = await (await d.client.request('GET', '/metrics')).text();
+  assert.match(metrics, /kiln_function_invoke_seconds_count\{runtime="node",start="cold",status="ok"\} 1/);
+  assert.match(metrics, /kiln_function_invoke_seconds_count\{runtime="node",start="warm",status="ok"\} 2/);
+  assert.match(metrics, /kiln_function_pool_total\{runtime="node",result="(hit|miss)"\} 1/);
+  assert.match(metrics, /kiln_function_instances\{runtime="node",state="ready"\} 1/);
+  assert.match(metrics, /kiln_function_host_overhead_seconds_count\{runtime="node"\} 2/);
   await d.client.deleteFunction('test-fast');
   await d.client.deleteFunction('test-fast-py');
   await until('the instances to be deleted', async () => (await vmGone(cold.instance!)) || null);
