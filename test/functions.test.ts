@@ -127,9 +127,15 @@ test('acceptance 2 (node): env, console capture, structured error, timeout kill,
   const second = (await d.client.invocations('modes', 1))[0]!.instance!;
   assert.notEqual(second, first);
 
-  await expectApiError(d.client.invoke('modes', { mode: 'oom' }), 502, 'KILN_ERR_FUNCTION_OOM');
+  // Filling 128 MiB under emulation can take longer than 4 s: this version may run 60 s.
+  assert.equal((await d.client.updateFunction('modes', { timeout_ms: 60_000 })).version, 2);
+  assert.equal((await d.client.invoke('modes', { mode: 'env' })).cold, true);
+  await until('the v1 instance to stop', async () => (await vmGone(second)) || null);
+  const third = (await d.client.invocations('modes', 1))[0]!.instance!;
+  const oomErr = await expectApiError(d.client.invoke('modes', { mode: 'oom' }), 502, 'KILN_ERR_FUNCTION_OOM');
+  assert.match(oomErr.message, /ran out of memory \(128 MiB/);
   assert.equal((await d.client.invocations('modes', 1))[0]!.status, 'oom');
-  await until('the exhausted instance to be replaced', async () => (await vmGone(second)) || null);
+  await until('the exhausted instance to be replaced', async () => (await vmGone(third)) || null);
   const after2 = await d.client.invoke<{ greeting: string }>('modes', { mode: 'env' });
   assert.equal(after2.result.greeting, 'kiln');
   assert.equal(after2.cold, true);

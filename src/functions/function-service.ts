@@ -324,7 +324,7 @@ export class FunctionService {
           const e = this.fns.get(name);
           if (e?.current.version === version) e.current = { ...e.current, loadError: r.error };
         }
-        throw loadFailure(r.error);
+        throw withInstance(loadFailure(r.error), blank);
       }
       this.o.log.debug({ function: name, version, vm: blank.vmId, origin: blank.origin }, 'function instance ready');
       return { blank, version, loadMs: performance.now() - t0 };
@@ -339,13 +339,18 @@ export class FunctionService {
     await this.pool.destroy(inst.blank);
   }
 
+  private async oomEvidence(inst: FnInstance): Promise<string | null> {
+    const log = await this.o.vms.logs(inst.blank.vmId, 64 * 1024).catch(() => '');
+    return OOM_EVIDENCE.exec(log)?.[0] ?? null;
+  }
+
   /** Why a shim's connection broke mid-call: its VM went down; the console says whether it was memory. */
   private async crashCause(inst: FnInstance): Promise<{ code: ErrorCode; status: InvocationStatus; message: string }> {
     const vmId = inst.blank.vmId;
     await this.o.vms.waitFor(vmId, ['stopped'], 5_000).catch(() => {});
     const vm = await this.o.vms.get(vmId).catch(() => null);
     const log = await this.o.vms.logs(vmId, 64 * 1024).catch(() => '');
-    const oom = /Out of memory: Killed process|oom-kill|invoked oom-killer|heap out of memory|Reached heap limit|MemoryError/.exec(log);
+    const oom = OOM_EVIDENCE.exec(log);
     if (oom) {
       return { code: 'KILN_ERR_FUNCTION_OOM', status: 'oom', message: `the function ran out of memory (${inst.blank.shape.memoryMib} MiB; guest: "${oom[0]}"); its instance was replaced` };
     }
@@ -399,6 +404,8 @@ export class FunctionService {
         this.o.metrics.throttled(v.runtime);
         throw ke;
       }
+      const on = ke.details as { vm?: string; source?: InvocationRecord['source'] } | undefined;
+      if (on?.vm) Object.assign(inv, { instance: on.vm, source: on.source ?? null, cold: true });
       return finish(ke.code === 'KILN_ERR_FUNCTION_LOAD' ? 'load_error' : 'failed', withDetails(ke));
     }
     const inst = slot.instance;
@@ -435,6 +442,12 @@ export class FunctionService {
     } catch (err) {
       inv.timeline.push({ phase: 'invoke', ms: round(performance.now() - tCall) });
       if (signal.aborted) {
+        // A guest thrashing towards its OOM killer can run into the timeout first: the console says.
+        const oom = await this.oomEvidence(inst);
+        if (oom) {
+          slot.release('retire');
+          return finish('oom', new KilnError('KILN_ERR_FUNCTION_OOM', `the function ran out of memory (${version.memoryMib} MiB; guest: "${oom}") and past its timeout of ${version.timeoutMs} ms; its instance was replaced`, { timeout_ms: version.timeoutMs }));
+        }
         slot.release('retire');
         return finish('timeout', new KilnError('KILN_ERR_FUNCTION_TIMEOUT', `the function ran past its timeout of ${version.timeoutMs} ms; its instance was killed and will be replaced`, { timeout_ms: version.timeoutMs }));
       }
@@ -445,12 +458,22 @@ export class FunctionService {
   }
 }
 
+/** What the guest console shows when memory ran out: the kernel's OOM killer, V8's heap limit. */
+const OOM_EVIDENCE = /Out of memory: Killed process|oom-kill|invoked oom-killer|heap out of memory|Reached heap limit|MemoryError/;
+
 function round(ms: number): number {
   return Math.round(ms * 1000) / 1000;
 }
 
 function withDetails(e: KilnError): KilnError {
   return e.details ? e : new KilnError(e.code, e.message, {}, { cause: e });
+}
+
+/** A failure on a VM that was acquired for the call: the invocation record names it. */
+function withInstance(e: KilnError, blank: BlankInstance): KilnError {
+  e.details!.vm = blank.vmId;
+  e.details!.source = blank.origin;
+  return e;
 }
 
 function loadFailure(g: GuestError): KilnError {
