@@ -101,7 +101,7 @@ export class Daemon {
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const functions = new FunctionService({
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
-        bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log,
+        bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
       });
       await functions.start();
       return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, functions);

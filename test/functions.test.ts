@@ -301,6 +301,18 @@ test('code archives with dependencies: node tar.gz with node_modules (ESM entry)
   await d.client.deleteFunction('arch-py');
 });
 
+test('a custom runtime image: any image with python3 on PATH gets the shim injected', { skip }, async () => {
+  // An image kiln has that carries python3 (kiln's own runtime image, used here as any image
+  // would be: its /opt/kiln shim is ignored, the injected one runs).
+  const img = (await d.client.listImages()).find((i) => i.name.startsWith('kiln-runtime-python-'));
+  assert.ok(img, 'the python runtime image was built by an earlier test');
+  await expectApiError(d.client.createFunction({ name: 'custom-bad', runtime: 'python', code: 'def handler(e, c): return 1', image: 'no-such-image' }), 404, 'KILN_ERR_IMAGE_NOT_FOUND');
+  const f = await d.client.createFunction({ name: 'custom', runtime: 'python', code: 'import sys\ndef handler(e, c):\n    return sys.argv[0]\n', image: img.name, memory_mb: 128 });
+  assert.equal(f.image, img.name);
+  assert.equal((await d.client.invoke('custom', {})).result, '/tmp/kiln-shim.py');
+  await d.client.deleteFunction('custom');
+});
+
 test('CLI: kiln fn deploy / invoke / ls / get / logs / rm', { skip }, async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-fn-cli-'));
   const kiln = async (...args: string[]) => {

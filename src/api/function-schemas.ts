@@ -12,6 +12,10 @@ const deployFields = {
     description: `base64 of a zip, tar or tar.gz of the code with its dependencies (node_modules, Python packages); at most ${MAX_ARCHIVE_BYTES} bytes`,
   }),
   archive_format: Type.Union([Type.Literal('zip'), Type.Literal('tar'), Type.Literal('tar.gz')], { description: 'Default: detected from the content' }),
+  image: Type.String({
+    minLength: 1, maxLength: 255,
+    description: 'A custom runtime image (image name or registry reference, pulled at deploy) that has `node` / `python3` on PATH and /bin/sh; kiln injects its shim. Default: kiln’s runtime image',
+  }),
   handler: Type.String({
     minLength: 1, maxLength: 128,
     description: 'A function of the inline code ("handler"), or module.function ("index.handler", "app.main"); default "handler"',
@@ -51,6 +55,7 @@ export const FunctionInstanceView = Type.Object({
 export const FunctionView = Type.Object({
   name: Type.String(),
   runtime: Type.String(),
+  image: Type.Union([Type.String(), Type.Null()], { description: 'Custom runtime image, or null for kiln’s' }),
   handler: Type.String(),
   version: Type.Integer(),
   vcpu: Type.Integer(),

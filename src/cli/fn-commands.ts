@@ -56,6 +56,7 @@ export function fnCommands(client: () => KilnClient, json: () => boolean): Comma
     .option('--name <name>', 'function name (default: from the file or directory name)')
     .option('--runtime <runtime>', 'node or python (default: from the file extensions)')
     .option('--handler <handler>', 'function name, or module.function (default "handler")')
+    .option('--image <image>', 'custom runtime image (has node / python3 on PATH)')
     .option('-e, --env <K=V>', 'environment variable (repeatable)', collect, [])
     .option('--memory <mib>', 'memory per instance in MiB', int)
     .option('--vcpu <n>', 'vCPUs per instance', int)
@@ -77,6 +78,7 @@ export function fnCommands(client: () => KilnClient, json: () => boolean): Comma
         runtime: o.runtime ?? code.runtime,
         ...(code.code !== undefined ? { code: code.code } : { archive: code.archive }),
         ...(o.handler ? { handler: o.handler } : {}),
+        ...(o.image ? { image: o.image } : {}),
         ...(Object.keys(env).length ? { env } : {}),
         ...(o.memory !== undefined ? { memory_mb: o.memory } : {}),
         ...(o.vcpu !== undefined ? { vcpu: o.vcpu } : {}),

@@ -13,7 +13,7 @@ import { writeFileAtomic } from '../util/atomic.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import { archivePackage, inlinePackage, shimFiles, type ArchiveFormat, type CodePackage } from './code-package.ts';
 import type { FunctionMetrics } from './function-metrics.ts';
-import { BootSource, FUNCTION_VM_PREFIX, WarmPool, type BlankInstance, type InstanceSource } from './instance-source.ts';
+import { BootSource, FUNCTION_VM_PREFIX, WarmPool, shapeKey, type BlankInstance, type InstanceShape, type InstanceSource } from './instance-source.ts';
 import { RUNTIMES, isRuntime, runtimeRecipe, runtimeSpec, type RuntimeName } from './runtimes.ts';
 import { FunctionScheduler, type SchedulerLimits } from './scheduler.ts';
 import type { GuestError } from './shim-client.ts';
@@ -33,6 +33,8 @@ export interface DeployInput {
   /** base64 of a zip, tar or tar.gz file. */
   archive?: string;
   archive_format?: ArchiveFormat;
+  /** A custom runtime image (any image with the runtime on PATH); default: kiln's own. */
+  image?: string;
   handler?: string;
   vcpu?: number;
   memory_mb?: number;
@@ -72,6 +74,8 @@ export interface FunctionServiceOptions {
   bootTimeoutMs: number;
   metrics: FunctionMetrics;
   log: Logger;
+  /** Resolves (pulling if needed) a custom runtime image; throws when there is none. */
+  resolveImage: (ref: string) => Promise<unknown>;
   /** Tests and benchmarks swap the instance layer; the default is a warm pool over boots. */
   source?: InstanceSource;
 }
@@ -179,7 +183,7 @@ export class FunctionService {
     const prev = e.current;
     e.current = v;
     e.scheduler.setVersion(version, limitsOf(v));
-    this.pool.warm(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
+    this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
     await this.forgetUnusedShape(prev);
     return v;
   }
@@ -196,8 +200,9 @@ export class FunctionService {
 
   /** The pool keeps a shape only while some function has it. */
   private async forgetUnusedShape(v: FunctionConfig): Promise<void> {
-    const used = [...this.fns.values()].some((f) => f.current.runtime === v.runtime && f.current.vcpus === v.vcpus && f.current.memoryMib === v.memoryMib);
-    if (!used) await this.pool.forget(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
+    const key = shapeKey(v.runtime as RuntimeName, shapeOf(v));
+    const used = [...this.fns.values()].some((f) => shapeKey(f.current.runtime as RuntimeName, shapeOf(f.current)) === key);
+    if (!used) await this.pool.forget(v.runtime as RuntimeName, shapeOf(v));
   }
 
   list(): FnEntry[] {
@@ -232,8 +237,12 @@ export class FunctionService {
     if (!HANDLER.test(handler) || handler.split(/[./]/).includes('') || handler.includes('..')) {
       throw new KilnError('KILN_ERR_VALIDATION', `handler ${JSON.stringify(handler)} is not a function name ("handler") or module.function ("index.handler")`, { field: 'handler' });
     }
+    const image = input.image ?? prev?.image ?? null;
+    // A custom image must exist (a registry reference is pulled now, not at the first call).
+    if (image && image !== prev?.image) await this.o.resolveImage(image);
     const config: FunctionConfig = {
       runtime,
+      image,
       handler,
       vcpus: input.vcpu ?? prev?.vcpus ?? 1,
       memoryMib: input.memory_mb ?? prev?.memoryMib ?? 256,
@@ -302,7 +311,7 @@ export class FunctionService {
       (e, what) => this.o.log.warn({ function: name, err: e, what }, 'function instance management'),
     );
     this.fns.set(name, { name, scheduler, current: v });
-    this.pool.warm(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
+    this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
     scheduler.ensureMinInstances();
   }
 
@@ -312,7 +321,7 @@ export class FunctionService {
     const v = await this.getVersion(name, version);
     if (v.loadError) throw loadFailure(v.loadError);
     const pkg = await this.codePackage(name, version);
-    const blank = await this.pool.acquire(v.runtime as RuntimeName, { vcpus: v.vcpus, memoryMib: v.memoryMib });
+    const blank = await this.pool.acquire(v.runtime as RuntimeName, shapeOf(v));
     this.o.metrics.poolResult(v.runtime, blank.origin);
     try {
       const t0 = performance.now();
@@ -485,6 +494,10 @@ function checkName(name: string | undefined): string {
     throw new KilnError('KILN_ERR_VALIDATION', `invalid function name ${JSON.stringify(name ?? '')}: lower-case letters, digits, ".", "_" and "-", 1–63 characters, starting with a letter or digit`, { field: 'name' });
   }
   return name;
+}
+
+function shapeOf(v: FunctionConfig): InstanceShape {
+  return { vcpus: v.vcpus, memoryMib: v.memoryMib, ...(v.image ? { image: v.image } : {}) };
 }
 
 function limitsOf(v: FunctionConfig): SchedulerLimits {

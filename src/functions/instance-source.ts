@@ -7,12 +7,17 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { KilnError } from '../errors.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
-import { SHIM_PORT, type RuntimeName } from './runtimes.ts';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SHIM_PORT, runtimeSpec, type RuntimeName } from './runtimes.ts';
 import { ShimClient } from './shim-client.ts';
 
 export interface InstanceShape {
   vcpus: number;
   memoryMib: number;
+  /** A custom runtime image (any image with the runtime on PATH); default: kiln's runtime image. */
+  image?: string;
 }
 
 export type InstanceOrigin = 'pool' | 'boot' | 'restore';
@@ -42,7 +47,23 @@ export interface InstanceSource {
 export const FUNCTION_VM_PREFIX = 'kiln-fn-';
 
 export function shapeKey(runtime: RuntimeName, shape: InstanceShape): string {
-  return `${runtime}/${shape.vcpus}cpu/${shape.memoryMib}mib`;
+  return `${runtime}/${shape.vcpus}cpu/${shape.memoryMib}mib${shape.image ? `/${shape.image}` : ''}`;
+}
+
+/**
+ * A custom image has the runtime but not kiln's shim: the shim's source travels in the VM's
+ * environment (the config drive, not the kernel command line) and a shell writes it out and
+ * runs it with the image's own `node` / `python3`.
+ */
+async function customRuntimeWorkload(runtime: RuntimeName): Promise<{ cmd: string[]; env: Record<string, string> }> {
+  const spec = runtimeSpec(runtime);
+  const src = await fs.readFile(fileURLToPath(spec.shimSource), 'utf8');
+  const file = `/tmp/kiln-shim${path.extname(spec.shimPath)}`;
+  const run = runtime === 'node' ? `exec node ${file}` : `exec python3 -u ${file}`;
+  return {
+    cmd: ['/bin/sh', '-c', `printf '%s' "$KILN_SHIM_SOURCE" > ${file} && unset KILN_SHIM_SOURCE && ${run}`],
+    env: { KILN_SHIM_SOURCE: src, KILN_SHIM_PORT: String(SHIM_PORT) },
+  };
 }
 
 /** Boots a VM of the runtime image per acquire(). */
@@ -61,13 +82,14 @@ export class BootSource implements InstanceSource {
 
   async acquire(runtime: RuntimeName, shape: InstanceShape): Promise<BlankInstance> {
     const t0 = performance.now();
-    const image = await this.o.runtimeImage(runtime);
+    const image = shape.image ?? (await this.o.runtimeImage(runtime));
     const vm = await this.o.vms.create({
       name: `${FUNCTION_VM_PREFIX}${runtime}-${randomBytes(4).toString('hex')}`,
       image,
       vcpus: shape.vcpus,
       memory_mib: shape.memoryMib,
       network: 'bridge',
+      ...(shape.image ? await customRuntimeWorkload(runtime) : {}),
     });
     try {
       const deadline = Date.now() + this.o.bootTimeoutMs;

@@ -6,6 +6,8 @@ import { KilnError } from '../errors.ts';
 
 export interface FunctionConfig {
   runtime: string;
+  /** A custom runtime image (its runtime on PATH; kiln's shim is injected); null: kiln's own. */
+  image?: string | null;
   handler: string;
   vcpus: number;
   memoryMib: number;
@@ -132,8 +134,8 @@ function versionFromRow(r: Row): FunctionVersion {
 }
 
 function configOf(v: FunctionVersion): FunctionConfig {
-  const { runtime, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize } = v;
-  return { runtime, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize };
+  const { runtime, image, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize } = v;
+  return { runtime, image: image ?? null, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize };
 }
 
 function invocationFromRow(r: Row): InvocationRecord {

@@ -24,6 +24,7 @@ async function functionView(fns: FunctionService, name: string, createdAt?: numb
   return {
     name: v.function,
     runtime: v.runtime,
+    image: v.image ?? null,
     handler: v.handler,
     version: v.version,
     vcpu: v.vcpus,
