@@ -55,15 +55,24 @@ export function shapeKey(runtime: RuntimeName, shape: InstanceShape): string {
  * environment (the config drive, not the kernel command line) and a shell writes it out and
  * runs it with the image's own `node` / `python3`.
  */
-async function customRuntimeWorkload(runtime: RuntimeName): Promise<{ cmd: string[]; env: Record<string, string> }> {
+async function customRuntimeWorkload(runtime: RuntimeName, shape: InstanceShape): Promise<{ cmd: string[]; env: Record<string, string> }> {
   const spec = runtimeSpec(runtime);
   const src = await fs.readFile(fileURLToPath(spec.shimSource), 'utf8');
   const file = `/tmp/kiln-shim${path.extname(spec.shimPath)}`;
   const run = runtime === 'node' ? `exec node ${file}` : `exec python3 -u ${file}`;
   return {
     cmd: ['/bin/sh', '-c', `printf '%s' "$KILN_SHIM_SOURCE" > ${file} && unset KILN_SHIM_SOURCE && ${run}`],
-    env: { KILN_SHIM_SOURCE: src, KILN_SHIM_PORT: String(SHIM_PORT) },
+    env: { ...runtimeEnv(runtime, shape), KILN_SHIM_SOURCE: src, KILN_SHIM_PORT: String(SHIM_PORT) },
   };
+}
+
+/**
+ * Node's heap is capped at half the instance's memory: a function that exhausts it fails
+ * fast with V8's "heap out of memory" instead of the guest thrashing its page cache (under
+ * emulation, minutes) before the kernel's OOM killer acts.
+ */
+function runtimeEnv(runtime: RuntimeName, shape: InstanceShape): Record<string, string> {
+  return runtime === 'node' ? { NODE_OPTIONS: `--max-old-space-size=${Math.max(32, Math.floor(shape.memoryMib / 2))}` } : {};
 }
 
 /** Boots a VM of the runtime image per acquire(). */
@@ -89,7 +98,7 @@ export class BootSource implements InstanceSource {
       vcpus: shape.vcpus,
       memory_mib: shape.memoryMib,
       network: 'bridge',
-      ...(shape.image ? await customRuntimeWorkload(runtime) : {}),
+      ...(shape.image ? await customRuntimeWorkload(runtime, shape) : { env: runtimeEnv(runtime, shape) }),
     });
     try {
       const deadline = Date.now() + this.o.bootTimeoutMs;
