@@ -30,6 +30,12 @@ export interface KilnConfig {
   network: NetworkConfig;
   /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
   debianMirror: string;
+  functions: FunctionsConfig;
+}
+
+export interface FunctionsConfig {
+  /** Blank booted instances kept per runtime and size in use (KILN_FN_POOL_SIZE; 0: none). */
+  poolSize: number;
 }
 
 export interface NetworkConfig {
@@ -63,6 +69,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
+    functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1) },
   };
 }
 

@@ -8,6 +8,8 @@ import { buildServer } from './api/server.ts';
 import { isLoopback, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
+import { FunctionMetrics } from './functions/function-metrics.ts';
+import { FunctionService } from './functions/function-service.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
@@ -53,6 +55,8 @@ export class Daemon {
     /** Builds runtime and base images from Debian's archive (functions, classic VMs). */
     readonly recipes: RecipeBuilder,
     readonly containers: ContainerService,
+    /** Functions: deploy, invoke, warm pools (src/functions). */
+    readonly functions: FunctionService,
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
@@ -104,7 +108,12 @@ export class Daemon {
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers);
+      const functions = new FunctionService({
+        store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
+        bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
+      });
+      await functions.start();
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
@@ -125,6 +134,7 @@ export class Daemon {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.functions.close();
     this.containers.close();
     await this.vms.close();
     await closeAgentHub(this.agents);

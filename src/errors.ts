@@ -41,6 +41,15 @@ export const ERRORS = {
   KILN_ERR_CONTAINER_NOT_FOUND: { status: 404, summary: 'No container has that id or name' },
   KILN_ERR_SSH_KEY_INVALID: { status: 400, summary: 'An SSH public key is not in authorized_keys format (type, base64 blob, comment)' },
   KILN_ERR_CONSOLE_UNAVAILABLE: { status: 409, summary: 'The VM has no interactive serial console right now (not running, or the backend has none)' },
+  KILN_ERR_FUNCTION_NOT_FOUND: { status: 404, summary: 'No function has that name' },
+  KILN_ERR_CODE_TOO_LARGE: { status: 413, summary: 'The function code (inline or archive, packed or unpacked) is over the limit' },
+  KILN_ERR_FUNCTION_LOAD: { status: 422, summary: 'The function code failed to load in its guest (syntax error, handler not found, error at import)' },
+  KILN_ERR_FUNCTION_ERROR: { status: 502, summary: 'The function threw: details carry the guest-side type, message and stack' },
+  KILN_ERR_FUNCTION_TIMEOUT: { status: 504, summary: 'The invocation ran past the function’s timeout_ms; its instance was killed' },
+  KILN_ERR_FUNCTION_OOM: { status: 502, summary: 'The function exhausted its memory; its instance was replaced' },
+  KILN_ERR_FUNCTION_CRASHED: { status: 502, summary: 'The function’s runtime died during the invocation; its instance was replaced' },
+  KILN_ERR_FUNCTION_THROTTLED: { status: 429, summary: 'All instances are busy at max_instances and the function’s queue is full' },
+  KILN_ERR_RUNTIME_UNAVAILABLE: { status: 503, summary: 'The runtime image could not be built or its instance could not be started' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -10,6 +10,7 @@ import { registerContainerRoutes } from './routes/containers.ts';
 import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerExecRoutes } from './routes/exec.ts';
+import { registerFunctionRoutes } from './routes/functions.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
@@ -104,5 +105,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerContainerRoutes(app, daemon);
   registerConsoleRoutes(app, daemon);
   await registerWebRoutes(app);
+  registerFunctionRoutes(app, daemon);
   return app;
 }

@@ -6,6 +6,7 @@ import { containerCommands } from './container-commands.ts';
 import { consoleCommand } from './console-command.ts';
 import { doctorCommand } from './doctor.ts';
 import { execCommands } from './exec-commands.ts';
+import { fnCommands } from './fn-commands.ts';
 import { imageCommands } from './image-commands.ts';
 import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
@@ -30,6 +31,7 @@ program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
 program.addCommand(consoleCommand(client));
+program.addCommand(fnCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
 for (const c of containerCommands(client, json)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {

@@ -2,14 +2,26 @@
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
 import WebSocket from 'ws';
+import type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody } from '../api/function-schemas.ts';
 import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
 
 export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
+export type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody };
 
 /** One piece of a container's output, or (following) how it ended. */
 export type ContainerLogItem =
   | { ts: string; stream: 'stdout' | 'stderr'; text: string; partial: boolean }
   | { end: { state: string; exit_code: number | null; removed: boolean } };
+
+/** An invocation's answer with what kilnd reported about it (x-kiln-* headers). */
+export interface InvokeResult<T = unknown> {
+  result: T;
+  invocation: string;
+  cold: boolean;
+  source: string | null;
+  durationMs: number;
+  guestMs: number | null;
+}
 
 export interface KilnClientOptions {
   /** Default: $KILN_API or http://127.0.0.1:18080 */
@@ -379,5 +391,41 @@ export class KilnClient {
         if ((e as Error).name !== 'AbortError') throw e;
       }
     })();
+  }
+
+  // Functions
+  createFunction(body: CreateFunctionBody): Promise<FunctionView> {
+    return this.json('POST', '/v1/functions', { body });
+  }
+  updateFunction(name: string, body: UpdateFunctionBody): Promise<FunctionView> {
+    return this.json('PUT', `/v1/functions/${encodeURIComponent(name)}`, { body });
+  }
+  listFunctions(): Promise<FunctionList> {
+    return this.json('GET', '/v1/functions');
+  }
+  getFunction(name: string): Promise<FunctionView> {
+    return this.json('GET', `/v1/functions/${encodeURIComponent(name)}`);
+  }
+  deleteFunction(name: string): Promise<void> {
+    return this.json('DELETE', `/v1/functions/${encodeURIComponent(name)}`);
+  }
+  /** Invokes with `event` as the body; a function error throws KilnApiError (details: type, message, stack, logs). */
+  async invoke<T = unknown>(name: string, event: unknown = null, opts: { signal?: AbortSignal } = {}): Promise<InvokeResult<T>> {
+    const res = await this.request('POST', `/v1/functions/${encodeURIComponent(name)}/invoke`, { body: event, signal: opts.signal });
+    const h = (k: string) => res.headers.get(k);
+    return {
+      result: (await res.json()) as T,
+      invocation: h('x-kiln-invocation') ?? '',
+      cold: h('x-kiln-cold') === 'true',
+      source: h('x-kiln-source') || null,
+      durationMs: Number(h('x-kiln-duration-ms')),
+      guestMs: h('x-kiln-guest-ms') ? Number(h('x-kiln-guest-ms')) : null,
+    };
+  }
+  async invocations(name: string, limit?: number): Promise<InvocationView[]> {
+    return (await this.json<{ invocations: InvocationView[] }>('GET', `/v1/functions/${encodeURIComponent(name)}/invocations`, { query: { limit } })).invocations;
+  }
+  async functionLogs(name: string, limit?: number): Promise<string> {
+    return (await this.request('GET', `/v1/functions/${encodeURIComponent(name)}/logs`, { query: { limit } })).text();
   }
 }

@@ -1,3 +1,5 @@
+import { FUNCTIONS_MIGRATION } from './function-store.ts';
+
 // Schema versions, applied in order; index i upgrades user_version i → i+1. Never edit a
 // released entry: append a new one.
 export const MIGRATIONS: readonly string[] = [
@@ -107,4 +109,6 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE vms ADD COLUMN classic TEXT;
   `,
+  // v6 (functions, issue #6): functions, their immutable versions, invocations.
+  FUNCTIONS_MIGRATION,
 ];

@@ -2,6 +2,7 @@
 // once, schema versioned with PRAGMA user_version.
 import Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
+import { SqliteFunctionStore, type FunctionStore } from './function-store.ts';
 import { MIGRATIONS } from './migrations.ts';
 import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, Store, VmRecord, VolumeRecord } from './store.ts';
 
@@ -158,6 +159,7 @@ function uniqueName(insert: () => unknown, message: string): void {
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly stmt;
+  readonly functions: FunctionStore;
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -166,6 +168,7 @@ export class SqliteStore implements Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
+    this.functions = new SqliteFunctionStore(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,

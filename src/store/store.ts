@@ -2,6 +2,7 @@
 // implementation for multi-host is an addition behind this interface, which is why every
 // method is async even though better-sqlite3 is synchronous.
 import type { Accelerator, BackendName } from '../vmm/driver.ts';
+import type { FunctionStore } from './function-store.ts';
 
 export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -227,6 +228,9 @@ export interface Store {
 
   appendEvent(event: Omit<EventRecord, 'seq'>): Promise<EventRecord>;
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]>;
+
+  /** Functions, their versions and invocations (function-store.ts). */
+  readonly functions: FunctionStore;
 
   close(): Promise<void>;
 }
