@@ -38,6 +38,12 @@ export const ERRORS = {
   KILN_ERR_AGENT_TIMEOUT: { status: 504, summary: 'The guest agent did not answer before the deadline' },
   KILN_ERR_GUEST_PATH_NOT_FOUND: { status: 404, summary: 'The path does not exist inside the guest' },
   KILN_ERR_GUEST_OP_FAILED: { status: 422, summary: 'The guest could not carry out the operation (exec or file I/O failed)' },
+  KILN_ERR_SNAPSHOT_NOT_FOUND: { status: 404, summary: 'No snapshot has that id' },
+  KILN_ERR_SNAPSHOT_FAILED: { status: 500, summary: 'Taking or restoring a snapshot failed in the VMM' },
+  KILN_ERR_SNAPSHOT_INCOMPATIBLE: { status: 409, summary: 'The snapshot was taken with another backend, VMM version, kernel, kiln-init or machine layout than this host has' },
+  KILN_ERR_SNAPSHOT_CORRUPT: { status: 422, summary: 'A snapshot file is missing, truncated or fails its checksum' },
+  KILN_ERR_SNAPSHOT_IN_USE: { status: 409, summary: 'The snapshot is used by running clones or a template' },
+  KILN_ERR_TEMPLATE_NOT_FOUND: { status: 404, summary: 'No template has that id (or none for that image)' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -52,6 +52,11 @@ void agent_send_exit(int status);
 /* Fork a session child for an accepted connection. */
 void agent_accept(void);
 
+/* Write end of PID 1's identity pipe (session children hand a clone's new identity over it). */
+int agent_identity_fd(void);
+/* PID 1: a restored clone's env entries ("K=V"), merged over the workload's for later execs. */
+void workload_env_merge(char **entries, size_t n);
+
 /* session.c: runs in a forked child, never returns. */
 void session_run(int fd) __attribute__((noreturn));
 

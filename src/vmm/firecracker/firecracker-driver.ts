@@ -6,7 +6,7 @@ import { describeFailures } from '../../util/cleanup-stack.ts';
 import path from 'node:path';
 import { KilnError, asKilnError } from '../../errors.ts';
 import { pidAlive, run } from '../../util/process.ts';
-import type { Accelerator, VmmDriver, VmSpec } from '../driver.ts';
+import type { Accelerator, VmmDriver, VmmSnapshot, VmSpec } from '../driver.ts';
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
@@ -118,6 +118,20 @@ export class FirecrackerDriver implements VmmDriver {
       child: child ? { process: child.child, exited: child.exited } : undefined,
       watch: child ? undefined : ctx.pidWatch,
     });
+  }
+
+  /**
+   * The backend-neutral restore: PUT /snapshot/load with the File backend (the memory file
+   * mapped private: lazy, copy-on-write), not resumed (VmmDriver.restore's contract).
+   */
+  async restore(vmSpec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<FirecrackerInstance> {
+    if (!snapshot.memoryFile) throw new KilnError('KILN_ERR_SNAPSHOT_INCOMPATIBLE', 'a Firecracker restore needs the snapshot\'s memory file');
+    if (vmSpec.netns) throw new KilnError('KILN_ERR_HOST_SETUP', 'Firecracker clones in a network namespace need the jailer (--netns); run kilnd with the jailer configured');
+    const spec: FirecrackerVmSpec = {
+      ...(vmSpec as FirecrackerVmSpec),
+      restore: { snapshotPath: snapshot.stateFile, memBackend: { type: 'File', path: snapshot.memoryFile }, resume: false, sourceVsockPath: snapshot.vsockPath },
+    };
+    return this.start(spec, signal);
   }
 
   async attach(vmSpec: VmSpec, pid: number): Promise<FirecrackerInstance | null> {
