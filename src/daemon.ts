@@ -21,6 +21,8 @@ import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
+import { SnapshotService } from './snapshot/snapshot-service.ts';
+import { TemplateService } from './snapshot/templates.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
@@ -47,7 +49,14 @@ export class Daemon {
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
-  ) {}
+  ) {
+    this.snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
+    this.templates = new TemplateService({ config, store, vms, images, snapshots: this.snapshots, bus, log });
+  }
+
+  /** Snapshots, restores and clones (src/snapshot); templates: golden snapshots per image. */
+  readonly snapshots: SnapshotService;
+  readonly templates: TemplateService;
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
     if (!isLoopback(config.listenHost) && !config.apiToken) {
@@ -91,7 +100,9 @@ export class Daemon {
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
+      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
+      await daemon.snapshots.sweep();
+      return daemon;
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

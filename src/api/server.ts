@@ -10,6 +10,7 @@ import { registerExecRoutes } from './routes/exec.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
+import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
 
 export const BODY_LIMIT = 1024 * 1024;
@@ -91,6 +92,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
 
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
+  registerSnapshotRoutes(app, daemon);
   registerImageRoutes(app, daemon);
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);
