@@ -87,8 +87,10 @@ export class NetworkManager {
   }
 
   /** Leases the VM's address in the store; null when the subnet is full. */
-  async lease(vmId: string): Promise<VmAddress | null> {
-    const addr = await this.deps.store.assignIp(vmId, (taken) => lowestFree(this.subnet, taken));
+  async lease(vmId: string, exclude: readonly string[] = []): Promise<VmAddress | null> {
+    // `exclude`: addresses that must not be handed out though no VM holds them (a clone's
+    // guest keeps its snapshot's address behind its own: the two must differ).
+    const addr = await this.deps.store.assignIp(vmId, (taken) => lowestFree(this.subnet, exclude.length ? new Set([...taken, ...exclude]) : taken));
     return addr === null ? null : this.address(addr);
   }
 

@@ -631,7 +631,7 @@ export class VmManager {
     timeline.begin('api.accept', preciseNow());
     await this.deps.store.insertVm(vm);
     await this.deps.store.linkClone(id, req.snapshotId);
-    const addr = await this.deps.network.lease(id);
+    const addr = await this.deps.network.lease(id, [req.guestNet.ip]);
     if (!addr) {
       await this.deps.store.deleteVm(id);
       throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `no free address left in ${this.deps.config.network.cidr}`);
