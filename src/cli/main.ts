@@ -9,6 +9,7 @@ import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
 import { vmCommands } from './vm-commands.ts';
 import { volumeCommands } from './volume-commands.ts';
+import { snapshotCommands, templateCommands } from './snapshot-commands.ts';
 
 const program = new Command('kiln')
   .version(KILN_VERSION)
@@ -25,6 +26,8 @@ program.addCommand(vmCommands(client, json));
 program.addCommand(imageCommands(client, json));
 program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
+program.addCommand(snapshotCommands(client, json));
+program.addCommand(templateCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
