@@ -17,7 +17,7 @@ const RUNS = Number(values.runs);
 const CLONES = Number(values.clones);
 const WAIT = { wait: true, timeoutMs: 300_000 };
 
-const d = await startKilnd({ backend: 'qemu' });
+const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu' });
 
 async function timed(body: CreateVmBody): Promise<number> {
   const t0 = performance.now();
@@ -64,7 +64,8 @@ async function cloneMemory(body: CreateVmBody): Promise<{ pssMib: number; rssMib
 
 try {
   const image = 'default';
-  console.error(`restore bench: ${RUNS} runs each, ${CLONES} concurrent clones for memory (QEMU, ${(await d.client.health()).accelerator})`);
+  const health = await d.client.health();
+  console.error(`restore bench: ${RUNS} runs each, ${CLONES} concurrent clones for memory (${health.backend}, ${health.accelerator})`);
   const cold = await series({ image });
 
   const origin = await d.client.createVm({ image, name: 'bench-origin' }, WAIT);

@@ -697,7 +697,9 @@ export class VmManager {
 
   /** The identity op over the session channel, with the token the guest still holds. */
   private async giveIdentity(vm: VmRecord, req: CloneRequest, guestIp: string): Promise<void> {
-    const client = new AgentClient({ kind: 'tcp', host: vm.ip!, port: AGENT_SESSION_PORT }, req.guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
+    // The clone's own channel: TCP to its address (QEMU), or its vsock socket (Firecracker).
+    const target = agentChannel(vm, this.runtimeDir(vm.id)) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
+    const client = new AgentClient(target, req.guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
     const deadline = Date.now() + 15_000;
     for (let attempt = 0; ; attempt++) {
       try {

@@ -80,7 +80,7 @@ export interface VmSpec {
   vsock?: VsockSpec;
   /** Guest RAM in a file (templates and their clones); absent: anonymous memory. */
   memoryFile?: MemoryFileSpec;
-  /** Network namespace the VMM runs in (a clone: the template's tap name inside it). */
+  /** `ip netns` name (or a path) of the namespace the VMM runs in (a clone: the template's tap name inside it). */
   netns?: string;
 }
 

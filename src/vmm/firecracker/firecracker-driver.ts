@@ -82,7 +82,7 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   async start(vmSpec: VmSpec, signal?: AbortSignal): Promise<FirecrackerInstance> {
-    const spec = vmSpec as FirecrackerVmSpec;
+    const spec = { ...(vmSpec as FirecrackerVmSpec), ...(vmSpec.netns ? { netns: netnsPath(vmSpec.netns) } : {}) };
     validateSpec(spec);
     const deadline = AbortSignal.timeout(this.#startTimeoutMs);
     const ctx = createBootContext({
@@ -126,9 +126,10 @@ export class FirecrackerDriver implements VmmDriver {
    */
   async restore(vmSpec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<FirecrackerInstance> {
     if (!snapshot.memoryFile) throw new KilnError('KILN_ERR_SNAPSHOT_INCOMPATIBLE', 'a Firecracker restore needs the snapshot\'s memory file');
-    if (vmSpec.netns) throw new KilnError('KILN_ERR_HOST_SETUP', 'Firecracker clones in a network namespace need the jailer (--netns); run kilnd with the jailer configured');
     const spec: FirecrackerVmSpec = {
       ...(vmSpec as FirecrackerVmSpec),
+      // VmSpec names an `ip netns` namespace; Firecracker's spec (nsenter, jailer) takes its path.
+      ...(vmSpec.netns ? { netns: netnsPath(vmSpec.netns) } : {}),
       restore: { snapshotPath: snapshot.stateFile, memBackend: { type: 'File', path: snapshot.memoryFile }, resume: false, sourceVsockPath: snapshot.vsockPath },
     };
     return this.start(spec, signal);
@@ -188,4 +189,9 @@ export class FirecrackerDriver implements VmmDriver {
     if (!line) throw new KilnError('KILN_ERR_VMM_FAILED', `${bin} --version printed nothing`);
     return line.trim();
   }
+}
+
+/** `ip netns` names live under /run/netns; a path is kept as it is. */
+export function netnsPath(netns: string): string {
+  return netns.startsWith('/') ? netns : `/run/netns/${netns}`;
 }
