@@ -98,8 +98,11 @@ export async function describeFile(dir: string, name: string, hash: boolean): Pr
   return { name, size, sha256: hash ? await sha256File(file) : null };
 }
 
-/** Files already verified in this process, by identity: immutable, so once is enough. */
-const verified = new Set<string>();
+/**
+ * Files verified (or being verified) in this process, by identity: immutable, so once is
+ * enough, and concurrent restores of one snapshot share one hash of each file.
+ */
+const verified = new Map<string, Promise<boolean>>();
 
 /** Size always, sha256 once per file identity; throws KILN_ERR_SNAPSHOT_CORRUPT naming the file. */
 export async function verifyFiles(id: string, dir: string, files: readonly SnapshotFile[]): Promise<void> {
@@ -112,10 +115,16 @@ export async function verifyFiles(id: string, dir: string, files: readonly Snaps
     }
     if (!f.sha256) continue;
     const key = `${file}\0${st.ino}\0${st.size}\0${st.mtimeMs}\0${f.sha256}`;
-    if (verified.has(key)) continue;
-    if ((await sha256File(file)) !== f.sha256) {
+    let ok = verified.get(key);
+    if (!ok) {
+      const want = f.sha256;
+      ok = sha256File(file).then((h) => h === want);
+      verified.set(key, ok);
+      // A failed or mismatching check is not remembered: the next restore checks again.
+      void ok.then((good) => good || verified.delete(key), () => verified.delete(key));
+    }
+    if (!(await ok)) {
       throw new KilnError('KILN_ERR_SNAPSHOT_CORRUPT', `snapshot ${id}: ${f.name} fails its sha256 checksum`, { file: f.name });
     }
-    verified.add(key);
   }
 }
