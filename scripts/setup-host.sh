@@ -32,6 +32,8 @@ needs=(
   setfattr:attr
   mkfs.btrfs:btrfs-progs
   openssl:openssl
+  debootstrap:debootstrap
+  chroot:coreutils
 )
 missing=()
 for pair in "${needs[@]}"; do

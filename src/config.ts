@@ -28,6 +28,8 @@ export interface KilnConfig {
   allowedRoots: string[];
   logLevel: string;
   network: NetworkConfig;
+  /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
+  debianMirror: string;
 }
 
 export interface NetworkConfig {
@@ -60,6 +62,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       cidr: env.KILN_CIDR ?? '10.118.0.0/24',
       agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
     },
+    debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
   };
 }
 

@@ -11,6 +11,7 @@ import { EventBus } from './events/event-bus.ts';
 import { ensureDefaultImage } from './image/default-image.ts';
 import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
+import { RecipeBuilder } from './image/recipes/debian-recipe.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
@@ -49,6 +50,8 @@ export class Daemon {
     readonly network: NetworkManager,
     readonly agents: AgentHub,
     readonly vms: VmManager,
+    /** Builds runtime and base images from Debian's archive (functions, classic VMs). */
+    readonly recipes: RecipeBuilder,
   ) {
     this.snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
     this.templates = new TemplateService({ config, store, vms, images, snapshots: this.snapshots, bus, log });
@@ -100,7 +103,8 @@ export class Daemon {
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor });
       await vms.reconcile();
-      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms);
+      const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
+      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes);
       await daemon.snapshots.sweep();
       return daemon;
     } catch (e) {

@@ -12,6 +12,7 @@ import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
 import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
+import { isPublicWebPath, registerWebRoutes } from './routes/web.ts';
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -73,7 +74,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   const token = daemon.config.apiToken;
   if (token) {
     app.addHook('onRequest', async (req) => {
-      if (req.url === '/healthz') return;
+      if (req.url === '/healthz' || isPublicWebPath(req.url)) return;
       if (req.headers.authorization !== `Bearer ${token}`) {
         throw new KilnError('KILN_ERR_UNAUTHORIZED', 'missing or wrong bearer token');
       }
@@ -97,5 +98,6 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);
   registerExecRoutes(app, daemon);
+  await registerWebRoutes(app);
   return app;
 }

@@ -209,43 +209,67 @@ export class ImageService {
   async importDir(name: string, dir: string, config: Partial<ImageConfig> = {}, format?: ImageFormat): Promise<ImageRecord> {
     const st = await fs.stat(dir).catch(() => null);
     if (!st?.isDirectory()) throw new KilnError('KILN_ERR_VALIDATION', `${dir} is not a directory`);
-    const existing = await this.store.getImage(name);
-    if (existing) throw new KilnError('KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(name)} already exists`);
+    await this.assertNameFree(name);
     await fs.mkdir(this.imagesDir, { recursive: true });
     const fmt = await pickFormat(format);
     const tmp = tempSibling(path.join(this.imagesDir, 'import'));
     try {
       const built = await buildRootfs(dir, tmp, fmt);
-      const digest = await sha256File(tmp);
-      const id = `img-${digest.slice(7, 19)}`;
-      const dest = path.join(this.imagesDir, id, `rootfs.${fmt}`);
-      if (!(await fs.stat(dest).catch(() => null))) {
-        await fs.mkdir(path.dirname(dest), { recursive: true });
-        await fs.rename(tmp, dest);
-      }
-      const dup = await this.store.getImageByDigest(digest);
-      const record: ImageRecord = {
-        // Same tree under a new name: a second record pointing at the same file.
-        id: dup ? `img-${randomBytes(6).toString('hex')}` : id,
-        name,
-        digest,
-        format: fmt,
-        path: dest,
-        sizeBytes: (await fs.stat(dest)).size,
-        config: { ...DEFAULT_IMAGE_CONFIG, ...config },
-        createdAt: Date.now(),
-        state: 'ready',
-        source: null,
-        manifestDigest: null,
-        layers: [],
-        builder: built.builder,
-      };
-      await this.store.insertImage(record);
-      this.bus.publish('image.created', null, { id: record.id, name, digest, format: fmt, builder: built.builder });
-      return record;
+      return await this.adopt(name, tmp, fmt, built.builder, config);
     } finally {
       await fs.rm(tmp, { force: true });
     }
+  }
+
+  /**
+   * Registers an already built root filesystem file (e.g. a recipe's cached build). The file
+   * is cloned into the image store (a reflink where the filesystem has them), never moved.
+   */
+  async importRootfsFile(name: string, file: string, format: ImageFormat, builder: string | null, config: Partial<ImageConfig> = {}): Promise<ImageRecord> {
+    await this.assertNameFree(name);
+    await fs.mkdir(this.imagesDir, { recursive: true });
+    const tmp = tempSibling(path.join(this.imagesDir, 'import'));
+    try {
+      await fs.copyFile(file, tmp, fs.constants.COPYFILE_FICLONE);
+      return await this.adopt(name, tmp, format, builder, config);
+    } finally {
+      await fs.rm(tmp, { force: true });
+    }
+  }
+
+  private async assertNameFree(name: string): Promise<void> {
+    if (await this.store.getImage(name)) throw new KilnError('KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(name)} already exists`);
+  }
+
+  /** Moves a finished rootfs file (tmp) to its content address and records the image. */
+  private async adopt(name: string, tmp: string, fmt: ImageFormat, builder: string | null, config: Partial<ImageConfig>): Promise<ImageRecord> {
+    const digest = await sha256File(tmp);
+    const id = `img-${digest.slice(7, 19)}`;
+    const dest = path.join(this.imagesDir, id, `rootfs.${fmt}`);
+    if (!(await fs.stat(dest).catch(() => null))) {
+      await fs.mkdir(path.dirname(dest), { recursive: true });
+      await fs.rename(tmp, dest);
+    }
+    const dup = await this.store.getImageByDigest(digest);
+    const record: ImageRecord = {
+      // Same tree under a new name: a second record pointing at the same file.
+      id: dup ? `img-${randomBytes(6).toString('hex')}` : id,
+      name,
+      digest,
+      format: fmt,
+      path: dest,
+      sizeBytes: (await fs.stat(dest)).size,
+      config: { ...DEFAULT_IMAGE_CONFIG, ...config },
+      createdAt: Date.now(),
+      state: 'ready',
+      source: null,
+      manifestDigest: null,
+      layers: [],
+      builder,
+    };
+    await this.store.insertImage(record);
+    this.bus.publish('image.created', null, { id: record.id, name, digest, format: fmt, builder });
+    return record;
   }
 
   /** Builds an image from a tar stream (what `kiln images import DIR` uploads). */

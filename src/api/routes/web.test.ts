@@ -1,0 +1,32 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { pino } from 'pino';
+import { defaultConfig } from '../../config.ts';
+import type { Daemon } from '../../daemon.ts';
+import { buildServer } from '../server.ts';
+
+// The static routes touch no daemon state; the API routes are not called here.
+const daemon = { config: { ...defaultConfig({}), apiToken: 'sekrit' }, version: 'test' } as unknown as Daemon;
+
+test('dashboard: page and assets are served without the token, the API still needs it', async () => {
+  const app = await buildServer(daemon, pino({ level: 'silent' }));
+  try {
+    const page = await app.inject('/');
+    assert.equal(page.statusCode, 200);
+    assert.match(page.headers['content-type'] as string, /text\/html/);
+    assert.match(page.body, /<script type="module" src="\/ui\/app.js">/);
+    const js = await app.inject('/ui/app.js');
+    assert.equal(js.statusCode, 200);
+    assert.match(js.headers['content-type'] as string, /javascript/);
+    assert.match(js.body, /\/v1\/events/);
+    assert.equal((await app.inject('/ui/style.css')).statusCode, 200);
+    // Only the listed files: no path walking into src/.
+    assert.equal((await app.inject('/ui/../../daemon.ts')).statusCode, 401);
+    assert.equal((await app.inject('/ui/%2e%2e/daemon.ts')).statusCode, 401);
+    const api = await app.inject('/v1/vms');
+    assert.equal(api.statusCode, 401);
+    assert.equal(api.json().code, 'KILN_ERR_UNAUTHORIZED');
+  } finally {
+    await app.close();
+  }
+});
