@@ -22,6 +22,9 @@ needs=(
   zstd:zstd
   ip:iproute2
   nft:nftables
+  # snapshot clones: sysctls inside their network namespaces; Firecracker enters them with nsenter
+  sysctl:procps
+  nsenter:util-linux
   # image pulls: tests run a real registry and build/push images with umoci + skopeo
   docker-registry:docker-registry
   skopeo:skopeo

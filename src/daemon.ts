@@ -26,6 +26,8 @@ import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { ContainerService } from './containers/container-service.ts';
+import { SnapshotService } from './snapshot/snapshot-service.ts';
+import { TemplateService } from './snapshot/templates.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
@@ -57,7 +59,14 @@ export class Daemon {
     readonly containers: ContainerService,
     /** Functions: deploy, invoke, warm pools (src/functions). */
     readonly functions: FunctionService,
-  ) {}
+  ) {
+    this.snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
+    this.templates = new TemplateService({ config, store, vms, images, snapshots: this.snapshots, bus, log });
+  }
+
+  /** Snapshots, restores and clones (src/snapshot); templates: golden snapshots per image. */
+  readonly snapshots: SnapshotService;
+  readonly templates: TemplateService;
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
     if (!isLoopback(config.listenHost) && !config.apiToken) {
@@ -113,7 +122,9 @@ export class Daemon {
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
       });
       await functions.start();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions);
+      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions);
+      await daemon.snapshots.sweep();
+      return daemon;
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

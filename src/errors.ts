@@ -50,6 +50,12 @@ export const ERRORS = {
   KILN_ERR_FUNCTION_CRASHED: { status: 502, summary: 'The function’s runtime died during the invocation; its instance was replaced' },
   KILN_ERR_FUNCTION_THROTTLED: { status: 429, summary: 'All instances are busy at max_instances and the function’s queue is full' },
   KILN_ERR_RUNTIME_UNAVAILABLE: { status: 503, summary: 'The runtime image could not be built or its instance could not be started' },
+  KILN_ERR_SNAPSHOT_NOT_FOUND: { status: 404, summary: 'No snapshot has that id' },
+  KILN_ERR_SNAPSHOT_FAILED: { status: 500, summary: 'Taking or restoring a snapshot failed in the VMM' },
+  KILN_ERR_SNAPSHOT_INCOMPATIBLE: { status: 409, summary: 'The snapshot was taken with another backend, VMM version, kernel, kiln-init or machine layout than this host has' },
+  KILN_ERR_SNAPSHOT_CORRUPT: { status: 422, summary: 'A snapshot file is missing, truncated or fails its checksum' },
+  KILN_ERR_SNAPSHOT_IN_USE: { status: 409, summary: 'The snapshot is used by running clones or a template' },
+  KILN_ERR_TEMPLATE_NOT_FOUND: { status: 404, summary: 'No template has that id (or none for that image)' },
   KILN_ERR_INTERNAL: { status: 500, summary: 'An unexpected internal error' },
 } as const satisfies Record<string, { status: number; summary: string }>;
 

@@ -70,10 +70,59 @@ export const CreateVmBody = Type.Object(
     ),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Volumes and host directories mounted in the guest' })),
     classic: Type.Optional(ClassicVmOptions),
+    snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Restore from this snapshot instead of booting (only name and env apply)' })),
+    template: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 255, description: 'Restore from this template (id), or from the template of this image, built on first use (name, env, vcpus, memory_mib apply)' }),
+    ),
   },
   { additionalProperties: false },
 );
 export type CreateVmBody = Static<typeof CreateVmBody>;
+
+export const CreateSnapshotBody = Type.Object(
+  { resume: Type.Optional(Type.Boolean({ description: 'Let the VM run on after the snapshot (default true); false leaves it paused' })) },
+  { additionalProperties: false },
+);
+
+export const SnapshotFileView = Type.Object({ name: Type.String(), size: Type.Integer(), sha256: Type.Union([Type.String(), Type.Null()]) });
+
+export const Snapshot = Type.Object({
+  id: Type.String(),
+  source_vm: Type.Union([Type.String(), Type.Null()]),
+  template: Type.Union([Type.String(), Type.Null()]),
+  memory: Type.Union([Type.Literal('full'), Type.Literal('mapped')], { description: '"full": guest RAM in the state file; "mapped": RAM in a file clones map copy-on-write' }),
+  image: Type.Object({ id: Type.String(), digest: Type.String() }),
+  vcpus: Type.Integer(),
+  memory_mib: Type.Integer(),
+  size_bytes: Type.Integer({ description: 'Disk space the files take (sparse files count what is allocated)' }),
+  compat: Type.Record(Type.String(), Type.String(), { description: 'What a restoring host must match' }),
+  files: Type.Array(SnapshotFileView),
+  clones: Type.Array(Type.String(), { description: 'VMs running from this snapshot (deletion is refused while any do)' }),
+  created_at: Type.String({ format: 'date-time' }),
+});
+export const SnapshotList = Type.Object({ snapshots: Type.Array(Snapshot) });
+
+export const CreateTemplateBody = Type.Object(
+  {
+    image: Type.String({ minLength: 1, maxLength: 255, description: 'Image id, name or registry reference' }),
+    vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
+    memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576 })),
+  },
+  { additionalProperties: false },
+);
+
+export const Template = Type.Object({
+  id: Type.String(),
+  image: Type.String({ description: 'Image id' }),
+  vcpus: Type.Integer(),
+  memory_mib: Type.Integer(),
+  key: Type.String({ description: 'Hash of the image digest, kernel, initramfs, VMM and size: a change builds a new template' }),
+  state: Type.Union([Type.Literal('building'), Type.Literal('ready'), Type.Literal('failed')]),
+  state_reason: Type.Union([Type.String(), Type.Null()]),
+  snapshot: Type.Union([Type.String(), Type.Null()]),
+  created_at: Type.String({ format: 'date-time' }),
+});
+export const TemplateList = Type.Object({ templates: Type.Array(Template) });
 
 export const Phase = Type.Object({
   phase: Type.String(),

@@ -14,6 +14,7 @@ import { registerFunctionRoutes } from './routes/functions.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
+import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
 import { isPublicWebPath, registerWebRoutes } from './routes/web.ts';
 
@@ -98,6 +99,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
+  registerSnapshotRoutes(app, daemon);
   registerImageRoutes(app, daemon);
   registerVolumeRoutes(app, daemon);
   registerEventRoutes(app, daemon);

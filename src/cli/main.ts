@@ -12,6 +12,7 @@ import { reportError } from './output.ts';
 import { serveCommand } from './serve-command.ts';
 import { vmCommands } from './vm-commands.ts';
 import { volumeCommands } from './volume-commands.ts';
+import { snapshotCommands, templateCommands } from './snapshot-commands.ts';
 
 const program = new Command('kiln')
   .version(KILN_VERSION)
@@ -32,6 +33,8 @@ program.addCommand(doctorCommand(json));
 program.addCommand(volumeCommands(client, json));
 program.addCommand(consoleCommand(client));
 program.addCommand(fnCommands(client, json));
+program.addCommand(snapshotCommands(client, json));
+program.addCommand(templateCommands(client, json));
 for (const c of execCommands(client)) program.addCommand(c);
 for (const c of containerCommands(client, json)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {

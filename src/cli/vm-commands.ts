@@ -68,11 +68,24 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .option('-p, --publish <host:guest[/proto]>', 'publish a host port to the VM (repeatable)', collect, [])
     .option('--network <mode>', '"bridge" (an address on kiln’s bridge) or "none"')
     .option('--no-wait', 'return at once instead of waiting for ready')
+    .option('--snapshot <id>', 'restore from a snapshot instead of booting (only --name and -e apply)')
+    .option('--template <id|image>', 'clone a template (or the template of an image, built on first use)')
     .argument('[cmd...]', 'command to run instead of the image’s (put it after --)')
     .action(async (cmd: string[], o) => {
       const env = Object.fromEntries((o.env as string[]).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
       const classicFlags = o.sshKey.length || o.hostname || o.userData || o.diskSize;
       if (classicFlags && !o.classic) throw new Error('--ssh-key, --hostname, --user-data and --disk-size are for classic VMs: add --classic');
+      if (o.snapshot || o.template) {
+        const restored = await client().createVm({
+          ...(o.snapshot ? { snapshot: o.snapshot } : { template: o.template }),
+          ...(o.name ? { name: o.name } : {}),
+          ...(Object.keys(env).length ? { env } : {}),
+          ...(o.template && o.vcpus ? { vcpus: o.vcpus } : {}),
+          ...(o.template && o.memory ? { memory_mib: o.memory } : {}),
+        }, { wait: o.wait });
+        show(restored);
+        return;
+      }
       const created = await client().createVm({
         ...(o.image ? { image: o.image } : {}),
         ...(o.classic ? { classic: await classicOptions(o) } : {}),

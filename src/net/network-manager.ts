@@ -12,6 +12,7 @@ import type { Store, VmRecord, VmState } from '../store/store.ts';
 import * as ip from '../tools/ip.ts';
 import { nftApply, nftDeleteTable } from '../tools/nft.ts';
 import type { NicSpec } from '../vmm/driver.ts';
+import { cloneNetnsName, netnsExists, removeCloneNetwork, strayCloneNamespaces } from './clone-netns.ts';
 import { lowestFree, macFor, overlaps, parseSubnet, type Subnet } from './ipv4.ts';
 import { NFT_FAMILY, renderRuleset, tableName, type PortPublication } from './ruleset.ts';
 
@@ -86,8 +87,10 @@ export class NetworkManager {
   }
 
   /** Leases the VM's address in the store; null when the subnet is full. */
-  async lease(vmId: string): Promise<VmAddress | null> {
-    const addr = await this.deps.store.assignIp(vmId, (taken) => lowestFree(this.subnet, taken));
+  async lease(vmId: string, exclude: readonly string[] = []): Promise<VmAddress | null> {
+    // `exclude`: addresses that must not be handed out though no VM holds them (a clone's
+    // guest keeps its snapshot's address behind its own: the two must differ).
+    const addr = await this.deps.store.assignIp(vmId, (taken) => lowestFree(this.subnet, exclude.length ? new Set([...taken, ...exclude]) : taken));
     return addr === null ? null : this.address(addr);
   }
 
@@ -122,7 +125,15 @@ export class NetworkManager {
 
   async unplug(vmId: string): Promise<void> {
     const tap = tapName(vmId);
-    if (await ip.linkExists(tap)) await ip.deleteLink(tap);
+    // A restored clone's tap is the host end of its namespace's veth (src/net/clone-netns.ts).
+    if (await netnsExists(cloneNetnsName(vmId))) await removeCloneNetwork(cloneNetnsName(vmId), tap);
+    else if (await ip.linkExists(tap)) await ip.deleteLink(tap);
+  }
+
+  /** The bridge's current MAC: the gateway MAC guests cache (recorded in snapshots). */
+  async bridgeMac(): Promise<string | null> {
+    const links = await ip.listLinks().catch(() => []);
+    return links.find((l) => l.ifname === this.config.bridge)?.address ?? null;
   }
 
   /**
@@ -149,6 +160,15 @@ export class NetworkManager {
     const running = new Set((await this.deps.store.listVms()).filter((v) => PLUGGED.includes(v.state)).map((v) => tapName(v.id)));
     const removed: string[] = [];
     try {
+      const keep = new Set((await this.deps.store.listVms()).filter((v) => PLUGGED.includes(v.state)).map((v) => cloneNetnsName(v.id)));
+      // Namespaces are host-wide: only those whose veth is on this kilnd's bridge are its own.
+      const ours = new Set((await ip.listLinks({ master: this.config.bridge })).map((l) => l.ifname));
+      for (const ns of await strayCloneNamespaces(keep)) {
+        const hostVeth = tapName(ns.slice(cloneNetnsName('').length));
+        if (!ours.has(hostVeth)) continue;
+        await removeCloneNetwork(ns, hostVeth);
+        removed.push(ns);
+      }
       for (const link of await ip.listLinks({ master: this.config.bridge })) {
         if (link.ifname.startsWith(TAP_PREFIX) && !running.has(link.ifname)) {
           await ip.deleteLink(link.ifname);

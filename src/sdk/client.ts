@@ -3,8 +3,11 @@
 import type { Readable } from 'node:stream';
 import WebSocket from 'ws';
 import type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody } from '../api/function-schemas.ts';
-import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume } from '../api/schemas.ts';
+import type { Static } from 'typebox';
+import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Snapshot as SnapshotSchema, Template as TemplateSchema, Vm, Volume } from '../api/schemas.ts';
 
+export type Snapshot = Static<typeof SnapshotSchema>;
+export type Template = Static<typeof TemplateSchema>;
 export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
 export type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody };
 
@@ -359,6 +362,33 @@ export class KilnClient {
   }
   deleteVolume(id: string): Promise<void> {
     return this.json('DELETE', `/v1/volumes/${encodeURIComponent(id)}`);
+  }
+
+  // Snapshots and templates
+  /** `resume` (default true): the VM runs on after the snapshot; false leaves it paused. */
+  createSnapshot(vmId: string, opts: { resume?: boolean } = {}): Promise<Snapshot> {
+    return this.json('POST', `/v1/vms/${encodeURIComponent(vmId)}/snapshots`, { body: opts.resume === undefined ? {} : { resume: opts.resume } });
+  }
+  async listSnapshots(): Promise<Snapshot[]> {
+    return (await this.json<{ snapshots: Snapshot[] }>('GET', '/v1/snapshots')).snapshots;
+  }
+  getSnapshot(id: string): Promise<Snapshot> {
+    return this.json('GET', `/v1/snapshots/${encodeURIComponent(id)}`);
+  }
+  deleteSnapshot(id: string): Promise<void> {
+    return this.json('DELETE', `/v1/snapshots/${encodeURIComponent(id)}`);
+  }
+  createTemplate(image: string, opts: { vcpus?: number; memoryMib?: number } = {}): Promise<Template> {
+    return this.json('POST', '/v1/templates', { body: { image, vcpus: opts.vcpus, memory_mib: opts.memoryMib } });
+  }
+  async listTemplates(): Promise<Template[]> {
+    return (await this.json<{ templates: Template[] }>('GET', '/v1/templates')).templates;
+  }
+  getTemplate(id: string): Promise<Template> {
+    return this.json('GET', `/v1/templates/${encodeURIComponent(id)}`);
+  }
+  deleteTemplate(id: string): Promise<void> {
+    return this.json('DELETE', `/v1/templates/${encodeURIComponent(id)}`);
   }
 
   // Events

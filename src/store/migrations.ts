@@ -111,4 +111,35 @@ export const MIGRATIONS: readonly string[] = [
   `,
   // v6 (functions, issue #6): functions, their immutable versions, invocations.
   FUNCTIONS_MIGRATION,
+  // v7 (snapshots, issue #8): snapshots (immutable files + metadata), templates (one golden
+  // snapshot per image/size/guest build), and which snapshot each clone was restored from
+  // (its own table: a VM row's deletion drops the reference, which is the reference count).
+  `
+  CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    source_vm_id TEXT,
+    template_id TEXT,
+    path TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL
+  );
+  CREATE TABLE templates (
+    id TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL,
+    vcpus INTEGER NOT NULL,
+    memory_mib INTEGER NOT NULL,
+    key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    state_reason TEXT,
+    snapshot_id TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+  );
+  CREATE TABLE vm_snapshots (
+    vm_id TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    snapshot_id TEXT NOT NULL
+  );
+  CREATE INDEX vm_snapshots_snapshot ON vm_snapshots(snapshot_id);
+  `,
 ];

@@ -164,3 +164,37 @@ test('containers: a row per container VM, restart state survives reopen, removed
   await assert.rejects(s.updateContainer('vm-c', { restartCount: 1 }), { code: 'KILN_ERR_CONTAINER_NOT_FOUND' });
   await s.close();
 });
+
+test('snapshots, templates and clone links: a clone reference goes with the VM row', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  try {
+    await s.insertImage(image);
+    const meta = { format: 1, memory: 'full' } as unknown as import('../snapshot/meta.ts').SnapshotMeta;
+    await s.insertSnapshot({ id: 'snap-1', sourceVmId: 'vm-0', templateId: null, path: '/s/snap-1', meta, sizeBytes: 5, createdAt: 2 });
+    assert.deepEqual((await s.getSnapshot('snap-1'))?.meta, meta);
+    await s.insertVm(vm('vm-a'));
+    await s.insertVm(vm('vm-b'));
+    await s.linkClone('vm-a', 'snap-1');
+    await s.linkClone('vm-b', 'snap-1');
+    assert.deepEqual(await s.listClones('snap-1'), ['vm-a', 'vm-b']);
+    assert.equal(await s.snapshotOfVm('vm-a'), 'snap-1');
+    await s.deleteVm('vm-a');
+    assert.deepEqual(await s.listClones('snap-1'), ['vm-b']);
+    await s.insertTemplate({ id: 'tpl-1', imageId: 'img-1', vcpus: 1, memoryMib: 256, key: 'k1', state: 'building', stateReason: null, snapshotId: null, createdAt: 3, updatedAt: 3 });
+    await assert.rejects(
+      s.insertTemplate({ id: 'tpl-2', imageId: 'img-1', vcpus: 1, memoryMib: 256, key: 'k1', state: 'building', stateReason: null, snapshotId: null, createdAt: 3, updatedAt: 3 }),
+      /UNIQUE/,
+    );
+    const ready = await s.updateTemplate('tpl-1', { state: 'ready', snapshotId: 'snap-1' });
+    assert.equal((await s.getTemplateByKey('k1'))?.snapshotId, 'snap-1');
+    assert.equal(ready.state, 'ready');
+    await s.deleteTemplate('tpl-1');
+    await s.deleteSnapshot('snap-1');
+    assert.deepEqual(await s.listTemplates(), []);
+    assert.deepEqual(await s.listSnapshots(), []);
+  } finally {
+    await s.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+});

@@ -4,7 +4,7 @@ import Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
 import { SqliteFunctionStore, type FunctionStore } from './function-store.ts';
 import { MIGRATIONS } from './migrations.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, Store, VmRecord, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VolumeRecord } from './store.ts';
 
 type Row = Record<string, unknown>;
 
@@ -131,6 +131,18 @@ function containerFromRow(r: Row): ContainerRecord {
   };
 }
 
+function snapshotFromRow(r: Row): SnapshotRecord {
+  return {
+    id: r.id as string,
+    sourceVmId: (r.source_vm_id as string | null) ?? null,
+    templateId: (r.template_id as string | null) ?? null,
+    path: r.path as string,
+    meta: JSON.parse(r.meta as string),
+    sizeBytes: r.size_bytes as number,
+    createdAt: r.created_at as number,
+  };
+}
+
 function containerToRow(c: ContainerRecord): Row {
   return {
     id: c.id,
@@ -143,6 +155,28 @@ function containerToRow(c: ContainerRecord): Row {
     handled_boot: c.handledBoot,
     restart_at: c.restartAt,
     created_at: c.createdAt,
+  };
+}
+
+function templateFromRow(r: Row): TemplateRecord {
+  return {
+    id: r.id as string,
+    imageId: r.image_id as string,
+    vcpus: r.vcpus as number,
+    memoryMib: r.memory_mib as number,
+    key: r.key as string,
+    state: r.state as TemplateRecord['state'],
+    stateReason: (r.state_reason as string | null) ?? null,
+    snapshotId: (r.snapshot_id as string | null) ?? null,
+    createdAt: r.created_at as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function templateToRow(t: TemplateRecord): Row {
+  return {
+    id: t.id, image_id: t.imageId, vcpus: t.vcpus, memory_mib: t.memoryMib, key: t.key, state: t.state,
+    state_reason: t.stateReason, snapshot_id: t.snapshotId, created_at: t.createdAt, updated_at: t.updatedAt,
   };
 }
 
@@ -380,6 +414,98 @@ export class SqliteStore implements Store {
       vmId: (r.vm_id as string | null) ?? null,
       data: JSON.parse(r.data as string),
     }));
+  }
+
+  // ---- snapshots and templates (v4) ----
+
+  private snapStmt?: ReturnType<SqliteStore['prepareSnapshotStatements']>;
+
+  private prepareSnapshotStatements() {
+    const p = (sql: string) => this.db.prepare(sql);
+    return {
+      insertSnapshot: p(`INSERT INTO snapshots (id, source_vm_id, template_id, path, meta, size_bytes, created_at)
+        VALUES (@id, @source_vm_id, @template_id, @path, @meta, @size_bytes, @created_at)`),
+      getSnapshot: p('SELECT * FROM snapshots WHERE id = ?'),
+      listSnapshots: p('SELECT * FROM snapshots ORDER BY created_at, id'),
+      deleteSnapshot: p('DELETE FROM snapshots WHERE id = ?'),
+      linkClone: p('INSERT OR REPLACE INTO vm_snapshots (vm_id, snapshot_id) VALUES (?, ?)'),
+      listClones: p('SELECT vm_id FROM vm_snapshots WHERE snapshot_id = ? ORDER BY vm_id'),
+      snapshotOfVm: p('SELECT snapshot_id FROM vm_snapshots WHERE vm_id = ?'),
+      insertTemplate: p(`INSERT INTO templates (id, image_id, vcpus, memory_mib, key, state, state_reason, snapshot_id, created_at, updated_at)
+        VALUES (@id, @image_id, @vcpus, @memory_mib, @key, @state, @state_reason, @snapshot_id, @created_at, @updated_at)`),
+      updateTemplate: p(`UPDATE templates SET image_id=@image_id, vcpus=@vcpus, memory_mib=@memory_mib, key=@key, state=@state,
+        state_reason=@state_reason, snapshot_id=@snapshot_id, updated_at=@updated_at WHERE id=@id`),
+      getTemplate: p('SELECT * FROM templates WHERE id = ?'),
+      getTemplateByKey: p('SELECT * FROM templates WHERE key = ?'),
+      listTemplates: p('SELECT * FROM templates ORDER BY created_at, id'),
+      deleteTemplate: p('DELETE FROM templates WHERE id = ?'),
+    };
+  }
+
+  private get snap() {
+    return (this.snapStmt ??= this.prepareSnapshotStatements());
+  }
+
+  async insertSnapshot(s: SnapshotRecord): Promise<void> {
+    this.snap.insertSnapshot.run({
+      id: s.id, source_vm_id: s.sourceVmId, template_id: s.templateId, path: s.path,
+      meta: JSON.stringify(s.meta), size_bytes: s.sizeBytes, created_at: s.createdAt,
+    });
+  }
+
+  async getSnapshot(id: string): Promise<SnapshotRecord | null> {
+    const row = this.snap.getSnapshot.get(id) as Row | undefined;
+    return row ? snapshotFromRow(row) : null;
+  }
+
+  async listSnapshots(): Promise<SnapshotRecord[]> {
+    return (this.snap.listSnapshots.all() as Row[]).map(snapshotFromRow);
+  }
+
+  async deleteSnapshot(id: string): Promise<void> {
+    this.snap.deleteSnapshot.run(id);
+  }
+
+  async linkClone(vmId: string, snapshotId: string): Promise<void> {
+    this.snap.linkClone.run(vmId, snapshotId);
+  }
+
+  async listClones(snapshotId: string): Promise<string[]> {
+    return (this.snap.listClones.all(snapshotId) as Row[]).map((r) => r.vm_id as string);
+  }
+
+  async snapshotOfVm(vmId: string): Promise<string | null> {
+    return ((this.snap.snapshotOfVm.get(vmId) as Row | undefined)?.snapshot_id as string | undefined) ?? null;
+  }
+
+  async insertTemplate(t: TemplateRecord): Promise<void> {
+    this.snap.insertTemplate.run(templateToRow(t));
+  }
+
+  async getTemplate(id: string): Promise<TemplateRecord | null> {
+    const row = this.snap.getTemplate.get(id) as Row | undefined;
+    return row ? templateFromRow(row) : null;
+  }
+
+  async getTemplateByKey(key: string): Promise<TemplateRecord | null> {
+    const row = this.snap.getTemplateByKey.get(key) as Row | undefined;
+    return row ? templateFromRow(row) : null;
+  }
+
+  async listTemplates(): Promise<TemplateRecord[]> {
+    return (this.snap.listTemplates.all() as Row[]).map(templateFromRow);
+  }
+
+  async updateTemplate(id: string, patch: Partial<Omit<TemplateRecord, 'id' | 'createdAt'>>): Promise<TemplateRecord> {
+    const cur = await this.getTemplate(id);
+    if (!cur) throw new KilnError('KILN_ERR_TEMPLATE_NOT_FOUND', `no template ${id}`);
+    const next = { ...cur, ...patch, updatedAt: Date.now() };
+    this.snap.updateTemplate.run(templateToRow(next));
+    return next;
+  }
+
+  async deleteTemplate(id: string): Promise<void> {
+    this.snap.deleteTemplate.run(id);
   }
 
   async close(): Promise<void> {

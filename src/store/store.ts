@@ -3,6 +3,7 @@
 // method is async even though better-sqlite3 is synchronous.
 import type { Accelerator, BackendName } from '../vmm/driver.ts';
 import type { FunctionStore } from './function-store.ts';
+import type { SnapshotMeta } from '../snapshot/meta.ts';
 
 export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -193,7 +194,56 @@ export interface EventRecord {
   data: Record<string, unknown>;
 }
 
-export interface Store {
+/** An immutable snapshot on disk (`<state>/snapshots/<id>/`) and what it is tied to. */
+export interface SnapshotRecord {
+  id: string;
+  /** The VM it was taken of (may be gone since). */
+  sourceVmId: string | null;
+  /** Set when a template owns it (the template's golden snapshot). */
+  templateId: string | null;
+  path: string;
+  meta: SnapshotMeta;
+  sizeBytes: number;
+  createdAt: number;
+}
+
+export type TemplateState = 'building' | 'ready' | 'failed';
+
+/** One golden snapshot per (image, vcpus, memory, guest build, VMM): see src/snapshot/templates.ts. */
+export interface TemplateRecord {
+  id: string;
+  imageId: string;
+  vcpus: number;
+  memoryMib: number;
+  /** Hash of everything the golden snapshot depends on: a change means a rebuild. */
+  key: string;
+  state: TemplateState;
+  stateReason: string | null;
+  snapshotId: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface SnapshotStore {
+  insertSnapshot(s: SnapshotRecord): Promise<void>;
+  getSnapshot(id: string): Promise<SnapshotRecord | null>;
+  listSnapshots(): Promise<SnapshotRecord[]>;
+  deleteSnapshot(id: string): Promise<void>;
+  /** Records that `vmId` was restored from `snapshotId` (dropped with the VM's row). */
+  linkClone(vmId: string, snapshotId: string): Promise<void>;
+  /** Clones (VM rows, in any state) restored from the snapshot: its reference count. */
+  listClones(snapshotId: string): Promise<string[]>;
+  snapshotOfVm(vmId: string): Promise<string | null>;
+
+  insertTemplate(t: TemplateRecord): Promise<void>;
+  getTemplate(id: string): Promise<TemplateRecord | null>;
+  getTemplateByKey(key: string): Promise<TemplateRecord | null>;
+  listTemplates(): Promise<TemplateRecord[]>;
+  updateTemplate(id: string, patch: Partial<Omit<TemplateRecord, 'id' | 'createdAt'>>): Promise<TemplateRecord>;
+  deleteTemplate(id: string): Promise<void>;
+}
+
+export interface Store extends SnapshotStore {
   insertVm(vm: VmRecord): Promise<void>;
   updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord>;
   getVm(idOrName: string): Promise<VmRecord | null>;

@@ -18,11 +18,12 @@ import type { VolumeAttachRequest, VolumeService } from '../image/volume-service
 import type { Metrics } from '../metrics/metrics.ts';
 import { assertHostPortFree, tapName, type NetworkManager } from '../net/network-manager.ts';
 import type { AgentInfo, ImageRecord, NetworkMode, PortMapping, ReadinessMode, Store, VmProcess, VmRecord, VmState } from '../store/store.ts';
-import type { AgentClient } from '../guest/agent/client.ts';
 import { AGENT_SESSION_PORT, AGENT_VSOCK_PORT, AgentLink, GUEST_CID, agentChannel, type AgentHub } from './agent-link.ts';
 import { CleanupStack, describeFailures } from '../util/cleanup-stack.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
-import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance } from '../vmm/driver.ts';
+import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance, VmmSnapshot, VmSpec } from '../vmm/driver.ts';
+import { AgentClient } from '../guest/agent/client.ts';
+import { clonePlan, createCloneNetwork } from '../net/clone-netns.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
@@ -64,6 +65,33 @@ export interface WorkloadOutput {
   partial: boolean;
 }
 
+/** kilnd-internal create options (not in the API). */
+export interface CreateVmInternal {
+  /** Guest RAM in `<runtime dir>/memory`, mapped shared: a template's golden VM (src/snapshot). */
+  fileBackedMemory?: boolean;
+}
+
+/** A snapshot's restore, prepared and verified by the snapshot service (src/snapshot). */
+export interface CloneRequest {
+  snapshotId: string;
+  name?: string;
+  env?: Record<string, string>;
+  imageId: string;
+  vcpus: number;
+  memoryMib: number;
+  cmd: string[] | null;
+  readiness: ReadinessMode;
+  /** The token the guest holds (the snapshotted VM's): authenticates the identity op. */
+  guestToken: string;
+  /** Copies the snapshot's scratch and config drives into the clone's runtime dir. */
+  prepareFiles(runtimeDir: string, scratch: string, config: string): Promise<void>;
+  /** The clone's VmSpec from the generic one: the snapshot's command line, NIC, memory file. */
+  spec(base: VmSpec, netns: string | undefined): VmSpec;
+  vmm: VmmSnapshot;
+  /** The guest's network as snapshotted (null: none). */
+  guestNet: { ip: string; tap: string; gatewayMac: string } | null;
+}
+
 /** Per running VMM: what kilnd holds while the VM is up. */
 interface LiveVm {
   instance: VmmInstance;
@@ -94,6 +122,8 @@ export class VmManager {
   /** The workload's tagged stdout/stderr, as the console delivers it (container logs). */
   readonly output = new EventEmitter<{ output: [WorkloadOutput] }>();
   private closing = false;
+  /** VMs booted with their RAM in a shared file (template golden VMs); kilnd-internal. */
+  private readonly fileBackedMemory = new Set<string>();
 
   constructor(
     private readonly deps: {
@@ -141,7 +171,7 @@ export class VmManager {
 
   // ---- create / boot -------------------------------------------------------------------
 
-  async create(input: CreateVmInput): Promise<VmRecord> {
+  async create(input: CreateVmInput, internal: CreateVmInternal = {}): Promise<VmRecord> {
     if (this.closing) throw new KilnError('KILN_ERR_SHUTTING_DOWN', 'kilnd is shutting down');
     const vcpus = input.vcpus ?? 1;
     const memoryMib = input.memory_mib ?? 256;
@@ -229,6 +259,7 @@ export class VmManager {
       vm.ip = addr.ip;
     }
     await timeline.end('api.accept');
+    if (internal.fileBackedMemory) this.fileBackedMemory.add(id);
     this.deps.bus.publish('vm.created', id, { name, image: image.name });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
     void this.lock.run(id, () => this.boot(vm, timeline)).catch((e) => this.deps.log.warn({ vm: id, err: e }, 'boot failed'));
@@ -286,6 +317,7 @@ export class VmManager {
       const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net, extra);
       const channel = agentChannel(vm, dir);
       if (vm.agentToken && channel?.kind === 'vsock') spec.vsock = { guestCid: GUEST_CID, udsPath: channel.udsPath };
+      if (this.fileBackedMemory.has(vm.id)) spec.memoryFile = { path: path.join(dir, 'memory'), shared: true };
       const consoleLog = path.join(dir, 'console.log');
       const consoleOffset = (await fs.stat(consoleLog).catch(() => null))?.size ?? 0;
       const instance = await timeline.step('vmm.spawn', () => this.deps.driver.start(spec));
@@ -683,11 +715,143 @@ export class VmManager {
       const { classic } = await this.get(id);
       if (classic) await fs.rm(classic.disk.path, { force: true });
       await this.deps.store.deleteVm(id);
+      this.fileBackedMemory.delete(id);
       // After the row is gone: its address and host ports are free again, and the render omits it.
       await this.detachNetwork({ id, network });
       this.deps.bus.publish('vm.deleted', id);
       this.states.emit(id, null);
     });
+  }
+
+
+  // ---- snapshots and clones (src/snapshot drives these) -----------------------------------
+
+  /**
+   * Runs `fn` with the VM's running VMM under the VM's lock (a snapshot). The VM must be
+   * ready or paused; `fn` says whether it left the guest paused.
+   */
+  async withInstance<T>(idOrName: string, fn: (vm: VmRecord, instance: VmmInstance, runtimeDir: string) => Promise<{ result: T; paused: boolean }>): Promise<T> {
+    const { id } = await this.get(idOrName);
+    return this.lock.run(id, async () => {
+      const vm = await this.get(id);
+      const live = this.live.get(id);
+      if ((vm.state !== 'ready' && vm.state !== 'paused') || !live) {
+        throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is ${vm.state}; a snapshot needs it ready or paused`);
+      }
+      const { result, paused } = await fn(vm, live.instance, this.runtimeDir(id));
+      if (paused && vm.state === 'ready') await this.transition(id, 'paused', {}, 'snapshotted');
+      if (!paused && vm.state === 'paused') await this.transition(id, 'ready');
+      return result;
+    });
+  }
+
+  /**
+   * A new VM restored from a snapshot: its own namespace with the snapshot's guest network,
+   * its own copies of the writable drives, the VMM loaded from the snapshot, then resumed and
+   * given its own identity (hostname, token, env, RNG seed, clock, ARP) by the guest agent,
+   * which re-handshakes: that hello is the clone's readiness. Returns once the VMM runs (like
+   * create()); the VM turns ready when the agent says hello.
+   */
+  async createClone(req: CloneRequest): Promise<VmRecord> {
+    if (this.closing) throw new KilnError('KILN_ERR_SHUTTING_DOWN', 'kilnd is shutting down');
+    if (!req.guestNet) throw new KilnError('KILN_ERR_VALIDATION', 'the snapshot is of a VM without a network: its clones could not get an identity or an agent');
+    const id = `vm-${randomBytes(5).toString('hex')}`;
+    const name = req.name ?? id;
+    if (await this.deps.store.getVm(name)) throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(name)} already exists`);
+    const now = Date.now();
+    const vm: VmRecord = {
+      id, name, state: 'creating', stateReason: null, imageId: req.imageId, vcpus: req.vcpus, memoryMib: req.memoryMib,
+      kernelArgs: [], cmd: req.cmd, env: req.env ?? {}, network: 'bridge', ip: null, ports: [], readiness: req.readiness,
+      agentToken: randomBytes(16).toString('hex'), agent: null, health: 'unknown', healthReason: null,
+      backend: this.deps.driver.name, accelerator: this.deps.accelerator, pid: null, bootCount: 1, consoleOffset: 0,
+      exitCode: null, volumes: [], createdAt: now, updatedAt: now,
+    };
+    const timeline = this.timeline(vm);
+    timeline.begin('api.accept', preciseNow());
+    await this.deps.store.insertVm(vm);
+    await this.deps.store.linkClone(id, req.snapshotId);
+    const addr = await this.deps.network.lease(id, [req.guestNet.ip]);
+    if (!addr) {
+      await this.deps.store.deleteVm(id);
+      throw new KilnError('KILN_ERR_RESOURCE_LIMIT', `no free address left in ${this.deps.config.network.cidr}`);
+    }
+    vm.ip = addr.ip;
+    await timeline.end('api.accept');
+    this.deps.bus.publish('vm.created', id, { name, snapshot: req.snapshotId });
+    this.deps.metrics.vmTransitions.inc({ to: 'creating' });
+    await this.lock.run(id, () => this.restoreClone(vm, req, timeline));
+    return this.get(id);
+  }
+
+  private async restoreClone(vm: VmRecord, req: CloneRequest, timeline: Timeline): Promise<void> {
+    const dir = this.runtimeDir(vm.id);
+    const files = runtimeFiles(dir);
+    const undo = new CleanupStack();
+    const t0 = preciseNow();
+    let live: LiveVm | null = null;
+    try {
+      const image = await this.deps.images.get(vm.imageId);
+      await timeline.step('rootfs.prepare', async () => {
+        await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+        undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
+        await req.prepareFiles(dir, files.scratch, files.config);
+      });
+      const net = req.guestNet!;
+      const addr = this.deps.network.address(vm.ip!);
+      const plan = clonePlan({
+        vmId: vm.id, bridge: this.deps.network.bridge, hostVeth: tapName(vm.id), cloneIp: addr.ip, prefix: addr.prefix,
+        gateway: addr.gateway, guestIp: net.ip, tap: net.tap, gatewayMac: net.gatewayMac,
+      });
+      await timeline.step('network.prepare', async () => {
+        await createCloneNetwork(plan);
+        undo.push('clone network', () => this.deps.network.unplug(vm.id));
+      });
+      const spec = req.spec(vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, undefined, []), plan.netns);
+      const instance = await timeline.step('vmm.restore', () => this.deps.driver.restore(spec, req.vmm));
+      undo.push('vmm', () => instance.kill());
+      live = this.track(vm, instance, 0, null);
+      await instance.resume();
+      await timeline.step('guest.identity', () => this.giveIdentity(vm, req, net.ip));
+      live.agent?.markConsoleReady();
+      undo.release();
+      await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset: 0, exitCode: null, agent: null });
+    } catch (e) {
+      if (live) live.deleting = true;
+      const errors = await undo.run();
+      if (live) {
+        this.live.delete(vm.id);
+        live.follower.close();
+        live.agent?.close();
+      }
+      if (errors.length) this.deps.log.error({ vm: vm.id, errors: describeFailures(errors) }, 'cleanup after failed restore');
+      const err = e instanceof KilnError ? e : new KilnError('KILN_ERR_SNAPSHOT_FAILED', (e as Error).message);
+      // The caller gets the error synchronously: a clone that never ran leaves no record.
+      await this.deps.store.deleteVm(vm.id);
+      this.deps.bus.publish('vm.deleted', vm.id, { reason: `${err.code}: ${err.message}` });
+      this.states.emit(vm.id, null);
+      throw err;
+    }
+    void this.awaitReady(vm, live, t0);
+  }
+
+  /** The identity op over the session channel, with the token the guest still holds. */
+  private async giveIdentity(vm: VmRecord, req: CloneRequest, guestIp: string): Promise<void> {
+    // The clone's own channel: TCP to its address (QEMU), or its vsock socket (Firecracker).
+    const target = agentChannel(vm, this.runtimeDir(vm.id)) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
+    const client = new AgentClient(target, req.guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
+    const deadline = Date.now() + 15_000;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await client.identity({ hostname: vm.name, token: vm.agentToken!, env: vm.env, entropy: randomBytes(64) });
+        return;
+      } catch (e) {
+        // The first SYN can race the guest's TCP timers catching up after the resume.
+        if (Date.now() > deadline || (e as KilnError).code === 'KILN_ERR_AGENT_PROTOCOL') {
+          throw new KilnError('KILN_ERR_GUEST_FAILED', `the clone's agent (${guestIp} behind ${vm.ip}) did not take its identity: ${(e as Error).message}`);
+        }
+        await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 500)));
+      }
+    }
   }
 
   // ---- agent ------------------------------------------------------------------------------

@@ -27,6 +27,39 @@ export interface VsockSpec {
   udsPath?: string;
 }
 
+/** Guest RAM backed by a host file instead of anonymous memory (snapshots, see snapshot()). */
+export interface MemoryFileSpec {
+  path: string;
+  /**
+   * true: the guest's RAM is the file (writes reach it): a template VM, whose RAM becomes
+   * its snapshot's memory without being copied. false: a private copy-on-write mapping of
+   * the file, paged in lazily: a clone of such a snapshot, sharing unwritten pages.
+   */
+  shared: boolean;
+}
+
+/**
+ * How guest RAM is held in a snapshot. 'full': all of it was written out (QEMU: into the
+ * migration stream; Firecracker: its memory file). 'mapped': the VM's RAM already was a
+ * shared file (MemoryFileSpec.shared), which becomes the snapshot's memory as is, and only
+ * device state was written; restores map it privately.
+ */
+export type SnapshotMemory = 'full' | 'mapped';
+
+/** The files a VMM wrote for one snapshot, in the directory snapshot() was given. */
+export interface VmmSnapshot {
+  /** Device (and vCPU) state; with 'full' memory on QEMU, guest RAM too. */
+  stateFile: string;
+  memory: SnapshotMemory;
+  /** 'mapped': the VM's memory file; 'full' on Firecracker: its memory file; else null. */
+  memoryFile: string | null;
+  /**
+   * Firecracker: the hybrid vsock socket path the snapshotted VMM had; a restore with another
+   * path needs vsock_override (Firecracker ≥ 1.16).
+   */
+  vsockPath?: string;
+}
+
 export interface VmSpec {
   id: string;
   /** `<state>/vms/<id>`: sockets, console log, pid file and per-VM drives live here. */
@@ -45,6 +78,10 @@ export interface VmSpec {
   /** Network interfaces, in order (the guest sees eth0 first). Absent or empty: no network. */
   nics?: NicSpec[];
   vsock?: VsockSpec;
+  /** Guest RAM in a file (templates and their clones); absent: anonymous memory. */
+  memoryFile?: MemoryFileSpec;
+  /** `ip netns` name (or a path) of the namespace the VMM runs in (a clone: the template's tap name inside it). */
+  netns?: string;
 }
 
 export interface VmmExit {
@@ -75,6 +112,13 @@ export interface VmmInstance {
   powerdown?(): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /**
+   * Pauses the guest and writes its state into `dir` (which exists and is empty). With
+   * `resume` the guest runs on afterwards; without, it stays paused. A VM whose RAM is a
+   * shared memory file and is not resumed gets a 'mapped' snapshot (only device state is
+   * written; the file is the memory, and the VM must never run again: resume() refuses).
+   */
+  snapshot(dir: string, opts: { resume: boolean }): Promise<VmmSnapshot>;
   /** Stops the VMM at once (no guest shutdown) and waits for the process to be gone. */
   kill(): Promise<void>;
   /** Drops kilnd's connections without stopping the VMM (daemon shutdown / restart). */
@@ -85,6 +129,13 @@ export interface VmmDriver {
   readonly name: BackendName;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
   start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance>;
+  /**
+   * Starts a VMM for `spec` from `snapshot` (taken by this backend with the same device
+   * layout). The guest comes back paused: resume() starts it, so the caller can finish the
+   * clone's host side first. A 'mapped' snapshot needs spec.memoryFile (shared: false) set
+   * to its memoryFile. Cleans up after itself on failure.
+   */
+  restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<VmmInstance>;
   /**
    * Re-attaches to a VMM started earlier (by this or a previous kilnd). Returns null when
    * the process is gone or `pid` is not that VM's VMM any more (pid reuse).

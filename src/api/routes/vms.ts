@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { Daemon } from '../../daemon.ts';
 import type { VmState } from '../../store/store.ts';
+import { KilnError } from '../../errors.ts';
 import { CreateVmBody, ErrorBody, IdParams, LogsQuery, ResizeDiskBody, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
 import { vmView } from '../views.ts';
 
@@ -23,7 +24,7 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
       response: { 201: Vm, ...errors },
     },
   }, async (req, reply) => {
-    const vm = await vms.create(req.body);
+    const vm = await createVm(daemon, req.body);
     const out = truthy(req.query.wait) ? await vms.waitFor(vm.id, ['ready'], waitMs(req.query)) : vm;
     return reply.status(201).send(await vmView(daemon, out));
   });
@@ -102,4 +103,17 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
     follower.start();
     return reply.hijack();
   });
+}
+
+/** A boot, or a restore when the body names a snapshot or a template (src/snapshot). */
+function createVm(daemon: Daemon, body: CreateVmBody) {
+  const { snapshot, template, ...boot } = body;
+  if (snapshot && template) throw new KilnError('KILN_ERR_VALIDATION', 'give "snapshot" or "template", not both');
+  if (snapshot || template) {
+    const extra = Object.keys(boot).filter((k) => !['name', 'env', ...(template ? ['vcpus', 'memory_mib'] : [])].includes(k));
+    if (extra.length) throw new KilnError('KILN_ERR_VALIDATION', `a restored VM is the snapshot's machine: ${extra.join(', ')} cannot be set`);
+  }
+  if (snapshot) return daemon.snapshots.restore(snapshot, { name: boot.name, env: boot.env });
+  if (template) return daemon.templates.clone(template, { name: boot.name, env: boot.env, vcpus: boot.vcpus, memoryMib: boot.memory_mib });
+  return daemon.vms.create(boot);
 }

@@ -19,6 +19,7 @@ import {
   StatusMessage,
   StatsMessage,
   TimeMessage,
+  IdentityMessage,
   type StatusMessage as Status,
   type StatsMessage as Stats,
   type TimeMessage as Time,
@@ -339,6 +340,26 @@ export class AgentClient {
 
   time(o: OpOptions = {}): Promise<Time> {
     return this.simple('time', [], TimeMessage, o);
+  }
+
+  /**
+   * Gives a restored clone its own identity (docs/agent-protocol.md, `identity`): hostname,
+   * a new agent token (this client's token stops working; the guest re-handshakes on the
+   * control channel with the new one), env for later execs, RNG reseed from `entropy`,
+   * the wall clock, and an ARP flush.
+   */
+  identity(
+    id: { hostname: string; token: string; env?: Record<string, string>; entropy: Buffer; realtimeUs?: number },
+    o: OpOptions = {},
+  ): Promise<IdentityMessage> {
+    const extra: [string, string | number][] = [
+      ['hostname', id.hostname],
+      ['new_token', id.token],
+      ['entropy', id.entropy.toString('hex')],
+      ['realtime_us', Math.round(id.realtimeUs ?? Date.now() * 1000)],
+      ...Object.entries(id.env ?? {}).map(([k, v]) => ['env', `${k}=${v}`] as [string, string]),
+    ];
+    return this.simple('identity', extra, IdentityMessage, o);
   }
 
   /** Graceful: the guest stops its workload as on `@kiln:stop`, then powers off. */

@@ -90,6 +90,9 @@ export const StatsMessage = Type.Object({
 export type StatsMessage = Static<typeof StatsMessage>;
 export const TimeMessage = Type.Object({ type: Type.Literal('time'), realtime_us: Ms, boottime_us: Ms, ready_boottime_us: Ms });
 export type TimeMessage = Static<typeof TimeMessage>;
+/** Answer to `identity` (a restored clone taking its own identity). */
+export const IdentityMessage = Type.Object({ type: Type.Literal('identity'), reseeded: Type.Boolean(), arp_flushed: Type.Integer({ minimum: -1 }), realtime_us: Ms });
+export type IdentityMessage = Static<typeof IdentityMessage>;
 
 const validators = new Map<TSchema, ReturnType<typeof Compile>>();
 

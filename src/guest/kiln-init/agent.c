@@ -37,6 +37,8 @@ static enum { CTL_OFF, CTL_IDLE, CTL_CONNECTING, CTL_CONNECTED, CTL_READY } ctl_
 static long long ctl_next_ms;      /* CLOCK_MONOTONIC time of the next attempt */
 static int ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
 static unsigned ctl_connects;
+/* Session children write a clone's new identity here (op identity); PID 1 reads it. */
+static int id_pipe[2] = { -1, -1 };
 
 /* ----------------------------------------------------------- wire helpers */
 
@@ -157,6 +159,8 @@ int agent_listen(void)
 		}
 	}
 	listen_fd = fd;
+	if (pipe2(id_pipe, O_CLOEXEC | O_NONBLOCK) != 0)
+		id_pipe[0] = id_pipe[1] = -1;
 	if ((agent_cfg.host || agent_cfg.vsock_port) && ctl_state == CTL_OFF)
 		ctl_state = CTL_IDLE;
 	return fd;
@@ -180,6 +184,8 @@ void agent_accept(void)
 		pid = fork();
 		if (pid == 0) {
 			close(listen_fd);
+			if (id_pipe[0] >= 0)
+				close(id_pipe[0]);
 			if (ctl_fd >= 0)
 				close(ctl_fd);
 			session_run(c);
@@ -315,6 +321,53 @@ void agent_push_now(void)
 	ctl_step();
 }
 
+int agent_identity_fd(void)
+{
+	return id_pipe[1];
+}
+
+/*
+ * A restored clone's identity, from a session child: the new token authenticates sessions
+ * (forked from us afterwards) and the hello, the env applies to later execs. The control
+ * connection the template had is dead (its host side belonged to the template), so it is
+ * dropped and re-established at once: the new hello is the clone's readiness push.
+ */
+static void identity_input(void)
+{
+	static char rec[4097];
+	char *env[64];
+	size_t ne = 0;
+	ssize_t r = read(id_pipe[0], rec, sizeof(rec) - 1);
+	char *token = NULL;
+
+	if (r <= 0)
+		return;
+	rec[r] = 0;
+	for (char *p = rec; p < rec + r; p += strlen(p) + 1) {
+		if (!strncmp(p, "token=", 6))
+			token = p + 6;
+		else if (!strncmp(p, "env=", 4) && ne < sizeof(env) / sizeof(env[0]))
+			env[ne++] = p + 4;
+	}
+	if (!token || !*token)
+		return;
+	/* Strings stay referenced by PID 1's config for good: copy them out of the buffer. */
+	agent_cfg.token = strdup(token);
+	for (size_t i = 0; i < ne; i++)
+		env[i] = strdup(env[i]);
+	workload_env_merge(env, ne);
+	if (ctl_state == CTL_OFF)
+		return;
+	if (ctl_fd >= 0)
+		close(ctl_fd);
+	ctl_fd = -1;
+	ctl_in_len = 0;
+	ctl_state = CTL_IDLE;
+	ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
+	ctl_next_ms = 0;
+	ctl_step();
+}
+
 int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 {
 	int n = 0;
@@ -322,6 +375,8 @@ int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 	ctl_step();
 	if (listen_fd >= 0 && n < max)
 		p[n++] = (struct pollfd){ listen_fd, POLLIN, 0 };
+	if (id_pipe[0] >= 0 && n < max)
+		p[n++] = (struct pollfd){ id_pipe[0], POLLIN, 0 };
 	if (ctl_state == CTL_IDLE) {
 		long long wait = ctl_next_ms - now_ms(CLOCK_MONOTONIC);
 
@@ -362,6 +417,8 @@ void agent_poll_done(struct pollfd *p, int n)
 			continue;
 		if (p[i].fd == listen_fd) {
 			agent_accept();
+		} else if (p[i].fd == id_pipe[0]) {
+			identity_input();
 		} else if (p[i].fd == ctl_fd && ctl_state == CTL_CONNECTING) {
 			int err = 0;
 			socklen_t len = sizeof(err);

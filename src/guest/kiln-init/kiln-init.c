@@ -677,6 +677,31 @@ char **workload_env(void)
 	return cfg.env;
 }
 
+void workload_env_merge(char **entries, size_t n)
+{
+	size_t have = 0;
+	char **next;
+
+	while (cfg.env[have])
+		have++;
+	next = calloc(have + n + 1, sizeof(char *));
+	if (!next)
+		return;
+	memcpy(next, cfg.env, have * sizeof(char *));
+	for (size_t i = 0; i < n; i++) {
+		size_t k = (size_t)(strchr(entries[i], '=') - entries[i]);
+		size_t j = 0;
+
+		while (j < have && !(strncmp(next[j], entries[i], k) == 0 && next[j][k] == '='))
+			j++;
+		next[j] = entries[i];
+		if (j == have)
+			have++;
+	}
+	/* The old array may still be referenced by nothing but us: the strings are kept. */
+	cfg.env = next;
+}
+
 void workload_identity(const char **cwd, unsigned long *uid, unsigned long *gid)
 {
 	*cwd = cfg.cwd;
@@ -1214,11 +1239,11 @@ static void run_workload(long long root_ms)
 	marker("ready uptime_ms=%lld root_ms=%lld pid=%d", now_ms(CLOCK_BOOTTIME), root_ms, (int)workload);
 
 	while (workload > 0) {
-		struct pollfd p[8] = {
+		struct pollfd p[9] = {
 			{ so.fd, POLLIN, 0 }, { se.fd, POLLIN, 0 }, { con_in, POLLIN, 0 },
 			{ sigfd, POLLIN, 0 }, { timer_fd, POLLIN, 0 },
 		};
-		int timeout = -1, na = agent_pollfds(p + 5, 3, &timeout);
+		int timeout = -1, na = agent_pollfds(p + 5, 4, &timeout);
 		uint64_t ticks;
 
 		if (poll(p, 5 + na, timeout) < 0) {

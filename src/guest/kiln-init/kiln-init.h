@@ -78,6 +78,10 @@ extern int agent_only;
 extern int agent_shutdown_signal;
 /* The agent-only service's main loop (never returns). */
 void agent_only_run(void) __attribute__((noreturn));
+/* Write end of PID 1's identity pipe (session children hand a clone's new identity over it). */
+int agent_identity_fd(void);
+/* PID 1: a restored clone's env entries ("K=V"), merged over the workload's for later execs. */
+void workload_env_merge(char **entries, size_t n);
 
 /* session.c: runs in a forked child, never returns. */
 void session_run(int fd) __attribute__((noreturn));

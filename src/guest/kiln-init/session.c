@@ -16,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <linux/random.h>
+#include <net/if.h>
+#include <net/if_arp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -36,6 +40,9 @@ static unsigned char frame[FRAME_MAX + 1];   /* +1: payloads are NUL-terminated 
 
 struct request {
 	const char *op, *token, *cwd, *path;
+	const char *hostname, *new_token, *entropy;   /* identity */
+	unsigned long long realtime_us;
+	int has_realtime;
 	char *argv[MAX_ARGS + 1];
 	char *env[MAX_ARGS + 1];
 	size_t argc, envc;
@@ -159,6 +166,21 @@ static void parse_request(struct request *rq, char *buf, long len)
 			num = &rq->grace_ms, rq->has_grace = 1;
 		else if (!strcmp(p, "mkdirs"))
 			rq->mkdirs = !strcmp(v, "1");
+		else if (!strcmp(p, "hostname"))
+			rq->hostname = v;
+		else if (!strcmp(p, "new_token"))
+			rq->new_token = v;
+		else if (!strcmp(p, "entropy"))
+			rq->entropy = v;
+		else if (!strcmp(p, "realtime_us")) {
+			char *end;
+
+			errno = 0;
+			rq->realtime_us = strtoull(v, &end, 10);
+			if (errno || *end || end == v)
+				fail("bad_request", EINVAL, "bad number for realtime_us");
+			rq->has_realtime = 1;
+		}
 		if (num && parse_num(v, num))
 			fail("bad_request", EINVAL, "bad number for %s", p);
 	}
@@ -633,6 +655,123 @@ static void __attribute__((noreturn)) op_shutdown(struct request *rq)
 	finish();
 }
 
+
+/* ------------------------------------------------------------- identity */
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Mixes host-provided random bytes into the guest's pool, credited, and forces a CRNG
+ * reseed: a restored clone would otherwise replay its template's random stream. */
+static int reseed_rng(const char *hex, int *reseeded)
+{
+	size_t n = strlen(hex) / 2;
+	struct { int entropy_count, buf_size; unsigned char buf[512]; } info;
+	int fd, rc = 0;
+
+	*reseeded = 0;
+	if (strlen(hex) % 2 || n == 0 || n > sizeof(info.buf))
+		return EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+
+		if (hi < 0 || lo < 0)
+			return EINVAL;
+		info.buf[i] = (unsigned char)(hi << 4 | lo);
+	}
+	info.entropy_count = (int)(n * 8);
+	info.buf_size = (int)n;
+	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno;
+	if (ioctl(fd, RNDADDENTROPY, &info) != 0)
+		rc = errno;
+	else if (ioctl(fd, RNDRESEEDCRNG) == 0)
+		*reseeded = 1;
+	/* Older kernels lack RNDRESEEDCRNG; a credited RNDADDENTROPY still reseeds once the pool fills. */
+	close(fd);
+	explicit_bzero(&info, sizeof(info));
+	return rc;
+}
+
+/* Drops every neighbour entry (SIOCDARP each row of /proc/net/arp): the clone's
+ * gateway and peers may answer from other MACs than the template's did. */
+static int flush_arp(void)
+{
+	FILE *f = fopen("/proc/net/arp", "re");
+	char line[256];
+	int s, count = 0;
+
+	if (!f)
+		return -1;
+	s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (!fgets(line, sizeof(line), f))   /* header */
+		line[0] = 0;
+	while (s >= 0 && fgets(line, sizeof(line), f)) {
+		char ipstr[64], hw[64], mask[64], dev[IFNAMSIZ];
+		unsigned type, flags;
+		struct arpreq r;
+		struct sockaddr_in *sin = (struct sockaddr_in *)&r.arp_pa;
+
+		if (sscanf(line, "%63s 0x%x 0x%x %63s %63s %15s", ipstr, &type, &flags, hw, mask, dev) != 6)
+			continue;
+		memset(&r, 0, sizeof(r));
+		sin->sin_family = AF_INET;
+		if (inet_pton(AF_INET, ipstr, &sin->sin_addr) != 1)
+			continue;
+		snprintf(r.arp_dev, sizeof(r.arp_dev), "%s", dev);
+		if (ioctl(s, SIOCDARP, &r) == 0)
+			count++;
+	}
+	if (s >= 0)
+		close(s);
+	fclose(f);
+	return count;
+}
+
+/*
+ * A restored clone becomes itself: new hostname, clock, RNG state and ARP cache here (they
+ * are global to the guest), and a new agent token and env for PID 1, which it takes over
+ * its identity pipe and then re-handshakes on the control channel with the new token.
+ */
+static void __attribute__((noreturn)) op_identity(struct request *rq)
+{
+	static char rec[4096];
+	size_t len = 0;
+	int reseeded = 0, err, flushed;
+
+	if (!rq->new_token || !*rq->new_token || !rq->entropy || !rq->has_realtime)
+		fail("bad_request", EINVAL, "identity needs new_token, entropy and realtime_us");
+	if (rq->hostname && sethostname(rq->hostname, strlen(rq->hostname)) != 0)
+		fail("io", errno, "sethostname");
+	err = reseed_rng(rq->entropy, &reseeded);
+	if (err)
+		fail(err == EINVAL ? "bad_request" : "io", err, "reseed the RNG");
+	{
+		struct timespec ts = { (time_t)(rq->realtime_us / 1000000), (long)(rq->realtime_us % 1000000) * 1000 };
+
+		if (clock_settime(CLOCK_REALTIME, &ts) != 0)
+			fail("io", errno, "set the clock");
+	}
+	flushed = flush_arp();
+	len += (size_t)snprintf(rec + len, sizeof(rec) - len, "token=%s", rq->new_token) + 1;
+	for (size_t i = 0; i < rq->envc; i++) {
+		size_t n = strlen(rq->env[i]) + 5;
+
+		if (len + n > sizeof(rec) || !strchr(rq->env[i], '='))
+			fail("bad_request", E2BIG, "identity env too large or malformed");
+		len += (size_t)snprintf(rec + len, sizeof(rec) - len, "env=%s", rq->env[i]) + 1;
+	}
+	/* ≤ PIPE_BUF: one atomic write PID 1 reads whole. */
+	if (agent_identity_fd() < 0 || write(agent_identity_fd(), rec, len) != (ssize_t)len)
+		fail("io", errno, "hand the identity to init");
+	send_json(conn, "{\"type\":\"identity\",\"reseeded\":%s,\"arp_flushed\":%d,\"realtime_us\":%lld}",
+		  reseeded ? "true" : "false", flushed, now_us(CLOCK_REALTIME));
+	finish();
+}
+
 void session_run(int fd)
 {
 	struct request *rq = calloc(1, sizeof(*rq));
@@ -692,5 +831,7 @@ void session_run(int fd)
 		op_logs();
 	if (!strcmp(rq->op, "shutdown"))
 		op_shutdown(rq);
+	if (!strcmp(rq->op, "identity"))
+		op_identity(rq);
 	fail("bad_request", ENOSYS, "unknown op");
 }

@@ -244,6 +244,24 @@ for (const version of SPEC_VERSIONS) {
       }
     });
 
+    test('the backend-neutral restore (VmmDriver.restore) loads with the File backend and leaves the guest paused', async () => {
+      assert.ok(snapshot.state && snapshot.mem && snapshot.vsock, 'the boot test produced a snapshot');
+      const { d, record } = driver();
+      const s = baseSpec(dir, assets, 'vm-1', { vsock: { guestCid: 3, udsPath: snapshot.vsock } });
+      const vm = await d.restore(s, { stateFile: snapshot.state, memory: 'full', memoryFile: snapshot.mem, vsockPath: snapshot.vsock });
+      try {
+        const recs = await readRecords(record);
+        assert.deepEqual(opsOf(recs), ['GET /version', 'PUT /logger', 'PUT /metrics', 'PUT /snapshot/load']);
+        assert.deepEqual(recs[3]!.body, { snapshot_path: snapshot.state, mem_backend: { backend_type: 'File', backend_path: snapshot.mem }, resume_vm: false });
+        assert.equal((await vm.api.describeInstance()).state, 'Paused');
+        await vm.resume();
+        assert.equal((await vm.api.describeInstance()).state, 'Running');
+        assert.deepEqual(contractProblems(spec, await readRecords(record)), []);
+      } finally {
+        await vm.kill();
+      }
+    });
+
     test(
       version === '1.13.1'
         ? 'restore moving the vsock socket is refused before loading (vsock_override needs ≥ 1.16)'

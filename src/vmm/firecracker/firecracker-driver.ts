@@ -6,7 +6,7 @@ import { describeFailures } from '../../util/cleanup-stack.ts';
 import path from 'node:path';
 import { KilnError, asKilnError } from '../../errors.ts';
 import { pidAlive, run } from '../../util/process.ts';
-import type { Accelerator, VmmDriver, VmSpec } from '../driver.ts';
+import type { Accelerator, VmmDriver, VmmSnapshot, VmSpec } from '../driver.ts';
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
@@ -82,7 +82,7 @@ export class FirecrackerDriver implements VmmDriver {
   }
 
   async start(vmSpec: VmSpec, signal?: AbortSignal): Promise<FirecrackerInstance> {
-    const spec = vmSpec as FirecrackerVmSpec;
+    const spec = { ...(vmSpec as FirecrackerVmSpec), ...(vmSpec.netns ? { netns: netnsPath(vmSpec.netns) } : {}) };
     validateSpec(spec);
     const deadline = AbortSignal.timeout(this.#startTimeoutMs);
     const ctx = createBootContext({
@@ -118,6 +118,21 @@ export class FirecrackerDriver implements VmmDriver {
       child: child ? { process: child.child, exited: child.exited } : undefined,
       watch: child ? undefined : ctx.pidWatch,
     });
+  }
+
+  /**
+   * The backend-neutral restore: PUT /snapshot/load with the File backend (the memory file
+   * mapped private: lazy, copy-on-write), not resumed (VmmDriver.restore's contract).
+   */
+  async restore(vmSpec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<FirecrackerInstance> {
+    if (!snapshot.memoryFile) throw new KilnError('KILN_ERR_SNAPSHOT_INCOMPATIBLE', 'a Firecracker restore needs the snapshot\'s memory file');
+    const spec: FirecrackerVmSpec = {
+      ...(vmSpec as FirecrackerVmSpec),
+      // VmSpec names an `ip netns` namespace; Firecracker's spec (nsenter, jailer) takes its path.
+      ...(vmSpec.netns ? { netns: netnsPath(vmSpec.netns) } : {}),
+      restore: { snapshotPath: snapshot.stateFile, memBackend: { type: 'File', path: snapshot.memoryFile }, resume: false, sourceVsockPath: snapshot.vsockPath },
+    };
+    return this.start(spec, signal);
   }
 
   async attach(vmSpec: VmSpec, pid: number): Promise<FirecrackerInstance | null> {
@@ -174,4 +189,9 @@ export class FirecrackerDriver implements VmmDriver {
     if (!line) throw new KilnError('KILN_ERR_VMM_FAILED', `${bin} --version printed nothing`);
     return line.trim();
   }
+}
+
+/** `ip netns` names live under /run/netns; a path is kept as it is. */
+export function netnsPath(netns: string): string {
+  return netns.startsWith('/') ? netns : `/run/netns/${netns}`;
 }

@@ -5,7 +5,12 @@ import { open as openCb, constants as FS } from 'node:fs';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import { KilnError } from '../../errors.ts';
-import type { VmmExit, VmmInstance } from '../driver.ts';
+import path from 'node:path';
+import type { VmmExit, VmmInstance, VmmSnapshot } from '../driver.ts';
+
+/** File names of a snapshot's state and memory in the directory snapshot() is given. */
+export const FIRECRACKER_STATE_FILE = 'vmstate';
+export const FIRECRACKER_MEMORY_FILE = 'memory';
 import type { FirecrackerApiClient } from './api-client.ts';
 import type * as T from './api-types.ts';
 import { killVmm } from './boot-steps.ts';
@@ -151,6 +156,14 @@ export class FirecrackerInstance implements VmmInstance {
     this.#detached = true;
     this.#watch?.stop();
     this.#child?.unref();
+  }
+
+  /** The backend-neutral snapshot (VmmInstance): a Full snapshot, state and memory files in `dir`. */
+  async snapshot(dir: string, opts: { resume: boolean }): Promise<VmmSnapshot> {
+    const stateFile = path.join(dir, FIRECRACKER_STATE_FILE);
+    const memoryFile = path.join(dir, FIRECRACKER_MEMORY_FILE);
+    await this.createSnapshot({ snapshotPath: stateFile, memFilePath: memoryFile, resume: opts.resume });
+    return { stateFile, memory: 'full', memoryFile, ...(this.vsockPath ? { vsockPath: this.vsockPath } : {}) };
   }
 
   /** Pauses the guest and snapshots it; `resume` continues it afterwards. */

@@ -75,3 +75,14 @@ test('vsock becomes vhost-vsock only where the host has /dev/vhost-vsock', () =>
   assert.equal(a.filter((x) => x.startsWith('vhost-vsock-device')).length, 1);
   assert.ok(!qemuArgs(withVsock, { daemonize: true }).some((x) => x.includes('vhost-vsock')));
 });
+
+test('guest RAM in a file: a memory-backend-file the machine uses, shared for templates, private for clones', () => {
+  const shared = qemuArgs({ ...spec, memoryFile: { path: '/s/tpl/memory', shared: true } }, { daemonize: true });
+  assert.equal(shared[shared.indexOf('-M') + 1], 'microvm,isa-serial=on,rtc=on,pit=on,pic=on,memory-backend=ram');
+  assert.equal(shared[shared.indexOf('-object') + 1], 'memory-backend-file,id=ram,size=256M,mem-path=/s/tpl/memory,share=on');
+  const clone = qemuArgs({ ...spec, memoryFile: { path: '/s/tpl/memory', shared: false } }, { daemonize: true, incoming: true });
+  assert.match(clone[clone.indexOf('-object') + 1]!, /share=off$/);
+  assert.deepEqual(clone.slice(clone.indexOf('-incoming') - 1, clone.indexOf('-incoming') + 2), ['-S', '-incoming', 'defer']);
+  assert.ok(!qemuArgs(spec, { daemonize: true }).includes('-incoming'));
+  assert.throws(() => qemuArgs({ ...spec, memoryFile: { path: '/s/a,b', shared: true } }, { daemonize: true }));
+});

@@ -27,6 +27,22 @@ export interface QemuArgsOptions {
   daemonize: boolean;
   /** The host has /dev/vhost-vsock: spec.vsock becomes a vhost-vsock device (else no vsock). */
   vhostVsock?: boolean;
+  /** Wait for an incoming migration (a restore): `-incoming defer`, then QMP migrate-incoming. */
+  incoming?: boolean;
+}
+
+/** The id of the memory backend object when guest RAM is a file. */
+export const RAM_BACKEND_ID = 'ram';
+
+/** `-object memory-backend-file` and the machine option that makes it the guest's RAM. */
+export function memoryArgs(spec: Pick<VmSpec, 'memoryMib' | 'memoryFile'>): { machineSuffix: string; args: string[] } {
+  const f = spec.memoryFile;
+  if (!f) return { machineSuffix: '', args: [] };
+  if (/[,=]/.test(f.path)) throw new Error(`memory file path must not contain ',' or '=': ${f.path}`);
+  return {
+    machineSuffix: `,memory-backend=${RAM_BACKEND_ID}`,
+    args: ['-object', `memory-backend-file,id=${RAM_BACKEND_ID},size=${spec.memoryMib}M,mem-path=${f.path},share=${f.shared ? 'on' : 'off'}`],
+  };
 }
 
 /**
@@ -47,9 +63,11 @@ export function deviceNetArgs(spec: VmSpec, opts: { vhostVsock?: boolean }): str
 
 export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
   const p = qemuPaths(spec.runtimeDir);
+  const mem = memoryArgs(spec);
   const args = [
     '-name', `kiln-${spec.id},debug-threads=on`,
-    '-M', MICROVM_MACHINE,
+    '-M', MICROVM_MACHINE + mem.machineSuffix,
+    ...mem.args,
     '-accel', spec.accelerator,
     ...(spec.accelerator === 'kvm' ? ['-cpu', 'host'] : []),
     '-m', `${spec.memoryMib}M`,
@@ -72,6 +90,7 @@ export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,
     '-pidfile', p.pidFile,
   );
+  if (opts.incoming) args.push('-S', '-incoming', 'defer');
   if (opts.daemonize) args.push('-daemonize');
   return args;
 }

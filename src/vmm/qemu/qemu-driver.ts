@@ -2,12 +2,17 @@
 // kilnd; attach() finds it again by pid and QMP socket.
 import fs from 'node:fs/promises';
 import net from 'node:net';
+import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { pidAlive } from '../../util/process.ts';
 import { qemuDaemonize, qemuVersion } from '../../tools/qemu-system.ts';
-import type { Accelerator, VmmDriver, VmmExit, VmmInstance, VmSpec } from '../driver.ts';
+import type { Accelerator, VmmDriver, VmmExit, VmmInstance, VmmSnapshot, VmSpec } from '../driver.ts';
 import { kernelCmdline, qemuArgs, qemuPaths } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
+import { loadVmState, saveVmState } from './qmp-snapshot.ts';
+
+/** The migration stream's file name in a snapshot directory. */
+export const QEMU_STATE_FILE = 'vmstate';
 
 /** Backstop liveness check for a VMM whose QMP connection could not be (re)established. */
 const LIVENESS_INTERVAL_MS = 500;
@@ -30,6 +35,8 @@ class QemuInstance implements VmmInstance {
   private shutdownEvent: Record<string, unknown> | null = null;
   private liveness: NodeJS.Timeout;
   private detached = false;
+  /** Its RAM file became a snapshot's memory: running again would change that snapshot. */
+  private frozen: string | null = null;
 
   constructor(
     readonly pid: number,
@@ -71,7 +78,7 @@ class QemuInstance implements VmmInstance {
     });
   }
 
-  private async control(): Promise<QmpClient> {
+  async control(): Promise<QmpClient> {
     if (this.qmp && !this.qmp.isClosed) return this.qmp;
     this.qmp = await QmpClient.connect(qemuPaths(this.spec.runtimeDir).qmpSocket);
     this.watchQmp(this.qmp);
@@ -111,7 +118,17 @@ class QemuInstance implements VmmInstance {
   }
 
   async resume(): Promise<void> {
+    if (this.frozen) throw new KilnError('KILN_ERR_INVALID_STATE', `this VM's memory is now snapshot ${this.frozen}'s; it cannot run again`);
     await (await this.control()).execute('cont');
+  }
+
+  async snapshot(dir: string, opts: { resume: boolean }): Promise<VmmSnapshot> {
+    const qmp = await this.control();
+    const mapped = this.spec.memoryFile?.shared === true && !opts.resume;
+    const stateFile = path.join(dir, QEMU_STATE_FILE);
+    await saveVmState(qmp, { stateFile, ignoreShared: mapped, resume: opts.resume });
+    if (mapped) this.frozen = dir;
+    return { stateFile, memory: mapped ? 'mapped' : 'full', memoryFile: mapped ? this.spec.memoryFile!.path : null };
   }
 
   async kill(): Promise<void> {
@@ -146,10 +163,31 @@ export class QemuDriver implements VmmDriver {
   readonly name = 'qemu' as const;
 
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance> {
+    return this.spawn(spec, false, signal);
+  }
+
+  async restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<VmmInstance> {
+    const mapped = snapshot.memory === 'mapped';
+    if (mapped && (spec.memoryFile?.path !== snapshot.memoryFile || spec.memoryFile.shared)) {
+      throw new KilnError('KILN_ERR_INTERNAL', 'a mapped snapshot restores with its memory file mapped private (spec.memoryFile)');
+    }
+    const instance = await this.spawn(spec, true, signal);
+    try {
+      await loadVmState(await instance.control(), { stateFile: snapshot.stateFile, ignoreShared: mapped });
+    } catch (e) {
+      await instance.kill();
+      // A stream QEMU rejects makes it exit on its own: the QMP error is only "closed".
+      const reason = (await fs.readFile(qemuPaths(spec.runtimeDir).consoleLog, 'utf8').catch(() => '')).slice(-500);
+      throw new KilnError('KILN_ERR_SNAPSHOT_FAILED', `restore failed: ${(e as Error).message}`, reason ? { console_tail: reason } : undefined);
+    }
+    return instance;
+  }
+
+  private async spawn(spec: VmSpec, incoming: boolean, signal?: AbortSignal): Promise<QemuInstance> {
     const paths = qemuPaths(spec.runtimeDir);
     for (const f of [paths.qmpSocket, paths.consoleSocket, paths.pidFile]) await fs.rm(f, { force: true });
     const vhostVsock = await fs.access('/dev/vhost-vsock').then(() => true, () => false);
-    await qemuDaemonize(qemuArgs(spec, { daemonize: true, vhostVsock }), signal);
+    await qemuDaemonize(qemuArgs(spec, { daemonize: true, vhostVsock, incoming }), signal, spec.netns);
     const pid = await readPid(paths.pidFile);
     let qmp: QmpClient;
     try {

@@ -1,0 +1,284 @@
+// VM snapshots: taken from a running VM (pause → VMM state + guest RAM → the writable drives
+// copied while paused → resume or stay paused), written to a temporary directory and renamed
+// into `<state>/snapshots/<id>` complete (files read-only, sha256 recorded), restored into
+// new VMs (clones) after the compatibility and file checks, and reference-counted: a snapshot
+// with running clones or owned by a template is not deleted.
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { KilnConfig } from '../config.ts';
+import { KilnError } from '../errors.ts';
+import type { EventBus } from '../events/event-bus.ts';
+import type { ImageService } from '../image/image-service.ts';
+import { tapName, type NetworkManager } from '../net/network-manager.ts';
+import { macFor } from '../net/ipv4.ts';
+import type { ImageRecord, SnapshotRecord, Store, VmRecord, VmState } from '../store/store.ts';
+import { cloneFile } from '../tools/cp.ts';
+import type { GuestAssets } from '../vm/guest-assets.ts';
+import type { VmManager } from '../vm/vm-manager.ts';
+import { runtimeFiles, vmSpec } from '../vm/vm-spec.ts';
+import type { Accelerator, VmmDriver, VmmSnapshot } from '../vmm/driver.ts';
+import { cloneNetnsName, netnsExists } from '../net/clone-netns.ts';
+import { assertCompatible, describeFile, SNAPSHOT_FORMAT, verifyFiles, type SnapshotCompat, type SnapshotGuest, type SnapshotMeta } from './meta.ts';
+
+const SCRATCH = 'scratch.ext4';
+const CONFIG = 'config.img';
+const MEMORY = 'memory';
+const META = 'meta.json';
+/** A clone in these states has a VMM that may map the snapshot's memory file. */
+const LIVE: readonly VmState[] = ['creating', 'booting', 'ready', 'paused', 'stopping'];
+
+export interface RestoreInput {
+  name?: string;
+  env?: Record<string, string>;
+}
+
+export class SnapshotService {
+  #compat: Promise<SnapshotCompat> | null = null;
+
+  constructor(
+    private readonly deps: {
+      config: KilnConfig;
+      store: Store;
+      vms: VmManager;
+      images: ImageService;
+      driver: VmmDriver;
+      network: NetworkManager;
+      assets: GuestAssets;
+      accelerator: Accelerator;
+      bus: EventBus;
+      log: Logger;
+    },
+  ) {}
+
+  get dir(): string {
+    return path.join(this.deps.config.stateDir, 'snapshots');
+  }
+
+  /** What this host would stamp on a snapshot now (and requires of one it restores). */
+  compat(): Promise<SnapshotCompat> {
+    this.#compat ??= (async () => {
+      const { driver, assets, accelerator } = this.deps;
+      const kernelSize = (await fs.stat(assets.kernel.path)).size;
+      return {
+        backend: driver.name,
+        vmmVersion: await driver.version(),
+        accelerator,
+        kernel: `${assets.kernel.version} (${kernelSize} bytes)`,
+        initramfs: assets.initramfs.hash,
+        machine: driver.kernelCmdline(accelerator, []),
+      };
+    })();
+    this.#compat.catch(() => (this.#compat = null));
+    return this.#compat;
+  }
+
+  async get(id: string): Promise<SnapshotRecord> {
+    const s = await this.deps.store.getSnapshot(id);
+    if (!s) throw new KilnError('KILN_ERR_SNAPSHOT_NOT_FOUND', `no snapshot ${JSON.stringify(id)}`);
+    return s;
+  }
+
+  list(): Promise<SnapshotRecord[]> {
+    return this.deps.store.listSnapshots();
+  }
+
+  /** Clones whose VMM runs from this snapshot now (its reference count). */
+  async liveClones(id: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const vmId of await this.deps.store.listClones(id)) {
+      const vm = await this.deps.store.getVm(vmId);
+      if (vm && LIVE.includes(vm.state)) out.push(vmId);
+    }
+    return out;
+  }
+
+  /**
+   * Snapshots a ready or paused VM. `resume` (default true): the guest runs on afterwards;
+   * false: it stays paused. `templateId`: the template that will own it (its golden VM).
+   */
+  async create(vmIdOrName: string, opts: { resume?: boolean; templateId?: string } = {}): Promise<SnapshotRecord> {
+    const resume = opts.resume ?? true;
+    const id = `snap-${randomBytes(5).toString('hex')}`;
+    const final = path.join(this.dir, id);
+    const tmp = path.join(this.dir, `.tmp-${id}`);
+    await fs.mkdir(tmp, { recursive: true, mode: 0o700 });
+    try {
+      const compat = await this.compat();
+      const bridgeMac = await this.deps.network.bridgeMac();
+      const meta = await this.deps.vms.withInstance(vmIdOrName, async (vm, instance, runtimeDir) => {
+        // A running clone's guest still has its snapshot's network (in its namespace).
+        const parentId = (await netnsExists(cloneNetnsName(vm.id))) ? await this.deps.store.snapshotOfVm(vm.id) : null;
+        const parent = parentId ? (await this.deps.store.getSnapshot(parentId))?.meta.guest : undefined;
+        if (vm.backend !== this.deps.driver.name) {
+          throw new KilnError('KILN_ERR_SNAPSHOT_INCOMPATIBLE', `VM ${vm.id} runs on ${vm.backend}; this kilnd snapshots ${this.deps.driver.name} VMs`);
+        }
+        if (vm.volumes.length) {
+          throw new KilnError('KILN_ERR_VALIDATION', `VM ${vm.id} has volumes attached; volumes are not part of a snapshot (detach them, or snapshot a VM without)`);
+        }
+        const image = await this.deps.images.get(vm.imageId);
+        const vmm = await instance.snapshot(tmp, { resume: false });
+        let resumed = false;
+        try {
+          // Paused and its disks flushed: the writable layer now matches the memory image.
+          const files = runtimeFiles(runtimeDir);
+          await cloneFile(files.scratch, path.join(tmp, SCRATCH));
+          await cloneFile(files.config, path.join(tmp, CONFIG));
+          if (vmm.memory === 'mapped' && vmm.memoryFile) await fs.rename(vmm.memoryFile, path.join(tmp, MEMORY));
+          else if (vmm.memoryFile && path.dirname(vmm.memoryFile) !== tmp) await fs.rename(vmm.memoryFile, path.join(tmp, MEMORY));
+          if (resume && vmm.memory !== 'mapped') {
+            await instance.resume();
+            resumed = true;
+          }
+        } catch (e) {
+          if (resume && vmm.memory !== 'mapped' && !resumed) await instance.resume().catch(() => {});
+          throw e;
+        }
+        return { result: this.metaFor(vm, image, compat, vmm, bridgeMac, tmp, parent), paused: !resumed };
+      });
+      const full = await this.describe(tmp, meta);
+      await fs.writeFile(path.join(tmp, META), JSON.stringify(full, null, 2) + '\n', { mode: 0o400 });
+      for (const f of full.files) await fs.chmod(path.join(tmp, f.name), 0o400);
+      await fs.rename(tmp, final);
+      const vm = await this.deps.store.getVm(vmIdOrName);
+      const record: SnapshotRecord = {
+        id,
+        sourceVmId: vm?.id ?? null,
+        templateId: opts.templateId ?? null,
+        path: final,
+        meta: full,
+        sizeBytes: await allocatedBytes(final, full),
+        createdAt: Date.now(),
+      };
+      await this.deps.store.insertSnapshot(record);
+      this.deps.bus.publish('snapshot.created', vm?.id ?? null, { snapshot: id, memory: full.memory, size_bytes: record.sizeBytes });
+      return record;
+    } catch (e) {
+      await fs.rm(tmp, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  private metaFor(
+    vm: VmRecord, image: ImageRecord, compat: SnapshotCompat, vmm: VmmSnapshot, gatewayMac: string | null, dir: string, parent?: SnapshotGuest,
+  ): SnapshotMeta {
+    const net = vm.ip ? { nic: { tap: tapName(vm.id), mac: macFor(vm.ip) }, kernelArgs: this.deps.network.kernelArgs(this.deps.network.address(vm.ip)) } : undefined;
+    // The exact command line the guest booted with: a restore must present the same machine.
+    const spec = vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, net, []);
+    const guestNet = parent
+      ? { kernelCmdline: parent.kernelCmdline, guestIp: parent.guestIp, tap: parent.tap, mac: parent.mac, gatewayMac: parent.gatewayMac }
+      : { kernelCmdline: spec.kernel.cmdline, guestIp: vm.ip, tap: vm.ip ? tapName(vm.id) : null, mac: vm.ip ? macFor(vm.ip) : null, gatewayMac };
+    return {
+      format: SNAPSHOT_FORMAT,
+      compat,
+      guest: {
+        imageId: vm.imageId,
+        imageDigest: image.digest,
+        vcpus: vm.vcpus,
+        memoryMib: vm.memoryMib,
+        ...guestNet,
+        agentToken: vm.agentToken,
+        cmd: vm.cmd,
+        env: vm.env,
+        readiness: vm.readiness,
+        extraDrives: vm.volumes.length,
+      },
+      memory: vmm.memory,
+      stateFile: path.basename(vmm.stateFile),
+      memoryFile: vmm.memoryFile ? MEMORY : null,
+      scratchFile: SCRATCH,
+      configFile: CONFIG,
+      ...(vmm.vsockPath ? { vsockPath: vmm.vsockPath } : {}),
+      files: [],
+    };
+  }
+
+  /** Sizes and checksums of the files (scratch: size only, it is a sparse 2 GiB disk). */
+  private async describe(dir: string, meta: SnapshotMeta): Promise<SnapshotMeta> {
+    const files = [await describeFile(dir, meta.stateFile, true), await describeFile(dir, meta.configFile, true), await describeFile(dir, meta.scratchFile, false)];
+    if (meta.memoryFile) files.push(await describeFile(dir, meta.memoryFile, true));
+    return { ...meta, files };
+  }
+
+  /** Refuses while clones run from it or a template owns it; else removes files and record. */
+  async delete(id: string, opts: { byTemplate?: boolean } = {}): Promise<void> {
+    const s = await this.get(id);
+    if (s.templateId && !opts.byTemplate) {
+      throw new KilnError('KILN_ERR_SNAPSHOT_IN_USE', `snapshot ${id} belongs to template ${s.templateId}; delete the template`, { template: s.templateId });
+    }
+    const clones = await this.liveClones(id);
+    if (clones.length) {
+      throw new KilnError('KILN_ERR_SNAPSHOT_IN_USE', `snapshot ${id} has ${clones.length} running clone(s): ${clones.join(', ')}`, { clones });
+    }
+    await this.deps.store.deleteSnapshot(id);
+    await fs.rm(s.path, { recursive: true, force: true });
+    this.deps.bus.publish('snapshot.deleted', null, { snapshot: id });
+  }
+
+  /** Checks a snapshot can be restored here: compatibility, then its files. */
+  async verify(id: string): Promise<SnapshotRecord> {
+    const s = await this.get(id);
+    assertCompatible(id, s.meta, await this.compat());
+    await verifyFiles(id, s.path, s.meta.files);
+    return s;
+  }
+
+  /** A new VM from the snapshot (see VmManager.createClone). */
+  async restore(id: string, input: RestoreInput = {}): Promise<VmRecord> {
+    const s = await this.verify(id);
+    const m = s.meta;
+    if (m.guest.extraDrives) throw new KilnError('KILN_ERR_VALIDATION', `snapshot ${id} is of a VM with volumes; it cannot be cloned`);
+    if (!(await this.deps.store.getImage(m.guest.imageId))) {
+      throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `snapshot ${id} needs image ${m.guest.imageId}, which was deleted`);
+    }
+    const at = (f: string | null) => (f ? path.join(s.path, f) : null);
+    const vmm: VmmSnapshot = {
+      stateFile: at(m.stateFile)!,
+      memory: m.memory,
+      memoryFile: at(m.memoryFile),
+      ...(m.vsockPath ? { vsockPath: m.vsockPath } : {}),
+    };
+    const g = m.guest;
+    return this.deps.vms.createClone({
+      snapshotId: id,
+      name: input.name,
+      env: { ...g.env, ...input.env },
+      imageId: g.imageId,
+      vcpus: g.vcpus,
+      memoryMib: g.memoryMib,
+      cmd: g.cmd,
+      readiness: g.readiness as VmRecord['readiness'],
+      guestToken: g.agentToken ?? '',
+      vmm,
+      guestNet: g.guestIp && g.tap && g.gatewayMac ? { ip: g.guestIp, tap: g.tap, gatewayMac: g.gatewayMac } : null,
+      prepareFiles: async (_dir, scratch, config) => {
+        await cloneFile(path.join(s.path, m.scratchFile), scratch);
+        await cloneFile(path.join(s.path, m.configFile), config);
+        // The snapshot's files are read-only; the clone's copies are its own and writable.
+        await fs.chmod(scratch, 0o600);
+        await fs.chmod(config, 0o600);
+      },
+      spec: (base, netns) => ({
+        ...base,
+        kernel: { ...base.kernel, cmdline: g.kernelCmdline },
+        nics: g.tap && g.mac ? [{ tap: g.tap, mac: g.mac }] : [],
+        ...(netns ? { netns } : {}),
+        ...(m.memory === 'mapped' ? { memoryFile: { path: vmm.memoryFile!, shared: false } } : {}),
+      }),
+    });
+  }
+
+  /** Start-up: temporary directories of snapshots that never completed. */
+  async sweep(): Promise<void> {
+    for (const e of await fs.readdir(this.dir).catch(() => [] as string[])) {
+      if (e.startsWith('.tmp-')) await fs.rm(path.join(this.dir, e), { recursive: true, force: true });
+    }
+  }
+}
+
+async function allocatedBytes(dir: string, meta: SnapshotMeta): Promise<number> {
+  let total = 0;
+  for (const f of meta.files) total += ((await fs.stat(path.join(dir, f.name))).blocks ?? 0) * 512;
+  return total;
+}

@@ -1,0 +1,81 @@
+// The QMP sequences behind QEMU snapshots and restores. QEMU 7.2 has no `file:` migration
+// URI, so the stream goes through `exec:` (a shell running cat). Only `execute` is used, so
+// the sequences are unit-tested against a scripted QMP (qmp-snapshot.test.ts).
+import { KilnError } from '../../errors.ts';
+
+export interface QmpExecutor {
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, timeoutMs?: number): Promise<T>;
+}
+
+interface MigrateInfo {
+  status?: string;
+  'error-desc'?: string;
+}
+
+/** QEMU's default migration bandwidth cap is 128 MiB/s; a local file needs none. */
+export const MIGRATE_MAX_BANDWIDTH = 64 * 1024 ** 3;
+const POLL_MS = 5;
+
+/** A path safe inside single quotes of the `exec:` shell command (kiln makes these paths). */
+export function shellQuote(p: string): string {
+  if (!p.startsWith('/') || /['\0\n]/.test(p)) throw new KilnError('KILN_ERR_INTERNAL', `unsafe path for a migration command: ${JSON.stringify(p)}`);
+  return `'${p}'`;
+}
+
+export const saveUri = (file: string) => `exec:cat > ${shellQuote(file)}`;
+export const loadUri = (file: string) => `exec:cat ${shellQuote(file)}`;
+
+/** Polls query-migrate until the migration settles; throws with QEMU's reason on failure. */
+export async function awaitMigration(qmp: QmpExecutor, what: string, timeoutMs = 300_000, sleep = defaultSleep): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await qmp.execute<MigrateInfo>('query-migrate');
+    switch (info.status) {
+      case 'completed':
+        return;
+      case 'failed':
+      case 'cancelled':
+        throw new KilnError('KILN_ERR_SNAPSHOT_FAILED', `${what}: migration ${info.status}${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    }
+    if (Date.now() > deadline) throw new KilnError('KILN_ERR_SNAPSHOT_FAILED', `${what}: migration still ${info.status ?? 'unknown'} after ${timeoutMs} ms`);
+    await sleep(POLL_MS);
+  }
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+async function setCapabilities(qmp: QmpExecutor, ignoreShared: boolean): Promise<void> {
+  // x-ignore-shared: RAM blocks mapped shared (the template's memory file) are left out of
+  // the stream; both ends must agree on it, since it changes the stream's RAM headers.
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: ignoreShared }] });
+}
+
+/**
+ * stop → migrate to `stateFile` → completed → cont (if `resume` and the guest was running).
+ * The guest is stopped first so the state is one instant: disk writes drained, the scratch
+ * disk copied by the caller while paused matches the memory image.
+ */
+export async function saveVmState(qmp: QmpExecutor, o: { stateFile: string; ignoreShared: boolean; resume: boolean; sleep?: typeof defaultSleep }): Promise<{ wasRunning: boolean }> {
+  const { status } = await qmp.execute<{ status: string }>('query-status');
+  const wasRunning = status === 'running';
+  if (wasRunning) await qmp.execute('stop');
+  let ok = false;
+  try {
+    await setCapabilities(qmp, o.ignoreShared);
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH });
+    await qmp.execute('migrate', { uri: saveUri(o.stateFile) });
+    await awaitMigration(qmp, 'snapshot', undefined, o.sleep);
+    ok = true;
+  } finally {
+    // A failed save still gives the guest back if it was asked to run on.
+    if (o.resume && wasRunning) await qmp.execute('cont').catch((e) => { if (ok) throw e; });
+  }
+  return { wasRunning };
+}
+
+/** On a QEMU started with `-incoming defer`: load `stateFile`; the guest stays paused. */
+export async function loadVmState(qmp: QmpExecutor, o: { stateFile: string; ignoreShared: boolean; sleep?: typeof defaultSleep }): Promise<void> {
+  await setCapabilities(qmp, o.ignoreShared);
+  await qmp.execute('migrate-incoming', { uri: loadUri(o.stateFile) });
+  await awaitMigration(qmp, 'restore', undefined, o.sleep);
+}
