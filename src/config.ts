@@ -36,6 +36,11 @@ export interface KilnConfig {
 export interface FunctionsConfig {
   /** Blank booted instances kept per runtime and size in use (KILN_FN_POOL_SIZE; 0: none). */
   poolSize: number;
+  /**
+   * Instances are restored from a per-runtime template snapshot once it exists (built in the
+   * background on first use); KILN_FN_RESTORE=0 boots every instance instead.
+   */
+  restore: boolean;
 }
 
 export interface NetworkConfig {
@@ -69,7 +74,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
-    functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1) },
+    functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
   };
 }
 

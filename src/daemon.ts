@@ -28,6 +28,7 @@ import { VmManager } from './vm/vm-manager.ts';
 import { ContainerService } from './containers/container-service.ts';
 import { SnapshotService } from './snapshot/snapshot-service.ts';
 import { TemplateService } from './snapshot/templates.ts';
+import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
@@ -59,14 +60,10 @@ export class Daemon {
     readonly containers: ContainerService,
     /** Functions: deploy, invoke, warm pools (src/functions). */
     readonly functions: FunctionService,
-  ) {
-    this.snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
-    this.templates = new TemplateService({ config, store, vms, images, snapshots: this.snapshots, bus, log });
-  }
-
-  /** Snapshots, restores and clones (src/snapshot); templates: golden snapshots per image. */
-  readonly snapshots: SnapshotService;
-  readonly templates: TemplateService;
+    /** Snapshots, restores and clones (src/snapshot); templates: golden snapshots per image. */
+    readonly snapshots: SnapshotService,
+    readonly templates: TemplateService,
+  ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
     if (!isLoopback(config.listenHost) && !config.apiToken) {
@@ -117,14 +114,16 @@ export class Daemon {
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
+      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
+      await snapshots.sweep();
+      const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
       const functions = new FunctionService({
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
+        ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
       });
       await functions.start();
-      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions);
-      await daemon.snapshots.sweep();
-      return daemon;
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();
@@ -153,6 +152,15 @@ export class Daemon {
     await this.bus.flush();
     await this.store.close();
   }
+}
+
+/** The functions layer's view of templates: find a ready one, build one, restore a clone. */
+function templateProvider(templates: TemplateService, snapshots: SnapshotService): TemplateProvider {
+  return {
+    readySnapshot: async (image, spec) => (await templates.readyFor(image, spec))?.snapshotId ?? null,
+    build: async (image, spec) => void (await templates.ensure(image, spec)),
+    restore: (snapshotId, input) => snapshots.restore(snapshotId, input),
+  };
 }
 
 /**

@@ -22,7 +22,9 @@ let d: TestDaemon;
 
 before(async () => {
   if (skip) return;
-  d = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1' } });
+  // Instances boot here (the restore path, on by default, has test/function-restore.test.ts):
+  // the sources these tests assert stay pool/boot, and no template build shares the CPU.
+  d = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1', KILN_FN_RESTORE: '0' } });
 });
 after(() => d?.dispose());
 

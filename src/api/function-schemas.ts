@@ -101,6 +101,9 @@ export const InvocationView = Type.Object({
   duration_ms: Type.Union([Type.Number(), Type.Null()]),
   guest_ms: Type.Union([Type.Number(), Type.Null()], { description: 'Handler time measured in the guest' }),
   host_overhead_ms: Type.Union([Type.Number(), Type.Null()], { description: 'duration_ms − guest_ms' }),
+  instance_start: Type.Union([Type.Literal('boot'), Type.Literal('restore'), Type.Null()], {
+    description: 'Cold calls: how the instance\'s VM came up — booted, or restored from the runtime\'s template snapshot (also when it then waited in the pool)',
+  }),
   timeline: Type.Array(Type.Object({ phase: Type.String(), ms: Type.Number() })),
   error: Type.Union([Type.Object({ code: Type.String(), type: Type.Optional(Type.String()), message: Type.String(), stack: Type.Optional(Type.Union([Type.String(), Type.Null()])) }), Type.Null()]),
   logs: Type.String(),

@@ -13,6 +13,7 @@ import { writeFileAtomic } from '../util/atomic.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import { archivePackage, inlinePackage, shimFiles, type ArchiveFormat, type CodePackage } from './code-package.ts';
 import type { FunctionMetrics } from './function-metrics.ts';
+import { RestoreSource, type TemplateProvider } from './restore-source.ts';
 import { BootSource, FUNCTION_VM_PREFIX, WarmPool, shapeKey, type BlankInstance, type InstanceShape, type InstanceSource } from './instance-source.ts';
 import { RUNTIMES, isRuntime, runtimeRecipe, runtimeSpec, type RuntimeName } from './runtimes.ts';
 import { FunctionScheduler, type SchedulerLimits } from './scheduler.ts';
@@ -78,6 +79,8 @@ export interface FunctionServiceOptions {
   resolveImage: (ref: string) => Promise<unknown>;
   /** Tests and benchmarks swap the instance layer; the default is a warm pool over boots. */
   source?: InstanceSource;
+  /** Snapshot templates: instances are restored clones once a runtime's template exists. */
+  templates?: TemplateProvider;
 }
 
 export class FunctionService {
@@ -95,7 +98,10 @@ export class FunctionService {
       connections: MAX_CONCURRENCY,
       log: o.log,
     });
-    this.pool = new WarmPool(o.source ?? boot, o.poolSize, {
+    const made = o.templates
+      ? new RestoreSource(boot, { vms: o.vms, templates: o.templates, runtimeImage: (r) => this.runtimeImage(r), bootTimeoutMs: o.bootTimeoutMs, connections: MAX_CONCURRENCY, log: o.log })
+      : boot;
+    this.pool = new WarmPool(o.source ?? made, o.poolSize, {
       alive: async (inst) => (await o.vms.get(inst.vmId).catch(() => null))?.state === 'ready',
       log: o.log,
     });
@@ -425,6 +431,8 @@ export class FunctionService {
     if (slot.queuedMs > 0.5) inv.timeline.push({ phase: 'queue', ms: round(slot.queuedMs) });
     if (slot.cold) {
       inv.timeline.push({ phase: `instance.${inst.blank.origin}`, ms: round(inst.blank.acquireMs) });
+      // How the VM came up (for a pooled one: earlier, off this call's path): boot or restore.
+      inv.timeline.push({ phase: `instance.start.${inst.blank.made}`, ms: round(inst.blank.startMs) });
       inv.timeline.push({ phase: 'code.load', ms: round(inst.loadMs) });
     }
     const version = inst.version === v.version ? v : await this.getVersion(e.name, inst.version);

@@ -33,6 +33,8 @@ export interface BlankInstance {
   acquireMs: number;
   /** Ms the instance took to come up when it was made (boot or restore), pooled or not. */
   startMs: number;
+  /** How its VM was made: booted, or restored from the runtime's template snapshot. */
+  made: 'boot' | 'restore';
   shim: ShimClient;
 }
 
@@ -76,7 +78,7 @@ export function nodeHeapMib(memoryMib: number): number {
   return Math.max(24, Math.floor(memoryMib * 0.75) - 64);
 }
 
-function runtimeEnv(runtime: RuntimeName, shape: InstanceShape): Record<string, string> {
+export function runtimeEnv(runtime: RuntimeName, shape: InstanceShape): Record<string, string> {
   return runtime === 'node' ? { NODE_OPTIONS: `--max-old-space-size=${nodeHeapMib(shape.memoryMib)}` } : {};
 }
 
@@ -116,7 +118,7 @@ export class BootSource implements InstanceSource {
         throw e;
       }
       const ms = performance.now() - t0;
-      return { vmId: vm.id, ip: vm.ip!, runtime, shape, origin: 'boot', acquireMs: ms, startMs: ms, shim };
+      return { vmId: vm.id, ip: vm.ip!, runtime, shape, origin: 'boot', made: 'boot', acquireMs: ms, startMs: ms, shim };
     } catch (e) {
       await this.o.vms.delete(vm.id).catch(() => {});
       const ke = e instanceof KilnError ? e : new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', (e as Error).message);

@@ -22,6 +22,11 @@ import type { RestoreInput, SnapshotService } from './snapshot-service.ts';
 export interface TemplateSpec {
   vcpus?: number;
   memoryMib?: number;
+  /**
+   * The golden VM's environment (its workload starts with it, and clones continue that very
+   * process): part of the template's key. E.g. a function runtime's heap cap.
+   */
+  env?: Record<string, string>;
 }
 
 export const DEFAULT_TEMPLATE_VCPUS = 1;
@@ -42,9 +47,11 @@ export class TemplateService {
     },
   ) {}
 
-  async key(image: Pick<ImageRecord, 'id' | 'digest'>, vcpus: number, memoryMib: number): Promise<string> {
+  async key(image: Pick<ImageRecord, 'id' | 'digest'>, vcpus: number, memoryMib: number, env: Record<string, string> = {}): Promise<string> {
     const compat = await this.deps.snapshots.compat();
-    const material = JSON.stringify({ image: image.id, digest: image.digest, vcpus, memoryMib, compat });
+    // Env joins the key only when set, so templates made without one keep their keys.
+    const sortedEnv = Object.keys(env).length ? Object.fromEntries(Object.entries(env).sort(([a], [b]) => a.localeCompare(b))) : undefined;
+    const material = JSON.stringify({ image: image.id, digest: image.digest, vcpus, memoryMib, compat, ...(sortedEnv ? { env: sortedEnv } : {}) });
     return createHash('sha256').update(material).digest('hex').slice(0, 32);
   }
 
@@ -66,15 +73,26 @@ export class TemplateService {
     const image = await this.deps.images.resolveForVm(imageRef);
     const vcpus = spec.vcpus ?? DEFAULT_TEMPLATE_VCPUS;
     const memoryMib = spec.memoryMib ?? DEFAULT_TEMPLATE_MEMORY_MIB;
-    const key = await this.key(image, vcpus, memoryMib);
+    const key = await this.key(image, vcpus, memoryMib, spec.env);
     return this.#lock.run(key, async () => {
       const cur = await this.deps.store.getTemplateByKey(key);
       if (cur?.state === 'ready' && cur.snapshotId && (await this.deps.store.getSnapshot(cur.snapshotId))) return cur;
       if (cur) await this.remove(cur);
-      const built = await this.build(image, vcpus, memoryMib, key);
+      const built = await this.build(image, vcpus, memoryMib, key, spec.env ?? {});
       await this.removeSuperseded(built);
       return built;
     });
+  }
+
+  /**
+   * The current, ready template for this image and spec, or null; never builds (a caller on
+   * a hot path boots instead and asks ensure() in the background).
+   */
+  async readyFor(imageRef: string, spec: TemplateSpec = {}): Promise<TemplateRecord | null> {
+    const image = await this.deps.images.resolveForVm(imageRef);
+    const key = await this.key(image, spec.vcpus ?? DEFAULT_TEMPLATE_VCPUS, spec.memoryMib ?? DEFAULT_TEMPLATE_MEMORY_MIB, spec.env);
+    const t = await this.deps.store.getTemplateByKey(key);
+    return t?.state === 'ready' && t.snapshotId && (await this.deps.store.getSnapshot(t.snapshotId)) ? t : null;
   }
 
   /** A template id (rebuilt if stale), or an image reference (its default-size template). */
@@ -83,8 +101,10 @@ export class TemplateService {
     if (!t) return this.ensure(idOrImage, spec);
     const image = await this.deps.store.getImage(t.imageId);
     if (!image) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `template ${t.id}'s image ${t.imageId} was deleted`);
-    if (t.state === 'ready' && t.key === (await this.key(image, t.vcpus, t.memoryMib))) return t;
-    return this.ensure(image.id, { vcpus: t.vcpus, memoryMib: t.memoryMib });
+    // The golden VM's env is in its snapshot's metadata (a function runtime's, for instance).
+    const env = t.snapshotId ? (await this.deps.store.getSnapshot(t.snapshotId))?.meta.guest.env : undefined;
+    if (t.state === 'ready' && t.key === (await this.key(image, t.vcpus, t.memoryMib, env))) return t;
+    return this.ensure(image.id, { vcpus: t.vcpus, memoryMib: t.memoryMib, ...(env ? { env } : {}) });
   }
 
   /** Creates a VM by restoring the template's snapshot (see SnapshotService.restore). */
@@ -93,7 +113,7 @@ export class TemplateService {
     return this.deps.snapshots.restore(t.snapshotId!, input);
   }
 
-  private async build(image: ImageRecord, vcpus: number, memoryMib: number, key: string): Promise<TemplateRecord> {
+  private async build(image: ImageRecord, vcpus: number, memoryMib: number, key: string, env: Record<string, string>): Promise<TemplateRecord> {
     const now = Date.now();
     const t: TemplateRecord = {
       id: `tpl-${randomBytes(5).toString('hex')}`, imageId: image.id, vcpus, memoryMib, key,
@@ -103,7 +123,7 @@ export class TemplateService {
     this.deps.bus.publish('template.building', null, { template: t.id, image: image.name });
     let golden: VmRecord | null = null;
     try {
-      golden = await this.deps.vms.create({ image: image.id, vcpus, memory_mib: memoryMib, name: `${t.id}-golden`, network: 'bridge' }, { fileBackedMemory: true });
+      golden = await this.deps.vms.create({ image: image.id, vcpus, memory_mib: memoryMib, name: `${t.id}-golden`, network: 'bridge', ...(Object.keys(env).length ? { env } : {}) }, { fileBackedMemory: true });
       await this.deps.vms.waitFor(golden.id, ['ready'], this.deps.config.bootTimeoutMs + 10_000);
       const snap = await this.deps.snapshots.create(golden.id, { resume: false, templateId: t.id });
       const ready = await this.deps.store.updateTemplate(t.id, { state: 'ready', snapshotId: snap.id });

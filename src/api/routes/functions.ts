@@ -61,6 +61,7 @@ export function invocationView(i: InvocationRecord): InvocationView {
     duration_ms: i.durationMs,
     guest_ms: i.guestMs,
     host_overhead_ms: i.durationMs !== null && i.guestMs !== null ? Math.max(0, i.durationMs - i.guestMs) : null,
+    instance_start: instanceStart(i.timeline),
     timeline: i.timeline,
     error: i.error,
     logs: i.logs,
@@ -158,4 +159,11 @@ export function registerFunctionRoutes(root: FastifyInstance, daemon: Daemon): v
     const text = list.reverse().map((i) => `--- ${iso(i.startedAt)} ${i.id} v${i.version} ${i.status}${i.cold ? ' cold' : ''} ${i.durationMs?.toFixed(1) ?? '?'} ms\n${i.logs}${i.logs && !i.logs.endsWith('\n') ? '\n' : ''}`).join('');
     return reply.type('text/plain; charset=utf-8').send(text);
   });
+}
+
+/** How a cold call's VM came up (boot or snapshot restore), from its timeline. */
+function instanceStart(timeline: { phase: string }[]): 'boot' | 'restore' | null {
+  const p = timeline.find((t) => t.phase.startsWith('instance.start.'));
+  const how = p?.phase.slice('instance.start.'.length);
+  return how === 'boot' || how === 'restore' ? how : null;
 }
