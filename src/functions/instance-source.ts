@@ -82,6 +82,24 @@ export function runtimeEnv(runtime: RuntimeName, shape: InstanceShape): Record<s
   return runtime === 'node' ? { NODE_OPTIONS: `--max-old-space-size=${nodeHeapMib(shape.memoryMib)}` } : {};
 }
 
+/**
+ * Waits for a new instance's VM to be ready and its shim to answer (the VM going away ends
+ * the wait), and returns the shim's client.
+ */
+export async function connectShim(vms: VmManager, vmId: string, timeoutMs: number, connections: number): Promise<ShimClient> {
+  const deadline = Date.now() + timeoutMs;
+  const vm = await vms.waitFor(vmId, ['ready'], timeoutMs);
+  if (!vm.ip) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `${vmId} has no address on kiln's network`);
+  const shim = new ShimClient(vm.ip, SHIM_PORT, connections);
+  try {
+    await shim.waitHealthy(deadline, async () => (await vms.get(vmId).catch(() => null))?.state === 'ready');
+    return shim;
+  } catch (e) {
+    await shim.close();
+    throw e;
+  }
+}
+
 /** Boots a VM of the runtime image per acquire(). */
 export class BootSource implements InstanceSource {
   constructor(
@@ -108,15 +126,7 @@ export class BootSource implements InstanceSource {
       ...(shape.image ? await customRuntimeWorkload(runtime, shape) : { env: runtimeEnv(runtime, shape) }),
     });
     try {
-      const deadline = Date.now() + this.o.bootTimeoutMs;
-      await this.o.vms.waitFor(vm.id, ['ready'], this.o.bootTimeoutMs);
-      const shim = new ShimClient(vm.ip!, SHIM_PORT, this.o.connections);
-      try {
-        await shim.waitHealthy(deadline, async () => (await this.o.vms.get(vm.id).catch(() => null))?.state === 'ready');
-      } catch (e) {
-        await shim.close();
-        throw e;
-      }
+      const shim = await connectShim(this.o.vms, vm.id, this.o.bootTimeoutMs, this.o.connections);
       const ms = performance.now() - t0;
       return { vmId: vm.id, ip: vm.ip!, runtime, shape, origin: 'boot', made: 'boot', acquireMs: ms, startMs: ms, shim };
     } catch (e) {

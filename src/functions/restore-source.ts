@@ -6,12 +6,10 @@
 // restore falls back to booting and is retried later, so functions never depend on it.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { KilnError } from '../errors.ts';
 import type { VmRecord } from '../store/store.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
-import { FUNCTION_VM_PREFIX, runtimeEnv, shapeKey, type BlankInstance, type InstanceShape, type InstanceSource } from './instance-source.ts';
-import { SHIM_PORT, type RuntimeName } from './runtimes.ts';
-import { ShimClient } from './shim-client.ts';
+import { FUNCTION_VM_PREFIX, connectShim, runtimeEnv, shapeKey, type BlankInstance, type InstanceShape, type InstanceSource } from './instance-source.ts';
+import type { RuntimeName } from './runtimes.ts';
 
 /** What this source needs from the snapshot layer (src/snapshot/templates.ts provides it). */
 export interface TemplateProvider {
@@ -89,19 +87,10 @@ export class RestoreSource implements InstanceSource {
   private async restore(snapshotId: string, runtime: RuntimeName, shape: InstanceShape, t0: number): Promise<BlankInstance> {
     const vm = await this.o.templates.restore(snapshotId, { name: `${FUNCTION_VM_PREFIX}${runtime}-${randomBytes(4).toString('hex')}` });
     try {
-      const deadline = Date.now() + this.o.bootTimeoutMs;
-      const ready = await this.o.vms.waitFor(vm.id, ['ready'], this.o.bootTimeoutMs);
-      if (!ready.ip) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `restored ${vm.id} has no address`);
-      const shim = new ShimClient(ready.ip, SHIM_PORT, this.o.connections);
-      try {
-        // The shim was listening when the template was taken: it answers at once.
-        await shim.waitHealthy(deadline, async () => (await this.o.vms.get(vm.id).catch(() => null))?.state === 'ready');
-      } catch (e) {
-        await shim.close();
-        throw e;
-      }
+      // The shim was listening when the template was taken: it answers at once.
+      const shim = await connectShim(this.o.vms, vm.id, this.o.bootTimeoutMs, this.o.connections);
       const ms = performance.now() - t0;
-      return { vmId: vm.id, ip: ready.ip, runtime, shape, origin: 'restore', made: 'restore', acquireMs: ms, startMs: ms, shim };
+      return { vmId: vm.id, ip: shim.ip, runtime, shape, origin: 'restore', made: 'restore', acquireMs: ms, startMs: ms, shim };
     } catch (e) {
       await this.o.vms.delete(vm.id).catch(() => {});
       throw e;
