@@ -1,6 +1,7 @@
 // bench/functions: for node and python, through kilnd's API as a client sees it:
 //   cold invoke, pool miss (the call boots its VM)       — a daemon with KILN_FN_POOL_SIZE=0
 //   cold invoke, pool hit (a pooled blank VM gets the code) — a daemon with KILN_FN_POOL_SIZE=1
+//   cold invoke, restored clone of the runtime template (no pool) — KILN_FN_POOL_SIZE=0, restore on
 //   warm invoke, and its host-side overhead (total minus the handler time the guest measured)
 //   invocations/s with 4 warm instances (4 clients in closed loops)
 //   npm run bench -- functions [--cold-runs 5] [--warm-runs 200] [--throughput-s 10]
@@ -82,6 +83,31 @@ async function coldRuns(d: TestDaemon, runtime: Runtime, pooled: boolean): Promi
   return out;
 }
 
+/**
+ * Cold calls served by restored clones: the first call boots and kilnd builds the runtime's
+ * template beside it; once that is ready, each new version's first call gets a clone.
+ */
+async function restoreRuns(d: TestDaemon, runtime: Runtime): Promise<Sample[]> {
+  const c = d.client;
+  const name = `cold-${runtime}-restore`;
+  await c.createFunction({ name, runtime, code: CODE[runtime]('boot'), memory_mb: MEMORY_MB, max_instances: 1, idle_timeout: 600 });
+  await call(c, name);
+  await until(async () => (await c.listTemplates()).some((t) => t.state === 'ready'), `the ${runtime} template`);
+  const out: Sample[] = [];
+  for (let i = 0; i < COLD_RUNS; i++) {
+    await c.updateFunction(name, { code: CODE[runtime](`r${i}`) });
+    await until(drained(c, name), 'old instances to stop');
+    const s = await call(c, name);
+    if (!s.cold || s.source !== 'restore') throw new Error(`run ${i}: expected a cold restore, got ${s.cold ? 'cold' : 'warm'} ${s.source}`);
+    out.push(s);
+    process.stderr.write(`  ${name} run ${i + 1}/${COLD_RUNS}: ${s.totalMs.toFixed(0)} ms (restore)\n`);
+  }
+  await c.deleteFunction(name);
+  // The next runtime builds its own template; this one is no longer needed.
+  for (const t of await c.listTemplates()) await c.deleteTemplate(t.id).catch(() => {});
+  return out;
+}
+
 /** No pool refill booting: a boot takes a whole host core under TCG and would skew warm figures. */
 const poolQuiet = (c: KilnClient) => async () => (await c.listFunctions()).pool.every((p) => p.filling === 0);
 
@@ -149,13 +175,17 @@ const fmt = (xs: number[]) => [median(xs), quantile(xs, 0.99)] as const;
 
 const rows: (string | number)[][] = [];
 const checks: string[] = [];
-const missD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '0' } });
-const hitD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1' } });
+// Boot-only daemons for the pool rows (KILN_FN_RESTORE=0), and one whose instances are
+// restored from the runtime's template (its pool off, so every cold call makes one).
+const missD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0' } });
+const hitD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1', KILN_FN_RESTORE: '0' } });
+const restoreD = SKIP_COLD ? null : await startKilnd({ env: { KILN_FN_POOL_SIZE: '0' } });
 try {
   for (const runtime of ['node', 'python'] as const) {
     process.stderr.write(`${runtime}: runtime image (built on first use) …\n`);
     const miss = SKIP_COLD ? [] : await coldRuns(missD, runtime, false);
     const hit = SKIP_COLD ? [] : await coldRuns(hitD, runtime, true);
+    const restored = restoreD ? await restoreRuns(restoreD, runtime) : [];
     const { samples: warm, direct } = await warmRuns(hitD, runtime);
     const rate = await throughput(hitD, runtime);
     const overhead = warm.map((s) => s.totalMs - s.guestMs);
@@ -166,6 +196,7 @@ try {
     if (!SKIP_COLD) {
       rows.push([`${runtime} cold, pool miss (boot)`, String(miss.length), ...ms([missMed, missP99])]);
       rows.push([`${runtime} cold, pool hit`, String(hit.length), ...ms([hitMed, hitP99])]);
+      rows.push([`${runtime} cold, no pool, restored clone of the template`, String(restored.length), ...ms(fmt(restored.map((s) => s.totalMs)))]);
     }
     rows.push([`${runtime} warm`, String(warm.length), ...ms(fmt(warm.map((s) => s.totalMs)))]);
     rows.push([`${runtime} warm: guest handler time`, String(warm.length), ...ms(fmt(warm.map((s) => s.guestMs)))]);
@@ -180,6 +211,7 @@ try {
 } finally {
   await missD.dispose();
   await hitD.dispose();
+  await restoreD?.dispose();
 }
 
 console.log(`\nbench/functions — ${MEMORY_MB} MiB instances, 1 vCPU; cold runs ${COLD_RUNS}, warm runs ${WARM_RUNS}, throughput ${THROUGHPUT_S} s; times in ms as the API client sees them\n`);
