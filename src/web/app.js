@@ -42,12 +42,12 @@ const state = (s) => `<span class="state-${esc(s)}">${esc(s)}</span>`;
 const VIEWS = {
   machines: {
     title: 'Machines',
-    list: () => api('/v1/vms'),
+    list: async () => (await api('/v1/vms')).vms,
     columns: [
       ['name', (v) => esc(v.name)],
       ['state', (v) => state(v.state)],
       ['ip', (v) => esc(v.ip ?? '')],
-      ['image', (v) => esc(v.image?.name ?? v.image ?? '')],
+      ['image', (v) => esc(v.image?.name ?? v.image?.id ?? '')],
       ['backend', (v) => esc(`${v.backend ?? ''}/${v.accelerator ?? ''}`)],
       ['created', (v) => esc(ago(v.created_at))],
     ],
@@ -56,32 +56,36 @@ const VIEWS = {
   containers: {
     title: 'Containers',
     optional: '/v1/containers',
-    list: () => api('/v1/containers'),
+    list: async () => (await api('/v1/containers?all=1')).containers,
     columns: [
       ['name', (c) => esc(c.name)],
       ['state', (c) => state(c.state)],
-      ['image', (c) => esc(c.image?.name ?? c.image ?? '')],
+      ['image', (c) => esc(c.image)],
+      ['ip', (c) => esc(c.ip ?? '')],
       ['exit', (c) => esc(c.exit_code ?? '')],
       ['restarts', (c) => esc(c.restart_count ?? '')],
+      ['created', (c) => esc(ago(c.created_at))],
     ],
-    detail: (c) => showJson(c.name, c, c.vm_id ?? c.vm?.id),
+    // A container is a VM with the same id: its timeline and console are the VM's.
+    detail: (c) => showVm({ id: c.id }),
   },
   functions: {
     title: 'Functions',
     optional: '/v1/functions',
-    list: () => api('/v1/functions'),
+    list: async () => (await api('/v1/functions')).functions,
     columns: [
       ['name', (f) => esc(f.name)],
       ['runtime', (f) => esc(f.runtime)],
       ['version', (f) => esc(f.version ?? '')],
-      ['instances', (f) => esc(f.instances?.length ?? f.instance_count ?? '')],
+      ['state', (f) => state(f.state)],
+      ['instances', (f) => esc(f.instances?.length ?? '')],
       ['updated', (f) => esc(ago(f.updated_at))],
     ],
     detail: showFunction,
   },
   images: {
     title: 'Images',
-    list: () => api('/v1/images'),
+    list: async () => (await api('/v1/images')).images,
     columns: [
       ['name', (i) => esc(i.name)],
       ['state', (i) => state(i.state)],
@@ -162,10 +166,12 @@ async function showVm(v) {
 
 async function showFunction(f) {
   const inv = await api(`/v1/functions/${encodeURIComponent(f.name)}/invocations`).catch(() => []);
-  const list = Array.isArray(inv) ? inv : inv.invocations ?? [];
-  openDetail(`<h3>${esc(f.name)}</h3><pre>${esc(JSON.stringify(f, null, 2))}</pre>
-    <h4>Recent invocations</h4><table><tr><th>status</th><th>ms</th><th>start</th><th>instance</th></tr>
-    ${list.slice(0, 50).map((i) => `<tr><td>${state(i.status)}</td><td>${esc(i.duration_ms)}</td><td>${esc(i.cold ? 'cold' : 'warm')}</td><td>${esc(i.instance ?? i.instance_id ?? '')}</td></tr>`).join('')}</table>`);
+  const list = inv.invocations ?? [];
+  const { code, ...config } = f;
+  openDetail(`<h3>${esc(f.name)} <span class="muted">v${esc(f.version)}</span></h3><pre>${esc(JSON.stringify(config, null, 2))}</pre>
+    <h4>Recent invocations</h4><table><tr><th>status</th><th>ms</th><th>guest ms</th><th>start</th><th>instance</th></tr>
+    ${list.slice(0, 50).map((i) => `<tr><td>${state(i.status)}</td><td>${esc(i.duration_ms)}</td><td>${esc(i.guest_ms ?? '')}</td>
+      <td>${esc(i.cold ? `cold (${i.source ?? '?'}${i.instance_start ? `, ${i.instance_start}` : ''})` : 'warm')}</td><td>${esc(i.instance ?? '')}</td></tr>`).join('')}</table>`);
 }
 
 function showJson(title, obj, vmId) {
