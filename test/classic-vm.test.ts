@@ -195,11 +195,14 @@ describe('classic VM', { skip }, () => {
     assert.ok(sizeKib > 2.5 * 1024 * 1024 && sizeKib <= 3 * 1024 * 1024, `root fs ${sizeKib} KiB after growing to 3 GiB`);
   });
 
-  test('`reboot` inside the guest reboots the VM (kilnd boots it again; the disk is kept)', async () => {
+  test('`reboot` inside the guest brings the VM back (same disk, a new kernel boot)', async () => {
+    const bootId = (await sh(vm.id, 'cat /proc/sys/kernel/random/boot_id')).trim();
     await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'reboot'] }).catch(() => {});
     await waitUntil(async () => {
       const v = await d.client.getVm(vm.id);
-      return v.boot_count === 3 && v.state === 'ready';
+      if (v.state !== 'ready') return false;
+      const r = await d.client.exec(vm.id, { cmd: ['cat', '/proc/sys/kernel/random/boot_id'] }).catch(() => null);
+      return !!r && r.exit_code === 0 && r.stdout.trim() !== bootId;
     }, BOOT_MS);
     assert.match(await d.client.logs(vm.id), /reboot: Restarting system/);
     assert.equal((await ssh(vm.ip!, 'cat /root/marker')).trim(), 'persisted-web-1.example.test');
