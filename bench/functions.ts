@@ -11,6 +11,7 @@ import { Pool } from 'undici';
 import type { KilnClient } from '../src/sdk/client.ts';
 import { startKilnd, type TestDaemon } from '../test/helpers/kilnd.ts';
 import { median, quantile, table } from './stats.ts';
+import { until } from '../test/helpers/until.ts';
 
 const { values } = parseArgs({
   options: {
@@ -48,14 +49,6 @@ async function call(c: KilnClient, name: string): Promise<Sample> {
   return { totalMs, guestMs: r.guestMs ?? NaN, kilndMs: r.durationMs, cold: r.cold, source: r.source };
 }
 
-async function until(fn: () => Promise<boolean>, what: string, timeoutMs = 300_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 /** No instance of the function left (after a PUT, the idle old-version instance is stopped). */
 const drained = (c: KilnClient, name: string) => async () => (await c.getFunction(name)).instances.length === 0;
 
@@ -68,9 +61,9 @@ async function coldRuns(d: TestDaemon, runtime: Runtime, pooled: boolean): Promi
     i === 0
       ? await c.createFunction({ name, runtime, code: CODE[runtime](`r${i}`), memory_mb: MEMORY_MB, max_instances: 1, idle_timeout: 600 })
       : await c.updateFunction(name, { code: CODE[runtime](`r${i}`) });
-    await until(drained(c, name), 'old instances to stop');
+    await until('old instances to stop', drained(c, name), 300_000, 100);
     if (pooled) {
-      await until(async () => (await c.listFunctions()).pool.some((p) => p.runtime === runtime && p.memory_mib === MEMORY_MB && p.ready >= 1 && p.filling === 0), 'the pool to fill');
+      await until('the pool to fill', async () => (await c.listFunctions()).pool.some((p) => p.runtime === runtime && p.memory_mib === MEMORY_MB && p.ready >= 1 && p.filling === 0), 300_000, 100);
     }
     // Quiet host: no refill or drain running while we measure.
     const s = await call(c, name);
@@ -92,11 +85,11 @@ async function restoreRuns(d: TestDaemon, runtime: Runtime): Promise<Sample[]> {
   const name = `cold-${runtime}-restore`;
   await c.createFunction({ name, runtime, code: CODE[runtime]('boot'), memory_mb: MEMORY_MB, max_instances: 1, idle_timeout: 600 });
   await call(c, name);
-  await until(async () => (await c.listTemplates()).some((t) => t.state === 'ready'), `the ${runtime} template`);
+  await until(`the ${runtime} template`, async () => (await c.listTemplates()).some((t) => t.state === 'ready'), 300_000, 100);
   const out: Sample[] = [];
   for (let i = 0; i < COLD_RUNS; i++) {
     await c.updateFunction(name, { code: CODE[runtime](`r${i}`) });
-    await until(drained(c, name), 'old instances to stop');
+    await until('old instances to stop', drained(c, name), 300_000, 100);
     const s = await call(c, name);
     if (!s.cold || s.source !== 'restore') throw new Error(`run ${i}: expected a cold restore, got ${s.cold ? 'cold' : 'warm'} ${s.source}`);
     out.push(s);
@@ -138,7 +131,7 @@ async function warmRuns(d: TestDaemon, runtime: Runtime): Promise<{ samples: Sam
   const name = `warm-${runtime}`;
   await c.createFunction({ name, runtime, code: CODE[runtime]('w'), memory_mb: MEMORY_MB, max_instances: 1 });
   for (let i = 0; i < 20; i++) await call(c, name); // cold start + JIT/caches warm
-  await until(poolQuiet(c), 'the pool refill to finish');
+  await until('the pool refill to finish', poolQuiet(c), 300_000, 100);
   const out: Sample[] = [];
   const direct: number[] = [];
   // Interleaved in blocks, so both see the same host conditions.
@@ -154,8 +147,8 @@ async function throughput(d: TestDaemon, runtime: Runtime): Promise<number> {
   const c = d.client;
   const name = `tput-${runtime}`;
   await c.createFunction({ name, runtime, code: CODE[runtime]('t'), memory_mb: MEMORY_MB, min_instances: 4, max_instances: 4, concurrency: 1 });
-  await until(async () => (await c.getFunction(name)).instances.filter((i) => i.state === 'ready').length === 4, '4 warm instances');
-  await until(poolQuiet(c), 'the pool refill to finish');
+  await until('4 warm instances', async () => (await c.getFunction(name)).instances.filter((i) => i.state === 'ready').length === 4, 300_000, 100);
+  await until('the pool refill to finish', poolQuiet(c), 300_000, 100);
   for (let i = 0; i < 20; i++) await Promise.all([0, 1, 2, 3].map(() => call(c, name)));
   let n = 0;
   const end = performance.now() + THROUGHPUT_S * 1000;

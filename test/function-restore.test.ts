@@ -6,6 +6,7 @@ import { after, before, test } from 'node:test';
 import { expectApiError } from './helpers/api-errors.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
+import { until } from './helpers/until.ts';
 
 let d: TestDaemon;
 
@@ -15,16 +16,6 @@ before(async () => {
   d = await startKilnd({ env: { KILN_FN_POOL_SIZE: '0' } });
 });
 after(() => d?.dispose());
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
-}
 
 const code = (k: number) => `async function handler(event) { return { doubled: event.n * 2, k: ${k}, pid: process.pid }; }`;
 

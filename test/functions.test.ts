@@ -15,6 +15,7 @@ import { expectApiError } from './helpers/api-errors.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
 import { makeZip } from './helpers/zip.ts';
+import { until } from './helpers/until.ts';
 
 const exec = promisify(execFile);
 const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
@@ -27,16 +28,6 @@ before(async () => {
   d = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1', KILN_FN_RESTORE: '0' } });
 });
 after(() => d?.dispose());
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | null | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 async function vmGone(id: string): Promise<boolean> {
   return !(await d.client.listVms()).some((v) => v.id === id);

@@ -13,6 +13,7 @@ import { listLinks, listNetns } from '../src/tools/ip.ts';
 import { run } from '../src/util/process.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
+import { until } from './helpers/until.ts';
 
 // Clones run in network namespaces with QEMU; Firecracker clones need the jailer (not here).
 const skip = BACKEND_SKIP || (process.env.KILN_BACKEND === 'firecracker' ? 'snapshot clones are exercised with QEMU' : false);
@@ -30,16 +31,6 @@ const COUNTER = ['/bin/sh', '-c', 'secret=$(head -c 6 /dev/urandom | od -An -tx1
 
 function ticks(log: string): { secret: string; n: number }[] {
   return [...log.matchAll(/tick ([0-9a-f]{12}) (\d+)/g)].map((m) => ({ secret: m[1]!, n: Number(m[2]) }));
-}
-
-async function until<T>(what: string, fn: () => Promise<T | null | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 async function sh(vm: Vm, script: string): Promise<string> {
