@@ -78,6 +78,9 @@ export function namespaceSysctls(p: CloneNetPlan): string[] {
   return [
     'net.ipv4.ip_forward=1',
     `net.ipv4.conf.${p.tap}.proxy_arp=1`,
+    // Proxy ARP replies are otherwise delayed at random up to 0.8 s (proxy_delay, 80 jiffies):
+    // the guest re-ARPs its gateway right after the identity op's flush, on the restore path.
+    `net.ipv4.neigh.${p.tap}.proxy_delay=0`,
     'net.ipv4.conf.all.rp_filter=0',
     `net.ipv4.conf.${p.tap}.rp_filter=0`,
     `net.ipv4.conf.${CLONE_NS_VETH}.rp_filter=0`,
