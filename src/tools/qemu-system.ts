@@ -7,7 +7,7 @@ export const QEMU_BINARY = process.env.KILN_QEMU ?? 'qemu-system-x86_64';
 
 /** `netns`: start QEMU inside that network namespace (it stays there after daemonizing). */
 export async function qemuDaemonize(args: readonly string[], signal?: AbortSignal, netns?: string): Promise<void> {
-  if (netns) await run('ip', netnsExecArgs(netns, QEMU_BINARY, args), { timeoutMs: 60_000, signal });
+  if (netns) await run('nsenter', netnsExecArgs(netns, QEMU_BINARY, args), { timeoutMs: 60_000, signal });
   else await run(QEMU_BINARY, args, { timeoutMs: 60_000, signal });
 }
 
