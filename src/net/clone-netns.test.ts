@@ -43,3 +43,14 @@ test('NAT maps the clone address to the guest address in and the guest address t
   assert.match(r, /hook prerouting priority dstnat/);
   assert.match(r, /hook postrouting priority srcnat/);
 });
+
+test('proxy ARP on the tap answers at once: the guest re-ARPs its gateway right after the identity op flushes its cache', () => {
+  assert.ok(namespaceSysctls(plan).includes('net.ipv4.neigh.kilnaaaaaaaaaa.proxy_delay=0'));
+});
+
+test('with the guest MAC known, the namespace holds a permanent neighbour entry for the guest, after the tap exists', () => {
+  assert.ok(!namespaceCommands(plan).some((c) => c[0] === 'neigh'));
+  const ns = namespaceCommands({ ...plan, guestMac: '02:6b:0a:76:00:05' }).map((c) => c.join(' '));
+  const at = ns.indexOf('neigh replace 10.118.0.5 lladdr 02:6b:0a:76:00:05 dev kilnaaaaaaaaaa nud permanent');
+  assert.ok(at > ns.indexOf('tuntap add dev kilnaaaaaaaaaa mode tap'), ns.join('\n'));
+});
