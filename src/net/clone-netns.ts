@@ -15,6 +15,7 @@
 // network manager's sweep and unplug handle it like a tap; the namespace goes with it.
 import fs from 'node:fs/promises';
 import * as ip from '../tools/ip.ts';
+import { netnsExec } from '../tools/nsenter.ts';
 import { macFor } from './ipv4.ts';
 
 export const CLONE_NETNS_PREFIX = 'kiln-';
@@ -122,8 +123,8 @@ export async function createCloneNetwork(p: CloneNetPlan): Promise<void> {
   try {
     await ip.ipBatch(hostCommands(p));
     const results = await Promise.allSettled([
-      ip.ipBatchIn(p.netns, namespaceCommands(p)).then(() => ip.netnsExec(p.netns, 'sysctl', ['-q', '-w', ...namespaceSysctls(p)])),
-      ip.netnsExec(p.netns, 'nft', ['-f', '-'], namespaceRuleset(p)),
+      ip.ipBatchIn(p.netns, namespaceCommands(p)).then(() => netnsExec(p.netns, 'sysctl', ['-q', '-w', ...namespaceSysctls(p)])),
+      netnsExec(p.netns, 'nft', ['-f', '-'], namespaceRuleset(p)),
     ]);
     for (const r of results) if (r.status === 'rejected') throw r.reason;
   } catch (e) {

@@ -108,12 +108,6 @@ export const flushNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 
 
 // ---- network namespaces (clones: src/net/clone-netns.ts) -----------------------------------
 
-/**
- * `nsenter` arguments that run `cmd args…` inside the named network namespace: only the
- * network namespace is entered and `cmd` is exec'd in place (`ip netns exec` also makes a
- * mount namespace and remounts /sys, which nothing here needs).
- */
-export const netnsExecArgs = (ns: string, cmd: string, args: readonly string[]) => [`--net=/run/netns/${ns}`, '--', cmd, ...args];
 export const addNetns = (name: string) => ip(['netns', 'add', name]);
 export const deleteNetns = (name: string) => ip(['netns', 'del', name]);
 export async function listNetns(): Promise<string[]> {
@@ -122,8 +116,4 @@ export async function listNetns(): Promise<string[]> {
 /** `ip -batch` inside a namespace (`ip -n <ns>`): one spawn for a namespace's links and routes. */
 export async function ipBatchIn(ns: string, commands: readonly string[][]): Promise<void> {
   await run('ip', ['-n', ns, '-batch', '-'], { input: commands.map((c) => c.join(' ')).join('\n') + '\n' });
-}
-/** Runs a command inside a namespace (sysctl, nft), stdin optional. */
-export async function netnsExec(ns: string, cmd: string, args: readonly string[], input?: string): Promise<void> {
-  await run('nsenter', netnsExecArgs(ns, cmd, args), input === undefined ? {} : { input });
 }

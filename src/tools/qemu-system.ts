@@ -1,7 +1,7 @@
 // qemu-system-x86_64: launched with -daemonize, so the call returns once QEMU has
 // initialised (QMP socket listening, guest started) or failed with its reason on stderr.
 import { run } from '../util/process.ts';
-import { netnsExecArgs } from './ip.ts';
+import { netnsExecArgs } from './nsenter.ts';
 
 export const QEMU_BINARY = process.env.KILN_QEMU ?? 'qemu-system-x86_64';
 
