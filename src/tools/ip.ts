@@ -108,7 +108,6 @@ export const flushNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 
 
 // ---- network namespaces (clones: src/net/clone-netns.ts) -----------------------------------
 
-export const addNetns = (name: string) => ip(['netns', 'add', name]);
 export const deleteNetns = (name: string) => ip(['netns', 'del', name]);
 export async function listNetns(): Promise<string[]> {
   return (await json<{ name: string }[]>(['netns', 'list'])).map((n) => n.name);
