@@ -19,19 +19,25 @@ const WAIT = { wait: true, timeoutMs: 300_000 };
 
 const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu' });
 
-async function timed(body: CreateVmBody): Promise<number> {
+/** Per mechanism: each timeline phase's durations over the measured runs (ms). */
+const phases = new Map<string, Map<string, number[]>>();
+
+async function timed(body: CreateVmBody, record?: Map<string, number[]>): Promise<number> {
   const t0 = performance.now();
   const vm = await d.client.createVm(body, WAIT);
   const ms = performance.now() - t0;
   if (vm.state !== 'ready') throw new Error(`VM ${vm.id} is ${vm.state}`);
+  if (record) for (const p of (await d.client.getVm(vm.id)).timeline) if (p.duration_ms !== null) (record.get(p.phase) ?? record.set(p.phase, []).get(p.phase)!).push(p.duration_ms);
   await d.client.deleteVm(vm.id);
   return ms;
 }
 
-async function series(body: CreateVmBody): Promise<number[]> {
+async function series(body: CreateVmBody, name: string): Promise<number[]> {
   await timed(body); // warm-up: page cache, first-use checksum verification
+  const record = new Map<string, number[]>();
+  phases.set(name, record);
   const out: number[] = [];
-  for (let i = 0; i < RUNS; i++) out.push(await timed(body));
+  for (let i = 0; i < RUNS; i++) out.push(await timed(body, record));
   return out;
 }
 
@@ -66,20 +72,20 @@ try {
   const image = 'default';
   const health = await d.client.health();
   console.error(`restore bench: ${RUNS} runs each, ${CLONES} concurrent clones for memory (${health.backend}, ${health.accelerator})`);
-  const cold = await series({ image });
+  const cold = await series({ image }, 'cold boot');
 
   const origin = await d.client.createVm({ image, name: 'bench-origin' }, WAIT);
   let t0 = performance.now();
   const full = await d.client.createSnapshot(origin.id, { resume: false });
   const fullSnapMs = performance.now() - t0;
   await d.client.deleteVm(origin.id);
-  const fileRestore = await series({ snapshot: full.id });
+  const fileRestore = await series({ snapshot: full.id }, 'migrate-file');
 
   t0 = performance.now();
   const tpl = await d.client.createTemplate(image);
   const tplMs = performance.now() - t0;
   const tplSnap = await d.client.getSnapshot(tpl.snapshot!);
-  const mapped = await series({ template: tpl.id });
+  const mapped = await series({ template: tpl.id }, 'mapped');
 
   const memFull = await cloneMemory({ snapshot: full.id });
   const memMapped = await cloneMemory({ template: tpl.id });
@@ -92,6 +98,14 @@ try {
     row('restore: migrate-file', fileRestore),
     row('restore: mapped-private memory (template)', mapped),
   ]));
+  // The restores' timelines, phase by phase (the cold boot's are bench/provision's subject).
+  const restorePhases = [...new Set([...phases.get('migrate-file')!.keys(), ...phases.get('mapped')!.keys()])];
+  const cell = (mech: string, ph: string) => {
+    const xs = phases.get(mech)!.get(ph);
+    return xs?.length ? median(xs) : '-';
+  };
+  console.log(`\nrestore timeline phases, median ms (in order; rootfs.prepare and network.prepare run in parallel)`);
+  console.log(table(['phase', 'migrate-file', 'mapped'], restorePhases.map((ph) => [ph, cell('migrate-file', ph), cell('mapped', ph)])));
   const stateSize = (s: typeof full) => s.files.find((f) => f.name === 'vmstate')!.size / 2 ** 20;
   console.log(`\nsnapshot: migrate-file ${fullSnapMs.toFixed(0)} ms, state ${stateSize(full).toFixed(1)} MiB; template build (cold boot + snapshot) ${tplMs.toFixed(0)} ms, state ${stateSize(tplSnap).toFixed(2)} MiB + memory file`);
   console.log(`\n${CLONES} concurrent clones, all ready: VMM memory (sum over the QEMU processes)`);

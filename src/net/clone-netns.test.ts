@@ -29,7 +29,8 @@ test('inside: the template tap name, the gateway MAC the guest cached, a host ro
 
 test('the host end is an isolated port of the bridge, the peer created straight into the namespace', () => {
   const host = hostCommands(plan).map((c) => c.join(' '));
-  assert.equal(host[0], 'neigh flush to 10.118.0.9 dev kiln0');
+  assert.equal(host[0], 'netns add kiln-vm-0123456789');
+  assert.equal(host[1], 'neigh flush to 10.118.0.9 dev kiln0');
   assert.ok(host.includes('link add kiln0123456789 type veth peer name veth0 netns kiln-vm-0123456789'));
   assert.ok(host.includes('link set dev kiln0123456789 type bridge_slave isolated on'));
   assert.ok(host.indexOf('link set dev kiln0123456789 up') > host.indexOf('link set dev kiln0123456789 master kiln0'));
@@ -41,4 +42,15 @@ test('NAT maps the clone address to the guest address in and the guest address t
   assert.match(r, /oifname "veth0" ip saddr 10\.118\.0\.5 snat to 10\.118\.0\.9/);
   assert.match(r, /hook prerouting priority dstnat/);
   assert.match(r, /hook postrouting priority srcnat/);
+});
+
+test('proxy ARP on the tap answers at once: the guest re-ARPs its gateway right after the identity op flushes its cache', () => {
+  assert.ok(namespaceSysctls(plan).includes('net.ipv4.neigh.kilnaaaaaaaaaa.proxy_delay=0'));
+});
+
+test('with the guest MAC known, the namespace holds a permanent neighbour entry for the guest, after the tap exists', () => {
+  assert.ok(!namespaceCommands(plan).some((c) => c[0] === 'neigh'));
+  const ns = namespaceCommands({ ...plan, guestMac: '02:6b:0a:76:00:05' }).map((c) => c.join(' '));
+  const at = ns.indexOf('neigh replace 10.118.0.5 lladdr 02:6b:0a:76:00:05 dev kilnaaaaaaaaaa nud permanent');
+  assert.ok(at > ns.indexOf('tuntap add dev kilnaaaaaaaaaa mode tap'), ns.join('\n'));
 });

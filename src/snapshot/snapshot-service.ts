@@ -251,13 +251,15 @@ export class SnapshotService {
       readiness: g.readiness as VmRecord['readiness'],
       guestToken: g.agentToken ?? '',
       vmm,
-      guestNet: g.guestIp && g.tap && g.gatewayMac ? { ip: g.guestIp, tap: g.tap, gatewayMac: g.gatewayMac } : null,
+      guestNet: g.guestIp && g.tap && g.gatewayMac ? { ip: g.guestIp, tap: g.tap, gatewayMac: g.gatewayMac, ...(g.mac ? { mac: g.mac } : {}) } : null,
       prepareFiles: async (_dir, scratch, config) => {
-        await cloneFile(path.join(s.path, m.scratchFile), scratch);
-        await cloneFile(path.join(s.path, m.configFile), config);
         // The snapshot's files are read-only; the clone's copies are its own and writable.
-        await fs.chmod(scratch, 0o600);
-        await fs.chmod(config, 0o600);
+        const copy = async (from: string, to: string) => {
+          await cloneFile(path.join(s.path, from), to);
+          await fs.chmod(to, 0o600);
+        };
+        const copies = await Promise.allSettled([copy(m.scratchFile, scratch), copy(m.configFile, config)]);
+        for (const r of copies) if (r.status === 'rejected') throw r.reason;
       },
       spec: (base, netns) => ({
         ...base,

@@ -108,9 +108,6 @@ export const flushNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 
 
 // ---- network namespaces (clones: src/net/clone-netns.ts) -----------------------------------
 
-/** `ip` arguments that run `cmd args…` inside the named network namespace. */
-export const netnsExecArgs = (ns: string, cmd: string, args: readonly string[]) => ['netns', 'exec', ns, cmd, ...args];
-export const addNetns = (name: string) => ip(['netns', 'add', name]);
 export const deleteNetns = (name: string) => ip(['netns', 'del', name]);
 export async function listNetns(): Promise<string[]> {
   return (await json<{ name: string }[]>(['netns', 'list'])).map((n) => n.name);
@@ -118,8 +115,4 @@ export async function listNetns(): Promise<string[]> {
 /** `ip -batch` inside a namespace (`ip -n <ns>`): one spawn for a namespace's links and routes. */
 export async function ipBatchIn(ns: string, commands: readonly string[][]): Promise<void> {
   await run('ip', ['-n', ns, '-batch', '-'], { input: commands.map((c) => c.join(' ')).join('\n') + '\n' });
-}
-/** Runs a command inside a namespace (sysctl, nft), stdin optional. */
-export async function netnsExec(ns: string, cmd: string, args: readonly string[], input?: string): Promise<void> {
-  await run('ip', netnsExecArgs(ns, cmd, args), input === undefined ? {} : { input });
 }

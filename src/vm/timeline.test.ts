@@ -22,3 +22,10 @@ test('settle ends open phases and records ones never begun; late markers do not 
   await t.end('guest.init', 400);
   assert.deepEqual(phases.get('guest.init'), { vmId: 'vm-1', boot: 1, name: 'guest.init', startedAt: 250, endedAt: 250 });
 });
+
+test('a phase ended by a signal timestamped before it opened (a hello overtaking its caller) is empty, not negative', async () => {
+  const { t, phases } = timeline();
+  t.begin('agent.hello', 500);
+  await t.end('agent.hello', 480);
+  assert.deepEqual([phases.get('agent.hello')!.startedAt, phases.get('agent.hello')!.endedAt], [500, 500]);
+});

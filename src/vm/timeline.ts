@@ -7,6 +7,8 @@ import type { PhaseRecord, Store } from '../store/store.ts';
 /** performance.now() is monotonic and sub-ms; anchor it once to the wall clock. */
 const ORIGIN = Date.now() - performance.now();
 export const preciseNow = (): number => ORIGIN + performance.now();
+/** A performance.now() reading (e.g. when the host learnt of a hello) on the same clock. */
+export const fromMonotonic = (t: number): number => ORIGIN + t;
 
 export class Timeline {
   private readonly open = new Map<string, number>();
@@ -31,6 +33,8 @@ export class Timeline {
     if (startedAt === undefined) return;
     this.open.delete(name);
     this.ended.add(name);
+    // A signal timestamped before the phase was opened (a hello overtaking its caller) ends it empty.
+    at = Math.max(at, startedAt);
     this.metrics.provisionPhase.observe({ phase: name, ...this.labels }, (at - startedAt) / 1000);
     await this.store.recordPhase({ vmId: this.vmId, boot: this.boot, name, startedAt, endedAt: at });
   }

@@ -25,7 +25,7 @@ import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance, VmmSnap
 import { AgentClient } from '../guest/agent/client.ts';
 import { clonePlan, createCloneNetwork } from '../net/clone-netns.ts';
 import type { GuestAssets } from './guest-assets.ts';
-import { Timeline, preciseNow } from './timeline.ts';
+import { Timeline, fromMonotonic, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
 import { CLASSIC_STOP_GRACE_MS, DEFAULT_DISK_GIB, GIB, checkClassicInput, checkDiskSize, classicDiskPath, ensureClassicDisk, growDiskOffline, newClassicVm, type ClassicInput } from './classic.ts';
 import { encodeConfigDrive } from '../guest/config-drive.ts';
@@ -89,7 +89,7 @@ export interface CloneRequest {
   spec(base: VmSpec, netns: string | undefined): VmSpec;
   vmm: VmmSnapshot;
   /** The guest's network as snapshotted (null: none). */
-  guestNet: { ip: string; tap: string; gatewayMac: string } | null;
+  guestNet: { ip: string; tap: string; gatewayMac: string; mac?: string } | null;
 }
 
 /** Per running VMM: what kilnd holds while the VM is up. */
@@ -389,7 +389,8 @@ export class VmManager {
     await this.deps.network.sync().catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'updating nftables failed'));
   }
 
-  private async awaitReady(vm: VmRecord, live: LiveVm, t0: number): Promise<void> {
+  /** `restored`: a clone's timeline, whose `agent.hello` phase the hello ends. */
+  private async awaitReady(vm: VmRecord, live: LiveVm, t0: number, restored?: Timeline): Promise<void> {
     const timeout = setTimeout(() => live.failBoot(new KilnError('KILN_ERR_BOOT_TIMEOUT', `guest not ready after ${this.deps.config.bootTimeoutMs} ms`)), this.deps.config.bootTimeoutMs);
     let agentReady: { info: AgentInfo; knownAt: number } | null = null;
     try {
@@ -400,6 +401,7 @@ export class VmManager {
         // The hello proves the kernel booted and init finished, even if their console markers
         // are still on their way.
         await live.timeline?.settle(['guest.kernel', 'guest.init']);
+        await restored?.end('agent.hello', fromMonotonic(agentReady.knownAt));
         const { info } = agentReady;
         await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
         this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', readiness: info.readiness, channel: info.channel });
@@ -791,27 +793,34 @@ export class VmManager {
     let live: LiveVm | null = null;
     try {
       const image = await this.deps.images.get(vm.imageId);
-      await timeline.step('rootfs.prepare', async () => {
-        await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-        undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
-        await req.prepareFiles(dir, files.scratch, files.config);
-      });
       const net = req.guestNet!;
       const addr = this.deps.network.address(vm.ip!);
       const plan = clonePlan({
         vmId: vm.id, bridge: this.deps.network.bridge, hostVeth: tapName(vm.id), cloneIp: addr.ip, prefix: addr.prefix,
-        gateway: addr.gateway, guestIp: net.ip, tap: net.tap, gatewayMac: net.gatewayMac,
+        gateway: addr.gateway, guestIp: net.ip, tap: net.tap, gatewayMac: net.gatewayMac, ...(net.mac ? { guestMac: net.mac } : {}),
       });
-      await timeline.step('network.prepare', async () => {
-        await createCloneNetwork(plan);
-        undo.push('clone network', () => this.deps.network.unplug(vm.id));
-      });
+      // Independent: the drive copies and the namespace (the VMM needs both before it starts).
+      // Each registers its undo as soon as it exists, so a failure of either unwinds both.
+      const prepared = await Promise.allSettled([
+        timeline.step('rootfs.prepare', async () => {
+          await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+          undo.push('runtime dir', () => fs.rm(dir, { recursive: true, force: true }));
+          await req.prepareFiles(dir, files.scratch, files.config);
+        }),
+        timeline.step('network.prepare', async () => {
+          await createCloneNetwork(plan);
+          undo.push('clone network', () => this.deps.network.unplug(vm.id));
+        }),
+      ]);
+      for (const r of prepared) if (r.status === 'rejected') throw r.reason;
       const spec = req.spec(vmSpec(vm, image, this.deps.assets, dir, this.deps.driver, undefined, []), plan.netns);
-      const instance = await timeline.step('vmm.restore', () => this.deps.driver.restore(spec, req.vmm));
+      const instance = await this.deps.driver.restore(spec, req.vmm, undefined, (name, fn) => timeline.step(name, fn));
       undo.push('vmm', () => instance.kill());
       live = this.track(vm, instance, 0, null);
-      await instance.resume();
+      await timeline.step('vmm.resume', () => instance.resume());
       await timeline.step('guest.identity', () => this.giveIdentity(vm, req, net.ip));
+      // From the identity's answer to the guest's hello with its new token (awaitReady).
+      timeline.begin('agent.hello');
       live.agent?.markConsoleReady();
       undo.release();
       await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset: 0, exitCode: null, agent: null });
@@ -831,7 +840,7 @@ export class VmManager {
       this.states.emit(vm.id, null);
       throw err;
     }
-    void this.awaitReady(vm, live, t0);
+    void this.awaitReady(vm, live, t0, timeline);
   }
 
   /** The identity op over the session channel, with the token the guest still holds. */

@@ -125,6 +125,10 @@ export interface VmmInstance {
   detach(): void;
 }
 
+/** Times a named sub-step of a driver operation (the VM's timeline: src/vm/timeline.ts). */
+export type StepTimer = <T>(name: string, fn: () => Promise<T>) => Promise<T>;
+export const untimed: StepTimer = (_name, fn) => fn();
+
 export interface VmmDriver {
   readonly name: BackendName;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
@@ -135,7 +139,7 @@ export interface VmmDriver {
    * clone's host side first. A 'mapped' snapshot needs spec.memoryFile (shared: false) set
    * to its memoryFile. Cleans up after itself on failure.
    */
-  restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<VmmInstance>;
+  restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal, step?: StepTimer): Promise<VmmInstance>;
   /**
    * Re-attaches to a VMM started earlier (by this or a previous kilnd). Returns null when
    * the process is gone or `pid` is not that VM's VMM any more (pid reuse).

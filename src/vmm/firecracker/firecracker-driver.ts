@@ -6,7 +6,7 @@ import { describeFailures } from '../../util/cleanup-stack.ts';
 import path from 'node:path';
 import { KilnError, asKilnError } from '../../errors.ts';
 import { pidAlive, run } from '../../util/process.ts';
-import type { Accelerator, VmmDriver, VmmSnapshot, VmSpec } from '../driver.ts';
+import { untimed, type Accelerator, type StepTimer, type VmmDriver, type VmmSnapshot, type VmSpec } from '../driver.ts';
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
@@ -124,7 +124,7 @@ export class FirecrackerDriver implements VmmDriver {
    * The backend-neutral restore: PUT /snapshot/load with the File backend (the memory file
    * mapped private: lazy, copy-on-write), not resumed (VmmDriver.restore's contract).
    */
-  async restore(vmSpec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<FirecrackerInstance> {
+  async restore(vmSpec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal, step: StepTimer = untimed): Promise<FirecrackerInstance> {
     if (!snapshot.memoryFile) throw new KilnError('KILN_ERR_SNAPSHOT_INCOMPATIBLE', 'a Firecracker restore needs the snapshot\'s memory file');
     const spec: FirecrackerVmSpec = {
       ...(vmSpec as FirecrackerVmSpec),
@@ -132,7 +132,8 @@ export class FirecrackerDriver implements VmmDriver {
       ...(vmSpec.netns ? { netns: netnsPath(vmSpec.netns) } : {}),
       restore: { snapshotPath: snapshot.stateFile, memBackend: { type: 'File', path: snapshot.memoryFile }, resume: false, sourceVsockPath: snapshot.vsockPath },
     };
-    return this.start(spec, signal);
+    // One step: the process, its API configuration and /snapshot/load are one sequence here.
+    return step('vmm.restore', () => this.start(spec, signal));
   }
 
   async attach(vmSpec: VmSpec, pid: number): Promise<FirecrackerInstance | null> {

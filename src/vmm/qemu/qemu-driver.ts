@@ -6,7 +6,7 @@ import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { pidAlive } from '../../util/process.ts';
 import { qemuDaemonize, qemuVersion } from '../../tools/qemu-system.ts';
-import type { Accelerator, VmmDriver, VmmExit, VmmInstance, VmmSnapshot, VmSpec } from '../driver.ts';
+import { untimed, type Accelerator, type StepTimer, type VmmDriver, type VmmExit, type VmmInstance, type VmmSnapshot, type VmSpec } from '../driver.ts';
 import { kernelCmdline, qemuArgs, qemuPaths } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
 import { loadVmState, saveVmState } from './qmp-snapshot.ts';
@@ -166,14 +166,14 @@ export class QemuDriver implements VmmDriver {
     return this.spawn(spec, false, signal);
   }
 
-  async restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal): Promise<VmmInstance> {
+  async restore(spec: VmSpec, snapshot: VmmSnapshot, signal?: AbortSignal, step: StepTimer = untimed): Promise<VmmInstance> {
     const mapped = snapshot.memory === 'mapped';
     if (mapped && (spec.memoryFile?.path !== snapshot.memoryFile || spec.memoryFile.shared)) {
       throw new KilnError('KILN_ERR_INTERNAL', 'a mapped snapshot restores with its memory file mapped private (spec.memoryFile)');
     }
-    const instance = await this.spawn(spec, true, signal);
+    const instance = await step('vmm.spawn', () => this.spawn(spec, true, signal));
     try {
-      await loadVmState(await instance.control(), { stateFile: snapshot.stateFile, ignoreShared: mapped });
+      await step('vmm.load', async () => loadVmState(await instance.control(), { stateFile: snapshot.stateFile, ignoreShared: mapped }));
     } catch (e) {
       await instance.kill();
       // A stream QEMU rejects makes it exit on its own: the QMP error is only "closed".
