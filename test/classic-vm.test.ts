@@ -5,8 +5,6 @@
 // left behind. One classic VM is shared by the tests that can share it: systemd under TCG
 // boots in ~20 s.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +17,7 @@ import { run } from '../src/util/process.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { runKiln } from './helpers/kiln-cli.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
 // classic suite runs on QEMU (README: Classic VMs, Firecracker).
@@ -46,16 +45,7 @@ before(async () => {
   vm = JSON.parse(created.stdout) as Vm;
 });
 
-const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
-async function kiln(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const r = await promisify(execFile)(process.execPath, [BIN, '--api', d.url, ...args], { timeout: BOOT_MS });
-    return { ...r, code: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; code: number };
-    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-  }
-}
+const kiln = (...args: string[]) => runKiln(d.url, args, { timeoutMs: BOOT_MS });
 after(async () => {
   await d?.dispose();
   if (keyDir) await fs.rm(keyDir, { recursive: true, force: true });

@@ -4,25 +4,15 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import { buildBusyboxTree } from '../src/image/default-image.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { KILN_BIN, runKiln } from './helpers/kiln-cli.ts';
 
-const exec = promisify(execFile);
-const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
 let d: TestDaemon;
 
-async function kiln(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const r = await exec(process.execPath, [BIN, '--api', d.url, ...args]);
-    return { ...r, code: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; code: number };
-    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-  }
-}
+const kiln = (...args: string[]) => runKiln(d.url, args);
 
 before(async () => {
   if (skip) return;
@@ -45,7 +35,7 @@ test('vm create/ls/get/logs/stop/rm, with --json and tables', { skip }, async ()
   assert.match(get.stdout, /guest\.kernel/);
 
   // logs may lag the ready line by a moment: follow until the line is there.
-  const follow = execFile(process.execPath, [BIN, '--api', d.url, 'vm', 'logs', '-f', 'cli1']);
+  const follow = execFile(process.execPath, [KILN_BIN, '--api', d.url, 'vm', 'logs', '-f', 'cli1']);
   let out = '';
   await new Promise<void>((resolve) => follow.stdout!.on('data', (b) => ((out += b), /hello cli/.test(out) && resolve())));
   follow.kill('SIGINT');

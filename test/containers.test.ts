@@ -1,12 +1,10 @@
 // Containers end to end (issue #7): a multi-layer image pushed to a loopback docker-registry,
 // run through kilnd's API, SDK and CLI as real microVMs.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import type { ContainerLogItem, KilnClient } from '../src/sdk/client.ts';
 import { run } from '../src/util/process.ts';
@@ -16,9 +14,9 @@ import { startKilnd, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
 import { startRegistry, type TestRegistry } from './helpers/registry.ts';
 import { buildBusyboxTree } from '../src/image/default-image.ts';
 import { OciLayoutBuilder } from './helpers/test-images.ts';
+import { runKiln } from './helpers/kiln-cli.ts';
 
 const skip = BACKEND_SKIP;
-const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
 let d: TestDaemon;
 let registry: TestRegistry;
 let builder: OciLayoutBuilder;
@@ -332,16 +330,8 @@ test('a user the image does not have fails the container with the reason', { ski
 });
 
 test('kiln run / ps / logs / stop / rm', { skip }, async () => {
-  const exec = promisify(execFile);
-  const kiln = async (...args: string[]) => {
-    try {
-      const r = await exec(process.execPath, [BIN, '--api', d.url, ...args]);
-      return { ...r, code: 0 };
-    } catch (e) {
-      const err = e as { stdout: string; stderr: string; code: number };
-      return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-    }
-  };
+  const kiln = (...args: string[]) => runKiln(d.url, args);
+
   // Attached: output streams through (stdout and stderr apart), the exit code is the container's; --rm removes it.
   const attached = await kiln('run', '--rm', '--name', 'cli-once', '-e', 'GREETING=from-cli', image, 'sh', '-c', 'echo out-line; echo err-line >&2; exit 4');
   assert.equal(attached.code, 4, attached.stderr);

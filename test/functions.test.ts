@@ -3,11 +3,9 @@
 // the API, SDK and CLI. Sizes are kept at 128 MiB except for the verbatim 512 MiB request.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { after, before, test } from 'node:test';
 import * as tar from 'tar';
 import { KilnApiError } from '../src/sdk/client.ts';
@@ -16,9 +14,8 @@ import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
 import { makeZip } from './helpers/zip.ts';
 import { until } from './helpers/until.ts';
+import { runKiln } from './helpers/kiln-cli.ts';
 
-const exec = promisify(execFile);
-const BIN = new URL('../bin/kiln.js', import.meta.url).pathname;
 let d: TestDaemon;
 
 before(async () => {
@@ -308,14 +305,8 @@ test('a custom runtime image: any image with python3 on PATH gets the shim injec
 
 test('CLI: kiln fn deploy / invoke / ls / get / logs / rm', { skip }, async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-fn-cli-'));
-  const kiln = async (...args: string[]) => {
-    try {
-      return { ...(await exec(process.execPath, [BIN, '--api', d.url, ...args])), code: 0 };
-    } catch (e) {
-      const err = e as { stdout: string; stderr: string; code: number };
-      return { stdout: err.stdout, stderr: err.stderr, code: err.code };
-    }
-  };
+  const kiln = (...args: string[]) => runKiln(d.url, args);
+
   try {
     const file = path.join(dir, 'greet.js');
     await fs.writeFile(file, 'exports.handler = async (event) => { console.log("greeting", event.who); return { hi: event.who, from: process.env.FROM }; };\n');

@@ -1,0 +1,23 @@
+// Runs the `kiln` CLI the way a user does (a child process against a daemon's URL), for the
+// tests of CLI behaviour: output, exit codes and errors.
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+export const KILN_BIN = new URL('../../bin/kiln.js', import.meta.url).pathname;
+
+export interface CliResult {
+  stdout: string;
+  stderr: string;
+  code: number;
+}
+
+/** A non-zero exit is a result to assert on, not an exception. */
+export async function runKiln(apiUrl: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+  try {
+    const r = await promisify(execFile)(process.execPath, [KILN_BIN, '--api', apiUrl, ...args], opts.timeoutMs ? { timeout: opts.timeoutMs } : {});
+    return { ...r, code: 0 };
+  } catch (e) {
+    const err = e as { stdout: string; stderr: string; code: number };
+    return { stdout: err.stdout, stderr: err.stderr, code: err.code };
+  }
+}
