@@ -4,7 +4,7 @@
 //   cold invoke, restored clone of the runtime template (no pool) — KILN_FN_POOL_SIZE=0, restore on
 //   warm invoke, and its host-side overhead (total minus the handler time the guest measured)
 //   invocations/s with 4 warm instances (4 clients in closed loops)
-//   npm run bench -- functions [--cold-runs 5] [--warm-runs 200] [--throughput-s 10]
+//   npm run bench -- functions [--cold-runs 5] [--warm-runs 200] [--throughput-s 10] [--skip-cold | --restore-only]
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
@@ -19,6 +19,7 @@ const { values } = parseArgs({
     'warm-runs': { type: 'string', default: '200' },
     'throughput-s': { type: 'string', default: '10' },
     'skip-cold': { type: 'boolean', default: false },
+    'restore-only': { type: 'boolean', default: false },
   },
   allowPositionals: true,
 });
@@ -26,6 +27,8 @@ const COLD_RUNS = Number(values['cold-runs']);
 const WARM_RUNS = Number(values['warm-runs']);
 const THROUGHPUT_S = Number(values['throughput-s']);
 const SKIP_COLD = values['skip-cold'] === true;
+/** Only the restored-clone cold rows (the quickest way to measure the restore path). */
+const RESTORE_ONLY = values['restore-only'] === true;
 const MEMORY_MB = 256;
 
 const CODE = {
@@ -170,15 +173,19 @@ const rows: (string | number)[][] = [];
 const checks: string[] = [];
 // Boot-only daemons for the pool rows (KILN_FN_RESTORE=0), and one whose instances are
 // restored from the runtime's template (its pool off, so every cold call makes one).
-const missD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0' } });
-const hitD = await startKilnd({ env: { KILN_FN_POOL_SIZE: '1', KILN_FN_RESTORE: '0' } });
+const missD = RESTORE_ONLY ? null : await startKilnd({ env: { KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0' } });
+const hitD = RESTORE_ONLY ? null : await startKilnd({ env: { KILN_FN_POOL_SIZE: '1', KILN_FN_RESTORE: '0' } });
 const restoreD = SKIP_COLD ? null : await startKilnd({ env: { KILN_FN_POOL_SIZE: '0' } });
 try {
   for (const runtime of ['node', 'python'] as const) {
     process.stderr.write(`${runtime}: runtime image (built on first use) …\n`);
+    const restored = restoreD ? await restoreRuns(restoreD, runtime) : [];
+    if (!missD || !hitD) {
+      rows.push([`${runtime} cold, no pool, restored clone of the template`, String(restored.length), ...fmt(restored.map((s) => s.totalMs)).map((x) => x.toFixed(2))]);
+      continue;
+    }
     const miss = SKIP_COLD ? [] : await coldRuns(missD, runtime, false);
     const hit = SKIP_COLD ? [] : await coldRuns(hitD, runtime, true);
-    const restored = restoreD ? await restoreRuns(restoreD, runtime) : [];
     const { samples: warm, direct } = await warmRuns(hitD, runtime);
     const rate = await throughput(hitD, runtime);
     const overhead = warm.map((s) => s.totalMs - s.guestMs);
@@ -202,8 +209,8 @@ try {
     checks.push(`${runtime}: warm host overhead median ${median(overhead).toFixed(2)} ms vs 5 ms → ${median(overhead) <= 5 ? 'MET' : 'NOT MET'}`);
   }
 } finally {
-  await missD.dispose();
-  await hitD.dispose();
+  await missD?.dispose();
+  await hitD?.dispose();
   await restoreD?.dispose();
 }
 

@@ -158,7 +158,7 @@ export class Daemon {
 function templateProvider(templates: TemplateService, snapshots: SnapshotService): TemplateProvider {
   return {
     readySnapshot: async (image, spec) => (await templates.readyFor(image, spec))?.snapshotId ?? null,
-    build: async (image, spec) => void (await templates.ensure(image, spec)),
+    build: async (image, spec, beforeSnapshot) => void (await templates.ensure(image, spec, { beforeSnapshot: (golden) => beforeSnapshot(golden.id) })),
     restore: (snapshotId, input) => snapshots.restore(snapshotId, input),
   };
 }

@@ -15,8 +15,11 @@ import type { RuntimeName } from './runtimes.ts';
 export interface TemplateProvider {
   /** The ready template's snapshot for this image and spec; null if none (never builds). */
   readySnapshot(image: string, spec: TemplateShape): Promise<string | null>;
-  /** Builds (or finds) the template; slow: a boot plus a snapshot. */
-  build(image: string, spec: TemplateShape): Promise<void>;
+  /**
+   * Builds (or finds) the template; slow: a boot plus a snapshot. `beforeSnapshot` runs on
+   * the booted golden VM first.
+   */
+  build(image: string, spec: TemplateShape, beforeSnapshot: (vmId: string) => Promise<void>): Promise<void>;
   restore(snapshotId: string, input: { name: string }): Promise<VmRecord>;
 }
 
@@ -75,7 +78,10 @@ export class RestoreSource implements InstanceSource {
     if (this.building.has(key)) return;
     this.building.add(key);
     const t0 = Date.now();
-    this.o.templates.build(image, spec).then(
+    // The snapshot is taken once the shim answers: clones resume a listening shim, not a
+    // runtime still starting up (seconds of emulated CPU for node under TCG).
+    const shimServing = async (vmId: string) => (await connectShim(this.o.vms, vmId, this.o.bootTimeoutMs, 1)).close();
+    this.o.templates.build(image, spec, shimServing).then(
       () => this.o.log.info({ shape: key, ms: Date.now() - t0 }, 'function runtime template ready: instances are restored from now on'),
       (e: Error) => {
         this.failedUntil.set(key, Date.now() + RETRY_AFTER_MS);
@@ -87,7 +93,7 @@ export class RestoreSource implements InstanceSource {
   private async restore(snapshotId: string, runtime: RuntimeName, shape: InstanceShape, t0: number): Promise<BlankInstance> {
     const vm = await this.o.templates.restore(snapshotId, { name: `${FUNCTION_VM_PREFIX}${runtime}-${randomBytes(4).toString('hex')}` });
     try {
-      // The shim was listening when the template was taken: it answers at once.
+      // The shim was listening when the template was taken (see buildInBackground).
       const shim = await connectShim(this.o.vms, vm.id, this.o.bootTimeoutMs, this.o.connections);
       const ms = performance.now() - t0;
       return { vmId: vm.id, ip: shim.ip, runtime, shape, origin: 'restore', made: 'restore', acquireMs: ms, startMs: ms, shim };

@@ -29,6 +29,11 @@ export interface TemplateSpec {
   env?: Record<string, string>;
 }
 
+export interface BuildOptions {
+  /** Runs on the golden VM once it is ready, before the snapshot (not part of the key). */
+  beforeSnapshot?: (golden: VmRecord) => Promise<void>;
+}
+
 export const DEFAULT_TEMPLATE_VCPUS = 1;
 export const DEFAULT_TEMPLATE_MEMORY_MIB = 256;
 
@@ -69,7 +74,7 @@ export class TemplateService {
    * The ready template for `imageRef` at this size, built now if there is none or the one
    * there is stale. Concurrent callers for the same key share one build.
    */
-  async ensure(imageRef: string, spec: TemplateSpec = {}): Promise<TemplateRecord> {
+  async ensure(imageRef: string, spec: TemplateSpec = {}, opts: BuildOptions = {}): Promise<TemplateRecord> {
     const image = await this.deps.images.resolveForVm(imageRef);
     const vcpus = spec.vcpus ?? DEFAULT_TEMPLATE_VCPUS;
     const memoryMib = spec.memoryMib ?? DEFAULT_TEMPLATE_MEMORY_MIB;
@@ -78,7 +83,7 @@ export class TemplateService {
       const cur = await this.deps.store.getTemplateByKey(key);
       if (cur?.state === 'ready' && cur.snapshotId && (await this.deps.store.getSnapshot(cur.snapshotId))) return cur;
       if (cur) await this.remove(cur);
-      const built = await this.build(image, vcpus, memoryMib, key, spec.env ?? {});
+      const built = await this.build(image, vcpus, memoryMib, key, spec.env ?? {}, opts);
       await this.removeSuperseded(built);
       return built;
     });
@@ -113,7 +118,7 @@ export class TemplateService {
     return this.deps.snapshots.restore(t.snapshotId!, input);
   }
 
-  private async build(image: ImageRecord, vcpus: number, memoryMib: number, key: string, env: Record<string, string>): Promise<TemplateRecord> {
+  private async build(image: ImageRecord, vcpus: number, memoryMib: number, key: string, env: Record<string, string>, opts: BuildOptions): Promise<TemplateRecord> {
     const now = Date.now();
     const t: TemplateRecord = {
       id: `tpl-${randomBytes(5).toString('hex')}`, imageId: image.id, vcpus, memoryMib, key,
@@ -125,6 +130,9 @@ export class TemplateService {
     try {
       golden = await this.deps.vms.create({ image: image.id, vcpus, memory_mib: memoryMib, name: `${t.id}-golden`, network: 'bridge', ...(Object.keys(env).length ? { env } : {}) }, { fileBackedMemory: true });
       await this.deps.vms.waitFor(golden.id, ['ready'], this.deps.config.bootTimeoutMs + 10_000);
+      // Agent-ready is when the workload was forked; a caller whose workload must be serving
+      // (a function runtime's shim) waits for that here, so clones resume it already serving.
+      await opts.beforeSnapshot?.(golden);
       const snap = await this.deps.snapshots.create(golden.id, { resume: false, templateId: t.id });
       const ready = await this.deps.store.updateTemplate(t.id, { state: 'ready', snapshotId: snap.id });
       this.deps.bus.publish('template.ready', null, { template: t.id, snapshot: snap.id });
