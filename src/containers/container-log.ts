@@ -40,14 +40,16 @@ export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
   private constructor(
     readonly dir: string,
     private readonly maxBytes: number,
+    private readonly onWriteError: (e: Error) => void,
   ) {
     super();
     this.setMaxListeners(0);
   }
 
-  static async open(dir: string, maxBytes = DEFAULT_LOG_MAX_BYTES): Promise<ContainerLog> {
+  /** `onWriteError`: a write that failed (disk full…); the pieces are still streamed live. */
+  static async open(dir: string, maxBytes = DEFAULT_LOG_MAX_BYTES, onWriteError: (e: Error) => void = () => {}): Promise<ContainerLog> {
     await fs.mkdir(dir, { recursive: true });
-    const log = new ContainerLog(dir, maxBytes);
+    const log = new ContainerLog(dir, maxBytes, onWriteError);
     log.size = (await fs.stat(log.current).catch(() => null))?.size ?? 0;
     const records = await log.read();
     const tail = records.at(-1);
@@ -88,8 +90,8 @@ export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
       for (const line of lines) {
         const n = Buffer.byteLength(line);
         if (this.size + batchBytes + n > half && this.size + batchBytes > 0) {
-          if (batch) await fs.appendFile(this.current, batch).catch(() => {});
-          await fs.rename(this.current, this.previous).catch(() => {});
+          if (batch) await fs.appendFile(this.current, batch).catch((e) => this.writeFailed(e));
+          await fs.rename(this.current, this.previous).catch((e) => this.writeFailed(e));
           this.size = 0;
           batch = '';
           batchBytes = 0;
@@ -97,9 +99,14 @@ export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
         batch += line;
         batchBytes += n;
       }
-      if (batch) await fs.appendFile(this.current, batch).catch(() => {});
+      if (batch) await fs.appendFile(this.current, batch).catch((e) => this.writeFailed(e));
       this.size += batchBytes;
     }
+  }
+
+  /** The log's directory goes with its container (ENOENT mid-flush is a removal, not a fault). */
+  private writeFailed(e: NodeJS.ErrnoException): void {
+    if (e.code !== 'ENOENT') this.onWriteError(e);
   }
 
   /** Everything retained, oldest first; `tail`: only the last N records. */

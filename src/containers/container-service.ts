@@ -296,7 +296,8 @@ export class ContainerService {
           this.logs.delete(id);
           return null;
         }
-        return ContainerLog.open(this.logDir(id), this.deps.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES);
+        return ContainerLog.open(this.logDir(id), this.deps.logMaxBytes ?? DEFAULT_LOG_MAX_BYTES,
+          (e) => this.deps.log.warn({ container: id, err: e }, 'writing the container log failed; output is still streamed'));
       });
       this.logs.set(id, p);
     }
