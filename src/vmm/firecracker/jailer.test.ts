@@ -6,7 +6,7 @@ import { isKilnError, type KilnError } from '../../errors.ts';
 import { FirecrackerDriver } from './firecracker-driver.ts';
 import { JAIL, jailerArgv, jailLayout, linkIntoJail, type JailerOptions } from './jailer.ts';
 import { baseSpec, contractProblems, makeAssets, readRecords, tempDir, writeFakeBinaries, type Assets, type FakeBinaries } from './testing/harness.ts';
-import { specFile, specMissing } from './testing/paths.ts';
+import { specFile } from './testing/paths.ts';
 import { loadSpec } from './testing/spec-validator.ts';
 import { processGone } from './vmm-process.ts';
 
@@ -90,7 +90,7 @@ test('files are hard-linked into the jail (same inode), copied across filesystem
   await assert.rejects(linkIntoJail(src, j, '/drives/d', { link: enoent }), /nope/);
 });
 
-describe('the driver under the (stand-in) jailer', { skip: specMissing('1.13.1') }, () => {
+describe('the driver under the (stand-in) jailer', () => {
   let bins: FakeBinaries;
   let assets: Assets;
   let n = 0;
