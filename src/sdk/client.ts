@@ -84,6 +84,13 @@ function execBody(o: ExecOptions): Record<string, unknown> {
   return { cmd: o.cmd, env: o.env, cwd: o.cwd, user: o.user, stdin, stdin_base64: stdin === undefined ? undefined : true, timeout_ms: o.timeoutMs };
 }
 
+/** Admission control as /healthz reports it: committed against capacity. */
+export interface CapacityReport {
+  vcpus: { committed: number; capacity: number };
+  memory_mib: { committed: number; capacity: number };
+  vms: number;
+}
+
 export class KilnClient {
   readonly url: string;
   private readonly token: string | undefined;
@@ -136,7 +143,7 @@ export class KilnClient {
   }
 
   health() {
-    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number }>('GET', '/healthz');
+    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number; capacity: CapacityReport }>('GET', '/healthz');
   }
 
   // VMs
