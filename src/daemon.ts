@@ -111,6 +111,7 @@ export class Daemon {
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       const admission = new Admission(config.capacity, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
+      metrics.trackCapacity(() => admission.report());
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, admission, driverFor, classicBase });
       const containers = new ContainerService({ stateDir: config.stateDir, store, bus, images, vms, log });
       // Subscribed before the reconcile: re-attached consoles replay output and exits.

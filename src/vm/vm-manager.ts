@@ -666,13 +666,11 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
-      const next = await this.deps.store.updateVm(id, {
-        bootCount: vm.bootCount + 1,
-        stateReason: null,
-        backend: this.deps.driver.name,
-        accelerator: this.deps.accelerator,
-      });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used. The VM
+      // commits its vCPUs and memory again from here on ('creating'), if the host has them.
+      const next = await this.deps.admission.admit(vm, () =>
+        this.transition(id, 'creating', { bootCount: vm.bootCount + 1, backend: this.deps.driver.name, accelerator: this.deps.accelerator }),
+      );
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
