@@ -40,7 +40,7 @@ export interface KilnEvent {
   [k: string]: unknown;
 }
 
-/** An API error: `code` is stable (see the error table in the README), the message is for humans. */
+/** An API error: `code` is stable (see the error table in docs/api.md), the message is for humans. */
 export class KilnApiError extends Error {
   constructor(
     readonly status: number,
