@@ -104,6 +104,7 @@ export class SnapshotService {
     const final = path.join(this.dir, id);
     const tmp = path.join(this.dir, `.tmp-${id}`);
     await fs.mkdir(tmp, { recursive: true, mode: 0o700 });
+    let recorded = false;
     try {
       const compat = await this.compat();
       const bridgeMac = await this.deps.network.bridgeMac();
@@ -152,10 +153,13 @@ export class SnapshotService {
         createdAt: Date.now(),
       };
       await this.deps.store.insertSnapshot(record);
+      recorded = true;
       this.deps.bus.publish('snapshot.created', vm?.id ?? null, { snapshot: id, memory: full.memory, size_bytes: record.sizeBytes });
       return record;
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });
+      // Renamed but never recorded: no record will ever own it.
+      if (!recorded) await fs.rm(final, { recursive: true, force: true });
       throw e;
     }
   }
@@ -271,10 +275,16 @@ export class SnapshotService {
     });
   }
 
-  /** Start-up: temporary directories of snapshots that never completed. */
+  /**
+   * Start-up: directories of snapshots that never completed (temporary ones, and ones a crash
+   * left between their rename and their record). A snapshot exists only once it is recorded.
+   */
   async sweep(): Promise<void> {
+    const recorded = new Set((await this.deps.store.listSnapshots()).map((s) => path.basename(s.path)));
     for (const e of await fs.readdir(this.dir).catch(() => [] as string[])) {
-      if (e.startsWith('.tmp-')) await fs.rm(path.join(this.dir, e), { recursive: true, force: true });
+      if (recorded.has(e)) continue;
+      this.deps.log.warn({ dir: e }, 'removing a snapshot directory no snapshot record owns');
+      await fs.rm(path.join(this.dir, e), { recursive: true, force: true });
     }
   }
 }
