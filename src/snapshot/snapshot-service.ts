@@ -15,6 +15,7 @@ import { tapName, type NetworkManager } from '../net/network-manager.ts';
 import { macFor } from '../net/ipv4.ts';
 import type { ImageRecord, SnapshotRecord, Store, VmRecord, VmState } from '../store/store.ts';
 import { cloneFile } from '../tools/cp.ts';
+import { failpoint } from '../util/failpoints.ts';
 import type { GuestAssets } from '../vm/guest-assets.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import { runtimeFiles, vmSpec } from '../vm/vm-spec.ts';
@@ -141,7 +142,9 @@ export class SnapshotService {
       const full = await this.describe(tmp, meta);
       await fs.writeFile(path.join(tmp, META), JSON.stringify(full, null, 2) + '\n', { mode: 0o400 });
       for (const f of full.files) await fs.chmod(path.join(tmp, f.name), 0o400);
+      failpoint('snapshot.rename:before');
       await fs.rename(tmp, final);
+      failpoint('snapshot.rename:after');
       const vm = await this.deps.store.getVm(vmIdOrName);
       const record: SnapshotRecord = {
         id,
