@@ -97,6 +97,7 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, {
         stateDir: config.stateDir,
+        limits: config.unpack,
         puller: pullImage,
         insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
         credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
