@@ -18,6 +18,7 @@ import {
   type FirecrackerVmSpec,
   type RuntimePaths,
 } from './spec.ts';
+import { viewSpawnArgv } from './path-view.ts';
 import { CleanupStack, StepList, runSteps, type Step, type StepEvent } from './steps.ts';
 import { assertSupported, fetchCapabilities, type FirecrackerCapabilities } from './version.ts';
 import {
@@ -59,8 +60,12 @@ export interface BootContext {
   /** The ELF kernel to boot, once fc.kernel ran. */
   kernelPath?: string;
   jail?: JailLayout;
-  /** The path the VMM sees for a host path (identity, or jail-relative under the jailer). */
+  /** The path the VMM sees for a host path (its path view, or jail-relative under the jailer). */
   vmmPath: (hostPath: string) => string;
+  /** The VM's path view (path-view.ts), bound on VIEW_MOUNT in the VMM's mount namespace. */
+  viewDir?: string;
+  /** Size of the console log when this VMM started: its own output follows. */
+  consoleOffset?: number;
   /** What was spawned (firecracker, or the jailer). */
   spawned?: SpawnedProcess;
   /** The Firecracker process itself and how its death is noticed. */
@@ -210,6 +215,7 @@ export const prepare = step('fc.prepare', async (ctx) => {
     await run('mkfifo', ['-m', '0600', p.consoleIn]);
   }
   await touch(p.consoleLog);
+  ctx.consoleOffset = (await fs.stat(p.consoleLog)).size;
   // Per-boot files: their tails go into error messages, so they start empty.
   await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), fs.writeFile(ctx.metricsFile, '')]);
 });
@@ -230,16 +236,29 @@ export function vmmStdio(ctx: BootContext) {
   };
 }
 
+/**
+ * Firecracker's own command line after --api-sock. Its log and metrics are set here, not by
+ * PUT /logger and /metrics: until a logger exists Firecracker logs to stdout, which is the
+ * guest's serial console log.
+ */
+export function firecrackerArgs(ctx: BootContext, apiSocket: string): string[] {
+  return [
+    '--api-sock', apiSocket,
+    '--log-path', ctx.vmmPath(ctx.logFile),
+    '--level', ctx.spec.logLevel ?? 'Warning',
+    '--show-level',
+    '--metrics-path', ctx.vmmPath(ctx.metricsFile),
+  ];
+}
+
 export const spawnFirecracker = step('fc.spawn', async (ctx) => {
   const bin = await resolveBinary(ctx.options.binary, 'firecracker');
-  let file = bin;
-  let args = ['--api-sock', ctx.apiSocket, '--id', ctx.fcId];
-  if (ctx.spec.netns) {
-    // nsenter execs Firecracker in place: same pid, and the cmdline attach() checks is Firecracker's.
-    file = await resolveBinary('nsenter');
-    args = [`--net=${ctx.spec.netns}`, '--', bin, ...args];
-  }
-  const spawned = await spawnDetached({ file, args, ...vmmStdio(ctx) });
+  // unshare, sh, nsenter exec in place: same pid, and the cmdline attach() checks is Firecracker's.
+  let argv = [bin, ...firecrackerArgs(ctx, ctx.apiSocket), '--id', ctx.fcId];
+  if (ctx.viewDir) argv = viewSpawnArgv(ctx.viewDir, argv);
+  if (ctx.spec.netns) argv = ['nsenter', `--net=${ctx.spec.netns}`, '--', ...argv];
+  const [file, ...args] = argv;
+  const spawned = await spawnDetached({ file: await resolveBinary(file!), args, ...vmmStdio(ctx) });
   ctx.spawned = spawned;
   ctx.pid = spawned.pid;
   ctx.vmmGone = spawned.exited.then(() => undefined);
@@ -272,17 +291,6 @@ export function caps(ctx: BootContext): FirecrackerCapabilities {
 export const version = step('fc.version', async (ctx) => {
   ctx.caps = await fetchCapabilities(api(ctx), ctx.signal);
   assertSupported(ctx.caps.version);
-});
-
-export const logger = step('fc.logger', async (ctx) => {
-  await api(ctx).putLogger(
-    { log_path: ctx.vmmPath(ctx.logFile), level: ctx.spec.logLevel ?? 'Warning', show_level: true, show_log_origin: false },
-    ctx.signal,
-  );
-});
-
-export const metrics = step('fc.metrics', async (ctx) => {
-  await api(ctx).putMetrics({ metrics_path: ctx.vmmPath(ctx.metricsFile) }, ctx.signal);
 });
 
 export const machineConfig = step('fc.machineConfig', async (ctx) => {
@@ -354,8 +362,6 @@ export function defaultBootSteps(): StepList<BootContext> {
     spawnFirecracker,
     waitSocket,
     version,
-    logger,
-    metrics,
     machineConfig,
     bootSource,
     drives,

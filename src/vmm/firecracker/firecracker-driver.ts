@@ -10,7 +10,8 @@ import { untimed, type Accelerator, type StepTimer, type VmmDriver, type VmmSnap
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
-import { JAIL, jailLayout, withJailer, type JailerOptions } from './jailer.ts';
+import { JAIL, resolveJail, withJailer, type JailerOptions } from './jailer.ts';
+import { viewVsockPath, withPathView } from './path-view.ts';
 import { withSnapshotRestore } from './snapshot.ts';
 import { firecrackerKernelCmdline, instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
 import type { StepEvent, StepList } from './steps.ts';
@@ -76,7 +77,9 @@ export class FirecrackerDriver implements VmmDriver {
   bootSteps(spec: FirecrackerVmSpec): StepList<BootContext> {
     const list = defaultBootSteps();
     if (spec.restore) withSnapshotRestore(list);
+    // A stable path view for every VMM: the jail's fixed layout, or a private mount namespace.
     if (this.#o.jailer) withJailer(list);
+    else withPathView(list);
     this.#editSteps?.(list, spec);
     return list;
   }
@@ -112,8 +115,11 @@ export class FirecrackerDriver implements VmmDriver {
       consoleLogPath: ctx.paths.consoleLog,
       consoleInPath: ctx.paths.consoleIn,
       logPath: ctx.logFile,
+      consoleOffset: ctx.consoleOffset,
       vsockPath: ctx.vsockPath,
       jail: ctx.jail,
+      jailer: this.#o.jailer,
+      fcId: ctx.fcId,
       vmmPath: ctx.vmmPath,
       child: child ? { process: child.child, exited: child.exited } : undefined,
       watch: child ? undefined : ctx.pidWatch,
@@ -146,17 +152,18 @@ export class FirecrackerDriver implements VmmDriver {
     const fcId = instanceIdFor(spec.id);
     let apiSocket = paths.apiSocket;
     let logPath = paths.logFile;
-    let vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
+    const vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
     let jail;
-    let vmmPath = (p: string) => p;
+    // The VMM-side path of the vsock socket (what its snapshots record).
+    let vmmPath = (p: string) => (p === vsockPath ? viewVsockPath(path.basename(p)) : p);
     if (this.#o.jailer) {
       // Jailed: the command line is the jail's ("/firecracker --id=<id> ... --api-sock /firecracker.socket").
-      jail = jailLayout(this.#o.jailer, this.#o.binary, fcId);
-      if (!hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
+      jail = (await resolveJail(this.#o.jailer, this.#o.binary, fcId).catch(() => null))?.jail;
+      if (!jail || !hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
       apiSocket = jail.hostPath(JAIL.apiSocket);
       logPath = jail.hostPath(JAIL.log);
-      if (spec.vsock) vsockPath = spec.vsock.udsPath ?? jail.hostPath(JAIL.vsock);
-      vmmPath = jail.toJail;
+      const j = jail;
+      vmmPath = (p) => (p === vsockPath ? path.posix.join(JAIL.vsockDir, path.basename(p)) : j.toJail(p));
     } else if (!hasArg(argv, '--api-sock', apiSocket) || !hasArg(argv, '--id', fcId)) {
       return null;
     }
@@ -172,6 +179,8 @@ export class FirecrackerDriver implements VmmDriver {
       logPath,
       vsockPath,
       jail,
+      jailer: this.#o.jailer,
+      fcId,
       vmmPath,
       watch,
     });

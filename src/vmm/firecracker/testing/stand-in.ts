@@ -17,6 +17,8 @@ export interface RecordedRequest {
   method: string;
   path: string;
   body?: unknown;
+  /** Files the request made the VMM open (drive id, or what): the real file each path led to. */
+  opened?: Record<string, string>;
   status: number;
   fault?: string;
   violations: string[];
@@ -30,6 +32,9 @@ export interface StandInOptions {
   instanceId?: string;
   /** Emulated jail: paths handed to the VMM resolve under this directory. */
   root?: string;
+  /** A logger set on the command line (--log-path, --level): PUT /logger is then refused, as in Firecracker. */
+  logger?: { log_path: string; level?: string };
+  metricsPath?: string;
   /** Firecracker exits after a failed snapshot load; called once the answer is sent. */
   onFatal?: (fault: string) => void;
   /** SendCtrlAltDel arrived (a guest would now shut down). */
@@ -87,8 +92,12 @@ export class StandInFirecracker {
   #metrics: Json | undefined;
   ctrlAltDelCount = 0;
 
+  #opened: Record<string, string> = {};
+
   constructor(opts: StandInOptions) {
     this.#o = opts;
+    if (opts.logger) this.#logger = opts.logger;
+    if (opts.metricsPath) this.#metrics = { metrics_path: opts.metricsPath };
     this.#server = http.createServer((req, res) => void this.#handle(req, res));
   }
 
@@ -134,10 +143,33 @@ export class StandInFirecracker {
     });
   }
 
-  /** Writes to the configured Firecracker log, as the real one would. */
-  log(line: string): void {
-    if (!this.#logger?.log_path) return;
-    fs.appendFileSync(this.#host(this.#logger.log_path), `${new Date().toISOString()} [${this.#o.instanceId ?? 'anonymous-instance'}:main:INFO] ${line}\n`);
+  /**
+   * Writes to the configured Firecracker log at `level`, as the real one would: dropped below
+   * the logger's level; on stdout (the guest's serial console) while no logger is configured.
+   */
+  log(line: string, level: 'Error' | 'Warning' | 'Info' = 'Info'): void {
+    const text = `${new Date().toISOString()} [${this.#o.instanceId ?? 'anonymous-instance'}:main:${level.toUpperCase()}] ${line}\n`;
+    if (!this.#logger?.log_path) {
+      process.stdout.write(text);
+      return;
+    }
+    const order = ['Off', 'Error', 'Warning', 'Info', 'Debug', 'Trace'];
+    const want = order.findIndex((l) => l.toLowerCase() === String(this.#logger!.level ?? 'Info').toLowerCase());
+    if (order.indexOf(level) > want) return;
+    fs.appendFileSync(this.#host(this.#logger.log_path), text);
+  }
+
+  /** Opens `p` as Firecracker would (read-only, or read-write), as the process's own uid. */
+  #open(p: string, what: string, writable: boolean, fatal = false, key?: string): void {
+    const host = this.#host(p);
+    try {
+      fs.closeSync(fs.openSync(host, writable ? 'r+' : 'r'));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      const os = err.code === 'EACCES' ? 'Permission denied (os error 13)' : err.code === 'ENOENT' ? 'No such file or directory (os error 2)' : err.message;
+      throw new Fault(400, `${what} ${p}: ${os}`, fatal);
+    }
+    if (key) this.#opened[key] = fs.realpathSync(host);
   }
 
   #host(p: string): string {
@@ -206,6 +238,8 @@ export class StandInFirecracker {
     for (const v of this.#o.spec?.validateResponse(method, url, status, out) ?? []) violations.push(`stand-in response: ${v}`);
     const rec: RecordedRequest = { method, path: url, status, violations };
     if (body !== undefined) rec.body = body;
+    if (Object.keys(this.#opened).length) rec.opened = this.#opened;
+    this.#opened = {};
     if (status >= 300) rec.fault = (out as Json).fault_message;
     this.requests.push(rec);
     this.#o.onRequest?.(rec);
@@ -260,14 +294,14 @@ export class StandInFirecracker {
       }
       case 'PUT /boot-source':
         this.#bootSpecific();
-        this.#mustExist(b.kernel_image_path, 'The kernel file cannot be opened:');
-        this.#mustExist(b.initrd_path, 'The initrd file cannot be opened:');
+        this.#open(b.kernel_image_path, 'The kernel file cannot be opened:', false);
+        if (b.initrd_path !== undefined) this.#open(b.initrd_path, 'The initrd file cannot be opened:', false);
         this.#bootSource = b;
         return;
       case 'PUT /drives/{id}': {
         const d = this.#checkedId(id, b.drive_id);
         this.#bootSpecific();
-        this.#mustExist(b.path_on_host, 'Unable to open the block device backing file');
+        this.#open(b.path_on_host, 'Unable to open the block device backing file', !b.is_read_only, false, `drive:${d}`);
         if (b.is_root_device && [...this.#drives.values()].some((o) => o.is_root_device && o.drive_id !== d)) {
           throw new Fault(400, 'A root block device already exists!');
         }
@@ -333,13 +367,14 @@ export class StandInFirecracker {
         return;
       case 'PUT /logger':
         this.#preBoot();
-        this.#mustExist(b.log_path, 'Failed to open target file:');
+        if (this.#o.logger) throw new Fault(400, 'Reinitialization of logger not allowed.');
+        this.#open(b.log_path, 'Failed to open target file:', true);
         this.#logger = b;
         return;
       case 'PUT /metrics':
         this.#preBoot();
         if (this.#metrics) throw new Fault(400, 'Reinitialization of metrics not allowed.');
-        this.#mustExist(b.metrics_path, 'Failed to open target file:');
+        this.#open(b.metrics_path, 'Failed to open target file:', true);
         this.#metrics = b;
         return;
       case 'PUT /mmds/config': {
@@ -417,6 +452,7 @@ export class StandInFirecracker {
       server.listen(uds, () => resolve());
     });
     this.#vsockServer = server;
+    this.#opened.vsock = path.join(fs.realpathSync(path.dirname(uds)), path.basename(uds));
   }
 
   #vsockConnection(s: net.Socket): void {
@@ -486,8 +522,13 @@ export class StandInFirecracker {
     } else {
       await this.#sendUffdHandshake(this.#host(backend.backend_path), snap).catch((e: Error) => fail(`UFFD handler: ${e.message}`));
     }
+    // Every drive is reopened where the snapshot recorded it: the API has no drive override.
     for (const d of snap.drives as Json[]) {
-      if (d.path_on_host && !fs.existsSync(this.#host(d.path_on_host))) fail(`Unable to open the block device backing file ${d.path_on_host}`);
+      try {
+        if (d.path_on_host) this.#open(d.path_on_host, 'Unable to open the block device backing file', !d.is_read_only, false, `drive:${d.drive_id}`);
+      } catch (e) {
+        fail((e as Error).message);
+      }
       this.#drives.set(d.drive_id, d);
     }
     for (const n of snap.nets as Json[]) this.#nets.set(n.iface_id, { ...n });
