@@ -81,6 +81,7 @@ export class Daemon {
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
         canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
+        firecrackerBinary: config.firecrackerBinary,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
