@@ -32,7 +32,7 @@ import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
-import { createDriver } from './vmm/registry.ts';
+import { createDriver, decideJailer, jailerSettingsFromEnv } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
 export class Daemon {
@@ -86,7 +86,10 @@ export class Daemon {
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
       log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
-      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
+      // Firecracker runs under its jailer whenever one is there (KILN_FIRECRACKER_JAILER=off: never).
+      const jail = backend.backend === 'firecracker' ? await decideJailer(jailerSettingsFromEnv(process.env, config.stateDir), backend.firecrackerBinary!) : undefined;
+      if (jail) log.info({ jailer: jail.jailer?.binary ?? null, reason: jail.reason }, 'Firecracker confinement');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, jailer: jail?.jailer });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -105,7 +108,7 @@ export class Daemon {
       const network = new NetworkManager(config.network, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
-      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor, classicBase });
