@@ -52,6 +52,13 @@ function hasArg(argv: string[], flag: string, value: string): boolean {
 
 export class FirecrackerDriver implements VmmDriver {
   readonly name = 'firecracker' as const;
+  /**
+   * A classic VM's systemd reboots and powers off by itself. On x86 Firecracker has no ACPI
+   * power-off (after `poweroff` the vCPUs halt and the VMM runs on) and exits 0 on a reset
+   * without saying it was one, so neither verb could be told from the other or from a crash.
+   */
+  readonly classicUnsupported =
+    'Firecracker cannot tell a guest reboot from a power-off or a crash (it exits 0 on every reset, and has no ACPI power-off on x86); run classic VMs with KILN_BACKEND=qemu';
   readonly #o: ResolvedDriverOptions;
   readonly #startTimeoutMs: number;
   readonly #onStep: FirecrackerDriverOptions['onStep'];
