@@ -24,6 +24,7 @@ test('a fresh boot is the documented sequence of named steps (logger and metrics
     'fc.waitSocket',
     'fc.version',
     'fc.machineConfig',
+    'fc.serial',
     'fc.bootSource',
     'fc.drives',
     'fc.networkInterfaces',

@@ -194,6 +194,18 @@ async function touch(file: string): Promise<void> {
   await (await fs.open(file, 'a')).close();
 }
 
+/**
+ * A named pipe in place of `file`. Firecracker's metrics go to one (prod-host-setup.md: the
+ * guest influences their volume; a pipe holds at most its buffer): kilnd reads it while it
+ * runs, and while nobody does Firecracker's non-blocking writes are dropped, not stored.
+ */
+export async function ensureFifo(file: string): Promise<void> {
+  const st = await fs.lstat(file).catch(() => null);
+  if (st?.isFIFO()) return;
+  await fs.rm(file, { force: true });
+  await run('mkfifo', ['-m', '0600', file]);
+}
+
 /** The runtime dir: stale sockets removed, console FIFO and log files present. */
 export const prepare = step('fc.prepare', async (ctx) => {
   const p = ctx.paths;
@@ -217,7 +229,7 @@ export const prepare = step('fc.prepare', async (ctx) => {
   await touch(p.consoleLog);
   ctx.consoleOffset = (await fs.stat(p.consoleLog)).size;
   // Per-boot files: their tails go into error messages, so they start empty.
-  await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), fs.writeFile(ctx.metricsFile, '')]);
+  await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), ensureFifo(ctx.metricsFile)]);
 });
 
 /** Firecracker boots only an ELF vmlinux: a bzImage is extracted (once, cached). */
@@ -297,6 +309,19 @@ export const machineConfig = step('fc.machineConfig', async (ctx) => {
   await api(ctx).putMachineConfig(toMachineConfig(ctx.spec), ctx.signal);
 });
 
+/**
+ * The guest writes the serial console as fast as it likes, and it lands in the console log:
+ * from 1.16 Firecracker drops what exceeds this (256 KiB/s after a 1 MiB burst), as
+ * prod-host-setup.md recommends. Workload output rides the console too, so it is generous:
+ * a bound on the rate, not on the file.
+ */
+export const SERIAL_RATE_LIMIT = { size: 256 * 1024, refill_time: 1000, one_time_burst: 1024 * 1024 } as const;
+
+export const serial = step('fc.serial', async (ctx) => {
+  if (!caps(ctx).serialDevice) return;
+  await api(ctx).putSerial({ rate_limiter: { ...SERIAL_RATE_LIMIT } }, ctx.signal);
+});
+
 export const bootSource = step('fc.bootSource', async (ctx) => {
   if (!ctx.kernelPath) throw new KilnError('KILN_ERR_INTERNAL', 'no kernel: fc.kernel has not run');
   const k = ctx.spec.kernel;
@@ -363,6 +388,7 @@ export function defaultBootSteps(): StepList<BootContext> {
     waitSocket,
     version,
     machineConfig,
+    serial,
     bootSource,
     drives,
     networkInterfaces,

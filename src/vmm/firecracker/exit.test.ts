@@ -5,9 +5,11 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import { after, before, describe, test } from 'node:test';
+import { SERIAL_RATE_LIMIT } from './boot-steps.ts';
 import { FirecrackerDriver } from './firecracker-driver.ts';
 import { guestPoweredOff } from './instance.ts';
-import { baseSpec, makeAssets, tempDir, waitForText, writeFakeBinaries, type Assets, type FakeBinaries } from './testing/harness.ts';
+import { baseSpec, makeAssets, readRecords, tempDir, waitForText, writeFakeBinaries, type Assets, type FakeBinaries } from './testing/harness.ts';
+import { specFile } from './testing/paths.ts';
 import { readCmdline } from './vmm-process.ts';
 
 let dir: string;
@@ -95,6 +97,46 @@ describe('Firecracker’s own log and metrics', () => {
       assert.doesNotMatch(console, /Running Firecracker|:main:INFO\]/, 'the console log holds only the guest’s output');
     } finally {
       await vm.kill();
+    }
+  });
+});
+
+describe('what a guest can make grow', () => {
+  test('metrics go to a pipe kilnd drains: nothing accumulates on disk, the latest line is kept', async () => {
+    const vm = await driver().start(baseSpec(dir, assets, 'metrics-1'));
+    try {
+      const file = (await readCmdline(vm.pid))!;
+      const metricsPath = file[file.indexOf('--metrics-path') + 1]!;
+      for (let i = 0; i < 300; i++) await vm.flushMetrics();
+      const st = await fs.lstat(metricsPath);
+      assert.ok(st.isFIFO(), 'a named pipe, not a file');
+      assert.equal(st.size, 0);
+      const deadline = Date.now() + 5000;
+      while (!vm.lastMetrics() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      assert.ok(vm.lastMetrics()?.utc_timestamp_ms, 'the latest metrics line was read');
+    } finally {
+      await vm.kill();
+    }
+  });
+
+  test('on 1.16 the serial console is rate-limited (PUT /serial), on 1.13 it cannot be', async () => {
+    for (const version of ['1.13.1', '1.16.1']) {
+      const record = `${dir}/serial-${version}.jsonl`;
+      const d = new FirecrackerDriver({ binary: bins.firecracker, socketTimeoutMs: 20_000, env: { ...process.env, FAKE_FC_VERSION: version, FAKE_FC_SPEC: specFile(version), FAKE_FC_RECORD: record } });
+      const vm = await d.start(baseSpec(dir, assets, `serial-${version.replace(/\./g, '')}`));
+      try {
+        const recs = await readRecords(record);
+        const serial = recs.find((r) => r.path === '/serial');
+        if (version === '1.13.1') assert.equal(serial, undefined);
+        else {
+          assert.deepEqual(serial?.body, { rate_limiter: SERIAL_RATE_LIMIT });
+          assert.equal(serial?.status, 204);
+          const ops = recs.map((r) => r.path);
+          assert.ok(ops.indexOf('/serial') < ops.indexOf('/actions'), 'configured before InstanceStart');
+        }
+      } finally {
+        await vm.kill();
+      }
     }
   });
 });

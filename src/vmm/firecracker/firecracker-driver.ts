@@ -122,6 +122,7 @@ export class FirecrackerDriver implements VmmDriver {
       consoleLogPath: ctx.paths.consoleLog,
       consoleInPath: ctx.paths.consoleIn,
       logPath: ctx.logFile,
+      metricsPath: ctx.metricsFile,
       consoleOffset: ctx.consoleOffset,
       vsockPath: ctx.vsockPath,
       jail: ctx.jail,
@@ -159,6 +160,7 @@ export class FirecrackerDriver implements VmmDriver {
     const fcId = instanceIdFor(spec.id);
     let apiSocket = paths.apiSocket;
     let logPath = paths.logFile;
+    let metricsPath = paths.metricsFile;
     const vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
     let jail;
     // The VMM-side path of the vsock socket (what its snapshots record).
@@ -169,6 +171,7 @@ export class FirecrackerDriver implements VmmDriver {
       if (!jail || !hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
       apiSocket = jail.hostPath(JAIL.apiSocket);
       logPath = jail.hostPath(JAIL.log);
+      metricsPath = jail.hostPath(JAIL.metrics);
       const j = jail;
       vmmPath = (p) => (p === vsockPath ? path.posix.join(JAIL.vsockDir, path.basename(p)) : j.toJail(p));
     } else if (!hasArg(argv, '--api-sock', apiSocket) || !hasArg(argv, '--id', fcId)) {
@@ -184,6 +187,7 @@ export class FirecrackerDriver implements VmmDriver {
       consoleLogPath: paths.consoleLog,
       consoleInPath: paths.consoleIn,
       logPath,
+      metricsPath,
       vsockPath,
       jail,
       jailer: this.#o.jailer,

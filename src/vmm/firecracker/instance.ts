@@ -49,6 +49,8 @@ export interface FirecrackerInstanceInit {
   consoleLogPath: string;
   consoleInPath: string;
   logPath: string;
+  /** Firecracker's metrics pipe (ensureFifo in boot-steps.ts). */
+  metricsPath?: string;
   /** Size of the console log when this VMM started (unknown after attach()). */
   consoleOffset?: number;
   vsockPath?: string;
@@ -89,6 +91,8 @@ export class FirecrackerInstance implements VmmInstance {
   readonly #vmmPath: (host: string) => string;
   readonly #watch: PidWatch | undefined;
   readonly #child: ChildProcess | undefined;
+  #metrics: net.Socket | undefined;
+  #lastMetrics: string | undefined;
   #gone = false;
   #killing = false;
   #detached = false;
@@ -100,6 +104,7 @@ export class FirecrackerInstance implements VmmInstance {
     this.consoleLogPath = init.consoleLogPath;
     this.#consoleIn = init.consoleInPath;
     this.#consoleOffset = init.consoleOffset;
+    if (init.metricsPath) this.#readMetrics(init.metricsPath);
     this.logPath = init.logPath;
     this.vsockPath = init.vsockPath;
     this.jail = init.jail;
@@ -119,6 +124,7 @@ export class FirecrackerInstance implements VmmInstance {
       .then(async (exit) => {
         this.#gone = true;
         this.#watch?.stop();
+        this.#metrics?.destroy();
         if (jail && jailer) {
           await removeJail(jailer, jail, init.fcId).catch((e: Error) => {
             exit = { ...exit, reason: `${exit.reason} (removing the jail failed: ${e.message})` };
@@ -151,6 +157,43 @@ export class FirecrackerInstance implements VmmInstance {
     const codes = [...(await tailFile(this.logPath, 8192)).matchAll(/exit_code=(\d+)/g)];
     const code = codes.length ? Number(codes[codes.length - 1]![1]) : undefined;
     return { reason: `Firecracker is gone without kiln-init powering the guest off (exit code ${code ?? 'unknown'})`, clean: false };
+  }
+
+  /**
+   * Drains the metrics pipe, keeping only the last line: bounded memory here, nothing stored
+   * on disk. Never holds kilnd's event loop.
+   */
+  #readMetrics(file: string): void {
+    openFd(file, FS.O_RDONLY | FS.O_NONBLOCK).then(
+      (fd) => {
+        const s = new net.Socket({ fd, readable: true, writable: false });
+        s.unref();
+        if (this.#gone || this.#detached) return void s.destroy();
+        this.#metrics = s;
+        let partial = '';
+        s.setEncoding('utf8');
+        s.on('data', (chunk: string) => {
+          partial += chunk;
+          const nl = partial.lastIndexOf('\n');
+          if (nl >= 0) {
+            this.#lastMetrics = partial.slice(partial.lastIndexOf('\n', nl - 1) + 1, nl);
+            partial = partial.slice(nl + 1);
+          }
+          if (partial.length > 1 << 20) partial = '';
+        });
+        s.on('error', () => {});
+      },
+      () => {},
+    );
+  }
+
+  /** The latest metrics line Firecracker wrote (once a minute, and on flushMetrics()), parsed. */
+  lastMetrics(): Record<string, unknown> | null {
+    try {
+      return this.#lastMetrics ? (JSON.parse(this.#lastMetrics) as Record<string, unknown>) : null;
+    } catch {
+      return null;
+    }
   }
 
   #assertLive(what: string): void {
@@ -205,6 +248,7 @@ export class FirecrackerInstance implements VmmInstance {
     if (this.#detached) return;
     this.#detached = true;
     this.#watch?.stop();
+    this.#metrics?.destroy();
     this.#child?.unref();
   }
 

@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
-import { firecrackerArgs, killVmm, vmmStdio, type BootContext, type BootStep } from './boot-steps.ts';
+import { ensureFifo, firecrackerArgs, killVmm, vmmStdio, type BootContext, type BootStep } from './boot-steps.ts';
 import { apiIdFor } from './spec.ts';
 import type { StepList } from './steps.ts';
 import { assertSocketPathFits, processGone, readProcStat, resolveBinary, spawnDetached, watchPid } from './vmm-process.ts';
@@ -265,10 +265,9 @@ export const jailerPrepare: BootStep = {
     assertSocketPathFits(ctx.apiSocket, 'API socket');
     ctx.logFile = jail.hostPath(JAIL.log);
     ctx.metricsFile = jail.hostPath(JAIL.metrics);
-    for (const f of [ctx.logFile, ctx.metricsFile]) {
-      await fs.writeFile(f, '');
-      await fs.chown(f, j.uid, j.gid);
-    }
+    await fs.writeFile(ctx.logFile, '');
+    await ensureFifo(ctx.metricsFile);
+    for (const f of [ctx.logFile, ctx.metricsFile]) await fs.chown(f, j.uid, j.gid);
     if (ctx.vsockPath) {
       const base = path.basename(ctx.vsockPath);
       const jailDir = await ownedDir(JAIL.vsockDir);

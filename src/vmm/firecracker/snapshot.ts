@@ -101,6 +101,7 @@ export const resume: BootStep = {
 const CONFIG_STEPS = [
   'fc.kernel',
   'fc.machineConfig',
+  'fc.serial',
   'fc.bootSource',
   'fc.drives',
   'fc.networkInterfaces',

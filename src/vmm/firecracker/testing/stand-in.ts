@@ -85,6 +85,7 @@ export class StandInFirecracker {
   readonly #nets = new Map<string, Json>();
   #vsock: Json | undefined;
   #entropy: Json | undefined;
+  #serial: Json | undefined;
   #balloon: Json | undefined;
   #mmdsConfig: Json | undefined;
   #mmds: unknown;
@@ -93,6 +94,17 @@ export class StandInFirecracker {
   ctrlAltDelCount = 0;
 
   #opened: Record<string, string> = {};
+  #metricsFd: number | undefined;
+
+  /** As Firecracker: the metrics file opened once, read-write and non-blocking; a full pipe drops the line. */
+  #writeMetrics(line: string): void {
+    this.#metricsFd ??= fs.openSync(this.#host(this.#metrics!.metrics_path), fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    try {
+      fs.writeSync(this.#metricsFd, line);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+    }
+  }
 
   constructor(opts: StandInOptions) {
     this.#o = opts;
@@ -335,6 +347,11 @@ export class StandInFirecracker {
         this.#bootSpecific();
         this.#vsock = b;
         return;
+      case 'PUT /serial':
+        this.#preBoot();
+        if (b.serial_out_path !== undefined) this.#open(b.serial_out_path, 'Failed to open serial output:', true);
+        this.#serial = b;
+        return;
       case 'PUT /entropy':
         this.#bootSpecific();
         this.#entropy = b;
@@ -437,7 +454,7 @@ export class StandInFirecracker {
       this.#o.onCtrlAltDel?.();
     } else if (type === 'FlushMetrics') {
       this.#postBoot();
-      if (this.#metrics) fs.appendFileSync(this.#host(this.#metrics.metrics_path), `${JSON.stringify({ utc_timestamp_ms: Date.now() })}\n`);
+      if (this.#metrics) this.#writeMetrics(`${JSON.stringify({ utc_timestamp_ms: Date.now(), uart: { rate_limiter_dropped_bytes: 0 } })}\n`);
     }
     return undefined;
   }
