@@ -105,7 +105,9 @@ export class Daemon {
       await images.recover();
       await ensureDefaultImage(images);
       const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
-      const network = new NetworkManager(config.network, { store, log });
+      // A jailed Firecracker opens its tap as the jail's uid: taps are made for it.
+      const tapOwner = jail?.jailer ? { uid: jail.jailer.uid, gid: jail.jailer.gid } : undefined;
+      const network = new NetworkManager({ ...config.network, ...(tapOwner ? { tapOwner } : {}) }, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer });

@@ -810,6 +810,7 @@ export class VmManager {
       const plan = clonePlan({
         vmId: vm.id, bridge: this.deps.network.bridge, hostVeth: tapName(vm.id), cloneIp: addr.ip, prefix: addr.prefix,
         gateway: addr.gateway, guestIp: net.ip, tap: net.tap, gatewayMac: net.gatewayMac, ...(net.mac ? { guestMac: net.mac } : {}),
+        ...(this.deps.network.tapOwner ? { tapOwner: this.deps.network.tapOwner } : {}),
       });
       // Independent: the drive copies and the namespace (the VMM needs both before it starts).
       // Each registers its undo as soon as it exists, so a failure of either unwinds both.
