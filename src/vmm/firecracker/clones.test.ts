@@ -10,6 +10,7 @@ import type net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isKilnError } from '../../errors.ts';
+import { deleteLink, ipBatch, tuntapAddCommand } from '../../tools/ip.ts';
 import type { VmmSnapshot } from '../driver.ts';
 import { FirecrackerDriver, type FirecrackerVmSpec } from './firecracker-driver.ts';
 import type { FirecrackerInstance } from './instance.ts';
@@ -170,6 +171,29 @@ for (const version of SPEC_VERSIONS) {
             assert.equal((await vm.api.describeInstance()).state, 'Running');
           } finally {
             await vm.kill();
+          }
+        });
+
+        test('the jailed VMM opens a tap made for its uid; a root-only tap is refused before anything is spawned, naming the fix', async () => {
+          const owned = `kfo${process.pid % 10000}${version.replace(/\./g, '').slice(-2)}`;
+          const rootOnly = `kfr${process.pid % 10000}${version.replace(/\./g, '').slice(-2)}`;
+          await ipBatch([tuntapAddCommand(owned, { uid: JAIL_UID, gid: JAIL_UID }), tuntapAddCommand(rootOnly)]);
+          try {
+            const { d, record } = await driver();
+            const vm = await d.start({ ...(await vmSpec('tap-1')), nics: [{ tap: owned, mac: '02:00:00:00:00:09' }] });
+            try {
+              assert.equal((await readRecords(record)).find((r) => r.path === '/network-interfaces/eth0')?.status, 204);
+            } finally {
+              await vm.kill();
+            }
+            const bad = await driver();
+            await assert.rejects(
+              bad.d.start({ ...(await vmSpec('tap-2')), nics: [{ tap: rootOnly, mac: '02:00:00:00:00:0a' }] }),
+              (e) => isKilnError(e) && e.code === 'KILN_ERR_HOST_SETUP' && e.message.includes(`ip tuntap add dev ${rootOnly} mode tap user ${JAIL_UID} group ${JAIL_UID}`),
+            );
+            assert.deepEqual(await readRecords(bad.record), [], 'no VMM ran');
+          } finally {
+            await Promise.allSettled([deleteLink(owned), deleteLink(rootOnly)]);
           }
         });
 

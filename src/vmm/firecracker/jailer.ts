@@ -10,7 +10,8 @@ import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import { writeFileAtomic } from '../../util/atomic.ts';
 import { ensureFifo, firecrackerArgs, killVmm, vmmStdio, type BootContext, type BootStep } from './boot-steps.ts';
-import { apiIdFor } from './spec.ts';
+import { apiIdFor, networkInterfacesOf } from './spec.ts';
+import { run as runTool } from '../../util/process.ts';
 import type { StepList } from './steps.ts';
 import { assertSocketPathFits, processGone, readProcStat, resolveBinary, spawnDetached, watchPid } from './vmm-process.ts';
 
@@ -200,6 +201,29 @@ async function cgroupMounts(): Promise<string[]> {
     .map((f) => f[1]!.replace(/\\040/g, ' '));
 }
 
+/**
+ * The jailed Firecracker opens its taps as the jail's uid: without CAP_NET_ADMIN TUNSETIFF
+ * needs the tap to be that uid's or group's (`ip tuntap add … user <uid> group <gid>`, which
+ * kiln's network layer does when the jailer is on). A tap made otherwise is named here, before
+ * anything is spawned, rather than as Firecracker's "Open tap device failed".
+ */
+export async function assertTapsOpenable(taps: string[], j: Pick<JailerOptions, 'uid' | 'gid'>, netns?: string): Promise<void> {
+  for (const tap of taps) {
+    const argv = ['ip', '-d', '-j', 'link', 'show', 'dev', tap];
+    const r = await (netns ? runTool('nsenter', [`--net=${netns}`, '--', ...argv]) : runTool(argv[0]!, argv.slice(1))).catch(() => null);
+    if (!r) continue; // No such tap: Firecracker's own error says so.
+    const info = (JSON.parse(r.stdout || '[]') as { linkinfo?: { info_data?: { user?: string | number; group?: string | number } } }[])[0]?.linkinfo?.info_data ?? {};
+    const is = async (who: string | number | undefined, id: number, db: 'passwd' | 'group') =>
+      who !== undefined && (String(who) === String(id) || String(who) === (await runTool('getent', [db, String(id)]).then((g) => g.stdout.split(':')[0], () => undefined)));
+    if ((await is(info.user, j.uid, 'passwd')) || (await is(info.group, j.gid, 'group'))) continue;
+    throw new KilnError(
+      'KILN_ERR_HOST_SETUP',
+      `tap ${tap} is owned by ${info.user ?? 'root only'}${info.group !== undefined ? `:${info.group}` : ''}, so the jailed Firecracker (uid ${j.uid}) cannot open it: make it with \`ip tuntap add dev ${tap} mode tap user ${j.uid} group ${j.gid}\``,
+      { tap, uid: j.uid },
+    );
+  }
+}
+
 /** Removes what the jailer made for a VM: its jail and its (empty, once the VMM is gone) cgroup dirs. */
 export async function removeJail(j: JailerOptions, jail: JailLayout, id: string): Promise<void> {
   await fs.rm(jail.dir, { recursive: true, force: true });
@@ -276,6 +300,7 @@ export const jailerPrepare: BootStep = {
       assertSocketPathFits(path.join(jailDir, base), 'vsock socket');
     }
     ctx.vmmPath = (host) => mapped.get(host) ?? jail.toJail(host);
+    await assertTapsOpenable(networkInterfacesOf(ctx.spec).map((n) => n.hostDevName), j, ctx.spec.netns ?? j.netns);
   },
 };
 

@@ -171,6 +171,27 @@ export class StandInFirecracker {
     fs.appendFileSync(this.#host(this.#logger.log_path), text);
   }
 
+  /**
+   * Firecracker opens its tap (TUNSETIFF): unprivileged (jailed), only a tap owned by its uid
+   * or group. Checked through sysfs (the stand-in runs in the host's network namespace).
+   */
+  #openTap(tap: string): void {
+    const uid = process.getuid?.() ?? 0;
+    if (uid === 0) return;
+    const read = (f: string) => {
+      try {
+        return Number(fs.readFileSync(`/sys/class/net/${tap}/${f}`, 'utf8').trim());
+      } catch {
+        return undefined;
+      }
+    };
+    const owner = read('owner');
+    if (owner === undefined) throw new Fault(400, `Could not create the network device: Open tap device failed: Error while creating ifreq structure: No such device (os error 19). Invalid TUN/TAP Backend provided by ${tap}.`);
+    if (owner !== uid && read('group') !== process.getgid?.()) {
+      throw new Fault(400, `Could not create the network device: Open tap device failed: Error while creating ifreq structure: Operation not permitted (os error 1). Invalid TUN/TAP Backend provided by ${tap}.`);
+    }
+  }
+
   /** Opens `p` as Firecracker would (read-only, or read-write), as the process's own uid. */
   #open(p: string, what: string, writable: boolean, fatal = false, key?: string): void {
     const host = this.#host(p);
@@ -332,6 +353,7 @@ export class StandInFirecracker {
       case 'PUT /network-interfaces/{id}': {
         const i = this.#checkedId(id, b.iface_id);
         this.#bootSpecific();
+        this.#openTap(b.host_dev_name);
         this.#nets.set(i, b);
         return;
       }
