@@ -197,6 +197,21 @@ for (const version of SPEC_VERSIONS) {
           }
         });
 
+        test('a VM booted jailed boots again with the jailer turned off (its vsock dir was a link into the jail)', async () => {
+          const spec = await vmSpec('switch-1');
+          const jailedVm = await (await driver()).d.start(spec);
+          await jailedVm.kill();
+          const plain = new FirecrackerDriver({ binary: bins.firecracker, socketTimeoutMs: 20_000, env: { ...process.env, FAKE_FC_VERSION: version, FAKE_FC_GUEST_ECHO_PORTS: '52' } });
+          const vm = await plain.start(spec);
+          try {
+            const { socket } = await vm.connectVsock(52);
+            socket.destroy();
+            assert.ok((await fs.lstat(path.dirname(spec.vsock!.udsPath!))).isDirectory());
+          } finally {
+            await vm.kill();
+          }
+        });
+
         test('a read-only file the jail uid cannot read is refused before anything is spawned', async () => {
           const s = await vmSpec('perm-1');
           const secret = path.join(dir, 'secret.img');

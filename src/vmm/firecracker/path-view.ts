@@ -60,6 +60,8 @@ export const pathView: BootStep = {
     }
     if (ctx.vsockPath) {
       const dir = path.dirname(path.resolve(ctx.vsockPath));
+      // A link into a jail an earlier, jailed boot left (jailer.ts): this boot's socket lives here.
+      if ((await fs.lstat(dir).catch(() => null))?.isSymbolicLink()) await fs.unlink(dir);
       await fs.mkdir(dir, { recursive: true, mode: 0o750 });
       await fs.symlink(dir, path.join(view, VIEW.vsockDir));
       mapped.set(ctx.vsockPath, viewVsockPath(path.basename(ctx.vsockPath)));
