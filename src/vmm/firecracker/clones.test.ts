@@ -166,6 +166,11 @@ for (const version of SPEC_VERSIONS) {
           await fs.symlink(real, link);
           const { d } = await driver(link);
           const vm = await d.start(await vmSpec('link-1'));
+          const odd = path.join(dir, 'bin', 'vmm-binary');
+          await fs.copyFile(bins.firecracker, odd);
+          await fs.chmod(odd, 0o755);
+          const { d: oddDriver } = await driver(odd);
+          await assert.rejects(oddDriver.start(await vmSpec('link-2')), (e) => isKilnError(e) && e.code === 'KILN_ERR_HOST_SETUP' && /contains "firecracker"/.test(e.message));
           try {
             assert.equal(vm.jail!.execName, 'firecracker-v1.13.1-x86_64');
             assert.equal((await vm.api.describeInstance()).state, 'Running');

@@ -83,6 +83,9 @@ export interface JailLayout {
  */
 export async function resolveJail(opts: Pick<JailerOptions, 'chrootBaseDir'>, binary: string, id: string): Promise<{ execFile: string; jail: JailLayout }> {
   const execFile = await fs.realpath(await resolveBinary(binary, 'firecracker'));
+  if (!path.basename(execFile).includes('firecracker')) {
+    throw new KilnError('KILN_ERR_HOST_SETUP', `the jailer runs only an exec file whose name contains "firecracker"; ${binary} resolves to ${execFile}`, { binary: execFile });
+  }
   const base = opts.chrootBaseDir ?? '/srv/jailer';
   await fs.mkdir(base, { recursive: true, mode: 0o755 });
   return { execFile, jail: jailLayout({ chrootBaseDir: await fs.realpath(base) }, execFile, id) };

@@ -52,6 +52,7 @@ if (process.env.FAKE_JAILER_RECORD) {
 }
 
 const execName = path.basename(fs.realpathSync(execFile));
+if (!execName.includes('firecracker')) die(`Invalid filename. The filename of \`--exec-file\` option must contain "firecracker": ${execName}`);
 const base = single['--chroot-base-dir'] ?? '/srv/jailer';
 if (!fs.existsSync(base)) die(`chroot base ${base} does not exist`);
 const root = path.join(fs.realpathSync(base), execName, id, 'root');
