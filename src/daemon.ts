@@ -129,7 +129,9 @@ export class Daemon {
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
       });
       await functions.start();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates);
+      // /healthz's backend_reason says how Firecracker is confined, too.
+      const chosen = jail ? { ...backend, reason: `${backend.reason}; ${jail.reason}` } : backend;
+      return new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

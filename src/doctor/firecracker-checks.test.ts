@@ -17,8 +17,8 @@ const byName = (checks: ReturnType<typeof firecrackerSetupChecks>) => Object.fro
 
 test('a set-up host: every Firecracker prerequisite ok, the jailer on as 65534', () => {
   const c = byName(firecrackerSetupChecks(setup(), fc, jailer));
-  for (const n of ['root', 'util-linux tools', 'path view', '/dev/net/tun', 'jailer', 'classic VMs']) assert.equal(c[n]?.status, 'ok', n);
-  assert.match(c.jailer!.detail, /65534:65534, chrooted/);
+  for (const n of ['root', 'util-linux tools', 'path view', '/dev/net/tun', 'jail', 'classic VMs']) assert.equal(c[n]?.status, 'ok', n);
+  assert.match(c.jail!.detail, /65534:65534, chrooted/);
 });
 
 test('each missing prerequisite fails or warns with its fix, and blocks the Firecracker backend when it fails', () => {
@@ -28,10 +28,10 @@ test('each missing prerequisite fails or warns with its fix, and blocks the Fire
   assert.match(c['path view']!.detail, /Operation not permitted/);
   assert.equal(c['/dev/net/tun']!.fix, 'modprobe tun');
   assert.match(c['util-linux tools']!.detail, /nsenter/);
-  assert.equal(byName(firecrackerSetupChecks(setup(), fc, null)).jailer!.status, 'warn', 'no jailer: runs unjailed');
-  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'on', uid: '65534', gid: '65534' } }), fc, null)).jailer!.status, 'fail');
-  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'off', uid: '65534', gid: '65534' } }), fc, jailer)).jailer!.status, 'warn');
-  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'auto', uid: '0', gid: '0' } }), fc, jailer)).jailer!.status, 'fail');
+  assert.equal(byName(firecrackerSetupChecks(setup(), fc, null)).jail!.status, 'warn', 'no jailer: runs unjailed');
+  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'on', uid: '65534', gid: '65534' } }), fc, null)).jail!.status, 'fail');
+  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'off', uid: '65534', gid: '65534' } }), fc, jailer)).jail!.status, 'warn');
+  assert.equal(byName(firecrackerSetupChecks(setup({ jailer: { mode: 'auto', uid: '0', gid: '0' } }), fc, jailer)).jail!.status, 'fail');
   assert.equal(byName(firecrackerSetupChecks(setup(), fc, { ...jailer, version: 'Jailer v1.16.1' }))['jailer version']!.status, 'warn');
 
   const facts = {

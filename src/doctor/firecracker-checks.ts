@@ -79,22 +79,22 @@ export function firecrackerSetupChecks(s: FirecrackerSetupFacts, firecracker: Bi
 
   const ids = [s.jailer.uid, s.jailer.gid].map(Number);
   if (!['auto', 'on', 'off'].includes(s.jailer.mode)) {
-    out.push(check('jailer', 'fail', `KILN_FIRECRACKER_JAILER=${s.jailer.mode}`, 'set KILN_FIRECRACKER_JAILER to auto, on or off'));
+    out.push(check('jail', 'fail', `KILN_FIRECRACKER_JAILER=${s.jailer.mode}`, 'set KILN_FIRECRACKER_JAILER to auto, on or off'));
   } else if (s.jailer.mode === 'off') {
-    out.push(check('jailer', 'warn', 'off (KILN_FIRECRACKER_JAILER=off): every Firecracker runs as root, unchrooted', 'unset KILN_FIRECRACKER_JAILER to jail each VMM'));
+    out.push(check('jail', 'warn', 'off (KILN_FIRECRACKER_JAILER=off): every Firecracker runs as root, unchrooted', 'unset KILN_FIRECRACKER_JAILER to jail each VMM'));
   } else if (!jailer) {
     out.push(
       check(
-        'jailer',
+        'jail',
         s.jailer.mode === 'on' ? 'fail' : 'warn',
         'no jailer binary: every Firecracker runs as root, unchrooted (in its own mount namespace)',
         'install `jailer` from the same release archive as firecracker, beside it',
       ),
     );
   } else if (!ids.every((n) => Number.isInteger(n) && n > 0)) {
-    out.push(check('jailer', 'fail', `jail uid/gid ${s.jailer.uid}:${s.jailer.gid} is not an unprivileged id`, 'set KILN_FIRECRACKER_JAIL_UID/GID to a dedicated non-root user'));
+    out.push(check('jail', 'fail', `jail uid/gid ${s.jailer.uid}:${s.jailer.gid} is not an unprivileged id`, 'set KILN_FIRECRACKER_JAIL_UID/GID to a dedicated non-root user'));
   } else {
-    out.push(check('jailer', 'ok', `on: each Firecracker runs as ${s.jailer.uid}:${s.jailer.gid}, chrooted (${jailer.path}); taps are made for that uid`));
+    out.push(check('jail', 'ok', `on: each Firecracker runs as ${s.jailer.uid}:${s.jailer.gid}, chrooted (${jailer.path}); taps are made for that uid`));
     const fv = parseFirecrackerVersion(firecracker?.version ?? '');
     const jv = parseFirecrackerVersion(jailer.version ?? '');
     if (fv && jv && fv.raw !== jv.raw) {
