@@ -56,6 +56,8 @@ export interface NetworkConfig {
   cidr: string;
   /** TCP port the guest agent connects back to, on the bridge address (push readiness). */
   agentPort: number;
+  /** Taps are made openable by this uid/gid (set by kilnd when Firecracker runs jailed). */
+  tapOwner?: { uid: number; gid: number };
 }
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig {
