@@ -986,7 +986,8 @@ export class VmManager {
    */
   private async killOrphanVmms(): Promise<void> {
     const owned = new Set([...this.live.values()].map((l) => l.instance.pid));
-    for (const p of await processesUnder(this.vmsDir).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
+    const jails = path.join(this.deps.config.stateDir, 'jailer');
+    for (const p of await processesUnder(this.vmsDir, jails).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
       if (owned.has(p.pid)) continue;
       this.deps.log.warn({ vm: p.vmId, pid: p.pid }, 'killing a VMM process no VM owns');
       if (!(await killAndWait(p.pid))) this.deps.log.error({ vm: p.vmId, pid: p.pid }, 'a VMM process no VM owns did not die within 5 s of SIGKILL');
