@@ -19,8 +19,10 @@ test('KilnError carries its status; unknown throwables become KILN_ERR_INTERNAL'
   assert.equal(wrapped.status, 500);
 });
 
-test('the README documents every error code', async () => {
-  const { readFile } = await import('node:fs/promises');
-  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
-  for (const code of Object.keys(ERRORS)) assert.ok(readme.includes(code), `README lists ${code}`);
+test('the README or a page in docs/ documents every error code', async () => {
+  const { readFile, readdir } = await import('node:fs/promises');
+  const docs = new URL('../docs/', import.meta.url);
+  const pages = (await readdir(docs)).filter((f) => f.endsWith('.md')).map((f) => new URL(f, docs));
+  const text = (await Promise.all([new URL('../README.md', import.meta.url), ...pages].map((u) => readFile(u, 'utf8')))).join('\n');
+  for (const code of Object.keys(ERRORS)) assert.ok(text.includes(code), `README or docs/*.md lists ${code}`);
 });

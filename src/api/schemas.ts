@@ -345,6 +345,10 @@ export const Health = Type.Object({
   accelerator_reason: Type.String(),
   kernel: Type.String(),
   vms: Type.Integer(),
+  /** 'token': every API call needs the bearer token; 'none': kilnd runs with --no-auth. */
+  auth: Type.Union([Type.Literal('token'), Type.Literal('none')]),
+  /** Present only when something is unsafe by choice (--no-auth). */
+  auth_warning: Type.Optional(Type.String()),
 });
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';

@@ -1,6 +1,7 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
+import { NO_AUTH_WARNING } from '../auth/no-auth.ts';
 import { Health } from '../schemas.ts';
 
 export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): void {
@@ -14,6 +15,8 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     accelerator_reason: daemon.accel.reason,
     kernel: daemon.assets.kernel.version,
     vms: (await daemon.store.listVms()).length,
+    auth: daemon.config.auth,
+    ...(daemon.config.auth === 'none' ? { auth_warning: NO_AUTH_WARNING } : {}),
   }));
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['system'], hide: false } }, async (_req, reply) => {
     reply.type(daemon.metrics.registry.contentType);
