@@ -6,7 +6,8 @@ import { Health } from '../schemas.ts';
 
 export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
-  app.get('/healthz', { schema: { summary: 'Liveness and host capabilities', tags: ['system'], response: { 200: Health } } }, async () => ({
+  // The one API route without the token (security: []): it answers monitors, and holds no secret.
+  app.get('/healthz', { schema: { summary: 'Liveness and host capabilities (no token needed)', tags: ['system'], security: [], response: { 200: Health } } }, async () => ({
     status: 'ok' as const,
     version: daemon.version,
     backend: daemon.driver.name,
