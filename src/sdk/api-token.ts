@@ -30,7 +30,12 @@ export function readApiToken(stateDir: string): string | null {
 }
 
 function isLoopbackUrl(url: string): boolean {
-  const h = new URL(url).hostname.replace(/^\[|\]$/g, '');
+  let h: string;
+  try {
+    h = new URL(url).hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    return false; // a malformed URL fails at the first request, with its own message
+  }
   return h === 'localhost' || h === '::1' || /^127\./.test(h);
 }
 
