@@ -349,6 +349,12 @@ export const Health = Type.Object({
   auth: Type.Union([Type.Literal('token'), Type.Literal('none')]),
   /** Present only when something is unsafe by choice (--no-auth). */
   auth_warning: Type.Optional(Type.String()),
+  /** Admission control: what VMs that hold a VMM commit, against what the host allows. */
+  capacity: Type.Object({
+    vcpus: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
+    memory_mib: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
+    vms: Type.Integer({ description: 'VMs that commit resources (creating, booting, ready, paused, stopping)' }),
+  }),
 });
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';

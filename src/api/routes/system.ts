@@ -18,6 +18,7 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     vms: (await daemon.store.listVms()).length,
     auth: daemon.config.auth,
     ...(daemon.config.auth === 'none' ? { auth_warning: NO_AUTH_WARNING } : {}),
+    capacity: await daemon.admission.report(),
   }));
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['system'], hide: false } }, async (_req, reply) => {
     reply.type(daemon.metrics.registry.contentType);
