@@ -129,6 +129,7 @@ export class Daemon {
       const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
       await snapshots.sweep();
       const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
+      await templates.sweep();
       const functions = new FunctionService({
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { KilnConfig } from '../config.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
 import type { Admission } from './admission.ts';
+import { killAndWait, processesUnder } from './vmm-sweep.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
@@ -945,6 +946,7 @@ export class VmManager {
     for (const vm of vms) {
       await this.lock.run(vm.id, () => this.reconcileOne(vm)).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'reconcile failed'));
     }
+    await this.killOrphanVmms();
     await this.deps.network.sweep().catch((e) => this.deps.log.error({ err: e }, 'network sweep failed'));
     const known = new Set(vms.map((v) => v.id));
     for (const dir of await fs.readdir(this.vmsDir).catch(() => [] as string[])) {
@@ -961,6 +963,20 @@ export class VmManager {
         this.deps.log.warn({ disk: f }, 'removing a disk no VM refers to');
         await fs.rm(path.join(disks, f), { force: true });
       }
+    }
+  }
+
+  /**
+   * VMM processes under this state dir that no VM owns after the reconcile: a kilnd killed
+   * between spawning a VMM and recording its pid, or a VM failed while kilnd was down. Killed
+   * before the network sweep, so their taps and namespaces go with them.
+   */
+  private async killOrphanVmms(): Promise<void> {
+    const owned = new Set([...this.live.values()].map((l) => l.instance.pid));
+    for (const p of await processesUnder(this.vmsDir).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
+      if (owned.has(p.pid)) continue;
+      this.deps.log.warn({ vm: p.vmId, pid: p.pid }, 'killing a VMM process no VM owns');
+      if (!(await killAndWait(p.pid))) this.deps.log.error({ vm: p.vmId, pid: p.pid }, 'a VMM process no VM owns did not die within 5 s of SIGKILL');
     }
   }
 
