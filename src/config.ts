@@ -1,6 +1,7 @@
 // Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
 import os from 'node:os';
 import path from 'node:path';
+import type { UnpackLimits } from './image/flatten/root-writer.ts';
 import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
 
@@ -41,6 +42,8 @@ export interface KilnConfig {
   functions: FunctionsConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
   capacity: CapacityConfig;
+  /** What a pulled or uploaded image may unpack to (decompression bombs). */
+  unpack: UnpackLimits;
 }
 
 export interface FunctionsConfig {
@@ -60,6 +63,8 @@ export interface NetworkConfig {
   cidr: string;
   /** TCP port the guest agent connects back to, on the bridge address (push readiness). */
   agentPort: number;
+  /** Taps are made openable by this uid/gid (set by kilnd when Firecracker runs jailed). */
+  tapOwner?: { uid: number; gid: number };
 }
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig {
@@ -93,6 +98,11 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       // A tenth of the host, at least 1 GiB: the host, kilnd and the page cache the images live in.
       reservedMemoryMib: positive(env, 'KILN_HOST_RESERVED_MIB', Math.max(1024, Math.round(HOST_MEMORY_MIB / 10))),
       vmmOverheadMib: positive(env, 'KILN_VMM_OVERHEAD_MIB', 64),
+    },
+    unpack: {
+      maxLayerBytes: positive(env, 'KILN_LAYER_MAX_BYTES', 32 * 2 ** 30),
+      maxImageBytes: positive(env, 'KILN_IMAGE_MAX_BYTES', 64 * 2 ** 30),
+      maxEntries: positive(env, 'KILN_IMAGE_MAX_ENTRIES', 4_000_000),
     },
   };
 }

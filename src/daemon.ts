@@ -35,7 +35,7 @@ import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
-import { createDriver } from './vmm/registry.ts';
+import { createDriver, decideJailer, jailerSettingsFromEnv } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
 export class Daemon {
@@ -91,11 +91,15 @@ export class Daemon {
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
         canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
+        firecrackerBinary: config.firecrackerBinary,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
       log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
-      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
+      // Firecracker runs under its jailer whenever one is there (KILN_FIRECRACKER_JAILER=off: never).
+      const jail = backend.backend === 'firecracker' ? await decideJailer(jailerSettingsFromEnv(process.env, config.stateDir), backend.firecrackerBinary!) : undefined;
+      if (jail) log.info({ jailer: jail.jailer?.binary ?? null, reason: jail.reason }, 'Firecracker confinement');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, jailer: jail?.jailer });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -104,6 +108,7 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, {
         stateDir: config.stateDir,
+        limits: config.unpack,
         puller: pullImage,
         insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
         credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
@@ -111,10 +116,12 @@ export class Daemon {
       await images.recover();
       await ensureDefaultImage(images);
       const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
-      const network = new NetworkManager(config.network, { store, log });
+      // A jailed Firecracker opens its tap as the jail's uid: taps are made for it.
+      const tapOwner = jail?.jailer ? { uid: jail.jailer.uid, gid: jail.jailer.gid } : undefined;
+      const network = new NetworkManager({ ...config.network, ...(tapOwner ? { tapOwner } : {}) }, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
-      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       const admission = new Admission(config.capacity, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
@@ -136,7 +143,9 @@ export class Daemon {
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
       });
       await functions.start();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
+      // /healthz's backend_reason says how Firecracker is confined, too.
+      const chosen = jail ? { ...backend, reason: `${backend.reason}; ${jail.reason}` } : backend;
+      return new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

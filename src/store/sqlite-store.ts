@@ -243,7 +243,8 @@ export class SqliteStore implements Store {
       listPhases: p('SELECT * FROM phases WHERE vm_id = ? AND boot = ? ORDER BY started_at, rowid'),
       insertEvent: p('INSERT INTO events (ts, type, vm_id, data) VALUES (?, ?, ?, ?)'),
       listEvents: p(`SELECT * FROM events WHERE seq > @after AND (@vm IS NULL OR vm_id = @vm)
-        ORDER BY seq DESC LIMIT @limit`),
+        ORDER BY seq ASC LIMIT @limit`),
+      firstEventSeq: p('SELECT MIN(seq) AS seq FROM events'),
     };
   }
 
@@ -401,13 +402,17 @@ export class SqliteStore implements Store {
     return { ...e, seq: Number(info.lastInsertRowid) };
   }
 
+  async firstEventSeq(): Promise<number | null> {
+    return ((this.stmt.firstEventSeq.get() as { seq: number | null }).seq) ?? null;
+  }
+
   async listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]> {
     const rows = this.stmt.listEvents.all({
       after: opts.afterSeq ?? 0,
       vm: opts.vmId ?? null,
       limit: opts.limit ?? 1000,
     }) as Row[];
-    return rows.reverse().map((r) => ({
+    return rows.map((r) => ({
       seq: r.seq as number,
       ts: r.ts as number,
       type: r.type as string,
