@@ -12,8 +12,15 @@ export interface KilnConfig {
   assetsDir: string;
   listenHost: string;
   listenPort: number;
-  /** Required for any non-loopback bind. */
+  /**
+   * KILN_API_TOKEN: the token kilnd accepts, instead of the one it generates at first start
+   * into <stateDir>/api-token (either way, that file holds the token in force).
+   */
   apiToken?: string;
+  /** 'none' (--no-auth): no token asked, loopback only; Host and Origin are still checked. */
+  auth: 'token' | 'none';
+  /** Names clients may use in Host besides loopback and the listen address (KILN_ALLOWED_HOSTS, comma-separated). */
+  allowedHosts: string[];
   /** 'auto' picks firecracker when present and KVM boots a guest, qemu otherwise. */
   backend: BackendName | 'auto';
   /** Firecracker binary (KILN_FIRECRACKER_BIN); default `firecracker` on PATH. */
@@ -68,6 +75,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     listenHost: '127.0.0.1',
     listenPort: 18080,
     apiToken: env.KILN_API_TOKEN || undefined,
+    auth: 'token',
+    allowedHosts: (env.KILN_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     backend: (env.KILN_BACKEND as KilnConfig['backend']) ?? 'auto',
     firecrackerBinary: env.KILN_FIRECRACKER_BIN || undefined,
     kernelPath: env.KILN_KERNEL ? path.resolve(env.KILN_KERNEL) : undefined,

@@ -1,9 +1,10 @@
 // kilnd: wires store, assets, VMM driver, VM manager and the API together. VMs outlive the
 // daemon: close() lets go of them, the next start() re-attaches.
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
+import { NO_AUTH_WARNING } from './api/auth/no-auth.ts';
+import { ensureApiToken } from './api/auth/token-file.ts';
 import { buildServer } from './api/server.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB, isLoopback, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
@@ -22,6 +23,7 @@ import { NeighbourWatch } from './net/neighbour-watch.ts';
 import { AgentListener } from './guest/agent/listener.ts';
 import type { AgentHub } from './vm/agent-link.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
+import { secureDatabaseFiles, secureStateDir } from './store/state-permissions.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { Admission } from './vm/admission.ts';
@@ -69,11 +71,16 @@ export class Daemon {
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
-    if (!isLoopback(config.listenHost) && !config.apiToken) {
-      throw new KilnError('KILN_ERR_HOST_SETUP', `refusing to listen on ${config.listenHost} without an API token (set KILN_API_TOKEN)`);
+    if (!isLoopback(config.listenHost) && config.auth === 'none') {
+      throw new KilnError('KILN_ERR_HOST_SETUP', `refusing --no-auth on ${config.listenHost}: without a token only a loopback address may be served`);
     }
-    await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-    const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
+    await secureStateDir(config.stateDir);
+    const apiToken = config.auth === 'none' ? undefined : await ensureApiToken(config.stateDir, config.apiToken);
+    config = { ...config, apiToken };
+    if (config.auth === 'none') log.warn(NO_AUTH_WARNING);
+    const dbFile = path.join(config.stateDir, 'kiln.db');
+    await secureDatabaseFiles(dbFile);
+    const store = new SqliteStore(dbFile);
     let agents: AgentHub | null = null;
     try {
       const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });

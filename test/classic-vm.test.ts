@@ -45,7 +45,7 @@ before(async () => {
   vm = JSON.parse(created.stdout) as Vm;
 });
 
-const kiln = (...args: string[]) => runKiln(d.url, args, { timeoutMs: BOOT_MS });
+const kiln = (...args: string[]) => runKiln(d, args, { timeoutMs: BOOT_MS });
 after(async () => {
   await d?.dispose();
   if (keyDir) await fs.rm(keyDir, { recursive: true, force: true });

@@ -330,7 +330,7 @@ test('a user the image does not have fails the container with the reason', { ski
 });
 
 test('kiln run / ps / logs / stop / rm', { skip }, async () => {
-  const kiln = (...args: string[]) => runKiln(d.url, args);
+  const kiln = (...args: string[]) => runKiln(d, args);
 
   // Attached: output streams through (stdout and stderr apart), the exit code is the container's; --rm removes it.
   const attached = await kiln('run', '--rm', '--name', 'cli-once', '-e', 'GREETING=from-cli', image, 'sh', '-c', 'echo out-line; echo err-line >&2; exit 4');

@@ -129,7 +129,7 @@ describe('API input validation (nothing is created)', { skip }, () => {
   }
 
   async function raw(body: string, headers: Record<string, string> = { 'content-type': 'application/json' }) {
-    const res = await fetch(`${d.url}/v1/vms`, { method: 'POST', headers, body });
+    const res = await fetch(`${d.url}/v1/vms`, { method: 'POST', headers: { ...headers, ...d.authHeaders }, body });
     return { status: res.status, body: (await res.json()) as { code: string; message: string; statusCode: number; error: string } };
   }
 
@@ -164,7 +164,7 @@ describe('API input validation (nothing is created)', { skip }, () => {
   });
 
   test('unknown route and unknown query parameter', async () => {
-    const res = await fetch(`${d.url}/v1/nothing`);
+    const res = await fetch(`${d.url}/v1/nothing`, { headers: d.authHeaders });
     assert.equal(res.status, 404);
     assert.equal(((await res.json()) as { code: string }).code, 'KILN_ERR_NOT_FOUND');
     await expectApiError(d.client.request('GET', '/v1/vms/x/logs', { query: { follow: 'maybe' } }), 400, 'KILN_ERR_VALIDATION');
@@ -191,7 +191,7 @@ describe('daemon surfaces', { skip }, () => {
   });
 
   test('/openapi.json documents the routes with the validation schemas', async () => {
-    const doc = (await (await fetch(`${d.url}/openapi.json`)).json()) as { openapi: string; paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: { properties: Record<string, { minimum?: number }> } }> } }>> };
+    const doc = (await (await fetch(`${d.url}/openapi.json`, { headers: d.authHeaders })).json()) as { openapi: string; paths: Record<string, Record<string, { requestBody?: { content: Record<string, { schema: { properties: Record<string, { minimum?: number }> } }> } }>> };
     assert.match(doc.openapi, /^3\./);
     for (const p of ['/v1/vms', '/v1/vms/{id}', '/v1/vms/{id}/stop', '/v1/vms/{id}/logs', '/v1/images', '/v1/events']) assert.ok(doc.paths[p], `documents ${p}`);
     const props = doc.paths['/v1/vms']!.post!.requestBody!.content['application/json']!.schema.properties;
@@ -199,7 +199,7 @@ describe('daemon surfaces', { skip }, () => {
   });
 
   test('/metrics exposes provisioning histograms and VM gauges', async () => {
-    const text = await (await fetch(`${d.url}/metrics`)).text();
+    const text = await (await fetch(`${d.url}/metrics`, { headers: d.authHeaders })).text();
     assert.match(text, /kiln_provision_phase_seconds_bucket\{.*phase="guest.kernel"/);
     assert.match(text, /kiln_vm_transitions_total\{to="ready"\}/);
     assert.match(text, /# TYPE kiln_vms gauge/);
