@@ -12,9 +12,6 @@ before(async () => {
 });
 after(() => d?.dispose());
 
-/** What a raw request to this daemon needs to be let in. */
-const authHeaders = (): Record<string, string> => ({});
-
 /** Reads SSE events from a raw fetch until `n` arrived (deadline 30 s). */
 async function read(res: Response, n: number): Promise<{ id: string | null; e: KilnEvent }[]> {
   const out: { id: string | null; e: KilnEvent }[] = [];
@@ -48,7 +45,7 @@ test('a replay across several pages is complete and ascending, then live events 
   await it.return?.(undefined);
   // 1200 more events: more than two replay pages.
   for (let i = 0; i < 1200; i++) await d.client.gcImages();
-  const res = await fetch(`${d.url}/v1/events?since=${mark.seq}`, { headers: authHeaders() });
+  const res = await fetch(`${d.url}/v1/events?since=${mark.seq}`, { headers: d.authHeaders });
   const replay = read(res, 1201);
   await new Promise((r) => setTimeout(r, 200));
   await d.client.gcImages(); // live, after the replay began
@@ -66,7 +63,7 @@ test('Last-Event-ID resumes like ?since', async () => {
   await it.return?.(undefined);
   await d.client.gcImages();
   await d.client.gcImages();
-  const res = await fetch(`${d.url}/v1/events`, { headers: { ...authHeaders(), 'last-event-id': String(mark.seq) } });
+  const res = await fetch(`${d.url}/v1/events`, { headers: { ...d.authHeaders, 'last-event-id': String(mark.seq) } });
   const got = await read(res, 2);
   assert.deepEqual(got.map((g) => Number(g.e.seq)), [Number(mark.seq) + 1, Number(mark.seq) + 2]);
 });
