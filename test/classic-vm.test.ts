@@ -22,7 +22,7 @@ import { until } from './helpers/until.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
 // classic suite runs on QEMU (README: Classic VMs, Firecracker).
-const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'classic VM tests run on the QEMU backend' : undefined);
+const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'KILN_BACKEND=firecracker: classic VMs need QEMU (Firecracker on x86 has no ACPI power-off; run this suite without KILN_BACKEND)' : undefined);
 const BOOT_MS = 180_000;
 
 let d: TestDaemon;
