@@ -109,10 +109,12 @@ async function startTokenServer(dir: string, opts: TokenAuthOptions, service: st
 function probe(url: string): Promise<number> {
   return new Promise((resolve) => {
     const mod = url.startsWith('https:') ? https : http;
-    const req = mod.get(url, { rejectUnauthorized: false }, (res) => {
+    // A registry that accepts and never answers counts as not ready (the caller's deadline then holds).
+    const req = mod.get(url, { rejectUnauthorized: false, timeout: 2000 }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
+    req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(0));
   });
 }
