@@ -21,7 +21,7 @@ import { runKiln } from './helpers/kiln-cli.ts';
 import { until } from './helpers/until.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
-// classic suite runs on QEMU (README: Classic VMs, Firecracker).
+// classic suite runs on QEMU (docs/classic-vms.md: Firecracker).
 const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'KILN_BACKEND=firecracker: classic VMs need QEMU (Firecracker on x86 has no ACPI power-off; run this suite without KILN_BACKEND)' : undefined);
 const BOOT_MS = 180_000;
 

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { KilnConfig } from '../config.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
+import type { Admission } from './admission.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
@@ -139,6 +140,8 @@ export class VmManager {
       log: Logger;
       assets: GuestAssets;
       accelerator: Accelerator;
+      /** Refuses a VM the host has no vCPUs or memory left for, before anything is made. */
+      admission: Admission;
       /**
        * The driver of another backend, for VMs a previous kilnd started with it (the host's
        * backend can change between runs, e.g. `auto` after Firecracker was installed).
@@ -248,7 +251,7 @@ export class VmManager {
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
-    await this.deps.store.insertVm(vm);
+    await this.deps.admission.admit(vm, () => this.deps.store.insertVm(vm));
     if (network === 'bridge') {
       // Leased now, before boot: the address is in the create response.
       const addr = await this.deps.network.lease(id);
@@ -663,13 +666,11 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
-      const next = await this.deps.store.updateVm(id, {
-        bootCount: vm.bootCount + 1,
-        stateReason: null,
-        backend: this.deps.driver.name,
-        accelerator: this.deps.accelerator,
-      });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used. The VM
+      // commits its vCPUs and memory again from here on ('creating'), if the host has them.
+      const next = await this.deps.admission.admit(vm, () =>
+        this.transition(id, 'creating', { bootCount: vm.bootCount + 1, backend: this.deps.driver.name, accelerator: this.deps.accelerator }),
+      );
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
@@ -770,7 +771,7 @@ export class VmManager {
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
-    await this.deps.store.insertVm(vm);
+    await this.deps.admission.admit(vm, () => this.deps.store.insertVm(vm));
     await this.deps.store.linkClone(id, req.snapshotId);
     const addr = await this.deps.network.lease(id, [req.guestNet.ip]);
     if (!addr) {
