@@ -19,6 +19,7 @@ import { registerVmRoutes } from './routes/vms.ts';
 import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
 import { isPublicWebPath, registerWebRoutes } from './routes/web.ts';
+import { drainOversizedBody } from './oversized-body.ts';
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -70,6 +71,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   app.setErrorHandler((err, req, reply) => {
     const ke = toKilnError(err as Error);
     if (ke.status >= 500) req.log.error({ err }, 'request failed');
+    if (ke.code === 'KILN_ERR_BODY_TOO_LARGE') drainOversizedBody(req, reply);
     void reply.status(ke.status).send(errorBody(ke));
   });
   app.setNotFoundHandler((req, reply) => {

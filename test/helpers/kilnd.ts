@@ -11,9 +11,10 @@ import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, linkExists } from '../../src/tools/ip.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
 import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
+import { TEST_ASSETS_DIR } from './assets.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const TEST_ASSETS_DIR = process.env.KILN_ASSETS_DIR ?? path.join(os.tmpdir(), 'kiln-test-assets');
+export { TEST_ASSETS_DIR };
 
 export interface TestDaemon {
   url: string;
