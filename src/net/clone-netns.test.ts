@@ -30,7 +30,7 @@ test('inside: the template tap name, the gateway MAC the guest cached, a host ro
 test('the host end is an isolated port of the bridge, the peer created straight into the namespace', () => {
   const host = hostCommands(plan).map((c) => c.join(' '));
   assert.equal(host[0], 'netns add kiln-vm-0123456789');
-  assert.equal(host[1], 'neigh flush to 10.118.0.9 dev kiln0');
+  assert.equal(host[1], `neigh replace 10.118.0.9 lladdr ${macFor('10.118.0.9')} dev kiln0 nud permanent`);
   assert.ok(host.includes('link add kiln0123456789 type veth peer name veth0 netns kiln-vm-0123456789'));
   assert.ok(host.includes('link set dev kiln0123456789 type bridge_slave isolated on'));
   assert.ok(host.indexOf('link set dev kiln0123456789 up') > host.indexOf('link set dev kiln0123456789 master kiln0'));

@@ -57,7 +57,8 @@ export function clonePlan(o: Omit<CloneNetPlan, 'netns' | 'cloneMac'> & { vmId: 
 export function hostCommands(p: CloneNetPlan): string[][] {
   return [
     ['netns', 'add', p.netns],
-    ['neigh', 'flush', 'to', p.cloneIp, 'dev', p.bridge],
+    // The host's entry for the clone's lease is fixed, like a tap's (anti-spoofing).
+    ['neigh', 'replace', p.cloneIp, 'lladdr', p.cloneMac, 'dev', p.bridge, 'nud', 'permanent'],
     ['link', 'add', p.hostVeth, 'type', 'veth', 'peer', 'name', CLONE_NS_VETH, 'netns', p.netns],
     ['link', 'set', 'dev', p.hostVeth, 'master', p.bridge],
     ['link', 'set', 'dev', p.hostVeth, 'type', 'bridge_slave', 'isolated', 'on'],

@@ -24,6 +24,7 @@ import { KeyedLock } from '../util/keyed-lock.ts';
 import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance, VmmSnapshot, VmSpec } from '../vmm/driver.ts';
 import { AgentClient } from '../guest/agent/client.ts';
 import { clonePlan, createCloneNetwork } from '../net/clone-netns.ts';
+import { normalizeEgress, type EgressPolicy, type EgressSpec } from '../net/egress.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, fromMonotonic, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
@@ -44,6 +45,8 @@ export interface CreateVmInput {
   cmd?: string[];
   env?: Record<string, string>;
   network?: NetworkMode;
+  /** Where the guest may connect beyond the host; default: the public internet only. */
+  egress?: EgressSpec;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   readiness?: ReadinessMode;
   volumes?: VolumeAttachRequest[];
@@ -81,6 +84,7 @@ export interface CloneRequest {
   memoryMib: number;
   cmd: string[] | null;
   readiness: ReadinessMode;
+  egress: EgressPolicy;
   /** The token the guest holds (the snapshotted VM's): authenticates the identity op. */
   guestToken: string;
   /** Copies the snapshot's scratch and config drives into the clone's runtime dir. */
@@ -186,6 +190,10 @@ export class VmManager {
     if (network === 'none' && readiness !== 'auto') {
       throw new KilnError('KILN_ERR_VALIDATION', `readiness "${readiness}" needs the guest agent, which needs a network; a VM without one reports readiness over the serial console`);
     }
+    const egress = normalizeEgress(input.egress);
+    if (input.egress !== undefined && network === 'none') {
+      throw new KilnError('KILN_ERR_VALIDATION', 'egress needs a network: drop "egress" or use "network": "bridge"');
+    }
     const ports = portMappings(input.ports ?? []);
     if (ports.length && network === 'none') {
       throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
@@ -243,6 +251,7 @@ export class VmManager {
       volumes,
       process: input.process ?? null,
       classic,
+      egress: network === 'bridge' ? egress : null,
       createdAt: now,
       updatedAt: now,
     };
@@ -766,7 +775,7 @@ export class VmManager {
       kernelArgs: [], cmd: req.cmd, env: req.env ?? {}, network: 'bridge', ip: null, ports: [], readiness: req.readiness,
       agentToken: randomBytes(16).toString('hex'), agent: null, health: 'unknown', healthReason: null,
       backend: this.deps.driver.name, accelerator: this.deps.accelerator, pid: null, bootCount: 1, consoleOffset: 0,
-      exitCode: null, volumes: [], createdAt: now, updatedAt: now,
+      exitCode: null, volumes: [], egress: req.egress, createdAt: now, updatedAt: now,
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
@@ -810,6 +819,9 @@ export class VmManager {
         timeline.step('network.prepare', async () => {
           await createCloneNetwork(plan);
           undo.push('clone network', () => this.deps.network.unplug(vm.id));
+          // The namespace's veth is the clone's port on the bridge: its anti-spoofing and
+          // egress rules exist before the guest resumes.
+          await this.deps.network.sync();
         }),
       ]);
       for (const r of prepared) if (r.status === 'rejected') throw r.reason;

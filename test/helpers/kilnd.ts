@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, linkExists } from '../../src/tools/ip.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
-import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
+import { tablesFor } from '../../src/net/ruleset.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const TEST_ASSETS_DIR = process.env.KILN_ASSETS_DIR ?? path.join(os.tmpdir(), 'kiln-test-assets');
@@ -42,7 +42,7 @@ export function testNetwork(): TestNetwork {
 /** Removes what a test daemon added to the host (its VMs must be gone). */
 export async function removeTestNetwork(n: TestNetwork): Promise<void> {
   if (await linkExists(n.bridge)) await deleteLink(n.bridge);
-  await nftDeleteTable(NFT_FAMILY, tableName(n.bridge));
+  for (const [family, table] of tablesFor(n.bridge)) await nftDeleteTable(family, table);
 }
 
 /** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
