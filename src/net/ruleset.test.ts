@@ -24,9 +24,9 @@ test('the tables are replaced atomically: the legacy ip table, then inet and bri
 test('loopback from the bridge is dropped before routing; guests reach only the agent port on the host', () => {
   const text = renderRuleset(base);
   assert.deepEqual(chain(text, 'guard').slice(1), [
-    'iifname "kilnbr0" ip daddr 127.0.0.0/8 drop',
-    'iifname "kilnbr0" ip saddr 127.0.0.0/8 drop',
-    'iifname "kilnbr0" meta nfproto ipv6 drop',
+    'iifname "kilnbr0" ip daddr 127.0.0.0/8 counter drop',
+    'iifname "kilnbr0" ip saddr 127.0.0.0/8 counter drop',
+    'iifname "kilnbr0" meta nfproto ipv6 counter drop',
   ]);
   assert.deepEqual(chain(text, 'from_guest'), ['ct state established,related accept', 'ip daddr 10.118.0.1 tcp dport 18081 ct state new accept', 'counter drop']);
   assert.deepEqual(chain(renderRuleset({ ...base, agentPort: null }), 'from_guest'), ['ct state established,related accept', 'counter drop']);

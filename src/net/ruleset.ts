@@ -96,9 +96,9 @@ export function renderRuleset(input: RulesetInput): string {
     // No IPv6 from guests at all (the bridge table drops it at layer 2 already).
     '  chain guard {',
     '    type filter hook prerouting priority raw; policy accept;',
-    `    iifname ${br} ip daddr 127.0.0.0/8 drop`,
-    `    iifname ${br} ip saddr 127.0.0.0/8 drop`,
-    `    iifname ${br} meta nfproto ipv6 drop`,
+    `    iifname ${br} ip daddr 127.0.0.0/8 counter drop`,
+    `    iifname ${br} ip saddr 127.0.0.0/8 counter drop`,
+    `    iifname ${br} meta nfproto ipv6 counter drop`,
     '  }',
     // Published ports, for traffic arriving from outside the host …
     '  chain prerouting {',
