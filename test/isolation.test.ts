@@ -262,7 +262,7 @@ describe('network isolation against a hostile guest', { skip }, () => {
     };
   }
 
-  test('every attack fails while the published port, allowed egress and exec keep working', async () => {
+  test('every attack fails while the published port, allowed egress and exec keep working', async (t) => {
     // The targets are live: the host itself reaches each of them.
     for (const a of [target.internet, target.privateAllowed, target.privateBlocked, target.metadata]) {
       assert.match(await hostProbe(a, NS_PORT), /^ANSWER ns /, `host reaches ${a}`);
@@ -296,6 +296,7 @@ describe('network isolation against a hostile guest', { skip }, () => {
     await d.client.exec(vm.id, { cmd: ['/bin/touch', '/tmp/go'] });
     const log = await waitForLog(d.client, vm.id, new RegExp(DONE_MARKER), 240_000);
     const results = parseProbeLines(log);
+    for (const r of results.values()) t.diagnostic(`${r.kind} ${r.name} ${r.verdict} ${r.evidence}`);
     assertControls(results, egressControls, log);
     assertAttacks(results, attacks, log);
     for (const n of ['host-loopback', 'host-kilnd-api-loopback']) {
@@ -375,7 +376,7 @@ while true; do arping -U -c 1 -I eth0 ${vip} >/dev/null 2>&1; arping -A -c 1 -I 
     await Promise.all([d.client.deleteVm(victim.id), d.client.deleteVm(attacker.id)]);
   });
 
-  test('a template clone is held to the same policy (probes run by exec in the clone)', async () => {
+  test('a template clone is held to the same policy (probes run by exec in the clone)', async (t) => {
     const clone = await d.client.createVm({ name: 'clone-probe', template: 'default' }, { wait: true, timeoutMs: 300_000 });
     await waitForState(d.client, clone.id, ['ready']);
     nsHits.length = 0;
@@ -386,6 +387,7 @@ while true; do arping -U -c 1 -I eth0 ${vip} >/dev/null 2>&1; arping -A -c 1 -I 
     const script = hostileScript({ vars: await scriptVars(clone.ip!), controls: [egressControls[0]!], attacks: reversibleAttacks.filter((a) => a.name !== 'ip-spoof-source') });
     const out = await d.client.exec(clone.id, { cmd: ['/bin/sh', '-c', script], timeoutMs: 120_000 });
     const results = parseProbeLines(out.stdout);
+    for (const r of results.values()) t.diagnostic(`clone: ${r.kind} ${r.name} ${r.verdict} ${r.evidence}`);
     assertControls(results, [egressControls[0]!], out.stdout + out.stderr);
     assertAttacks(results, reversibleAttacks.filter((a) => a.name !== 'ip-spoof-source'), out.stdout + out.stderr);
     assert.deepEqual(anyHost.hits, [], 'no host service reached from the clone');

@@ -20,6 +20,8 @@ import { renderRuleset, tableName, tablesFor, type GuestPort, type PortPublicati
 /** VMs in these states have a VMM, so their tap and port rules must exist. */
 const PLUGGED: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
 const TAP_PREFIX = 'kiln';
+/** /sys/class/net/<dev>/addr_assign_type of an address set by hand (not random, not inherited). */
+const NET_ADDR_SET = '3';
 
 export interface VmAddress {
   ip: string;
@@ -67,8 +69,10 @@ export class NetworkManager {
     if (!(await ip.linkExists(bridge))) {
       await this.refuseOverlap();
       await ip.addBridge(bridge);
+      await ip.setLinkAddress(bridge, macFor(this.subnet.gateway));
       this.deps.log.info({ bridge, cidr: gwCidr }, 'created bridge');
     }
+    await this.pinBridgeMac();
     await ip.addAddress(bridge, gwCidr);
     await ip.setLinkUp(bridge);
     // Forwarding for egress NAT. route_localnet: the host's own connections to a published
@@ -82,6 +86,19 @@ export class NetworkManager {
     // create one (older kilnds turned this on for the neighbour-table readiness fallback).
     await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '0');
     this.#hostNetworks = await this.hostNetworks();
+  }
+
+  /**
+   * A bridge whose MAC the kernel picked follows its ports' MACs: each tap that joins or
+   * leaves can change it, which flushes every neighbour entry on it, permanent ones included
+   * (and changes the gateway MAC guests have cached). Setting the address once pins it.
+   */
+  private async pinBridgeMac(): Promise<void> {
+    const bridge = this.config.bridge;
+    const assigned = (await fs.readFile(`/sys/class/net/${bridge}/addr_assign_type`, 'utf8').catch(() => '')).trim();
+    if (assigned === NET_ADDR_SET) return;
+    const mac = await this.bridgeMac();
+    await ip.setLinkAddress(bridge, mac ?? macFor(this.subnet.gateway));
   }
 
   /** The agent's push listener port: the one host port guests may open connections to. */
@@ -167,7 +184,7 @@ export class NetworkManager {
     if (await netnsExists(cloneNetnsName(vmId))) await removeCloneNetwork(cloneNetnsName(vmId), tap);
     else if (await ip.linkExists(tap)) await ip.deleteLink(tap);
     const addr = (await this.deps.store.getVm(vmId).catch(() => null))?.ip;
-    if (addr) await ip.flushNeighbour(addr, this.config.bridge).catch(() => {});
+    if (addr) await ip.deleteNeighbour(addr, this.config.bridge).catch(() => {});
   }
 
   /** The bridge's current MAC: the gateway MAC guests cache (recorded in snapshots). */
