@@ -38,8 +38,11 @@ test('the host end is an isolated port of the bridge, the peer created straight 
 
 test('NAT maps the clone address to the guest address in and the guest address to the clone address out', () => {
   const r = namespaceRuleset(plan);
-  assert.match(r, /iifname "veth0" ip daddr 10\.118\.0\.9 dnat to 10\.118\.0\.5/);
-  assert.match(r, /oifname "veth0" ip saddr 10\.118\.0\.5 snat to 10\.118\.0\.9/);
+  assert.match(r, /iifname "veth0" ip daddr 10\.118\.0\.9 dnat ip to 10\.118\.0\.5/);
+  assert.match(r, /oifname "veth0" ip saddr 10\.118\.0\.5 snat ip to 10\.118\.0\.9/);
+  // The guest reaches nothing in the namespace itself, and no IPv6 at all.
+  assert.match(r, /iifname "kilnaaaaaaaaaa" meta nfproto ipv6 drop/);
+  assert.match(r, /iifname "kilnaaaaaaaaaa" drop/);
   assert.match(r, /hook prerouting priority dstnat/);
   assert.match(r, /hook postrouting priority srcnat/);
 });

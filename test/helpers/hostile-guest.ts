@@ -16,6 +16,8 @@ export interface Probe {
   what: string;
   /** sh function body; may use the helpers below and the script's variables. Exit 0 = reached. */
   sh: string;
+  /** The evidence must match this, else the attempt never really happened (a usage error, say). */
+  armed?: RegExp;
 }
 
 /** Guest-side helpers every probe may call. */
