@@ -106,6 +106,13 @@ async function hostProbe(host: string, port: number): Promise<string> {
   });
 }
 
+function eui64LinkLocal(mac: string): string {
+  const b = mac.split(':').map((h) => parseInt(h, 16));
+  b[0]! ^= 2;
+  const words = [(b[0]! << 8) | b[1]!, (b[2]! << 8) | 0xff, (0xfe << 8) | b[3]!, (b[4]! << 8) | b[5]!];
+  return `fe80::${words.map((w) => w.toString(16)).join(':')}`;
+}
+
 async function freePort(): Promise<number> {
   const l = net.createServer();
   await new Promise<void>((r) => l.listen(0, '127.0.0.1', r));
@@ -258,8 +265,9 @@ describe('network isolation against a hostile guest', { skip }, () => {
   /** Variables every hostile script gets. */
   async function scriptVars(vmIp: string): Promise<Record<string, string | number>> {
     const gw = d.network.cidr.replace(/\.0\/\d+$/, '.1');
-    const addrs = JSON.parse((await run('ip', ['-j', '-6', 'addr', 'show', 'dev', d.network.bridge])).stdout) as { addr_info: { local: string; scope: string }[] }[];
-    const ll = addrs[0]?.addr_info.find((a) => a.scope === 'link')?.local ?? '';
+    // The bridge's link-local address (EUI-64 of its pinned MAC): it exists once a port is up.
+    const [link] = JSON.parse((await run('ip', ['-j', 'link', 'show', 'dev', d.network.bridge])).stdout) as { address: string }[];
+    const ll = eui64LinkLocal(link!.address);
     return {
       GW: gw, MY_IP: vmIp, MY_MAC: macFor(vmIp), SPOOF_IP: d.network.cidr.replace(/\.0\/\d+$/, '.250'),
       LOOP_PORT: loopbackPort, ANY_PORT: anyPort, KILND_PORT: new URL(d.url).port, NS_PORT,
