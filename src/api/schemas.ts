@@ -427,6 +427,7 @@ export const CreateContainerBody = Type.Object(
       description: 'name|uid[:group|gid], resolved against the image’s own /etc/passwd and /etc/group',
     })),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the container (DNAT)' })),
+    egress: Type.Optional(Egress),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Named volumes (read-write or read-only) and host directories (read-only)' })),
     vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'Guest memory in MiB (default 128)' })),

@@ -158,22 +158,25 @@ export class NetworkManager {
     const tap = tapName(vm.id);
     const bridge = this.config.bridge;
     const commands = [...ip.tapOnBridgeCommands(tap, bridge), permanentNeighbour(vm.ip, bridge)];
-    try {
-      await ip.ipBatch(commands);
-    } catch (e) {
-      // Left over from a crash (or half made just now): remove and make it once more.
-      if (!(await ip.linkExists(tap))) throw e;
-      await ip.deleteLink(tap);
-      await ip.ipBatch(commands).catch(async (again) => {
-        await ip.deleteLink(tap).catch(() => {});
-        throw again;
-      });
-    }
-    try {
-      await this.sync();
-    } catch (e) {
-      await ip.deleteLink(tap).catch(() => {});
-      throw e;
+    const makeTap = async () => {
+      try {
+        await ip.ipBatch(commands);
+      } catch (e) {
+        // Left over from a crash (or half made just now): remove and make it once more.
+        if (!(await ip.linkExists(tap))) throw e;
+        await ip.deleteLink(tap);
+        await ip.ipBatch(commands).catch(async (again) => {
+          await ip.deleteLink(tap).catch(() => {});
+          throw again;
+        });
+      }
+    };
+    // The rules name the tap only as a string: they load while the tap is made, and both are
+    // in place before the VMM (and so the guest) starts.
+    const [made, rendered] = await Promise.allSettled([makeTap(), this.sync()]);
+    if (made.status === 'rejected' || rendered.status === 'rejected') {
+      if (made.status === 'fulfilled') await ip.deleteLink(tap).catch(() => {});
+      throw made.status === 'rejected' ? made.reason : (rendered as PromiseRejectedResult).reason;
     }
     return { tap, mac: macFor(vm.ip) };
   }
