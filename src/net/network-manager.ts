@@ -241,6 +241,9 @@ export class NetworkManager {
           removed.push(link.ifname);
         }
       }
+      // Running VMs keep (or, plugged by an older kilnd, get) their permanent neighbour entry.
+      const leases = (await this.deps.store.listVms()).filter((v) => v.ip && PLUGGED.includes(v.state));
+      if (leases.length) await ip.ipBatch(leases.map((v) => permanentNeighbour(v.ip!, this.config.bridge)));
     } finally {
       // The table must reflect the store even if a stray tap could not be removed.
       if (removed.length) this.deps.log.warn({ taps: removed }, 'removed taps of VMs that are not running');
