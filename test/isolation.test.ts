@@ -15,6 +15,7 @@ import { tableName, NFT_BRIDGE_FAMILY, NFT_FAMILY } from '../src/net/ruleset.ts'
 import { tapName } from '../src/net/network-manager.ts';
 import { macFor } from '../src/net/ipv4.ts';
 import { run } from '../src/util/process.ts';
+import { KilnApiError } from '../src/sdk/client.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { DONE_MARKER, hostileScript, parseProbeLines, type Probe, type ProbeResult } from './helpers/hostile-guest.ts';
 import { startKilnd, waitForLog, waitForState, type TestDaemon } from './helpers/kilnd.ts';
@@ -328,6 +329,28 @@ describe('network isolation against a hostile guest', { skip }, () => {
     assert.equal(exec.exit_code, 0, JSON.stringify(exec));
     assert.equal(exec.stdout, `exec-ok\n${macFor(vm.ip!)}\n`, 'kiln exec reaches the guest agent (and the guest has its own MAC back)');
     await d.client.deleteVm(vm.id);
+  });
+
+  test('a bad egress policy is refused with a stable code and leaves nothing behind', async () => {
+    const before = (await d.client.listVms()).length;
+    for (const [egress, re] of [
+      [{ allow: ['10.0.0.1/8'] }, /10\.0\.0\.1\/8.*did you mean 10\.0\.0\.0\/8/],
+      [{ allow: ['fd00::/8'] }, /fd00::\/8/],
+      [{ allow: ['10.0.0.0/33'] }, /10\.0\.0\.0\/33/],
+    ] as const) {
+      await d.client.createVm({ name: 'bad-egress', egress: egress as never }).then(
+        () => assert.fail(`egress ${JSON.stringify(egress)} was accepted`),
+        (e: KilnApiError) => {
+          assert.equal(e.code, 'KILN_ERR_VALIDATION', e.message);
+          assert.match(e.message, re);
+        },
+      );
+    }
+    await d.client.createVm({ name: 'bad-egress', network: 'none', egress: 'none' }).then(
+      () => assert.fail('egress without a network was accepted'),
+      (e: KilnApiError) => assert.equal(e.code, 'KILN_ERR_VALIDATION'),
+    );
+    assert.equal((await d.client.listVms()).length, before, 'no VM record left by a refused create');
   });
 
   test('egress "none": the guest reaches no address beyond the host; exec still works', async () => {
