@@ -408,6 +408,8 @@ while true; do arping -U -c 1 -I eth0 ${vip} >/dev/null 2>&1; arping -A -c 1 -I 
     const ports = fdb.filter((e) => e.mac === vmac).map((e) => e.ifname);
     assert.ok(!ports.includes(tapName(attacker.id)), `the bridge never learned the victim's MAC on the attacker's port: ${JSON.stringify(ports)}`);
     await Promise.all([d.client.deleteVm(victim.id), d.client.deleteVm(attacker.id)]);
+    const left = (await run('ip', ['-4', 'neigh', 'show', vip, 'dev', d.network.bridge])).stdout.trim();
+    assert.doesNotMatch(left, /PERMANENT/, `the released lease's permanent entry is removed: ${left}`);
   });
 
   test('a template clone is held to the same policy (probes run by exec in the clone)', async (t) => {

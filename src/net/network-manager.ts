@@ -181,12 +181,13 @@ export class NetworkManager {
     return { tap, mac: macFor(vm.ip) };
   }
 
-  async unplug(vmId: string): Promise<void> {
+  /** `lease`: the VM's address, when its row may be gone already (delete). */
+  async unplug(vmId: string, lease?: string | null): Promise<void> {
     const tap = tapName(vmId);
     // A restored clone's tap is the host end of its namespace's veth (src/net/clone-netns.ts).
     if (await netnsExists(cloneNetnsName(vmId))) await removeCloneNetwork(cloneNetnsName(vmId), tap);
     else if (await ip.linkExists(tap)) await ip.deleteLink(tap);
-    const addr = (await this.deps.store.getVm(vmId).catch(() => null))?.ip;
+    const addr = lease ?? (await this.deps.store.getVm(vmId).catch(() => null))?.ip;
     if (addr) await ip.deleteNeighbour(addr, this.config.bridge).catch(() => {});
   }
 

@@ -392,9 +392,9 @@ export class VmManager {
   }
 
   /** Takes a VM's tap and port rules off the host once its VMM is gone. */
-  private async detachNetwork(vm: Pick<VmRecord, 'id' | 'network'>): Promise<void> {
+  private async detachNetwork(vm: Pick<VmRecord, 'id' | 'network' | 'ip'>): Promise<void> {
     if (vm.network !== 'bridge') return;
-    await this.deps.network.unplug(vm.id).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'removing tap failed'));
+    await this.deps.network.unplug(vm.id, vm.ip).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'removing tap failed'));
     await this.deps.network.sync().catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'updating nftables failed'));
   }
 
@@ -711,7 +711,7 @@ export class VmManager {
   }
 
   async delete(idOrName: string): Promise<void> {
-    const { id, network } = await this.get(idOrName);
+    const { id, network, ip: lease } = await this.get(idOrName);
     await this.lock.run(id, async () => {
       const live = this.live.get(id);
       if (live) {
@@ -728,7 +728,7 @@ export class VmManager {
       await this.deps.store.deleteVm(id);
       this.fileBackedMemory.delete(id);
       // After the row is gone: its address and host ports are free again, and the render omits it.
-      await this.detachNetwork({ id, network });
+      await this.detachNetwork({ id, network, ip: lease });
       this.deps.bus.publish('vm.deleted', id);
       this.states.emit(id, null);
     });
