@@ -45,6 +45,8 @@ export class NetworkManager {
   readonly table: string;
   #rendering: Promise<void> = Promise.resolve();
   #agentPort: number | null = null;
+  /** VMs plugged by this kilnd whose state may not say so yet (a boot before 'booting'). */
+  readonly #attached = new Set<string>();
   #hostNetworks: string[] = [];
 
   constructor(
@@ -172,10 +174,13 @@ export class NetworkManager {
       }
     };
     // The rules name the tap only as a string: they load while the tap is made, and both are
-    // in place before the VMM (and so the guest) starts.
+    // in place before the VMM (and so the guest) starts. Its port publications go in the same
+    // render (the boot needs no second one once the state says 'booting').
+    this.#attached.add(vm.id);
     const [made, rendered] = await Promise.allSettled([makeTap(), this.sync()]);
     if (made.status === 'rejected' || rendered.status === 'rejected') {
       if (made.status === 'fulfilled') await ip.deleteLink(tap).catch(() => {});
+      this.#attached.delete(vm.id);
       throw made.status === 'rejected' ? made.reason : (rendered as PromiseRejectedResult).reason;
     }
     return { tap, mac: macFor(vm.ip) };
@@ -183,6 +188,7 @@ export class NetworkManager {
 
   /** `lease`: the VM's address, when its row may be gone already (delete). */
   async unplug(vmId: string, lease?: string | null): Promise<void> {
+    this.#attached.delete(vmId);
     const tap = tapName(vmId);
     // A restored clone's tap is the host end of its namespace's veth (src/net/clone-netns.ts).
     if (await netnsExists(cloneNetnsName(vmId))) await removeCloneNetwork(cloneNetnsName(vmId), tap);
@@ -214,7 +220,7 @@ export class NetworkManager {
       if (!vm.ip) continue;
       // Every lease, running or not: a port's rules exist before its guest can send.
       guests.push({ vmId: vm.id, ifname: tapName(vm.id), mac: macFor(vm.ip), ip: vm.ip, egress: vm.egress ?? DEFAULT_EGRESS });
-      if (!PLUGGED.includes(vm.state)) continue;
+      if (!PLUGGED.includes(vm.state) && !this.#attached.has(vm.id)) continue;
       for (const p of vm.ports) publications.push({ vmId: vm.id, proto: p.proto, hostPort: p.hostPort, guestIp: vm.ip, guestPort: p.guestPort });
     }
     await nftApply(renderRuleset({

@@ -334,8 +334,8 @@ export class VmManager {
       timeline.begin('guest.kernel');
       live = this.track(vm, instance, consoleOffset, timeline);
       undo.release();
+      // The port publications were rendered when the tap was plugged (network.plug).
       await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null, agent: null });
-      if (vm.ports.length) await this.deps.network.sync();
     } catch (e) {
       const errors = await undo.run();
       if (errors.length) this.deps.log.error({ vm: vm.id, errors: describeFailures(errors) }, 'cleanup after failed boot');
