@@ -1,6 +1,7 @@
 // Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
 import os from 'node:os';
 import path from 'node:path';
+import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
 
 export interface KilnConfig {
@@ -31,6 +32,8 @@ export interface KilnConfig {
   /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
   debianMirror: string;
   functions: FunctionsConfig;
+  /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
+  capacity: CapacityConfig;
 }
 
 export interface FunctionsConfig {
@@ -75,7 +78,23 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
+    capacity: {
+      cpuOvercommit: positive(env, 'KILN_CPU_OVERCOMMIT', 16),
+      memoryOvercommit: positive(env, 'KILN_MEMORY_OVERCOMMIT', 1),
+      // A tenth of the host, at least 1 GiB: the host, kilnd and the page cache the images live in.
+      reservedMemoryMib: positive(env, 'KILN_HOST_RESERVED_MIB', Math.max(1024, Math.round(HOST_MEMORY_MIB / 10))),
+      vmmOverheadMib: positive(env, 'KILN_VMM_OVERHEAD_MIB', 64),
+    },
   };
+}
+
+/** A positive number from the environment, or the default; anything else stops kilnd at start. */
+function positive(env: NodeJS.ProcessEnv, key: string, dflt: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return dflt;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${key} must be a positive number, got ${JSON.stringify(raw)}`);
+  return n;
 }
 
 export function parseListen(value: string): { host: string; port: number } {
