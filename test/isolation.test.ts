@@ -52,6 +52,12 @@ class Listener {
 }
 
 let d: TestDaemon;
+/**
+ * The test's own witness on the host: guest packets to 127.0.0.0/8 that routing delivered
+ * locally. The guest cannot tell (its kernel drops the host's replies from 127.0.0.1), so the
+ * host counts: without kiln's guard, the loopback attacks' SYNs land here.
+ */
+const witness = `kt_witness_${randomBytes(3).toString('hex')}`;
 let nsServer: ChildProcess | undefined;
 const nsHits: string[] = [];
 const loopback = new Listener('host-loopback');
@@ -255,8 +261,11 @@ describe('network isolation against a hostile guest', { skip }, () => {
     anyPort = await anyHost.listen('::');
     d = await startKilnd();
     await run('ip', ['-6', 'addr', 'add', `${v6.host}/64`, 'dev', d.network.bridge, 'nodad']);
+    const rules = `table inet ${witness} {\n chain input {\n  type filter hook input priority -10; policy accept;\n  iifname "${d.network.bridge}" ip daddr 127.0.0.0/8 counter\n }\n}\n`;
+    await run('nft', ['-f', '-'], { input: rules });
   });
   after(async () => {
+    await run('nft', ['delete', 'table', 'inet', witness]).catch(() => {});
     await d?.dispose();
     await removeTargetNamespace();
     loopback.server.close();
@@ -320,6 +329,8 @@ describe('network isolation against a hostile guest', { skip }, () => {
     assert.deepEqual(anyHost.hits, [], 'nothing connected to the host-wide listener (gateway, other address, IPv6)');
     const unexpected = nsHits.filter((a) => a !== target.internet && a !== target.privateAllowed);
     assert.deepEqual(unexpected, [], 'the namespace saw connections only to what the policy allows');
+    const delivered = Number(/counter packets (\d+)/.exec((await run('nft', ['list', 'table', 'inet', witness])).stdout)![1]);
+    assert.equal(delivered, 0, `the host delivered ${delivered} guest packets addressed to 127.0.0.0/8 to its own stack (CVE-2020-8558)`);
     assert.ok((await counter(NFT_FAMILY, 'guard', /ip daddr 127\.0\.0\.0\/8/)) > guardBefore, 'the guest’s 127.0.0.1 packets reached the bridge and were dropped by the guard');
     assert.ok((await counter(NFT_BRIDGE_FAMILY, 'prerouting', /drop/)) > 0, 'spoofed frames were dropped at the bridge port');
 
