@@ -196,6 +196,8 @@ async function startAgentHub(config: KilnConfig, network: NetworkManager, log: L
   const neighbours = new NeighbourWatch(network.bridge, log);
   try {
     const { port } = await listener.listenTcp(host, config.network.agentPort);
+    // The one host port guests may connect to (the input policy, src/net/ruleset.ts).
+    network.setAgentPort(port);
     return { listener, pushUnavailable: null, pushTarget: `${host}:${port}`, neighbours };
   } catch (e) {
     const why = `cannot listen on ${host}:${config.network.agentPort}: ${(e as Error).message}`;

@@ -53,7 +53,7 @@ describe('bridge networking', { skip }, () => {
     assert.equal(link?.ifname, tap, 'the VM tap is on the daemon bridge');
     const detail = (await run('ip', ['-d', 'link', 'show', 'dev', tap])).stdout;
     assert.match(detail, /isolated on/, 'bridge port isolated from other VMs');
-    assert.match(await nftListTable(NFT_FAMILY, tableName(d.network.bridge)), new RegExp(`dport ${hostPort} dnat to ${created.ip!.replaceAll('.', '\\.')}:80`));
+    assert.match(await nftListTable(NFT_FAMILY, tableName(d.network.bridge)), new RegExp(`dport ${hostPort} dnat ip to ${created.ip!.replaceAll('.', '\\.')}:80`));
 
     await d.client.deleteVm(created.id);
     assert.equal(await linkExists(tap), false, 'tap removed on delete');
@@ -104,7 +104,8 @@ describe('bridge networking', { skip }, () => {
     const got = new Promise<string>((resolve) => listener!.stdout!.on('data', (b) => { out += b; if (/PEER=.*\n/.test(out)) resolve(out); }));
     await new Promise<void>((resolve) => listener!.stdout!.once('data', () => resolve()));
 
-    const vm = await d.client.createVm({ name: 'egress', cmd: ['/bin/sh', '-c', `echo hello-from-vm | nc ${nsSide} 9000; echo SENT=$?`] });
+    // A private address: reachable only because this VM's egress policy allows it.
+    const vm = await d.client.createVm({ name: 'egress', egress: { allow: [`${nsSide}/32`] }, cmd: ['/bin/sh', '-c', `echo hello-from-vm | nc ${nsSide} 9000; echo SENT=$?`] });
     const log = await waitForLog(d.client, vm.id, /SENT=\d/, 120_000);
     assert.match(log, /SENT=0/, log);
     const line = await got;

@@ -37,6 +37,25 @@ export const VolumeAttach = Type.Object(
   { additionalProperties: false },
 );
 
+/** A VM's egress policy (src/net/egress.ts; docs/security.md). */
+export const Egress = Type.Union(
+  [
+    Type.Literal('internet'),
+    Type.Literal('none'),
+    Type.Object(
+      {
+        allow: Type.Array(Type.String({ maxLength: 18 }), { maxItems: 64, description: 'IPv4 CIDRs (or addresses) the guest may connect to, private ranges included' }),
+        internet: Type.Optional(Type.Boolean({ description: 'Also the public internet (default false)' })),
+      },
+      { additionalProperties: false },
+    ),
+  ],
+  {
+    description:
+      'Where the guest may connect beyond the host. "internet" (default): public IPv4 only (link-local/metadata, RFC 1918, CGNAT, the host\'s networks blocked); "none": nowhere; {"allow": [CIDR…], "internet"?: bool}: these CIDRs (plus the internet if set)',
+  },
+);
+
 export const ClassicVmOptions = Type.Object(
   {
     hostname: Type.Optional(Type.String({ minLength: 1, maxLength: 253, description: 'Host name (RFC 1123); default: the VM name' })),
@@ -61,6 +80,7 @@ export const CreateVmBody = Type.Object(
     network: Type.Optional(
       Type.Union([Type.Literal('bridge'), Type.Literal('none')], { description: '"bridge" (default): an address on kiln’s bridge; "none": no NIC' }),
     ),
+    egress: Type.Optional(Egress),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the VM (DNAT)' })),
     readiness: Type.Optional(
       Type.Union([Type.Literal('auto'), Type.Literal('push'), Type.Literal('neighbour'), Type.Literal('poll')], {
@@ -143,6 +163,7 @@ export const Vm = Type.Object({
   cmd: Type.Union([Type.Array(Type.String()), Type.Null()]),
   env: Type.Record(Type.String(), Type.String()),
   network: Type.Union([Type.Literal('bridge'), Type.Literal('none')]),
+  egress: Egress,
   ip: Type.Union([Type.String({ description: 'Leased at create, before boot' }), Type.Null()]),
   mac: Type.Union([Type.String(), Type.Null()]),
   ports: Type.Array(Type.Object({ host: Type.Integer(), guest: Type.Integer(), proto: PortProto })),
@@ -416,6 +437,7 @@ export const CreateContainerBody = Type.Object(
       description: 'name|uid[:group|gid], resolved against the image’s own /etc/passwd and /etc/group',
     })),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the container (DNAT)' })),
+    egress: Type.Optional(Egress),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Named volumes (read-write or read-only) and host directories (read-only)' })),
     vcpus: Type.Optional(Type.Integer({ minimum: 1, maximum: 64 })),
     memory_mib: Type.Optional(Type.Integer({ minimum: 128, maximum: 1048576, description: 'Guest memory in MiB (default 128)' })),

@@ -3,6 +3,7 @@ import type { Daemon } from '../daemon.ts';
 import fs from 'node:fs/promises';
 import type { ClassicVm, ImageRecord, VmRecord } from '../store/store.ts';
 import { macFor } from '../net/ipv4.ts';
+import { DEFAULT_EGRESS, egressView } from '../net/egress.ts';
 import { phaseView } from '../vm/timeline.ts';
 import type { Image, Vm } from './schemas.ts';
 
@@ -22,6 +23,7 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
     cmd: vm.cmd,
     env: vm.env,
     network: vm.network,
+    egress: vm.network === 'bridge' ? egressView(vm.egress ?? DEFAULT_EGRESS) : 'none',
     ip: vm.ip,
     mac: vm.ip ? macFor(vm.ip) : null,
     ports: vm.ports.map((p) => ({ host: p.hostPort, guest: p.guestPort, proto: p.proto })),

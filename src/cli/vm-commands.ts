@@ -1,4 +1,5 @@
 import fs from 'node:fs/promises';
+import { parseEgressFlag } from '../net/egress.ts';
 import { Command } from 'commander';
 import type { KilnClient, Vm } from '../sdk/client.ts';
 import { age, printJson, printTable } from './output.ts';
@@ -6,7 +7,7 @@ import { age, printJson, printTable } from './output.ts';
 function printVm(vm: Vm): void {
   printTable(['field', 'value'], [
     ['id', vm.id], ['name', vm.name], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
-    ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`],
+    ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`], ['egress', typeof vm.egress === 'string' ? vm.egress : `${vm.egress.allow.join(', ')}${vm.egress.internet ? ' + internet' : ''}`],
     ['ports', vm.ports.map(portText).join(', ') || null],
     ['agent', vm.agent ? `${vm.agent.channel}, ready by ${vm.agent.readiness}${vm.agent.latency_ms !== null ? ` (+${vm.agent.latency_ms.toFixed(1)} ms)` : ''}` : null],
     ['health', vm.health_reason ? `${vm.health}: ${vm.health_reason}` : vm.health], ['backend', `${vm.backend} (${vm.accelerator})`], ['pid', vm.pid],
@@ -67,6 +68,7 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .option('-e, --env <K=V>', 'environment variable for the workload (repeatable)', collect, [])
     .option('-p, --publish <host:guest[/proto]>', 'publish a host port to the VM (repeatable)', collect, [])
     .option('--network <mode>', '"bridge" (an address on kiln’s bridge) or "none"')
+    .option('--egress <policy>', 'where the guest may connect: "internet" (default: public IPv4 only), "none", or CIDR[,CIDR…] (add "internet" to the list for both)', parseEgressFlag)
     .option('--no-wait', 'return at once instead of waiting for ready')
     .option('--snapshot <id>', 'restore from a snapshot instead of booting (only --name and -e apply)')
     .option('--template <id|image>', 'clone a template (or the template of an image, built on first use)')
@@ -82,6 +84,7 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
           ...(Object.keys(env).length ? { env } : {}),
           ...(o.template && o.vcpus ? { vcpus: o.vcpus } : {}),
           ...(o.template && o.memory ? { memory_mib: o.memory } : {}),
+          ...(o.egress ? { egress: o.egress } : {}),
         }, { wait: o.wait });
         show(restored);
         return;
@@ -96,6 +99,7 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
         ...(Object.keys(env).length ? { env } : {}),
         ...(cmd.length ? { cmd } : {}),
         ...(o.network ? { network: o.network } : {}),
+        ...(o.egress ? { egress: o.egress } : {}),
         ...(o.publish.length ? { ports: (o.publish as string[]).map(parsePublish) } : {}),
         ...(o.volume.length ? { volumes: (o.volume as string[]).map(parseVolumeFlag) } : {}),
       }, { wait: o.wait });

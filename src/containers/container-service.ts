@@ -4,6 +4,7 @@
 // volumes, exec and the agent are the VM's (VmManager); this adds Docker's process semantics
 // (src/containers/oci-process.ts), a per-container log of the workload's own stdout/stderr
 // (tagged on the console by kiln-init, kept in container-log.ts) and restart policies.
+import type { EgressSpec } from '../net/egress.ts';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -33,6 +34,8 @@ export interface CreateContainerInput {
   workdir?: string;
   user?: string;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
+  /** The VM's egress policy (src/net/egress.ts); default: the public internet only. */
+  egress?: EgressSpec;
   volumes?: VolumeAttachRequest[];
   vcpus?: number;
   memory_mib?: number;
@@ -141,6 +144,7 @@ export class ContainerService {
       cmd: input.cmd,
       env: input.env,
       ports: input.ports,
+      ...(input.egress !== undefined ? { egress: input.egress } : {}),
       volumes: input.volumes,
       network: 'bridge',
       process: {

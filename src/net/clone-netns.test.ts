@@ -30,7 +30,7 @@ test('inside: the template tap name, the gateway MAC the guest cached, a host ro
 test('the host end is an isolated port of the bridge, the peer created straight into the namespace', () => {
   const host = hostCommands(plan).map((c) => c.join(' '));
   assert.equal(host[0], 'netns add kiln-vm-0123456789');
-  assert.equal(host[1], 'neigh flush to 10.118.0.9 dev kiln0');
+  assert.equal(host[1], `neigh replace 10.118.0.9 lladdr ${macFor('10.118.0.9')} dev kiln0 nud permanent`);
   assert.ok(host.includes('link add kiln0123456789 type veth peer name veth0 netns kiln-vm-0123456789'));
   assert.ok(host.includes('link set dev kiln0123456789 type bridge_slave isolated on'));
   assert.ok(host.indexOf('link set dev kiln0123456789 up') > host.indexOf('link set dev kiln0123456789 master kiln0'));
@@ -38,8 +38,11 @@ test('the host end is an isolated port of the bridge, the peer created straight 
 
 test('NAT maps the clone address to the guest address in and the guest address to the clone address out', () => {
   const r = namespaceRuleset(plan);
-  assert.match(r, /iifname "veth0" ip daddr 10\.118\.0\.9 dnat to 10\.118\.0\.5/);
-  assert.match(r, /oifname "veth0" ip saddr 10\.118\.0\.5 snat to 10\.118\.0\.9/);
+  assert.match(r, /iifname "veth0" ip daddr 10\.118\.0\.9 dnat ip to 10\.118\.0\.5/);
+  assert.match(r, /oifname "veth0" ip saddr 10\.118\.0\.5 snat ip to 10\.118\.0\.9/);
+  // The guest reaches nothing in the namespace itself, and no IPv6 at all.
+  assert.match(r, /iifname "kilnaaaaaaaaaa" meta nfproto ipv6 drop/);
+  assert.match(r, /iifname "kilnaaaaaaaaaa" drop/);
   assert.match(r, /hook prerouting priority dstnat/);
   assert.match(r, /hook postrouting priority srcnat/);
 });

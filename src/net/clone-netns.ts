@@ -59,7 +59,8 @@ export function clonePlan(o: Omit<CloneNetPlan, 'netns' | 'cloneMac'> & { vmId: 
 export function hostCommands(p: CloneNetPlan): string[][] {
   return [
     ['netns', 'add', p.netns],
-    ['neigh', 'flush', 'to', p.cloneIp, 'dev', p.bridge],
+    // The host's entry for the clone's lease is fixed, like a tap's (anti-spoofing).
+    ['neigh', 'replace', p.cloneIp, 'lladdr', p.cloneMac, 'dev', p.bridge, 'nud', 'permanent'],
     ['link', 'add', p.hostVeth, 'type', 'veth', 'peer', 'name', CLONE_NS_VETH, 'netns', p.netns],
     ['link', 'set', 'dev', p.hostVeth, 'master', p.bridge],
     ['link', 'set', 'dev', p.hostVeth, 'type', 'bridge_slave', 'isolated', 'on'],
@@ -99,17 +100,33 @@ export function namespaceSysctls(p: CloneNetPlan): string[] {
   ];
 }
 
-/** The namespace's own nftables table: the clone address ⇄ the guest address. */
+/**
+ * The namespace's own nftables table: the clone address ⇄ the guest address, and nothing for
+ * the guest in the namespace itself (its tap carries the bridge's MAC and so the same IPv6
+ * link-local address: without the input drop a guest could ping "the gateway" over IPv6).
+ * Spoofed sources are forwarded un-NATed and dropped by the host's bridge table.
+ */
 export function namespaceRuleset(p: CloneNetPlan): string {
+  const tap = JSON.stringify(p.tap);
   return [
-    `table ip ${CLONE_NFT_TABLE} {`,
+    `table inet ${CLONE_NFT_TABLE} {`,
+    '  chain guard {',
+    '    type filter hook prerouting priority raw; policy accept;',
+    `    iifname ${tap} meta nfproto ipv6 drop`,
+    `    iifname ${tap} ip daddr 127.0.0.0/8 drop`,
+    '  }',
+    '  chain input {',
+    '    type filter hook input priority filter; policy accept;',
+    `    iifname ${tap} ct state established,related accept`,
+    `    iifname ${tap} drop`,
+    '  }',
     '  chain prerouting {',
     '    type nat hook prerouting priority dstnat; policy accept;',
-    `    iifname "${CLONE_NS_VETH}" ip daddr ${p.cloneIp} dnat to ${p.guestIp}`,
+    `    iifname "${CLONE_NS_VETH}" ip daddr ${p.cloneIp} dnat ip to ${p.guestIp}`,
     '  }',
     '  chain postrouting {',
     '    type nat hook postrouting priority srcnat; policy accept;',
-    `    oifname "${CLONE_NS_VETH}" ip saddr ${p.guestIp} snat to ${p.cloneIp}`,
+    `    oifname "${CLONE_NS_VETH}" ip saddr ${p.guestIp} snat ip to ${p.cloneIp}`,
     '  }',
     '}',
     '',

@@ -1,7 +1,9 @@
-// Readiness fallback 1: the host's neighbour table. A guest that configured its address
-// announces it (gratuitous ARP; the bridge accepts those), so its MAC appearing for its IP
-// is the first sign of life the host can see without the agent. One `ip monitor` per
-// daemon, started while someone waits and stopped when nobody does.
+// Readiness fallback 1: the host's neighbour table. Since the isolation work (issue #13) the
+// host holds a permanent entry for every leased address from the moment its tap exists and
+// never learns one from a guest's ARP (arp_accept off), so a wait here ends at once and the
+// mode is in effect the backoff probe of the agent that follows it (src/vm/readiness.ts).
+// The agent's push is the readiness path; this stays for bench/readiness and diagnostics.
+// One `ip monitor` per daemon, started while someone waits and stopped when nobody does.
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { KilnError } from '../errors.ts';

@@ -11,14 +11,17 @@ import { KilnError } from '../errors.ts';
 import type { Store, VmRecord, VmState } from '../store/store.ts';
 import * as ip from '../tools/ip.ts';
 import { nftApply, nftDeleteTable } from '../tools/nft.ts';
+import { DEFAULT_EGRESS } from './egress.ts';
 import type { NicSpec } from '../vmm/driver.ts';
 import { cloneNetnsName, netnsExists, removeCloneNetwork, strayCloneNamespaces } from './clone-netns.ts';
-import { lowestFree, macFor, overlaps, parseSubnet, type Subnet } from './ipv4.ts';
-import { NFT_FAMILY, renderRuleset, tableName, type PortPublication } from './ruleset.ts';
+import { lowestFree, macFor, overlaps, parseSubnet, toDotted, toInt, type Subnet } from './ipv4.ts';
+import { renderRuleset, tableName, tablesFor, type GuestPort, type PortPublication } from './ruleset.ts';
 
 /** VMs in these states have a VMM, so their tap and port rules must exist. */
 const PLUGGED: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
 const TAP_PREFIX = 'kiln';
+/** /sys/class/net/<dev>/addr_assign_type of an address set by hand (not random, not inherited). */
+const NET_ADDR_SET = '3';
 
 export interface VmAddress {
   ip: string;
@@ -41,6 +44,10 @@ export class NetworkManager {
   readonly subnet: Subnet;
   readonly table: string;
   #rendering: Promise<void> = Promise.resolve();
+  #agentPort: number | null = null;
+  /** VMs plugged by this kilnd whose state may not say so yet (a boot before 'booting'). */
+  readonly #attached = new Set<string>();
+  #hostNetworks: string[] = [];
 
   constructor(
     private readonly config: NetworkConfig,
@@ -69,16 +76,57 @@ export class NetworkManager {
     if (!(await ip.linkExists(bridge))) {
       await this.refuseOverlap();
       await ip.addBridge(bridge);
+      await ip.setLinkAddress(bridge, macFor(this.subnet.gateway));
       this.deps.log.info({ bridge, cidr: gwCidr }, 'created bridge');
     }
+    await this.pinBridgeMac();
     await ip.addAddress(bridge, gwCidr);
     await ip.setLinkUp(bridge);
-    // Forwarding for egress NAT; route_localnet so 127.0.0.1 → published port can be DNATed
-    // onto the bridge (the kernel drops loopback-sourced packets on other links otherwise).
+    // Forwarding for egress NAT. route_localnet: the host's own connections to a published
+    // port on 127.0.0.1 are DNATed onto the bridge with their loopback source, which the
+    // kernel refuses to route out of a link without it (the masquerade that fixes the source
+    // comes after routing). Guests cannot use it: the ruleset drops 127.0.0.0/8 from the
+    // bridge before routing (the CVE-2020-8558 guard, src/net/ruleset.ts).
     await writeSysctl('net/ipv4/ip_forward', '1');
     await writeSysctl(`net/ipv4/conf/${bridge}/route_localnet`, '1');
-    // Learn guests from their gratuitous ARP (the neighbour-table readiness fallback).
-    await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '1');
+    // The host's entries for leased addresses are permanent (plug); a guest's ARP must never
+    // create one (older kilnds turned this on for the neighbour-table readiness fallback).
+    await writeSysctl(`net/ipv4/conf/${bridge}/arp_accept`, '0');
+    this.#hostNetworks = await this.hostNetworks();
+  }
+
+  /**
+   * A bridge whose MAC the kernel picked follows its ports' MACs: each tap that joins or
+   * leaves can change it, which flushes every neighbour entry on it, permanent ones included
+   * (and changes the gateway MAC guests have cached). Setting the address once pins it.
+   */
+  private async pinBridgeMac(): Promise<void> {
+    const bridge = this.config.bridge;
+    const assigned = (await fs.readFile(`/sys/class/net/${bridge}/addr_assign_type`, 'utf8').catch(() => '')).trim();
+    if (assigned === NET_ADDR_SET) return;
+    const mac = await this.bridgeMac();
+    await ip.setLinkAddress(bridge, mac ?? macFor(this.subnet.gateway));
+  }
+
+  /** The agent's push listener port: the one host port guests may open connections to. */
+  setAgentPort(port: number | null): void {
+    this.#agentPort = port;
+  }
+
+  /** IPv4 networks on the host's other links: blocked by the default egress policy. */
+  private async hostNetworks(): Promise<string[]> {
+    const ours = new Set([this.config.bridge, ...(await ip.listLinks({ master: this.config.bridge })).map((l) => l.ifname)]);
+    const out = new Set<string>();
+    for (const link of await ip.listAddresses().catch(() => [])) {
+      if (link.ifname === 'lo' || ours.has(link.ifname)) continue;
+      for (const a of link.addr_info) {
+        if (a.family !== 'inet' || a.local.startsWith('127.')) continue;
+        const size = 2 ** (32 - a.prefixlen);
+        const n = toInt(a.local);
+        out.add(`${toDotted(n - (n % size))}/${a.prefixlen}`);
+      }
+    }
+    return [...out].sort();
   }
 
   private async refuseOverlap(): Promise<void> {
@@ -107,32 +155,51 @@ export class NetworkManager {
     return guestNetArgs(addr);
   }
 
-  /** Creates the VM's tap on the bridge, isolated from other VMs' taps. Idempotent. */
+  /**
+   * Creates the VM's tap on the bridge, isolated from other VMs' taps, with the host's
+   * permanent neighbour entry for its lease, and renders the rules that hold the tap to its
+   * own MAC/IPv4 and egress policy before the guest can send anything. Idempotent.
+   */
   async plug(vm: VmRecord): Promise<NicSpec> {
     if (!vm.ip) throw new KilnError('KILN_ERR_INTERNAL', `VM ${vm.id} has no address leased`);
     const tap = tapName(vm.id);
     const bridge = this.config.bridge;
-    // A reused lease must not look reachable already (neighbour-table readiness).
-    const commands = [['neigh', 'flush', 'to', vm.ip, 'dev', bridge], ...ip.tapOnBridgeCommands(tap, bridge, this.config.tapOwner)];
-    try {
-      await ip.ipBatch(commands);
-    } catch (e) {
-      // Left over from a crash (or half made just now): remove and make it once more.
-      if (!(await ip.linkExists(tap))) throw e;
-      await ip.deleteLink(tap);
-      await ip.ipBatch(commands).catch(async (again) => {
-        await ip.deleteLink(tap).catch(() => {});
-        throw again;
-      });
+    const commands = [...ip.tapOnBridgeCommands(tap, bridge, this.config.tapOwner), permanentNeighbour(vm.ip, bridge)];
+    const makeTap = async () => {
+      try {
+        await ip.ipBatch(commands);
+      } catch (e) {
+        // Left over from a crash (or half made just now): remove and make it once more.
+        if (!(await ip.linkExists(tap))) throw e;
+        await ip.deleteLink(tap);
+        await ip.ipBatch(commands).catch(async (again) => {
+          await ip.deleteLink(tap).catch(() => {});
+          throw again;
+        });
+      }
+    };
+    // The rules name the tap only as a string: they load while the tap is made, and both are
+    // in place before the VMM (and so the guest) starts. Its port publications go in the same
+    // render (the boot needs no second one once the state says 'booting').
+    this.#attached.add(vm.id);
+    const [made, rendered] = await Promise.allSettled([makeTap(), this.sync()]);
+    if (made.status === 'rejected' || rendered.status === 'rejected') {
+      if (made.status === 'fulfilled') await ip.deleteLink(tap).catch(() => {});
+      this.#attached.delete(vm.id);
+      throw made.status === 'rejected' ? made.reason : (rendered as PromiseRejectedResult).reason;
     }
     return { tap, mac: macFor(vm.ip) };
   }
 
-  async unplug(vmId: string): Promise<void> {
+  /** `lease`: the VM's address, when its row may be gone already (delete). */
+  async unplug(vmId: string, lease?: string | null): Promise<void> {
+    this.#attached.delete(vmId);
     const tap = tapName(vmId);
     // A restored clone's tap is the host end of its namespace's veth (src/net/clone-netns.ts).
     if (await netnsExists(cloneNetnsName(vmId))) await removeCloneNetwork(cloneNetnsName(vmId), tap);
     else if (await ip.linkExists(tap)) await ip.deleteLink(tap);
+    const addr = lease ?? (await this.deps.store.getVm(vmId).catch(() => null))?.ip;
+    if (addr) await ip.deleteNeighbour(addr, this.config.bridge).catch(() => {});
   }
 
   /** The bridge's current MAC: the gateway MAC guests cache (recorded in snapshots). */
@@ -153,11 +220,17 @@ export class NetworkManager {
 
   private async render(): Promise<void> {
     const publications: PortPublication[] = [];
+    const guests: GuestPort[] = [];
     for (const vm of await this.deps.store.listVms()) {
-      if (!vm.ip || !PLUGGED.includes(vm.state)) continue;
+      if (!vm.ip) continue;
+      // Every lease, running or not: a port's rules exist before its guest can send.
+      guests.push({ vmId: vm.id, ifname: tapName(vm.id), mac: macFor(vm.ip), ip: vm.ip, egress: vm.egress ?? DEFAULT_EGRESS });
+      if (!PLUGGED.includes(vm.state) && !this.#attached.has(vm.id)) continue;
       for (const p of vm.ports) publications.push({ vmId: vm.id, proto: p.proto, hostPort: p.hostPort, guestIp: vm.ip, guestPort: p.guestPort });
     }
-    await nftApply(renderRuleset({ table: this.table, bridge: this.config.bridge, subnet: this.subnet, publications }));
+    await nftApply(renderRuleset({
+      table: this.table, bridge: this.config.bridge, subnet: this.subnet, publications, guests, agentPort: this.#agentPort, hostNetworks: this.#hostNetworks,
+    }));
   }
 
   /** Start-up sweep: removes taps on kiln's bridge that belong to no running VM, then re-renders. */
@@ -180,6 +253,9 @@ export class NetworkManager {
           removed.push(link.ifname);
         }
       }
+      // Running VMs keep (or, plugged by an older kilnd, get) their permanent neighbour entry.
+      const leases = (await this.deps.store.listVms()).filter((v) => v.ip && PLUGGED.includes(v.state));
+      if (leases.length) await ip.ipBatch(leases.map((v) => permanentNeighbour(v.ip!, this.config.bridge)));
     } finally {
       // The table must reflect the store even if a stray tap could not be removed.
       if (removed.length) this.deps.log.warn({ taps: removed }, 'removed taps of VMs that are not running');
@@ -192,8 +268,13 @@ export class NetworkManager {
   async teardown(): Promise<void> {
     for (const link of await ip.listLinks({ master: this.config.bridge }).catch(() => [])) await ip.deleteLink(link.ifname);
     if (await ip.linkExists(this.config.bridge)) await ip.deleteLink(this.config.bridge);
-    await nftDeleteTable(NFT_FAMILY, this.table);
+    for (const [family, table] of tablesFor(this.config.bridge)) await nftDeleteTable(family, table);
   }
+}
+
+/** The host's neighbour entry for a lease: fixed, so no ARP from any guest can move it. */
+export function permanentNeighbour(addr: string, dev: string): string[] {
+  return ['neigh', 'replace', addr, 'lladdr', macFor(addr), 'dev', dev, 'nud', 'permanent'];
 }
 
 /**

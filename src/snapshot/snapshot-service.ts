@@ -3,6 +3,7 @@
 // into `<state>/snapshots/<id>` complete (files read-only, sha256 recorded), restored into
 // new VMs (clones) after the compatibility and file checks, and reference-counted: a snapshot
 // with running clones or owned by a template is not deleted.
+import { normalizeEgress, type EgressSpec } from '../net/egress.ts';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -33,6 +34,8 @@ const LIVE: readonly VmState[] = ['creating', 'booting', 'ready', 'paused', 'sto
 export interface RestoreInput {
   name?: string;
   env?: Record<string, string>;
+  /** The clone's egress policy (src/net/egress.ts); default: the public internet only. */
+  egress?: EgressSpec;
 }
 
 export class SnapshotService {
@@ -256,6 +259,7 @@ export class SnapshotService {
       memoryMib: g.memoryMib,
       cmd: g.cmd,
       readiness: g.readiness as VmRecord['readiness'],
+      egress: normalizeEgress(input.egress),
       guestToken: g.agentToken ?? '',
       vmm,
       guestNet: g.guestIp && g.tap && g.gatewayMac ? { ip: g.guestIp, tap: g.tap, gatewayMac: g.gatewayMac, ...(g.mac ? { mac: g.mac } : {}) } : null,

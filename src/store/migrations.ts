@@ -142,4 +142,9 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX vm_snapshots_snapshot ON vm_snapshots(snapshot_id);
   `,
+  // v8 (isolation, issue #13): the VM's egress policy (src/net/egress.ts) as JSON; NULL is the
+  // default (the public internet only).
+  `
+  ALTER TABLE vms ADD COLUMN egress TEXT;
+  `,
 ];

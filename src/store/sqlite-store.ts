@@ -37,6 +37,7 @@ function vmFromRow(r: Row): VmRecord {
     volumes: JSON.parse((r.volumes as string | undefined) ?? '[]'),
     process: r.process === null || r.process === undefined ? null : JSON.parse(r.process as string),
     classic: r.classic === null || r.classic === undefined ? null : JSON.parse(r.classic as string),
+    egress: r.egress === null || r.egress === undefined ? null : JSON.parse(r.egress as string),
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
   };
@@ -71,6 +72,7 @@ function vmToRow(vm: VmRecord): Row {
     volumes: JSON.stringify(vm.volumes ?? []),
     process: vm.process ? JSON.stringify(vm.process) : null,
     classic: vm.classic ? JSON.stringify(vm.classic) : null,
+    egress: vm.egress ? JSON.stringify(vm.egress) : null,
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };
@@ -206,13 +208,13 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
         @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @volumes, @process, @classic, @created_at, @updated_at)`),
+        @volumes, @process, @classic, @egress, @created_at, @updated_at)`),
       updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
         memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, readiness=@readiness,
         agent_token=@agent_token, agent=@agent, health=@health, health_reason=@health_reason, backend=@backend, accelerator=@accelerator,
-        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, process=@process, classic=@classic, updated_at=@updated_at WHERE id=@id`),
+        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, process=@process, classic=@classic, egress=@egress, updated_at=@updated_at WHERE id=@id`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),

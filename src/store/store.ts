@@ -4,6 +4,7 @@
 import type { Accelerator, BackendName } from '../vmm/driver.ts';
 import type { FunctionStore } from './function-store.ts';
 import type { SnapshotMeta } from '../snapshot/meta.ts';
+import type { EgressPolicy } from '../net/egress.ts';
 
 export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed'] as const;
 export type VmState = (typeof VM_STATES)[number];
@@ -70,6 +71,8 @@ export interface VmRecord {
   process?: VmProcess | null;
   /** Set for classic VMs (systemd, SSH, own writable disk); null for workload VMs. */
   classic?: ClassicVm | null;
+  /** Where the guest may connect beyond the host (src/net/egress.ts); null/absent: the default. */
+  egress?: EgressPolicy | null;
   createdAt: number;
   updatedAt: number;
 }

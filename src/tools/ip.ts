@@ -51,6 +51,7 @@ export const addBridge = (name: string) => ip(['link', 'add', 'name', name, 'typ
 /** A persistent tap owned by root: the VMM opens it by name, so it outlives any one VMM. */
 export const addTap = (name: string) => ip(['tuntap', 'add', 'dev', name, 'mode', 'tap']);
 export const deleteLink = (name: string) => ip(['link', 'del', 'dev', name]);
+export const setLinkAddress = (name: string, mac: string) => ip(['link', 'set', 'dev', name, 'address', mac]);
 export const setLinkUp = (name: string) => ip(['link', 'set', 'dev', name, 'up']);
 export const setMaster = (name: string, bridge: string) => ip(['link', 'set', 'dev', name, 'master', bridge]);
 /** Isolated bridge ports cannot talk to each other, only to non-isolated ones (the host). */
@@ -120,6 +121,8 @@ export function parseNeighbourLine(line: string): NeighbourEvent | null {
 
 /** Forgets what the host knew about `addr` (a reused lease must not look reachable already). */
 export const flushNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 'flush', 'to', addr, 'dev', dev]);
+/** Removes an entry of any state, permanent included (flush leaves permanent ones). */
+export const deleteNeighbour = (addr: string, dev: string) => ip(['-4', 'neigh', 'del', addr, 'dev', dev]);
 
 // ---- network namespaces (clones: src/net/clone-netns.ts) -----------------------------------
 

@@ -26,6 +26,7 @@ import { KeyedLock } from '../util/keyed-lock.ts';
 import type { Accelerator, BackendName, VmmDriver, VmmExit, VmmInstance, VmmSnapshot, VmSpec } from '../vmm/driver.ts';
 import { AgentClient } from '../guest/agent/client.ts';
 import { clonePlan, createCloneNetwork } from '../net/clone-netns.ts';
+import { normalizeEgress, type EgressPolicy, type EgressSpec } from '../net/egress.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { Timeline, fromMonotonic, preciseNow } from './timeline.ts';
 import { guestConfig, runtimeFiles, vmSpec, type VmNetAttachment } from './vm-spec.ts';
@@ -46,6 +47,8 @@ export interface CreateVmInput {
   cmd?: string[];
   env?: Record<string, string>;
   network?: NetworkMode;
+  /** Where the guest may connect beyond the host; default: the public internet only. */
+  egress?: EgressSpec;
   ports?: { host: number; guest: number; proto?: 'tcp' | 'udp' }[];
   readiness?: ReadinessMode;
   volumes?: VolumeAttachRequest[];
@@ -83,6 +86,7 @@ export interface CloneRequest {
   memoryMib: number;
   cmd: string[] | null;
   readiness: ReadinessMode;
+  egress: EgressPolicy;
   /** The token the guest holds (the snapshotted VM's): authenticates the identity op. */
   guestToken: string;
   /** Copies the snapshot's scratch and config drives into the clone's runtime dir. */
@@ -190,6 +194,10 @@ export class VmManager {
     if (network === 'none' && readiness !== 'auto') {
       throw new KilnError('KILN_ERR_VALIDATION', `readiness "${readiness}" needs the guest agent, which needs a network; a VM without one reports readiness over the serial console`);
     }
+    const egress = normalizeEgress(input.egress);
+    if (input.egress !== undefined && network === 'none') {
+      throw new KilnError('KILN_ERR_VALIDATION', 'egress needs a network: drop "egress" or use "network": "bridge"');
+    }
     const ports = portMappings(input.ports ?? []);
     if (ports.length && network === 'none') {
       throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
@@ -247,6 +255,7 @@ export class VmManager {
       volumes,
       process: input.process ?? null,
       classic,
+      egress: network === 'bridge' ? egress : null,
       createdAt: now,
       updatedAt: now,
     };
@@ -340,8 +349,8 @@ export class VmManager {
       timeline.begin('guest.kernel');
       live = this.track(vm, instance, consoleOffset, timeline);
       undo.release();
+      // The port publications were rendered when the tap was plugged (network.plug).
       await this.transition(vm.id, 'booting', { pid: instance.pid, consoleOffset, exitCode: null, agent: null });
-      if (vm.ports.length) await this.deps.network.sync();
     } catch (e) {
       const errors = await undo.run();
       if (errors.length) this.deps.log.error({ vm: vm.id, errors: describeFailures(errors) }, 'cleanup after failed boot');
@@ -398,9 +407,9 @@ export class VmManager {
   }
 
   /** Takes a VM's tap and port rules off the host once its VMM is gone. */
-  private async detachNetwork(vm: Pick<VmRecord, 'id' | 'network'>): Promise<void> {
+  private async detachNetwork(vm: Pick<VmRecord, 'id' | 'network' | 'ip'>): Promise<void> {
     if (vm.network !== 'bridge') return;
-    await this.deps.network.unplug(vm.id).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'removing tap failed'));
+    await this.deps.network.unplug(vm.id, vm.ip).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'removing tap failed'));
     await this.deps.network.sync().catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'updating nftables failed'));
   }
 
@@ -716,7 +725,7 @@ export class VmManager {
   }
 
   async delete(idOrName: string): Promise<void> {
-    const { id, network } = await this.get(idOrName);
+    const { id, network, ip: lease } = await this.get(idOrName);
     await this.lock.run(id, async () => {
       const live = this.live.get(id);
       if (live) {
@@ -733,7 +742,7 @@ export class VmManager {
       await this.deps.store.deleteVm(id);
       this.fileBackedMemory.delete(id);
       // After the row is gone: its address and host ports are free again, and the render omits it.
-      await this.detachNetwork({ id, network });
+      await this.detachNetwork({ id, network, ip: lease });
       this.deps.bus.publish('vm.deleted', id);
       this.states.emit(id, null);
     });
@@ -780,7 +789,7 @@ export class VmManager {
       kernelArgs: [], cmd: req.cmd, env: req.env ?? {}, network: 'bridge', ip: null, ports: [], readiness: req.readiness,
       agentToken: randomBytes(16).toString('hex'), agent: null, health: 'unknown', healthReason: null,
       backend: this.deps.driver.name, accelerator: this.deps.accelerator, pid: null, bootCount: 1, consoleOffset: 0,
-      exitCode: null, volumes: [], createdAt: now, updatedAt: now,
+      exitCode: null, volumes: [], egress: req.egress, createdAt: now, updatedAt: now,
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
@@ -825,6 +834,9 @@ export class VmManager {
         timeline.step('network.prepare', async () => {
           await createCloneNetwork(plan);
           undo.push('clone network', () => this.deps.network.unplug(vm.id));
+          // The namespace's veth is the clone's port on the bridge: its anti-spoofing and
+          // egress rules exist before the guest resumes.
+          await this.deps.network.sync();
         }),
       ]);
       for (const r of prepared) if (r.status === 'rejected') throw r.reason;

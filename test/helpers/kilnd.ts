@@ -10,7 +10,7 @@ import { readApiToken } from '../../src/sdk/api-token.ts';
 import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, linkExists } from '../../src/tools/ip.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
-import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
+import { tablesFor } from '../../src/net/ruleset.ts';
 import { TEST_ASSETS_DIR } from './assets.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -48,7 +48,7 @@ export function testNetwork(): TestNetwork {
 /** Removes what a test daemon added to the host (its VMs must be gone). */
 export async function removeTestNetwork(n: TestNetwork): Promise<void> {
   if (await linkExists(n.bridge)) await deleteLink(n.bridge);
-  await nftDeleteTable(NFT_FAMILY, tableName(n.bridge));
+  for (const [family, table] of tablesFor(n.bridge)) await nftDeleteTable(family, table);
 }
 
 /** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */

@@ -113,10 +113,10 @@ function createVm(daemon: Daemon, body: CreateVmBody) {
   const { snapshot, template, ...boot } = body;
   if (snapshot && template) throw new KilnError('KILN_ERR_VALIDATION', 'give "snapshot" or "template", not both');
   if (snapshot || template) {
-    const extra = Object.keys(boot).filter((k) => !['name', 'env', ...(template ? ['vcpus', 'memory_mib'] : [])].includes(k));
+    const extra = Object.keys(boot).filter((k) => !['name', 'env', 'egress', ...(template ? ['vcpus', 'memory_mib'] : [])].includes(k));
     if (extra.length) throw new KilnError('KILN_ERR_VALIDATION', `a restored VM is the snapshot's machine: ${extra.join(', ')} cannot be set`);
   }
-  if (snapshot) return daemon.snapshots.restore(snapshot, { name: boot.name, env: boot.env });
-  if (template) return daemon.templates.clone(template, { name: boot.name, env: boot.env, vcpus: boot.vcpus, memoryMib: boot.memory_mib });
+  if (snapshot) return daemon.snapshots.restore(snapshot, { name: boot.name, env: boot.env, egress: boot.egress });
+  if (template) return daemon.templates.clone(template, { name: boot.name, env: boot.env, egress: boot.egress, vcpus: boot.vcpus, memoryMib: boot.memory_mib });
   return daemon.vms.create(boot);
 }
