@@ -8,7 +8,8 @@ import { defaultConfig } from '../config.ts';
 import type { Daemon } from '../daemon.ts';
 import { buildServer } from './server.ts';
 
-const daemon = { config: defaultConfig({}), version: 'test' } as unknown as Daemon;
+// No token: this layer's tests are about bodies, and the auth guard would answer 401 first.
+const daemon = { config: { ...defaultConfig({}), auth: 'none' }, version: 'test' } as unknown as Daemon;
 const app = await buildServer(daemon, pino({ level: 'silent' }));
 process.stdout.write(`${await app.listen({ host: '127.0.0.1', port: 0 })}\n`);
 process.once('SIGTERM', () => void app.close().then(() => process.exit(0)));

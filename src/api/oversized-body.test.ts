@@ -104,9 +104,9 @@ function exchange(payload: Buffer[], timeoutMs = 20_000): Promise<string> {
 test('after the 413 the connection carries the next request (the body was read, not left on the wire)', async () => {
   const body = Buffer.alloc(2 * BODY_LIMIT, 'x');
   const got = await exchange([
-    Buffer.from(`POST /v1/vms HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`),
+    Buffer.from(`POST /v1/vms HTTP/1.1\r\nhost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`),
     body,
-    Buffer.from('GET /v1/nothing HTTP/1.1\r\nHost: kiln\r\nConnection: close\r\n\r\n'),
+    Buffer.from('GET /v1/nothing HTTP/1.1\r\nhost: 127.0.0.1\r\nConnection: close\r\n\r\n'),
   ]);
   const statuses = [...got.matchAll(/HTTP\/1\.1 (\d{3}) /g)].map((m) => m[1]);
   assert.deepEqual(statuses, ['413', '404'], got);
@@ -123,7 +123,7 @@ test('a client that keeps sending after the 413 is cut off past the drain bound'
   const announced = 1024 ** 3;
   const s = net.connect(Number(url.port), url.hostname);
   s.on('data', () => {});
-  s.write(`POST /v1/vms HTTP/1.1\r\nHost: kiln\r\nContent-Type: application/json\r\nContent-Length: ${announced}\r\n\r\n`);
+  s.write(`POST /v1/vms HTTP/1.1\r\nhost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: ${announced}\r\n\r\n`);
   const chunk = Buffer.alloc(256 * 1024, 'x');
   let written = 0;
   const closed = await new Promise<boolean>((resolve) => {
