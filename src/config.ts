@@ -31,7 +31,31 @@ export interface KilnConfig {
   /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
   debianMirror: string;
   functions: FunctionsConfig;
+  /** How each VMM process is confined (docs/security.md, "VMM confinement"). */
+  vmm: VmmConfinementConfig;
 }
+
+export interface VmmConfinementConfig {
+  /** QEMU's seccomp sandbox (KILN_VMM_SECCOMP=0 turns it off). */
+  seccomp: boolean;
+  /** The user QEMU drops to once its files are open (KILN_VMM_USER; empty: QEMU stays root). */
+  user: string | null;
+  /** chroot QEMU into an empty per-VM directory (KILN_VMM_CHROOT=0 turns it off; needs `user`). */
+  chroot: boolean;
+  /** A cgroup per VM capping memory, CPU and pids (KILN_VMM_CGROUP=0 turns it off). */
+  cgroup: boolean;
+  /** kiln's parent cgroup name (KILN_VMM_CGROUP_PARENT); default `kiln-<hash of the state dir>`. */
+  cgroupParent?: string;
+  /** Memory a VM's cgroup allows beyond its guest RAM: the VMM's own (KILN_VMM_MEMORY_OVERHEAD_MIB). */
+  memoryOverheadMib: number;
+}
+
+/**
+ * QEMU's own resident memory under TCG, measured with bench/provision (256 MiB guests, idle
+ * after boot: ~60–70 MiB, most of it the translated-code cache, which grows with the code a
+ * guest runs up to its 1 GiB cap), with room for a busy guest's translation cache.
+ */
+export const DEFAULT_VMM_MEMORY_OVERHEAD_MIB = 256;
 
 export interface FunctionsConfig {
   /** Blank booted instances kept per runtime and size in use (KILN_FN_POOL_SIZE; 0: none). */
@@ -75,6 +99,14 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
+    vmm: {
+      seccomp: env.KILN_VMM_SECCOMP !== '0',
+      user: env.KILN_VMM_USER === undefined ? 'kiln-vmm' : env.KILN_VMM_USER || null,
+      chroot: env.KILN_VMM_CHROOT !== '0',
+      cgroup: env.KILN_VMM_CGROUP !== '0',
+      cgroupParent: env.KILN_VMM_CGROUP_PARENT || undefined,
+      memoryOverheadMib: Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB ?? DEFAULT_VMM_MEMORY_OVERHEAD_MIB),
+    },
   };
 }
 

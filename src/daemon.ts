@@ -32,7 +32,8 @@ import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
-import { createDriver } from './vmm/registry.ts';
+import { sweepCgroups } from './vmm/cgroup/cgroup.ts';
+import { createDriver, resolveQemuConfinement } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
 export class Daemon {
@@ -85,7 +86,9 @@ export class Daemon {
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
       log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
-      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
+      // Confinement is decided once: every QEMU this kilnd starts gets the same (docs/security.md).
+      const qemuConfinement = await resolveQemuConfinement(config.vmm, { stateDir: config.stateDir, warn: (msg) => log.warn(msg) });
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, qemuConfinement });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -104,7 +107,7 @@ export class Daemon {
       const network = new NetworkManager(config.network, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
-      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, qemuConfinement });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor, classicBase });
@@ -114,6 +117,12 @@ export class Daemon {
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
+      if (qemuConfinement.cgroups) {
+        // Crash safety: cgroups of VMs whose VMM is not running under this store any more.
+        const keep = new Set((await store.listVms()).filter((v) => v.pid !== null).map((v) => v.id));
+        const swept = await sweepCgroups(qemuConfinement.cgroups, keep);
+        if (swept.length) log.info({ cgroups: swept }, 'removed cgroups of VMs no longer running');
+      }
       const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
       await snapshots.sweep();
       const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });

@@ -2,12 +2,15 @@
 import path from 'node:path';
 import type { BackendName, VmmDriver } from './driver.ts';
 import { FirecrackerDriver } from './firecracker/firecracker-driver.ts';
+import type { QemuConfinement } from './qemu/confinement.ts';
 import { QemuDriver } from './qemu/qemu-driver.ts';
 
-export function createDriver(name: BackendName, opts: { assetsDir: string; firecrackerBinary?: string }): VmmDriver {
+export { resolveQemuConfinement, type QemuConfinement } from './qemu/confinement.ts';
+
+export function createDriver(name: BackendName, opts: { assetsDir: string; firecrackerBinary?: string; qemuConfinement?: QemuConfinement }): VmmDriver {
   switch (name) {
     case 'qemu':
-      return new QemuDriver();
+      return new QemuDriver(opts.qemuConfinement);
     case 'firecracker':
       // Firecracker boots only an ELF vmlinux: extracted once from the Debian bzImage.
       return new FirecrackerDriver({ binary: opts.firecrackerBinary, vmlinuxCacheDir: path.join(opts.assetsDir, 'kernels', 'vmlinux') });

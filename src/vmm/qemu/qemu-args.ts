@@ -8,7 +8,10 @@ export interface QemuPaths {
   qmpSocket: string;
   consoleSocket: string;
   consoleLog: string;
-  pidFile: string;
+  /** QEMU's own stdout/stderr (it runs in the foreground of its own session, not -daemonize). */
+  vmmLog: string;
+  /** The empty directory a confined QEMU is chrooted into; also holds the snapshot socket. */
+  jail: string;
 }
 
 export function qemuPaths(runtimeDir: string): QemuPaths {
@@ -16,15 +19,45 @@ export function qemuPaths(runtimeDir: string): QemuPaths {
     qmpSocket: path.join(runtimeDir, 'qmp.sock'),
     consoleSocket: path.join(runtimeDir, 'console.sock'),
     consoleLog: path.join(runtimeDir, 'console.log'),
-    pidFile: path.join(runtimeDir, 'qemu.pid'),
+    vmmLog: path.join(runtimeDir, 'vmm.log'),
+    jail: path.join(runtimeDir, 'jail'),
   };
 }
 
 /** Why each machine option is there: DESIGN.md §9 (TCG needs the PIT and a fixed TSC rate). */
 export const MICROVM_MACHINE = 'microvm,isa-serial=on,rtc=on,pit=on,pic=on';
 
+/** How a QEMU is confined (docs/security.md, "VMM confinement"). */
+export interface QemuSandboxArgs {
+  /** seccomp: `-sandbox on,…`. */
+  seccomp: boolean;
+  /** The user QEMU switches to once its files are open (`-runas`), or null (stays root). */
+  runAs: string | null;
+  /** Directory QEMU chroots into before switching user (`-chroot`), or null. */
+  chroot: string | null;
+}
+
+/**
+ * `-sandbox` (QEMU's seccomp filter): no obsolete syscalls, no fork/exec, no scheduler or
+ * resource-limit changes, and, when QEMU stays root, no set*id. With -runas, QEMU installs the
+ * filter before it switches user (end of init), so set*id must stay allowed for that one
+ * switch: it then runs with uid, gid and saved ids all unprivileged and no capabilities, and
+ * seccomp's no_new_privs, so a later set*id call cannot gain anything (and exec is denied).
+ */
+export function sandboxArgs(c: QemuSandboxArgs): string[] {
+  const args: string[] = [];
+  if (c.seccomp) args.push('-sandbox', `on,obsolete=deny,${c.runAs ? '' : 'elevateprivileges=deny,'}spawn=deny,resourcecontrol=deny`);
+  if (c.runAs) args.push('-runas', c.runAs);
+  if (c.runAs && c.chroot) args.push('-chroot', c.chroot);
+  return args;
+}
+
 export interface QemuArgsOptions {
+  /** -daemonize: QEMU forks itself away (only the unconfined bench baseline: spawn=deny forbids the fork). */
   daemonize: boolean;
+  /** Start with the vCPUs stopped (-S): the driver `cont`s once the QMP handshake shows init done. */
+  paused?: boolean;
+  confinement?: QemuSandboxArgs;
   /** The host has /dev/vhost-vsock: spec.vsock becomes a vhost-vsock device (else no vsock). */
   vhostVsock?: boolean;
   /** Wait for an incoming migration (a restore): `-incoming defer`, then QMP migrate-incoming. */
@@ -88,9 +121,10 @@ export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
     '-chardev', `socket,id=console,path=${p.consoleSocket},server=on,wait=off,logfile=${p.consoleLog},logappend=on`,
     '-serial', 'chardev:console',
     '-qmp', `unix:${p.qmpSocket},server=on,wait=off`,
-    '-pidfile', p.pidFile,
   );
-  if (opts.incoming) args.push('-S', '-incoming', 'defer');
+  if (opts.confinement) args.push(...sandboxArgs(opts.confinement));
+  if (opts.incoming || opts.paused) args.push('-S');
+  if (opts.incoming) args.push('-incoming', 'defer');
   if (opts.daemonize) args.push('-daemonize');
   return args;
 }
