@@ -156,6 +156,7 @@ export class Daemon {
     await this.functions.close();
     this.containers.close();
     await this.vms.close();
+    await this.driver.release?.().catch((e) => this.log.warn({ err: e }, 'VMM driver release failed'));
     await closeAgentHub(this.agents);
     await this.app?.close();
     await this.bus.flush();

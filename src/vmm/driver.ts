@@ -146,6 +146,8 @@ export interface VmmDriver {
   readonly name: BackendName;
   /** How this driver confines its VMM processes (/healthz, `kiln doctor`). */
   confinementReport?(): ConfinementReport;
+  /** kilnd stops: drop host state no running VM needs (kiln's parent cgroup once empty). */
+  release?(): Promise<void>;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
   start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance>;
   /**

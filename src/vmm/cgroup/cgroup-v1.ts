@@ -33,6 +33,16 @@ class V1Cgroup implements VmCgroup {
   }
 
   async kill(): Promise<void> {
+    try {
+      await this.killInner();
+    } catch (e) {
+      // Removed meanwhile (its VMM exited and kilnd cleaned up): nothing left to kill.
+      if (!(await exists(this.dirs.pids!))) return;
+      throw e;
+    }
+  }
+
+  private async killInner(): Promise<void> {
     if (!(await exists(this.dirs.pids!))) return;
     const freezer = this.dirs.freezer;
     if (freezer && (await exists(freezer))) {

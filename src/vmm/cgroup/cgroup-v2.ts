@@ -30,6 +30,16 @@ class V2Cgroup implements VmCgroup {
   }
 
   async kill(): Promise<void> {
+    try {
+      await this.killInner();
+    } catch (e) {
+      // Removed meanwhile (its VMM exited and kilnd cleaned up): nothing left to kill.
+      if (!(await exists(this.dir))) return;
+      throw e;
+    }
+  }
+
+  private async killInner(): Promise<void> {
     if (!(await exists(this.dir))) return;
     const killFile = path.join(this.dir, 'cgroup.kill');
     if (await exists(killFile)) {

@@ -42,6 +42,21 @@ export interface CgroupManager {
   list(): Promise<string[]>;
 }
 
+/** Removes kiln's parent cgroups when no VM cgroup is left in them (the kernel refuses otherwise). */
+export async function removeParentIfEmpty(m: CgroupManager): Promise<boolean> {
+  if ((await m.list()).length) return false;
+  for (const dir of m.parentDirs) {
+    try {
+      await fs.rmdir(dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EBUSY' || code === 'ENOTEMPTY') return false;
+      if (code !== 'ENOENT') throw e;
+    }
+  }
+  return true;
+}
+
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export function assertCgroupName(name: string): void {
@@ -56,7 +71,8 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 
 export async function readPids(procsFile: string): Promise<number[]> {
   const text = await fs.readFile(procsFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT') return '';
+    // ENODEV: the cgroup was removed while being read (its last process exited meanwhile).
+    if (e.code === 'ENOENT' || e.code === 'ENODEV') return '';
     throw e;
   });
   return text.split('\n').filter(Boolean).map(Number);

@@ -9,7 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import { KilnError } from '../../errors.ts';
 import { pidAlive } from '../../util/process.ts';
 import { QEMU_BINARY, spawnQemu, qemuVersion } from '../../tools/qemu-system.ts';
-import type { VmCgroup } from '../cgroup/cgroup.ts';
+import { removeParentIfEmpty, type VmCgroup } from '../cgroup/cgroup.ts';
 import { untimed, type Accelerator, type ConfinementReport, type StepTimer, type VmmDriver, type VmmExit, type VmmInstance, type VmmSnapshot, type VmSpec } from '../driver.ts';
 import { cgroupLimits, UNCONFINED, type QemuConfinement } from './confinement.ts';
 import { kernelCmdline, qemuArgs, qemuPaths } from './qemu-args.ts';
@@ -219,6 +219,10 @@ export class QemuDriver implements VmmDriver {
 
   confinementReport(): ConfinementReport {
     return this.confinement.report;
+  }
+
+  async release(): Promise<void> {
+    if (this.confinement.cgroups) await removeParentIfEmpty(this.confinement.cgroups);
   }
 
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance> {
