@@ -62,6 +62,20 @@ export interface QemuArgsOptions {
   vhostVsock?: boolean;
   /** Wait for an incoming migration (a restore): `-incoming defer`, then QMP migrate-incoming. */
   incoming?: boolean;
+  /** Drive id → the inherited fds that hold it open (see driveFdArgs). */
+  driveFds?: Readonly<Record<string, DriveFds>>;
+}
+
+/**
+ * A drive QEMU gets as open file descriptors (`-add-fd`, `/dev/fdset/N`) instead of a path.
+ * QEMU reopens a writable image when a snapshot completes (it drops write access, then takes
+ * it back on `cont`): a confined QEMU cannot open the path, so it picks a descriptor of the
+ * right access mode from the set. A writable drive's set has a read-write and a read-only
+ * one (QEMU probes the image read-only first), a read-only drive's just the latter.
+ */
+export interface DriveFds {
+  set: number;
+  fds: readonly number[];
 }
 
 /** The id of the memory backend object when guest RAM is a file. */
@@ -111,8 +125,14 @@ export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
     '-append', spec.kernel.cmdline,
   ];
   for (const d of spec.drives) {
+    const fdset = opts.driveFds?.[d.id];
+    for (const fd of fdset?.fds ?? []) args.push('-add-fd', `fd=${fd},set=${fdset!.set}`);
+    // QEMU's image locking is per open file description: its read-only and read-write
+    // descriptors of one image would lock each other out on `cont` after a snapshot. kilnd is
+    // the one that decides who writes an image (a volume is attached to one VM at a time).
+    const file = fdset ? `/dev/fdset/${fdset.set},file.locking=off` : d.path;
     args.push(
-      '-drive', `id=${d.id},file=${d.path},format=raw,if=none,${d.readOnly ? 'readonly=on' : 'discard=unmap'}`,
+      '-drive', `id=${d.id},file=${file},format=raw,if=none,${d.readOnly ? 'readonly=on' : 'discard=unmap'}`,
       '-device', `virtio-blk-device,drive=${d.id},serial=${d.id}`,
     );
   }

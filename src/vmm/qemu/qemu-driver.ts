@@ -12,7 +12,7 @@ import { QEMU_BINARY, spawnQemu, qemuVersion } from '../../tools/qemu-system.ts'
 import { removeParentIfEmpty, type VmCgroup } from '../cgroup/cgroup.ts';
 import { untimed, type Accelerator, type ConfinementReport, type StepTimer, type VmmDriver, type VmmExit, type VmmInstance, type VmmSnapshot, type VmSpec } from '../driver.ts';
 import { cgroupLimits, UNCONFINED, type QemuConfinement } from './confinement.ts';
-import { kernelCmdline, qemuArgs, qemuPaths } from './qemu-args.ts';
+import { kernelCmdline, qemuArgs, qemuPaths, type DriveFds } from './qemu-args.ts';
 import { QmpClient } from './qmp-client.ts';
 import { loadVmState, saveVmState } from './qmp-snapshot.ts';
 
@@ -267,19 +267,36 @@ export class QemuDriver implements VmmDriver {
       if (stale) await stale.kill().then(() => stale.remove());
       cgroup = await c.cgroups.create(spec.id, cgroupLimits(spec, c.memoryOverheadMib));
     }
-    const args = qemuArgs(spec, {
-      daemonize: false,
-      paused: true,
-      vhostVsock,
-      incoming,
-      confinement: { seccomp: c.seccomp, runAs: c.user?.name ?? null, chroot: c.chroot ? paths.jail : null },
-    });
+    // Inherited descriptors, from fd 3 on: the incoming stream first (INCOMING_FD), then drives.
+    const fds: number[] = incomingFd === undefined ? [] : [incomingFd];
+    const opened: fs.FileHandle[] = [];
     let proc;
     try {
-      proc = await spawnQemu(args, { netns: spec.netns, joinCgroup: cgroup?.procsFiles, fds: incomingFd === undefined ? [] : [incomingFd], logPath: paths.vmmLog });
+      const driveFds: Record<string, DriveFds> = {};
+      for (const [i, d] of spec.drives.entries()) {
+        const set: number[] = [];
+        for (const flags of d.readOnly ? ['r'] : ['r+', 'r']) {
+          const h = await fs.open(d.path, flags);
+          opened.push(h);
+          set.push(3 + fds.length);
+          fds.push(h.fd);
+        }
+        driveFds[d.id] = { set: i + 1, fds: set };
+      }
+      const args = qemuArgs(spec, {
+        daemonize: false,
+        paused: true,
+        vhostVsock,
+        incoming,
+        driveFds,
+        confinement: { seccomp: c.seccomp, runAs: c.user?.name ?? null, chroot: c.chroot ? paths.jail : null },
+      });
+      proc = await spawnQemu(args, { netns: spec.netns, joinCgroup: cgroup?.procsFiles, fds, logPath: paths.vmmLog });
     } catch (e) {
       await cgroup?.remove().catch(() => {});
       throw e;
+    } finally {
+      await Promise.allSettled(opened.map((h) => h.close()));
     }
     const { child, pid } = proc;
     let qmp: QmpClient;
