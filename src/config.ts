@@ -46,16 +46,26 @@ export interface VmmConfinementConfig {
   cgroup: boolean;
   /** kiln's parent cgroup name (KILN_VMM_CGROUP_PARENT); default `kiln-<hash of the state dir>`. */
   cgroupParent?: string;
-  /** Memory a VM's cgroup allows beyond its guest RAM: the VMM's own (KILN_VMM_MEMORY_OVERHEAD_MIB). */
-  memoryOverheadMib: number;
+  /**
+   * Memory a VM's cgroup allows beyond its guest RAM: the VMM's own
+   * (KILN_VMM_MEMORY_OVERHEAD_MIB); default per accelerator (vmmMemoryOverheadMib).
+   */
+  memoryOverheadMib?: number;
 }
 
+/** QEMU's translated-code cache under TCG (`-accel tcg,tb-size=`); QEMU's default is 1 GiB. */
+export const TCG_TB_CACHE_MIB = 256;
+
 /**
- * QEMU's own resident memory under TCG, measured with bench/provision (256 MiB guests, idle
- * after boot: ~60–70 MiB, most of it the translated-code cache, which grows with the code a
- * guest runs up to its 1 GiB cap), with room for a busy guest's translation cache.
+ * QEMU's own memory beyond guest RAM, as its cgroup allows it. Measured (docs/security.md):
+ * QEMU itself holds ~40–60 MiB resident; under TCG its translation cache grows with the code
+ * the guest runs (a classic VM's systemd boot and an SSH login: 266 MiB of it, which the
+ * unbounded default let reach 520 MiB resident with a 256 MiB guest), so it is capped and
+ * counted; the rest is room for a busy VMM and the page cache of its images.
  */
-export const DEFAULT_VMM_MEMORY_OVERHEAD_MIB = 256;
+export function vmmMemoryOverheadMib(accelerator: 'kvm' | 'tcg', configured?: number): number {
+  return configured ?? (accelerator === 'tcg' ? TCG_TB_CACHE_MIB + 128 : 128);
+}
 
 export interface FunctionsConfig {
   /** Blank booted instances kept per runtime and size in use (KILN_FN_POOL_SIZE; 0: none). */
@@ -105,7 +115,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       chroot: env.KILN_VMM_CHROOT !== '0',
       cgroup: env.KILN_VMM_CGROUP !== '0',
       cgroupParent: env.KILN_VMM_CGROUP_PARENT || undefined,
-      memoryOverheadMib: Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB ?? DEFAULT_VMM_MEMORY_OVERHEAD_MIB),
+      memoryOverheadMib: env.KILN_VMM_MEMORY_OVERHEAD_MIB ? Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB) : undefined,
     },
   };
 }

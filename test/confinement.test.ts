@@ -12,7 +12,7 @@ import type { DoctorReport } from '../src/doctor/checks.ts';
 import { lookupUser } from '../src/tools/useradd.ts';
 import type { CgroupManager } from '../src/vmm/cgroup/cgroup.ts';
 import { detectCgroups } from '../src/vmm/cgroup/detect.ts';
-import { DEFAULT_VMM_MEMORY_OVERHEAD_MIB } from '../src/config.ts';
+import { vmmMemoryOverheadMib } from '../src/config.ts';
 import { defaultCgroupParent } from '../src/vmm/qemu/confinement.ts';
 import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { until } from './helpers/until.ts';
@@ -73,7 +73,7 @@ describe('VMM confinement (QEMU)', { skip }, () => {
       assert.match(membership, new RegExp(`(^|\\n)\\d+:[^:\\n]*\\b${cgroups.version === 2 ? '' : c}\\b[^:\\n]*:/${defaultCgroupParent(d.stateDir)}/${vm.id}\\n`), `${c}: ${membership}`);
     }
     const cap = Number((await fs.readFile(cg.memoryLimitFile, 'utf8')).trim());
-    assert.equal(cap, (256 + DEFAULT_VMM_MEMORY_OVERHEAD_MIB) * MIB);
+    assert.equal(cap, (256 + vmmMemoryOverheadMib(vm.accelerator as 'kvm' | 'tcg')) * MIB);
     // Charged from QEMU's first page: its guest RAM as it boots is in the cgroup's usage.
     const usageFile = cgroups.version === 2 ? path.join(cg.dirs.unified!, 'memory.current') : path.join(cg.dirs.memory!, 'memory.usage_in_bytes');
     const usage = Number((await fs.readFile(usageFile, 'utf8')).trim());

@@ -29,7 +29,7 @@ const good = (over: Partial<HostFacts> = {}): HostFacts => ({
 
 function goodConfinement(over: Partial<ConfinementFacts> = {}): ConfinementFacts {
   return {
-    settings: { seccomp: true, user: 'kiln-vmm', chroot: true, cgroup: true, memoryOverheadMib: 256 },
+    settings: { seccomp: true, user: 'kiln-vmm', chroot: true, cgroup: true, memoryOverheadMib: 384 },
     user: { uid: 998, gid: 998 },
     canCreateUser: true,
     seccompRefused: null,
@@ -144,10 +144,10 @@ test('host tools: required ones block both backends, mkfs.erofs only warns', () 
 test('confinement: every piece ok on a set-up host; each one off says why and how to turn it on', () => {
   const ok = confinementChecks(goodConfinement());
   assert.deepEqual(ok.map((c) => [c.name, c.status]), [['seccomp sandbox', 'ok'], ['VMM user', 'ok'], ['chroot', 'ok'], ['per-VM cgroup', 'ok']]);
-  assert.match(find(ok, 'qemu', 'per-VM cgroup').detail, /guest RAM \+ 256 MiB/);
+  assert.match(find(ok, 'qemu', 'per-VM cgroup').detail, /guest RAM \+ 384 MiB/);
 
   const byName = (f: ConfinementFacts) => new Map(confinementChecks(f).map((c) => [c.name, c]));
-  const off = byName(goodConfinement({ settings: { seccomp: false, user: null, chroot: true, cgroup: false, memoryOverheadMib: 256 } }));
+  const off = byName(goodConfinement({ settings: { seccomp: false, user: null, chroot: true, cgroup: false, memoryOverheadMib: 384 } }));
   assert.match(off.get('seccomp sandbox')!.detail, /KILN_VMM_SECCOMP=0/);
   assert.match(off.get('VMM user')!.detail, /runs as root/);
   assert.match(off.get('chroot')!.detail, /needs the VMM user/);

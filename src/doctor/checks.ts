@@ -2,7 +2,7 @@
 // by a test) to checks with a status, what was found and, for each failure, a concrete fix;
 // then which backends can run here and why not. Pure, so every verdict is unit-tested.
 import type { KernelFormat } from '../guest/kernel-format.ts';
-import type { VmmConfinementConfig } from '../config.ts';
+import { vmmMemoryOverheadMib, type VmmConfinementConfig } from '../config.ts';
 import { atLeast, parseFirecrackerVersion } from '../vmm/firecracker/version.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
@@ -235,7 +235,7 @@ export function confinementChecks(f: ConfinementFacts): Check[] {
   } else if (!cg.writable) {
     checks.push({ scope, name: 'per-VM cgroup', status: 'warn', detail: `${cg.reason}, but not writable here`, fix: 'run kilnd as root on the host (a container needs a writable, delegated cgroup)' });
   } else {
-    checks.push({ scope, name: 'per-VM cgroup', status: 'ok', detail: `${cg.reason}: memory = guest RAM + ${s.memoryOverheadMib} MiB, CPU = vCPUs, pids capped; killed as a whole` });
+    checks.push({ scope, name: 'per-VM cgroup', status: 'ok', detail: `${cg.reason}: memory = guest RAM + ${s.memoryOverheadMib ?? `${vmmMemoryOverheadMib('tcg')} (TCG) or ${vmmMemoryOverheadMib('kvm')} (KVM)`} MiB, CPU = vCPUs, pids capped; killed as a whole` });
   }
   return checks;
 }

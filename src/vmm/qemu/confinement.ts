@@ -6,7 +6,7 @@ import { qemuRejects } from '../../tools/qemu-system.ts';
 import { ensureSystemUser } from '../../tools/useradd.ts';
 import type { CgroupLimits, CgroupManager } from '../cgroup/cgroup.ts';
 import { detectCgroups } from '../cgroup/detect.ts';
-import type { VmmConfinementConfig } from '../../config.ts';
+import { vmmMemoryOverheadMib, type VmmConfinementConfig } from '../../config.ts';
 import type { ConfinementReport, VmSpec } from '../driver.ts';
 import { sandboxArgs } from './qemu-args.ts';
 
@@ -19,7 +19,8 @@ export interface QemuConfinement {
   user: { name: string; uid: number; gid: number } | null;
   chroot: boolean;
   cgroups: CgroupManager | null;
-  memoryOverheadMib: number;
+  /** Configured overhead (KILN_VMM_MEMORY_OVERHEAD_MIB), else per accelerator. */
+  memoryOverheadMib?: number;
   report: ConfinementReport;
 }
 
@@ -29,7 +30,6 @@ export const UNCONFINED: QemuConfinement = {
   user: null,
   chroot: false,
   cgroups: null,
-  memoryOverheadMib: 0,
   report: {
     seccomp: { active: false, detail: 'not configured' },
     user: { active: false, detail: 'not configured' },
@@ -45,8 +45,9 @@ export const UNCONFINED: QemuConfinement = {
  */
 export const PIDS_BASE = 96;
 
-export function cgroupLimits(spec: Pick<VmSpec, 'memoryMib' | 'vcpus'>, overheadMib: number): CgroupLimits {
-  return { memoryBytes: (spec.memoryMib + overheadMib) * 1024 * 1024, cpus: spec.vcpus, pids: PIDS_BASE + spec.vcpus };
+export function cgroupLimits(spec: Pick<VmSpec, 'memoryMib' | 'vcpus' | 'accelerator'>, overheadMib?: number): CgroupLimits {
+  const overhead = vmmMemoryOverheadMib(spec.accelerator, overheadMib);
+  return { memoryBytes: (spec.memoryMib + overhead) * 1024 * 1024, cpus: spec.vcpus, pids: PIDS_BASE + spec.vcpus };
 }
 
 export const defaultCgroupParent = (stateDir: string) => `kiln-${createHash('sha256').update(stateDir).digest('hex').slice(0, 10)}`;
@@ -112,7 +113,7 @@ export async function resolveQemuConfinement(s: ConfinementSettings, o: { stateD
         active: true,
         version: d.manager.version,
         controllers: [...d.manager.controllers],
-        detail: `${d.reason}; per VM: memory = guest RAM + ${s.memoryOverheadMib} MiB, CPU = its vCPUs, pids ≤ ${PIDS_BASE} + vCPUs; under ${d.manager.parentDirs.join(', ')}`,
+        detail: `${d.reason}; per VM: memory = guest RAM + ${s.memoryOverheadMib ?? `${vmmMemoryOverheadMib('tcg')} (TCG) or ${vmmMemoryOverheadMib('kvm')} (KVM)`} MiB, CPU = its vCPUs, pids ≤ ${PIDS_BASE} + vCPUs; under ${d.manager.parentDirs.join(', ')}`,
       };
     } else {
       report.cgroup = { active: false, detail: d.reason, version: null, controllers: [] };

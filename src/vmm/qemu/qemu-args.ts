@@ -2,6 +2,7 @@
 // and so the provisioning benchmark can launch the exact same command line directly.
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { TCG_TB_CACHE_MIB } from '../../config.ts';
 import type { VmSpec } from '../driver.ts';
 
 export interface QemuPaths {
@@ -115,7 +116,8 @@ export function qemuArgs(spec: VmSpec, opts: QemuArgsOptions): string[] {
     '-name', `kiln-${spec.id},debug-threads=on`,
     '-M', MICROVM_MACHINE + mem.machineSuffix,
     ...mem.args,
-    '-accel', spec.accelerator,
+    // The translation cache is bounded so the VMM's memory is (its cgroup counts it).
+    '-accel', spec.accelerator === 'tcg' ? `tcg,tb-size=${TCG_TB_CACHE_MIB}` : spec.accelerator,
     ...(spec.accelerator === 'kvm' ? ['-cpu', 'host'] : []),
     '-m', `${spec.memoryMib}M`,
     '-smp', String(spec.vcpus),
