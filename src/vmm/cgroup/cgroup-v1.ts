@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
-  assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
+  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
   type CgroupLimits, type CgroupManager, type VmCgroup,
 } from './cgroup.ts';
 
@@ -30,6 +30,10 @@ class V1Cgroup implements VmCgroup {
   /** Every hierarchy holds the same processes; pids is the one kiln always has. */
   pids(): Promise<number[]> {
     return readPids(path.join(this.dirs.pids!, 'cgroup.procs'));
+  }
+
+  addProcess(pid: number): Promise<void> {
+    return addToCgroup(this.procsFiles, pid);
   }
 
   async kill(): Promise<void> {

@@ -3,7 +3,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
-  assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
+  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
   type CgroupLimits, type CgroupManager, type VmCgroup,
 } from './cgroup.ts';
 
@@ -27,6 +27,10 @@ class V2Cgroup implements VmCgroup {
 
   pids(): Promise<number[]> {
     return readPids(this.procsFiles[0]!);
+  }
+
+  addProcess(pid: number): Promise<void> {
+    return addToCgroup(this.procsFiles, pid);
   }
 
   async kill(): Promise<void> {

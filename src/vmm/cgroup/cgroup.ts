@@ -23,6 +23,8 @@ export interface VmCgroup {
   /** The file holding the memory cap (tests and reports read it). */
   readonly memoryLimitFile: string;
   pids(): Promise<number[]>;
+  /** Moves a process (all its threads) into the cgroup, in every hierarchy. */
+  addProcess(pid: number): Promise<void>;
   /** SIGKILLs everything in the cgroup at once and waits until it is empty. */
   kill(): Promise<void>;
   /** Removes the cgroup's directories (it must be empty: kill() first if in doubt). */
@@ -85,6 +87,10 @@ export async function waitFor(what: string, done: () => Promise<boolean>, timeou
     if (Date.now() > deadline) throw new KilnError('KILN_ERR_VMM_FAILED', `cgroup: ${what} after ${timeoutMs} ms`);
     await sleep(POLL_MS);
   }
+}
+
+export async function addToCgroup(procsFiles: readonly string[], pid: number): Promise<void> {
+  for (const f of procsFiles) await writeControl(f, String(pid));
 }
 
 export function killAll(pids: readonly number[]): void {

@@ -291,7 +291,7 @@ export class QemuDriver implements VmmDriver {
         driveFds,
         confinement: { seccomp: c.seccomp, runAs: c.user?.name ?? null, chroot: c.chroot ? paths.jail : null },
       });
-      proc = await spawnQemu(args, { netns: spec.netns, joinCgroup: cgroup?.procsFiles, fds, logPath: paths.vmmLog });
+      proc = await spawnQemu(args, { netns: spec.netns, fds, logPath: paths.vmmLog });
     } catch (e) {
       await cgroup?.remove().catch(() => {});
       throw e;
@@ -299,9 +299,18 @@ export class QemuDriver implements VmmDriver {
       await Promise.allSettled(opened.map((h) => h.close()));
     }
     const { child, pid } = proc;
+    // Into its cgroup while QEMU initialises: a cgroup migration waits for an RCU grace
+    // period (~7 ms here when VM starts are spaced out), which this overlaps with QEMU's
+    // start instead of adding it before the exec. Awaited before any guest instruction
+    // (vCPUs stopped: -S) and before a restore loads guest memory: what the guest does is
+    // charged to the cgroup; only QEMU's own init (its heap, the kernel copied into guest
+    // RAM) may be charged to kilnd's cgroup.
+    const joined = cgroup ? cgroup.addProcess(pid) : Promise.resolve();
+    joined.catch(() => {}); // awaited below
     let qmp: QmpClient;
     try {
       qmp = await this.awaitQmp(paths.qmpSocket, proc.exited, paths.vmmLog, signal);
+      await joined;
       // Started with -S: no guest instruction ran before QEMU had dropped root (-runas runs
       // at the end of its init, which the QMP greeting shows is done).
       if (!incoming) await qmp.execute('cont');
