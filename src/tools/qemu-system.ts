@@ -13,11 +13,6 @@ export const QEMU_BINARY = process.env.KILN_QEMU ?? 'qemu-system-x86_64';
 export interface QemuSpawnOptions {
   /** `ip netns` name: QEMU runs inside that network namespace. */
   netns?: string;
-  /**
-   * cgroup.procs files the process writes its own pid into before it execs QEMU, so QEMU is
-   * charged to its cgroup from its first page and thread on (a tiny root shell does it).
-   */
-  joinCgroup?: readonly string[];
   /** Open file descriptors QEMU inherits as fd 3, 4, … (a restore's migration stream). */
   fds?: readonly number[];
   /** Appended to with QEMU's stdout and stderr. */
@@ -31,14 +26,9 @@ export interface QemuProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-/** The argv that runs QEMU (inside `netns`), joining `cgroupProcs` first. */
-export function qemuArgv(args: readonly string[], o: Pick<QemuSpawnOptions, 'netns' | 'joinCgroup'>): string[] {
-  const qemu = o.netns ? ['nsenter', ...netnsExecArgs(o.netns, QEMU_BINARY, args)] : [QEMU_BINARY, ...args];
-  const files = o.joinCgroup ?? [];
-  if (!files.length) return qemu;
-  // `exec` keeps the pid: the shell's pid written to cgroup.procs is QEMU's.
-  const script = [...files.map((_, i) => `echo $$ > "$${i + 1}"`), `shift ${files.length}`, 'exec "$@"'].join(' && ');
-  return ['/bin/sh', '-c', script, 'kiln-vmm-join', ...files, ...qemu];
+/** The argv that runs QEMU (inside `netns`: nsenter execs it in place, so the pid is QEMU's). */
+export function qemuArgv(args: readonly string[], o: Pick<QemuSpawnOptions, 'netns'>): string[] {
+  return o.netns ? ['nsenter', ...netnsExecArgs(o.netns, QEMU_BINARY, args)] : [QEMU_BINARY, ...args];
 }
 
 export async function spawnQemu(args: readonly string[], o: QemuSpawnOptions): Promise<QemuProcess> {
