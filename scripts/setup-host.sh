@@ -43,6 +43,8 @@ needs=(
   e2fsck:e2fsprogs
   ssh:openssh-client
   ssh-keygen:openssh-client
+  # VMM confinement: the unprivileged user QEMU runs as (docs/security.md)
+  useradd:passwd
 )
 missing=()
 for pair in "${needs[@]}"; do
@@ -57,6 +59,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The user QEMU drops to (kilnd also creates it at start when missing: `npx kiln serve` works
+# without this script). KILN_VMM_USER names another one, or is empty to keep QEMU root.
+vmm_user=${KILN_VMM_USER-kiln-vmm}
+if [ -n "$vmm_user" ] && ! getent passwd "$vmm_user" >/dev/null; then
+  useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+    --comment 'kiln VMM (QEMU runs as this user)' "$vmm_user"
 fi
 
 stamp=node_modules/.kiln-lock-hash

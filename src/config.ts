@@ -41,9 +41,43 @@ export interface KilnConfig {
   debianMirror: string;
   functions: FunctionsConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
-  capacity: CapacityConfig;
+  capacity: Omit<CapacityConfig, 'vmmOverheadMib'>;
   /** What a pulled or uploaded image may unpack to (decompression bombs). */
   unpack: UnpackLimits;
+  /** How each VMM process is confined (docs/security.md, "VMM confinement"). */
+  vmm: VmmConfinementConfig;
+}
+
+export interface VmmConfinementConfig {
+  /** QEMU's seccomp sandbox (KILN_VMM_SECCOMP=0 turns it off). */
+  seccomp: boolean;
+  /** The user QEMU drops to once its files are open (KILN_VMM_USER; empty: QEMU stays root). */
+  user: string | null;
+  /** chroot QEMU into an empty per-VM directory (KILN_VMM_CHROOT=0 turns it off; needs `user`). */
+  chroot: boolean;
+  /** A cgroup per VM capping memory, CPU and pids (KILN_VMM_CGROUP=0 turns it off). */
+  cgroup: boolean;
+  /** kiln's parent cgroup name (KILN_VMM_CGROUP_PARENT); default `kiln-<hash of the state dir>`. */
+  cgroupParent?: string;
+  /**
+   * Memory a VM's cgroup allows beyond its guest RAM: the VMM's own
+   * (KILN_VMM_MEMORY_OVERHEAD_MIB); default per accelerator (vmmMemoryOverheadMib).
+   */
+  memoryOverheadMib?: number;
+}
+
+/** QEMU's translated-code cache under TCG (`-accel tcg,tb-size=`); QEMU's default is 1 GiB. */
+export const TCG_TB_CACHE_MIB = 256;
+
+/**
+ * QEMU's own memory beyond guest RAM, as its cgroup allows it. Measured (docs/security.md):
+ * QEMU itself holds ~40–60 MiB resident; under TCG its translation cache grows with the code
+ * the guest runs (a classic VM's systemd boot and an SSH login: 266 MiB of it, which the
+ * unbounded default let reach 520 MiB resident with a 256 MiB guest), so it is capped and
+ * counted; the rest is room for a busy VMM and the page cache of its images.
+ */
+export function vmmMemoryOverheadMib(accelerator: 'kvm' | 'tcg', configured?: number): number {
+  return configured ?? (accelerator === 'tcg' ? TCG_TB_CACHE_MIB + 128 : 128);
 }
 
 export interface FunctionsConfig {
@@ -97,12 +131,19 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       memoryOvercommit: positive(env, 'KILN_MEMORY_OVERCOMMIT', 1),
       // A tenth of the host, at least 1 GiB: the host, kilnd and the page cache the images live in.
       reservedMemoryMib: positive(env, 'KILN_HOST_RESERVED_MIB', Math.max(1024, Math.round(HOST_MEMORY_MIB / 10))),
-      vmmOverheadMib: positive(env, 'KILN_VMM_OVERHEAD_MIB', 64),
     },
     unpack: {
       maxLayerBytes: positive(env, 'KILN_LAYER_MAX_BYTES', 32 * 2 ** 30),
       maxImageBytes: positive(env, 'KILN_IMAGE_MAX_BYTES', 64 * 2 ** 30),
       maxEntries: positive(env, 'KILN_IMAGE_MAX_ENTRIES', 4_000_000),
+    },
+    vmm: {
+      seccomp: env.KILN_VMM_SECCOMP !== '0',
+      user: env.KILN_VMM_USER === undefined ? 'kiln-vmm' : env.KILN_VMM_USER || null,
+      chroot: env.KILN_VMM_CHROOT !== '0',
+      cgroup: env.KILN_VMM_CGROUP !== '0',
+      cgroupParent: env.KILN_VMM_CGROUP_PARENT || undefined,
+      memoryOverheadMib: env.KILN_VMM_MEMORY_OVERHEAD_MIB ? Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB) : undefined,
     },
   };
 }

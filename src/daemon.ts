@@ -6,7 +6,7 @@ import { pino, type Logger } from 'pino';
 import { NO_AUTH_WARNING } from './api/auth/no-auth.ts';
 import { ensureApiToken } from './api/auth/token-file.ts';
 import { buildServer } from './api/server.ts';
-import { HOST_CPUS, HOST_MEMORY_MIB, isLoopback, type KilnConfig } from './config.ts';
+import { HOST_CPUS, HOST_MEMORY_MIB, isLoopback, vmmMemoryOverheadMib, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
 import { FunctionMetrics } from './functions/function-metrics.ts';
@@ -35,7 +35,8 @@ import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
-import { createDriver, decideJailer, jailerSettingsFromEnv } from './vmm/registry.ts';
+import { sweepCgroups } from './vmm/cgroup/cgroup.ts';
+import { createDriver, decideJailer, jailerSettingsFromEnv, resolveQemuConfinement } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
 export class Daemon {
@@ -99,7 +100,10 @@ export class Daemon {
       // Firecracker runs under its jailer whenever one is there (KILN_FIRECRACKER_JAILER=off: never).
       const jail = backend.backend === 'firecracker' ? await decideJailer(jailerSettingsFromEnv(process.env, config.stateDir), backend.firecrackerBinary!) : undefined;
       if (jail) log.info({ jailer: jail.jailer?.binary ?? null, reason: jail.reason }, 'Firecracker confinement');
-      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, jailer: jail?.jailer });
+      
+      // Confinement is decided once: every QEMU this kilnd starts gets the same (docs/security.md).
+      const qemuConfinement = await resolveQemuConfinement(config.vmm, { stateDir: config.stateDir, warn: (msg) => log.warn(msg) });
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, qemuConfinement, jailer: jail?.jailer });
       const bus = new EventBus(store, log);
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
@@ -121,10 +125,13 @@ export class Daemon {
       const network = new NetworkManager({ ...config.network, ...(tapOwner ? { tapOwner } : {}) }, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
-      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer, qemuConfinement });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
-      const admission = new Admission(config.capacity, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
+      // A VM commits its guest RAM plus what its VMM may use beyond it: the same allowance its
+      // cgroup gives it (src/config.ts vmmMemoryOverheadMib).
+      const vmmOverheadMib = vmmMemoryOverheadMib(accel.accelerator, config.vmm.memoryOverheadMib);
+      const admission = new Admission({ ...config.capacity, vmmOverheadMib }, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
       metrics.trackCapacity(() => admission.report());
       const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, admission, driverFor, classicBase });
       const containers = new ContainerService({ stateDir: config.stateDir, store, bus, images, vms, log });
@@ -133,6 +140,12 @@ export class Daemon {
       await vms.reconcile();
       await bus.flush();
       await containers.reconcile();
+      if (qemuConfinement.cgroups) {
+        // Crash safety: cgroups of VMs whose VMM is not running under this store any more.
+        const keep = new Set((await store.listVms()).filter((v) => v.pid !== null).map((v) => v.id));
+        const swept = await sweepCgroups(qemuConfinement.cgroups, keep);
+        if (swept.length) log.info({ cgroups: swept }, 'removed cgroups of VMs no longer running');
+      }
       const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
       await snapshots.sweep();
       const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
@@ -169,6 +182,7 @@ export class Daemon {
     await this.functions.close();
     this.containers.close();
     await this.vms.close();
+    await this.driver.release?.().catch((e) => this.log.warn({ err: e }, 'VMM driver release failed'));
     await closeAgentHub(this.agents);
     await this.app?.close();
     await this.bus.flush();

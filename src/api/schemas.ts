@@ -356,6 +356,8 @@ export const ErrorBody = Type.Object({
   details: Type.Optional(Type.Unknown()),
 });
 
+const ConfinementPiece = Type.Object({ active: Type.Boolean(), detail: Type.String() });
+
 export const Health = Type.Object({
   status: Type.Literal('ok'),
   version: Type.String(),
@@ -376,6 +378,20 @@ export const Health = Type.Object({
     memory_mib: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
     vms: Type.Integer({ description: 'VMs that commit resources (creating, booting, ready, paused, stopping)' }),
   }),
+  /** How VMM processes are confined: each piece in force, or why not (docs/security.md). */
+  confinement: Type.Optional(
+    Type.Object({
+      seccomp: ConfinementPiece,
+      user: ConfinementPiece,
+      chroot: ConfinementPiece,
+      cgroup: Type.Object({
+        active: Type.Boolean(),
+        detail: Type.String(),
+        version: Type.Union([Type.Literal(1), Type.Literal(2), Type.Null()]),
+        controllers: Type.Array(Type.String()),
+      }),
+    }),
+  ),
 });
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';

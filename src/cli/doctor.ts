@@ -40,6 +40,7 @@ export function doctorCommand(json: () => boolean): Command {
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : config.assetsDir,
         firecrackerBinary: config.firecrackerBinary,
         kernelPath: config.kernelPath,
+        vmm: config.vmm,
       });
       const report = evaluate(facts);
       if (json()) printJson(report);

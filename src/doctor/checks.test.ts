@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { evaluate, type Check, type HostFacts } from './checks.ts';
+import { confinementChecks, evaluate, type Check, type ConfinementFacts, type HostFacts } from './checks.ts';
 
 const bin = (path: string, version: string | null = null) => ({ path, version });
 
@@ -23,8 +23,20 @@ const good = (over: Partial<HostFacts> = {}): HostFacts => ({
   vhostVsock: true,
   kernel: { path: '/a/vmlinuz', source: 'debian', format: 'bzImage', version: '6.1.0-56-cloud-amd64' },
   assetsDir: '/var/lib/kiln/assets',
+  confinement: goodConfinement(),
   ...over,
 });
+
+function goodConfinement(over: Partial<ConfinementFacts> = {}): ConfinementFacts {
+  return {
+    settings: { seccomp: true, user: 'kiln-vmm', chroot: true, cgroup: true, memoryOverheadMib: 384 },
+    user: { uid: 998, gid: 998 },
+    canCreateUser: true,
+    seccompRefused: null,
+    cgroup: { version: 2, controllers: ['memory', 'cpu', 'pids'], reason: 'cgroup v2 at /sys/fs/cgroup (memory, cpu, pids)', writable: true },
+    ...over,
+  };
+}
 
 const find = (checks: Check[], scope: string, name: string) => {
   const c = checks.find((x) => x.scope === scope && x.name === name);
@@ -127,4 +139,24 @@ test('host tools: required ones block both backends, mkfs.erofs only warns', () 
   assert.equal(r.backends.qemu.usable, false);
   assert.equal(r.backends.firecracker.usable, false);
   assert.match(r.backends.qemu.summary, /nft: not found/);
+});
+
+test('confinement: every piece ok on a set-up host; each one off says why and how to turn it on', () => {
+  const ok = confinementChecks(goodConfinement());
+  assert.deepEqual(ok.map((c) => [c.name, c.status]), [['seccomp sandbox', 'ok'], ['VMM user', 'ok'], ['chroot', 'ok'], ['per-VM cgroup', 'ok']]);
+  assert.match(find(ok, 'qemu', 'per-VM cgroup').detail, /guest RAM \+ 384 MiB/);
+
+  const byName = (f: ConfinementFacts) => new Map(confinementChecks(f).map((c) => [c.name, c]));
+  const off = byName(goodConfinement({ settings: { seccomp: false, user: null, chroot: true, cgroup: false, memoryOverheadMib: 384 } }));
+  assert.match(off.get('seccomp sandbox')!.detail, /KILN_VMM_SECCOMP=0/);
+  assert.match(off.get('VMM user')!.detail, /runs as root/);
+  assert.match(off.get('chroot')!.detail, /needs the VMM user/);
+  assert.match(off.get('per-VM cgroup')!.detail, /KILN_VMM_CGROUP=0/);
+  for (const c of off.values()) assert.ok(c.status === 'warn' && c.fix, `${c.name} is a warning with a fix`);
+
+  const host = byName(goodConfinement({ user: null, canCreateUser: false, seccompRefused: 'seccomp support is disabled', cgroup: { version: null, controllers: [], reason: 'no cgroup2 mount; no cgroup v1 hierarchy for pids', writable: false } }));
+  assert.match(host.get('seccomp sandbox')!.detail, /seccomp support is disabled/);
+  assert.match(host.get('VMM user')!.detail, /useradd is missing/);
+  assert.match(host.get('per-VM cgroup')!.detail, /no cgroup v1 hierarchy for pids/);
+  assert.equal(byName(goodConfinement({ user: null })).get('VMM user')!.status, 'ok', 'kilnd creates a missing user');
 });

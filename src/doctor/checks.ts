@@ -2,6 +2,7 @@
 // by a test) to checks with a status, what was found and, for each failure, a concrete fix;
 // then which backends can run here and why not. Pure, so every verdict is unit-tested.
 import type { KernelFormat } from '../guest/kernel-format.ts';
+import { vmmMemoryOverheadMib, type VmmConfinementConfig } from '../config.ts';
 import { atLeast, parseFirecrackerVersion } from '../vmm/firecracker/version.ts';
 import { firecrackerSetupChecks, type FirecrackerSetupFacts } from './firecracker-checks.ts';
 
@@ -39,6 +40,19 @@ export interface HostFacts {
   assetsDir: string;
   /** kiln's own Firecracker prerequisites (firecracker-checks.ts); absent: not gathered. */
   firecrackerSetup?: FirecrackerSetupFacts;
+  /** What kilnd would confine QEMU with: its settings and what this host offers. */
+  confinement: ConfinementFacts;
+}
+
+export interface ConfinementFacts {
+  settings: VmmConfinementConfig;
+  /** The VMM user's ids, or null when it does not exist (kilnd creates it at start). */
+  user: { uid: number; gid: number } | null;
+  /** useradd is there to create it. */
+  canCreateUser: boolean;
+  /** null: QEMU accepted the sandbox options kilnd would give it; else its complaint. */
+  seccompRefused: string | null;
+  cgroup: { version: 1 | 2 | null; controllers: string[]; reason: string; writable: boolean };
 }
 
 export type ToolName = 'qemu' | 'firecracker' | 'jailer' | 'ip' | 'nft' | 'mksquashfs' | 'mkfs.erofs' | 'mkfs.ext4';
@@ -195,6 +209,40 @@ function cgroupCheck(c: HostFacts['cgroup']): Check {
   return { scope: 'firecracker', name: 'cgroup v2', status: 'ok', detail: `cgroup2 at ${c.mount} (${c.controllers.join(' ')})` };
 }
 
+/** QEMU confinement as kilnd would apply it (docs/security.md, "VMM confinement"). */
+export function confinementChecks(f: ConfinementFacts): Check[] {
+  const s = f.settings;
+  const checks: Check[] = [];
+  const scope = 'qemu' as const;
+  if (!s.seccomp) checks.push({ scope, name: 'seccomp sandbox', status: 'warn', detail: 'off (KILN_VMM_SECCOMP=0)', fix: 'unset KILN_VMM_SECCOMP' });
+  else if (f.seccompRefused) {
+    checks.push({ scope, name: 'seccomp sandbox', status: 'warn', detail: `QEMU refuses -sandbox: ${f.seccompRefused}`, fix: 'install a QEMU built with libseccomp (Debian\'s qemu-system-x86 is)' });
+  } else checks.push({ scope, name: 'seccomp sandbox', status: 'ok', detail: 'QEMU accepts -sandbox on,obsolete=deny,spawn=deny,resourcecontrol=deny' });
+
+  if (!s.user) checks.push({ scope, name: 'VMM user', status: 'warn', detail: 'QEMU runs as root (KILN_VMM_USER is empty)', fix: 'unset KILN_VMM_USER (default kiln-vmm)' });
+  else if (f.user) checks.push({ scope, name: 'VMM user', status: 'ok', detail: `QEMU runs as ${s.user} (uid ${f.user.uid}, gid ${f.user.gid})` });
+  else if (f.canCreateUser) checks.push({ scope, name: 'VMM user', status: 'ok', detail: `${s.user} does not exist yet: kilnd creates it (useradd --system) at start` });
+  else {
+    checks.push({ scope, name: 'VMM user', status: 'warn', detail: `${s.user} does not exist and useradd is missing: QEMU would run as root`, fix: `create the system user ${s.user} (scripts/setup-host.sh does)` });
+  }
+
+  const userOk = Boolean(s.user && (f.user || f.canCreateUser));
+  if (!s.chroot) checks.push({ scope, name: 'chroot', status: 'warn', detail: 'off (KILN_VMM_CHROOT=0)', fix: 'unset KILN_VMM_CHROOT' });
+  else if (!userOk) checks.push({ scope, name: 'chroot', status: 'warn', detail: 'needs the VMM user (QEMU chroots only with -runas)', fix: 'see "VMM user"' });
+  else checks.push({ scope, name: 'chroot', status: 'ok', detail: 'QEMU is chrooted into an empty per-VM directory before it drops root' });
+
+  const cg = f.cgroup;
+  if (!s.cgroup) checks.push({ scope, name: 'per-VM cgroup', status: 'warn', detail: 'off (KILN_VMM_CGROUP=0)', fix: 'unset KILN_VMM_CGROUP' });
+  else if (!cg.version) {
+    checks.push({ scope, name: 'per-VM cgroup', status: 'warn', detail: cg.reason, fix: 'mount cgroup v2 with the memory, cpu and pids controllers (or v1 hierarchies for each)' });
+  } else if (!cg.writable) {
+    checks.push({ scope, name: 'per-VM cgroup', status: 'warn', detail: `${cg.reason}, but not writable here`, fix: 'run kilnd as root on the host (a container needs a writable, delegated cgroup)' });
+  } else {
+    checks.push({ scope, name: 'per-VM cgroup', status: 'ok', detail: `${cg.reason}: memory = guest RAM + ${s.memoryOverheadMib ?? `${vmmMemoryOverheadMib('tcg')} (TCG) or ${vmmMemoryOverheadMib('kvm')} (KVM)`} MiB, CPU = vCPUs, pids capped; killed as a whole` });
+  }
+  return checks;
+}
+
 const KVM_CHECKS = new Set(['/dev/kvm', 'KVM boots a guest']);
 
 export function evaluate(f: HostFacts): DoctorReport {
@@ -206,6 +254,7 @@ export function evaluate(f: HostFacts): DoctorReport {
 
   const qemu = binaryCheck('qemu', 'qemu-system-x86_64', f.binaries.qemu, 'apt-get install qemu-system-x86 (or set KILN_QEMU to the binary)');
   checks.push(qemu);
+  checks.push(...confinementChecks(f.confinement));
   checks.push(
     f.vhostVsock
       ? { scope: 'qemu', name: 'vsock', status: 'ok', detail: '/dev/vhost-vsock present: the agent channel uses vhost-vsock' }

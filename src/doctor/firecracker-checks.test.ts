@@ -44,6 +44,13 @@ test('each missing prerequisite fails or warns with its fix, and blocks the Fire
     kernel: { path: '/k', source: 'debian', format: 'bzImage' },
     assetsDir: '/a',
     firecrackerSetup: setup({ mountNamespace: 'denied' }),
+    confinement: {
+      settings: { seccomp: true, user: 'kiln-vmm', chroot: true, cgroup: true },
+      user: { uid: 998, gid: 998 },
+      canCreateUser: true,
+      seccompRefused: null,
+      cgroup: { version: 2, controllers: ['memory', 'cpu', 'pids'], reason: 'cgroup v2', writable: true },
+    },
   } satisfies HostFacts;
   const r = evaluate(facts);
   assert.equal(r.backends.firecracker.usable, false);

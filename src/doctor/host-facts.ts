@@ -9,11 +9,18 @@ import { cachedGuestKernel } from '../guest/kernel.ts';
 import { QEMU_BINARY } from '../tools/qemu-system.ts';
 import { toolVersion } from '../tools/tool-version.ts';
 import { findBinary } from '../util/find-binary.ts';
-import type { BinaryFact, HostFacts, ToolName } from './checks.ts';
 import { gatherFirecrackerSetup } from './firecracker-checks.ts';
+import { defaultConfig, type VmmConfinementConfig } from '../config.ts';
+import { qemuRejects } from '../tools/qemu-system.ts';
+import { lookupUser } from '../tools/useradd.ts';
+import { detectCgroups } from '../vmm/cgroup/detect.ts';
+import { sandboxArgs } from '../vmm/qemu/qemu-args.ts';
+import type { BinaryFact, ConfinementFacts, HostFacts, ToolName } from './checks.ts';
 
 export interface FactOptions {
   assetsDir: string;
+  /** KILN_VMM_* (default: the defaults `kiln serve` uses). */
+  vmm?: VmmConfinementConfig;
   firecrackerBinary?: string;
   /** KILN_KERNEL */
   kernelPath?: string;
@@ -53,6 +60,28 @@ async function cgroup(): Promise<HostFacts['cgroup']> {
   return { v2: true, mount, controllers };
 }
 
+async function confinement(settings: VmmConfinementConfig, env: NodeJS.ProcessEnv, qemuFound: boolean): Promise<ConfinementFacts> {
+  const user = settings.user ? await lookupUser(settings.user).catch(() => null) : null;
+  const canCreateUser = (await findBinary('useradd', env)) !== null;
+  const seccompRefused = !settings.seccomp
+    ? null
+    : qemuFound
+      ? await qemuRejects(sandboxArgs({ seccomp: true, runAs: user || canCreateUser ? settings.user : null, chroot: null }).filter((a, i, all) => a !== '-runas' && all[i - 1] !== '-runas'))
+      : 'QEMU not found';
+  // Detection only: doctor changes nothing on the host (kilnd creates kiln's cgroups).
+  const d = await detectCgroups({ parent: settings.cgroupParent || 'kiln' });
+  const writable = d.manager
+    ? (await Promise.all(d.manager.parentDirs.map((p) => fs.access(path.dirname(p), constants.W_OK).then(() => true, () => false)))).every(Boolean)
+    : false;
+  return {
+    settings,
+    user,
+    canCreateUser,
+    seccompRefused,
+    cgroup: { version: d.manager?.version ?? null, controllers: d.manager ? [...d.manager.controllers] : [], reason: d.reason, writable },
+  };
+}
+
 async function kernel(o: FactOptions): Promise<HostFacts['kernel']> {
   if (o.kernelPath) {
     try {
@@ -82,13 +111,15 @@ export async function gatherHostFacts(o: FactOptions): Promise<HostFacts> {
     ['mkfs.erofs', 'mkfs.erofs', ['-V']],
     ['mkfs.ext4', 'mkfs.ext4', ['-V']],
   ];
-  const [found, kvmFact, probe, cg, vhostVsock, k, fcSetup] = await Promise.all([
+  const qemuFound = (await findBinary(QEMU_BINARY, env)) !== null;
+  const [found, kvmFact, probe, cg, vhostVsock, k, conf, fcSetup] = await Promise.all([
     Promise.all(tools.map(async ([n, bin, args]) => [n, await binary(bin, env, args)] as const)),
     kvm(),
     kvmProbe(o.assetsDir),
     cgroup(),
     fs.access('/dev/vhost-vsock').then(() => true, () => false),
     kernel(o),
+    confinement(o.vmm ?? defaultConfig(env).vmm, env, qemuFound),
     gatherFirecrackerSetup(env),
   ]);
   return {
@@ -100,6 +131,7 @@ export async function gatherHostFacts(o: FactOptions): Promise<HostFacts> {
     vhostVsock,
     kernel: k,
     assetsDir: o.assetsDir,
+    confinement: conf,
     firecrackerSetup: fcSetup,
   };
 }

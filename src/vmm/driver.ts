@@ -129,10 +129,27 @@ export interface VmmInstance {
 export type StepTimer = <T>(name: string, fn: () => Promise<T>) => Promise<T>;
 export const untimed: StepTimer = (_name, fn) => fn();
 
+/** One piece of VMM confinement (seccomp, user, chroot, cgroup): in force, or why not. */
+export interface ConfinementPiece {
+  active: boolean;
+  detail: string;
+}
+
+export interface ConfinementReport {
+  seccomp: ConfinementPiece;
+  user: ConfinementPiece;
+  chroot: ConfinementPiece;
+  cgroup: ConfinementPiece & { version: 1 | 2 | null; controllers: string[] };
+}
+
 export interface VmmDriver {
   readonly name: BackendName;
   /** Set when this backend cannot run classic VMs (systemd guests): why, for the error. */
   readonly classicUnsupported?: string;
+  /** How this driver confines its VMM processes (/healthz, `kiln doctor`). */
+  confinementReport?(): ConfinementReport;
+  /** kilnd stops: drop host state no running VM needs (kiln's parent cgroup once empty). */
+  release?(): Promise<void>;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
   start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance>;
   /**

@@ -3,12 +3,15 @@ import path from 'node:path';
 import type { BackendName, VmmDriver } from './driver.ts';
 import { FirecrackerDriver, type JailerOptions } from './firecracker/firecracker-driver.ts';
 export { decideJailer, jailerSettingsFromEnv, type JailerDecision } from './firecracker/jailer-default.ts';
+import type { QemuConfinement } from './qemu/confinement.ts';
 import { QemuDriver } from './qemu/qemu-driver.ts';
 
-export function createDriver(name: BackendName, opts: { assetsDir: string; firecrackerBinary?: string; jailer?: JailerOptions }): VmmDriver {
+export { resolveQemuConfinement, type QemuConfinement } from './qemu/confinement.ts';
+
+export function createDriver(name: BackendName, opts: { assetsDir: string; firecrackerBinary?: string; jailer?: JailerOptions; qemuConfinement?: QemuConfinement }): VmmDriver {
   switch (name) {
     case 'qemu':
-      return new QemuDriver();
+      return new QemuDriver(opts.qemuConfinement);
     case 'firecracker':
       // Firecracker boots only an ELF vmlinux: extracted once from the Debian bzImage.
       return new FirecrackerDriver({

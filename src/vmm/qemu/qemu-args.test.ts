@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { VmSpec } from '../driver.ts';
-import { deviceNetArgs, hostTscKhz, kernelCmdline, qemuArgs } from './qemu-args.ts';
+import { deviceNetArgs, hostTscKhz, kernelCmdline, qemuArgs, sandboxArgs } from './qemu-args.ts';
 
 const spec: VmSpec = {
   id: 'vm-1',
@@ -19,7 +19,7 @@ const spec: VmSpec = {
 test('microvm with the TCG-safe machine options, drives in order with serials', () => {
   const a = qemuArgs(spec, { daemonize: true });
   assert.equal(a[a.indexOf('-M') + 1], 'microvm,isa-serial=on,rtc=on,pit=on,pic=on');
-  assert.equal(a[a.indexOf('-accel') + 1], 'tcg');
+  assert.equal(a[a.indexOf('-accel') + 1], 'tcg,tb-size=256', 'a bounded translation cache (its cgroup counts it)');
   assert.ok(!a.includes('-cpu'), 'no host CPU model under TCG');
   assert.equal(a[a.indexOf('-m') + 1], '256M');
   assert.equal(a[a.indexOf('-smp') + 1], '2');
@@ -85,4 +85,15 @@ test('guest RAM in a file: a memory-backend-file the machine uses, shared for te
   assert.deepEqual(clone.slice(clone.indexOf('-incoming') - 1, clone.indexOf('-incoming') + 2), ['-S', '-incoming', 'defer']);
   assert.ok(!qemuArgs(spec, { daemonize: true }).includes('-incoming'));
   assert.throws(() => qemuArgs({ ...spec, memoryFile: { path: '/s/a,b', shared: true } }, { daemonize: true }));
+});
+
+test('confinement: seccomp without set*id only when QEMU stays root; -runas then -chroot; paused start', () => {
+  const confined = qemuArgs(spec, { daemonize: false, paused: true, confinement: { seccomp: true, runAs: 'kiln-vmm', chroot: '/state/vms/vm-1/jail' } });
+  assert.equal(confined[confined.indexOf('-sandbox') + 1], 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
+  assert.equal(confined[confined.indexOf('-runas') + 1], 'kiln-vmm');
+  assert.equal(confined[confined.indexOf('-chroot') + 1], '/state/vms/vm-1/jail');
+  assert.ok(confined.includes('-S') && !confined.includes('-daemonize') && !confined.includes('-pidfile'));
+  assert.deepEqual(sandboxArgs({ seccomp: true, runAs: null, chroot: '/j' }), ['-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny']);
+  assert.deepEqual(sandboxArgs({ seccomp: false, runAs: 'u', chroot: null }), ['-runas', 'u']);
+  assert.ok(!qemuArgs(spec, { daemonize: false }).includes('-S'));
 });

@@ -1,6 +1,7 @@
 // The QMP sequences behind QEMU snapshots and restores. QEMU 7.2 has no `file:` migration
-// URI, so the stream goes through `exec:` (a shell running cat). Only `execute` is used, so
-// the sequences are unit-tested against a scripted QMP (qmp-snapshot.test.ts).
+// URI, and a confined QEMU may not spawn `exec:` helpers: a save streams to a Unix socket
+// kilnd writes to the file, a restore reads an inherited fd (qemu-driver.ts). Only `execute`
+// is used, so the sequences are unit-tested against a scripted QMP (qmp-snapshot.test.ts).
 import { KilnError } from '../../errors.ts';
 
 export interface QmpExecutor {
@@ -15,15 +16,6 @@ interface MigrateInfo {
 /** QEMU's default migration bandwidth cap is 128 MiB/s; a local file needs none. */
 export const MIGRATE_MAX_BANDWIDTH = 64 * 1024 ** 3;
 const POLL_MS = 5;
-
-/** A path safe inside single quotes of the `exec:` shell command (kiln makes these paths). */
-export function shellQuote(p: string): string {
-  if (!p.startsWith('/') || /['\0\n]/.test(p)) throw new KilnError('KILN_ERR_INTERNAL', `unsafe path for a migration command: ${JSON.stringify(p)}`);
-  return `'${p}'`;
-}
-
-export const saveUri = (file: string) => `exec:cat > ${shellQuote(file)}`;
-export const loadUri = (file: string) => `exec:cat ${shellQuote(file)}`;
 
 /** Polls query-migrate until the migration settles; throws with QEMU's reason on failure. */
 export async function awaitMigration(qmp: QmpExecutor, what: string, timeoutMs = 300_000, sleep = defaultSleep): Promise<void> {
@@ -55,7 +47,7 @@ async function setCapabilities(qmp: QmpExecutor, ignoreShared: boolean): Promise
  * The guest is stopped first so the state is one instant: disk writes drained, the scratch
  * disk copied by the caller while paused matches the memory image.
  */
-export async function saveVmState(qmp: QmpExecutor, o: { stateFile: string; ignoreShared: boolean; resume: boolean; sleep?: typeof defaultSleep }): Promise<{ wasRunning: boolean }> {
+export async function saveVmState(qmp: QmpExecutor, o: { uri: string; ignoreShared: boolean; resume: boolean; sleep?: typeof defaultSleep }): Promise<{ wasRunning: boolean }> {
   const { status } = await qmp.execute<{ status: string }>('query-status');
   const wasRunning = status === 'running';
   if (wasRunning) await qmp.execute('stop');
@@ -63,7 +55,7 @@ export async function saveVmState(qmp: QmpExecutor, o: { stateFile: string; igno
   try {
     await setCapabilities(qmp, o.ignoreShared);
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH });
-    await qmp.execute('migrate', { uri: saveUri(o.stateFile) });
+    await qmp.execute('migrate', { uri: o.uri });
     await awaitMigration(qmp, 'snapshot', undefined, o.sleep);
     ok = true;
   } finally {
@@ -73,9 +65,9 @@ export async function saveVmState(qmp: QmpExecutor, o: { stateFile: string; igno
   return { wasRunning };
 }
 
-/** On a QEMU started with `-incoming defer`: load `stateFile`; the guest stays paused. */
-export async function loadVmState(qmp: QmpExecutor, o: { stateFile: string; ignoreShared: boolean; sleep?: typeof defaultSleep }): Promise<void> {
+/** On a QEMU started with `-incoming defer`: load the stream at `uri`; the guest stays paused. */
+export async function loadVmState(qmp: QmpExecutor, o: { uri: string; ignoreShared: boolean; sleep?: typeof defaultSleep }): Promise<void> {
   await setCapabilities(qmp, o.ignoreShared);
-  await qmp.execute('migrate-incoming', { uri: loadUri(o.stateFile) });
+  await qmp.execute('migrate-incoming', { uri: o.uri });
   await awaitMigration(qmp, 'restore', undefined, o.sleep);
 }
