@@ -86,7 +86,11 @@ export class Daemon {
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
       log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
       const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
-      const bus = new EventBus(store, log);
+      const bus = new EventBus(store, log, {
+        keepPerVm: config.guestInput.eventsKeepPerVm,
+        keepTotal: config.guestInput.eventsKeepTotal,
+        maxAgeMs: config.guestInput.eventsMaxAgeMs,
+      });
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
         for (const vm of await store.listVms()) counts[vm.state] = (counts[vm.state] ?? 0) + 1;

@@ -278,6 +278,11 @@ export interface Store extends SnapshotStore {
 
   appendEvent(event: Omit<EventRecord, 'seq'>): Promise<EventRecord>;
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]>;
+  /**
+   * Retention: drops events older than `beforeTs`, all but the newest `keepPerVm` of `vmId`'s
+   * (when given), and all but the newest `keepTotal` overall. Returns how many went.
+   */
+  pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number>;
 
   /** Functions, their versions and invocations (function-store.ts). */
   readonly functions: FunctionStore;

@@ -635,7 +635,10 @@ static void __attribute__((noreturn)) op_shutdown(struct request *rq)
 	union sigval v = { .sival_int = (int)(rq->has_grace ? rq->grace_ms : stop_grace_default) };
 
 	/* PID 1 takes a queued SIGTERM as "@kiln:stop grace_ms=<value>". Under systemd
-	 * (classic VMs) SIGTERM would make it re-execute itself; it powers off on SIGRTMIN+4. */
+	 * (classic VMs) SIGTERM would make it re-execute itself; it powers off on SIGRTMIN+4.
+	 * PID 1 may get through the stop and its kill(-1, SIGTERM) before this child is scheduled
+	 * again: ignore that SIGTERM so "done" still goes out (SIGKILL follows a second later). */
+	signal(SIGTERM, SIG_IGN);
 	if (agent_only ? kill(1, agent_shutdown_signal) != 0 : sigqueue(1, SIGTERM, v) != 0)
 		fail("io", errno, "signal init");
 	send_json(conn, "{\"type\":\"done\"}");
