@@ -114,6 +114,8 @@ interface LiveVm {
   console: ConsoleMux | null;
   /** Rate limit on what this guest can make kilnd record (markers, hellos, agent problems). */
   gate: GuestInputGate;
+  /** Markers that mean something once per boot; a guest repeating them (forged) is ignored. */
+  seen: Set<string>;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -442,7 +444,7 @@ export class VmManager {
     const gi = this.deps.config.guestInput;
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset, { rotateAtBytes: Math.floor(gi.consoleLogMaxBytes / 2) });
     const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0,
-      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null, gate: new GuestInputGate(gi.eventsPerSecond, gi.eventsBurst) };
+      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null, gate: new GuestInputGate(gi.eventsPerSecond, gi.eventsBurst), seen: new Set() };
     const channel = agentChannel(vm, this.runtimeDir(id));
     if (vm.agentToken && channel) {
       live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
@@ -473,6 +475,10 @@ export class VmManager {
     }
     const m = parseMarker(line);
     if (!m) return;
+    if (m.event === 'boot' || m.event === 'ready') {
+      if (live.seen.has(m.event)) return;
+      live.seen.add(m.event);
+    }
     switch (m.event) {
       case 'boot':
         void live.timeline?.end('guest.kernel');
