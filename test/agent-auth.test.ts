@@ -24,8 +24,16 @@ class FakeKilnd {
   beforeChallenge = 0;
   hellos: { nonce: Buffer; raw: Buffer; msg: Record<string, unknown> }[] = [];
   private onHello: (() => void)[] = [];
+  private readonly sockets = new Set<net.Socket>();
+
+  close(): void {
+    for (const s of this.sockets) s.destroy();
+    this.server.close();
+  }
 
   private accept(s: net.Socket): void {
+    this.sockets.add(s);
+    s.on('close', () => this.sockets.delete(s));
     s.on('error', () => {});
     const dec = new FrameDecoder();
     let nonce: Buffer | null = null;
@@ -40,10 +48,12 @@ class FakeKilnd {
       }
     });
     // Say nothing for a while: a guest must not volunteer anything before the challenge.
-    setTimeout(() => {
+    const t = setTimeout(() => {
+      if (s.destroyed) return;
       nonce = randomBytes(32);
       s.write(encodeFrame(FrameType.CHALLENGE, encodeKv([['proto', 2], ['nonce', nonce.toString('hex')]])));
     }, 1500);
+    t.unref();
   }
 
   hello(timeoutMs: number, vm: AgentVm): Promise<void> {
@@ -101,8 +111,8 @@ describe('agent authentication against impostors, with a real VM', { timeout: 60
     impostor?.kill('SIGKILL');
     await run('ip', ['netns', 'del', ns]).catch(() => {});
     await run('ip', ['link', 'del', `${veth}h`]).catch(() => {});
+    kilnd.close();
     await vm?.close();
-    kilnd.server.close();
   });
 
   test('a listener in kilnd\'s place gets nothing before its challenge, and a hello without the token', () => {
