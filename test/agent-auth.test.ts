@@ -25,6 +25,9 @@ class FakeKilnd {
   hellos: { nonce: Buffer; raw: Buffer; msg: Record<string, unknown> }[] = [];
   private onHello: (() => void)[] = [];
   private readonly sockets = new Set<net.Socket>();
+  /** The first connection is never challenged: the guest must give up on it and reconnect. */
+  connections = 0;
+  firstClosedByGuest = false;
 
   close(): void {
     for (const s of this.sockets) s.destroy();
@@ -32,7 +35,9 @@ class FakeKilnd {
   }
 
   private accept(s: net.Socket): void {
+    const n = ++this.connections;
     this.sockets.add(s);
+    if (n === 1) s.on('end', () => (this.firstClosedByGuest = true));
     s.on('close', () => this.sockets.delete(s));
     s.on('error', () => {});
     const dec = new FrameDecoder();
@@ -49,7 +54,7 @@ class FakeKilnd {
     });
     // Say nothing for a while: a guest must not volunteer anything before the challenge.
     const t = setTimeout(() => {
-      if (s.destroyed) return;
+      if (s.destroyed || n === 1) return;
       nonce = randomBytes(32);
       s.write(encodeFrame(FrameType.CHALLENGE, encodeKv([['proto', 2], ['nonce', nonce.toString('hex')]])));
     }, 1500);
@@ -117,6 +122,7 @@ describe('agent authentication against impostors, with a real VM', { timeout: 60
 
   test('a listener in kilnd\'s place gets nothing before its challenge, and a hello without the token', () => {
     assert.equal(kilnd.beforeChallenge, 0, 'the guest volunteered bytes before the challenge');
+    assert.ok(kilnd.connections >= 2 && kilnd.firstClosedByGuest, 'a listener that never challenges is dropped and the guest reconnects');
     const h = kilnd.hellos[0]!;
     assert.ok(!h.raw.toString('latin1').includes(vm.token), `the hello carries the token: ${h.raw}`);
     assert.equal(h.msg.proto, 2);

@@ -27,6 +27,7 @@
 #define CTL_BACKOFF_MIN_MS 50
 #define CTL_BACKOFF_MAX_MS 1000
 #define EXIT_SEND_MS 1000
+#define CTL_CHALLENGE_MS 5000   /* a peer that accepts but never challenges is dropped */
 
 struct agent_cfg agent_cfg = { .port = 10240 };
 
@@ -259,6 +260,7 @@ static void ctl_start(void)
 	if (!agent_cfg.vsock_port)
 		setsockopt(ctl_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	ctl_connects++;
+	ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 	if (connect(ctl_fd, (struct sockaddr *)&ss, len) == 0)
 		ctl_state = CTL_CONNECTED;
 	else if (errno == EINPROGRESS)
@@ -306,6 +308,8 @@ static int ctl_hello(const unsigned char *hn)
 /* Advances the control channel's state machine as far as it goes without waiting. */
 static void ctl_step(void)
 {
+	if (ctl_state == CTL_CONNECTED && now_ms(CLOCK_MONOTONIC) >= ctl_next_ms)
+		ctl_drop();
 	if (ctl_state == CTL_IDLE && now_ms(CLOCK_MONOTONIC) >= ctl_next_ms)
 		ctl_start();
 }
@@ -364,6 +368,9 @@ void agent_push_now(void)
 
 		if (poll(&p, 1, 0) == 1)
 			agent_poll_done(&p, 1);   /* the challenge, usually here already → hello */
+		/* Pre-connected while the root was mounting: the wait for the challenge starts now. */
+		if (ctl_state == CTL_CONNECTED)
+			ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 		return;
 	}
 	ctl_step();
@@ -425,7 +432,7 @@ int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 		p[n++] = (struct pollfd){ listen_fd, POLLIN, 0 };
 	if (id_pipe[0] >= 0 && n < max)
 		p[n++] = (struct pollfd){ id_pipe[0], POLLIN, 0 };
-	if (ctl_state == CTL_IDLE) {
+	if (ctl_state == CTL_IDLE || ctl_state == CTL_CONNECTED) {
 		long long wait = ctl_next_ms - now_ms(CLOCK_MONOTONIC);
 
 		if (wait < 0)
@@ -489,6 +496,7 @@ void agent_poll_done(struct pollfd *p, int n)
 				ctl_drop();
 			} else {
 				ctl_state = CTL_CONNECTED;   /* the host's challenge comes next */
+				ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 			}
 		} else if (p[i].fd == ctl_fd) {
 			char buf[512];
