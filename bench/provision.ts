@@ -98,7 +98,7 @@ async function assertFirecrackerRuns(assets: GuestAssets): Promise<void> {
   } catch (e) {
     if (!isKilnError(e)) throw e;
     console.error(`bench/provision --backend firecracker cannot run on this host: ${e.message}.`);
-    console.error('Run it on a host with /dev/kvm that boots guests and the firecracker binary (see README: Benchmarks).');
+    console.error('Run it on a host with /dev/kvm that boots guests and the firecracker binary (see docs/backends.md: Firecracker on a KVM host).');
     process.exit(2);
   }
 }

@@ -1,6 +1,7 @@
 // Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
 import os from 'node:os';
 import path from 'node:path';
+import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
 
 export interface KilnConfig {
@@ -32,6 +33,8 @@ export interface KilnConfig {
   debianMirror: string;
   functions: FunctionsConfig;
   guestInput: GuestInputConfig;
+  /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
+  capacity: CapacityConfig;
 }
 
 /** Bounds on what guests can make kilnd store (docs/security.md, "Bounded guest input"). */
@@ -91,14 +94,30 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
     guestInput: {
-      eventsPerSecond: Number(env.KILN_GUEST_EVENTS_PER_S ?? 5),
-      eventsBurst: Number(env.KILN_GUEST_EVENTS_BURST ?? 50),
-      consoleLogMaxBytes: Number(env.KILN_CONSOLE_LOG_MAX_BYTES ?? 16 * 1024 * 1024),
-      eventsKeepPerVm: Number(env.KILN_EVENTS_KEEP_PER_VM ?? 10_000),
-      eventsKeepTotal: Number(env.KILN_EVENTS_KEEP_TOTAL ?? 500_000),
-      eventsMaxAgeMs: Number(env.KILN_EVENTS_MAX_AGE_DAYS ?? 30) * 86_400_000,
+      eventsPerSecond: positive(env, 'KILN_GUEST_EVENTS_PER_S', 5),
+      eventsBurst: positive(env, 'KILN_GUEST_EVENTS_BURST', 50),
+      consoleLogMaxBytes: positive(env, 'KILN_CONSOLE_LOG_MAX_BYTES', 16 * 1024 * 1024),
+      eventsKeepPerVm: positive(env, 'KILN_EVENTS_KEEP_PER_VM', 10_000),
+      eventsKeepTotal: positive(env, 'KILN_EVENTS_KEEP_TOTAL', 500_000),
+      eventsMaxAgeMs: positive(env, 'KILN_EVENTS_MAX_AGE_DAYS', 30) * 86_400_000,
+    },
+    capacity: {
+      cpuOvercommit: positive(env, 'KILN_CPU_OVERCOMMIT', 16),
+      memoryOvercommit: positive(env, 'KILN_MEMORY_OVERCOMMIT', 1),
+      // A tenth of the host, at least 1 GiB: the host, kilnd and the page cache the images live in.
+      reservedMemoryMib: positive(env, 'KILN_HOST_RESERVED_MIB', Math.max(1024, Math.round(HOST_MEMORY_MIB / 10))),
+      vmmOverheadMib: positive(env, 'KILN_VMM_OVERHEAD_MIB', 64),
     },
   };
+}
+
+/** A positive number from the environment, or the default; anything else stops kilnd at start. */
+function positive(env: NodeJS.ProcessEnv, key: string, dflt: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return dflt;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`${key} must be a positive number, got ${JSON.stringify(raw)}`);
+  return n;
 }
 
 export function parseListen(value: string): { host: string; port: number } {

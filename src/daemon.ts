@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
 import { buildServer } from './api/server.ts';
-import { isLoopback, type KilnConfig } from './config.ts';
+import { HOST_CPUS, HOST_MEMORY_MIB, isLoopback, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
 import { EventBus } from './events/event-bus.ts';
 import { FunctionMetrics } from './functions/function-metrics.ts';
@@ -24,6 +24,7 @@ import type { AgentHub } from './vm/agent-link.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
+import { Admission } from './vm/admission.ts';
 import { VmManager } from './vm/vm-manager.ts';
 import { ContainerService } from './containers/container-service.ts';
 import { SnapshotService } from './snapshot/snapshot-service.ts';
@@ -63,6 +64,8 @@ export class Daemon {
     /** Snapshots, restores and clones (src/snapshot); templates: golden snapshots per image. */
     readonly snapshots: SnapshotService,
     readonly templates: TemplateService,
+    /** Committed vCPUs and memory against the host's capacity (src/vm/admission.ts). */
+    readonly admission: Admission,
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
@@ -111,7 +114,9 @@ export class Daemon {
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
-      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, driverFor, classicBase });
+      const admission = new Admission(config.capacity, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
+      metrics.trackCapacity(() => admission.report());
+      const vms = new VmManager({ config, store, bus, images, volumes, driver, metrics, network, agents, log, assets, accelerator: accel.accelerator, admission, driverFor, classicBase });
       const containers = new ContainerService({ stateDir: config.stateDir, store, bus, images, vms, log });
       // Subscribed before the reconcile: re-attached consoles replay output and exits.
       containers.attach();
@@ -121,13 +126,14 @@ export class Daemon {
       const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
       await snapshots.sweep();
       const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
+      await templates.sweep();
       const functions = new FunctionService({
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
       });
       await functions.start();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates);
+      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

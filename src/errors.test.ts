@@ -19,8 +19,15 @@ test('KilnError carries its status; unknown throwables become KILN_ERR_INTERNAL'
   assert.equal(wrapped.status, 500);
 });
 
-test('the README documents every error code', async () => {
+test('docs/api.md documents every error code with its status', async () => {
   const { readFile } = await import('node:fs/promises');
-  const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
-  for (const code of Object.keys(ERRORS)) assert.ok(readme.includes(code), `README lists ${code}`);
+  const api = await readFile(new URL('../docs/api.md', import.meta.url), 'utf8');
+  // Rows of the error table: | `KILN_ERR_A` · `KILN_ERR_B` | status | meaning |
+  const documented = new Map<string, number>();
+  for (const row of api.split('\n').filter((l) => l.startsWith('| `KILN_ERR_'))) {
+    const [codes, status] = row.split('|').slice(1, 3).map((c) => c.trim()) as [string, string];
+    for (const code of codes.match(/KILN_ERR_[A-Z_]+/g) ?? []) documented.set(code, Number(status));
+  }
+  for (const [code, e] of Object.entries(ERRORS)) assert.equal(documented.get(code), e.status, `docs/api.md lists ${code} with status ${e.status}`);
+  for (const code of documented.keys()) assert.ok(code in ERRORS, `docs/api.md lists ${code}, which src/errors.ts does not define`);
 });

@@ -16,6 +16,7 @@ export const ERRORS = {
   KILN_ERR_IMAGE_IN_USE: { status: 409, summary: 'The image is used by a VM' },
   KILN_ERR_RESOURCE_LIMIT: { status: 422, summary: 'The request asks for more than this host can give' },
   KILN_ERR_IMAGE_INVALID: { status: 422, summary: 'The image content is malformed or unsafe (bad tar, path escaping the root, …)' },
+  KILN_ERR_CAPACITY: { status: 429, summary: 'The host has no vCPUs or memory left for this VM at its overcommit ratios (retry later)' },
   KILN_ERR_NO_SPACE: { status: 507, summary: 'The state directory ran out of space' },
   KILN_ERR_VOLUME_NOT_FOUND: { status: 404, summary: 'No volume has that id or name' },
   KILN_ERR_VOLUME_IN_USE: { status: 409, summary: 'The volume is attached to a VM' },

@@ -20,7 +20,7 @@ import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/ki
 import { runKiln } from './helpers/kiln-cli.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
-// classic suite runs on QEMU (README: Classic VMs, Firecracker).
+// classic suite runs on QEMU (docs/classic-vms.md: Firecracker).
 const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'classic VM tests run on the QEMU backend' : undefined);
 const BOOT_MS = 180_000;
 

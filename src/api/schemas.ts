@@ -345,6 +345,12 @@ export const Health = Type.Object({
   accelerator_reason: Type.String(),
   kernel: Type.String(),
   vms: Type.Integer(),
+  /** Admission control: what VMs that hold a VMM commit, against what the host allows. */
+  capacity: Type.Object({
+    vcpus: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
+    memory_mib: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
+    vms: Type.Integer({ description: 'VMs that commit resources (creating, booting, ready, paused, stopping)' }),
+  }),
 });
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';

@@ -39,8 +39,13 @@ for (const c of execCommands(client)) program.addCommand(c);
 for (const c of containerCommands(client, json)) program.addCommand(c);
 program.command('health').description('daemon status, backend and accelerator').action(async () => {
   const h = await client().health();
-  if (json()) console.log(JSON.stringify(h, null, 2));
-  else console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.backend_reason}), ${h.accelerator} (${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
+  if (json()) {
+    console.log(JSON.stringify(h, null, 2));
+    return;
+  }
+  const c = h.capacity;
+  console.log(`kilnd ${h.version}: ${h.status}, backend ${h.backend} (${h.backend_reason}), ${h.accelerator} (${h.accelerator_reason}), kernel ${h.kernel}, ${h.vms} VMs`);
+  console.log(`committed: ${c.vcpus.committed}/${c.vcpus.capacity} vCPUs, ${c.memory_mib.committed}/${c.memory_mib.capacity} MiB (${c.vms} VMs)`);
 });
 
 program.parseAsync(process.argv).catch(reportError);

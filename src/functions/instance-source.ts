@@ -280,7 +280,9 @@ export class WarmPool implements InstanceSource {
           else if (p.waiters.length) p.waiters.shift()!.resolve(inst);
           else p.ready.push(inst);
         } catch (e) {
-          this.o.log.error({ err: e, pool: key }, 'warm pool refill failed');
+          // At capacity the pool stays smaller: it never pushes the host past admission control.
+          if ((e as KilnError).code === 'KILN_ERR_CAPACITY') this.o.log.warn({ pool: key, reason: (e as Error).message }, 'warm pool not refilled: host at capacity');
+          else this.o.log.error({ err: e, pool: key }, 'warm pool refill failed');
           p.waiters.shift()?.reject(e as Error);
         } finally {
           p.filling--;

@@ -43,4 +43,21 @@ export class Metrics {
     });
     client.collectDefaultMetrics({ register: this.registry, prefix: 'kiln_process_' });
   }
+
+  /** Admission control's ledger as gauges: committed and capacity, per resource. */
+  trackCapacity(report: () => Promise<{ vcpus: { committed: number; capacity: number }; memory_mib: { committed: number; capacity: number } }>): void {
+    new client.Gauge({
+      name: 'kiln_capacity',
+      help: 'Committed and total capacity for VMs (admission control), by resource (vcpus, memory_mib) and kind (committed, capacity)',
+      labelNames: ['resource', 'kind'] as const,
+      registers: [this.registry],
+      async collect() {
+        const r = await report();
+        for (const resource of ['vcpus', 'memory_mib'] as const) {
+          this.set({ resource, kind: 'committed' }, r[resource].committed);
+          this.set({ resource, kind: 'capacity' }, r[resource].capacity);
+        }
+      },
+    });
+  }
 }

@@ -40,7 +40,7 @@ export interface KilnEvent {
   [k: string]: unknown;
 }
 
-/** An API error: `code` is stable (see the error table in the README), the message is for humans. */
+/** An API error: `code` is stable (see the error table in docs/api.md), the message is for humans. */
 export class KilnApiError extends Error {
   constructor(
     readonly status: number,
@@ -82,6 +82,13 @@ export type ExecStreamItem = { stream: 'stdout' | 'stderr'; data: Buffer } | { e
 function execBody(o: ExecOptions): Record<string, unknown> {
   const stdin = o.stdin === undefined ? undefined : Buffer.isBuffer(o.stdin) ? o.stdin.toString('base64') : Buffer.from(o.stdin).toString('base64');
   return { cmd: o.cmd, env: o.env, cwd: o.cwd, user: o.user, stdin, stdin_base64: stdin === undefined ? undefined : true, timeout_ms: o.timeoutMs };
+}
+
+/** Admission control as /healthz reports it: committed against capacity. */
+export interface CapacityReport {
+  vcpus: { committed: number; capacity: number };
+  memory_mib: { committed: number; capacity: number };
+  vms: number;
 }
 
 export class KilnClient {
@@ -136,7 +143,7 @@ export class KilnClient {
   }
 
   health() {
-    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number }>('GET', '/healthz');
+    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number; capacity: CapacityReport }>('GET', '/healthz');
   }
 
   // VMs

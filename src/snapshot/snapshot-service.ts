@@ -15,6 +15,7 @@ import { tapName, type NetworkManager } from '../net/network-manager.ts';
 import { macFor } from '../net/ipv4.ts';
 import type { ImageRecord, SnapshotRecord, Store, VmRecord, VmState } from '../store/store.ts';
 import { cloneFile } from '../tools/cp.ts';
+import { failpoint } from '../util/failpoints.ts';
 import type { GuestAssets } from '../vm/guest-assets.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import { runtimeFiles, vmSpec } from '../vm/vm-spec.ts';
@@ -104,6 +105,7 @@ export class SnapshotService {
     const final = path.join(this.dir, id);
     const tmp = path.join(this.dir, `.tmp-${id}`);
     await fs.mkdir(tmp, { recursive: true, mode: 0o700 });
+    let recorded = false;
     try {
       const compat = await this.compat();
       const bridgeMac = await this.deps.network.bridgeMac();
@@ -140,7 +142,9 @@ export class SnapshotService {
       const full = await this.describe(tmp, meta);
       await fs.writeFile(path.join(tmp, META), JSON.stringify(full, null, 2) + '\n', { mode: 0o400 });
       for (const f of full.files) await fs.chmod(path.join(tmp, f.name), 0o400);
+      failpoint('snapshot.rename:before');
       await fs.rename(tmp, final);
+      failpoint('snapshot.rename:after');
       const vm = await this.deps.store.getVm(vmIdOrName);
       const record: SnapshotRecord = {
         id,
@@ -152,10 +156,13 @@ export class SnapshotService {
         createdAt: Date.now(),
       };
       await this.deps.store.insertSnapshot(record);
+      recorded = true;
       this.deps.bus.publish('snapshot.created', vm?.id ?? null, { snapshot: id, memory: full.memory, size_bytes: record.sizeBytes });
       return record;
     } catch (e) {
       await fs.rm(tmp, { recursive: true, force: true });
+      // Renamed but never recorded: no record will ever own it.
+      if (!recorded) await fs.rm(final, { recursive: true, force: true });
       throw e;
     }
   }
@@ -271,10 +278,16 @@ export class SnapshotService {
     });
   }
 
-  /** Start-up: temporary directories of snapshots that never completed. */
+  /**
+   * Start-up: directories of snapshots that never completed (temporary ones, and ones a crash
+   * left between their rename and their record). A snapshot exists only once it is recorded.
+   */
   async sweep(): Promise<void> {
+    const recorded = new Set((await this.deps.store.listSnapshots()).map((s) => path.basename(s.path)));
     for (const e of await fs.readdir(this.dir).catch(() => [] as string[])) {
-      if (e.startsWith('.tmp-')) await fs.rm(path.join(this.dir, e), { recursive: true, force: true });
+      if (recorded.has(e)) continue;
+      this.deps.log.warn({ dir: e }, 'removing a snapshot directory no snapshot record owns');
+      await fs.rm(path.join(this.dir, e), { recursive: true, force: true });
     }
   }
 }

@@ -147,6 +147,21 @@ export class TemplateService {
     }
   }
 
+  /**
+   * Start-up: a build that a kilnd crash interrupted never finishes. Its template is failed
+   * (the next clone of that image builds anew) and its golden VM, which nothing would ever
+   * snapshot or delete, is removed.
+   */
+  async sweep(): Promise<void> {
+    for (const t of await this.deps.store.listTemplates()) {
+      if (t.state !== 'building') continue;
+      await this.deps.store.updateTemplate(t.id, { state: 'failed', stateReason: 'KILN_ERR_INTERNAL: kilnd stopped while the template was being built' });
+      const golden = await this.deps.store.getVm(`${t.id}-golden`);
+      if (golden) await this.deps.vms.delete(golden.id).catch((e) => this.deps.log.error({ vm: golden.id, err: e }, 'removing an interrupted build\'s golden VM failed'));
+      this.deps.log.warn({ template: t.id, golden: golden?.id ?? null }, 'failed a template build that kilnd stopped during');
+    }
+  }
+
   /** Older templates of the same image and size: removed unless clones still run from them. */
   private async removeSuperseded(current: TemplateRecord): Promise<void> {
     for (const t of await this.deps.store.listTemplates()) {

@@ -3,6 +3,7 @@
 import { performance } from 'node:perf_hooks';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { PhaseRecord, Store } from '../store/store.ts';
+import { failpoint } from '../util/failpoints.ts';
 
 /** performance.now() is monotonic and sub-ms; anchor it once to the wall clock. */
 const ORIGIN = Date.now() - performance.now();
@@ -54,8 +55,10 @@ export class Timeline {
 
   async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
     this.begin(name);
+    failpoint(`${name}:before`);
     const out = await fn();
     await this.end(name);
+    failpoint(`${name}:after`);
     return out;
   }
 }

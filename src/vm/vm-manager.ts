@@ -8,6 +8,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { KilnConfig } from '../config.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB } from '../config.ts';
+import type { Admission } from './admission.ts';
+import { killAndWait, processesUnder } from './vmm-sweep.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
@@ -144,6 +146,8 @@ export class VmManager {
       log: Logger;
       assets: GuestAssets;
       accelerator: Accelerator;
+      /** Refuses a VM the host has no vCPUs or memory left for, before anything is made. */
+      admission: Admission;
       /**
        * The driver of another backend, for VMs a previous kilnd started with it (the host's
        * backend can change between runs, e.g. `auto` after Firecracker was installed).
@@ -253,7 +257,7 @@ export class VmManager {
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
-    await this.deps.store.insertVm(vm);
+    await this.deps.admission.admit(vm, () => this.deps.store.insertVm(vm));
     if (network === 'bridge') {
       // Leased now, before boot: the address is in the create response.
       const addr = await this.deps.network.lease(id);
@@ -697,13 +701,11 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
-      // A boot uses this kilnd's backend and accelerator, whatever the last boot used.
-      const next = await this.deps.store.updateVm(id, {
-        bootCount: vm.bootCount + 1,
-        stateReason: null,
-        backend: this.deps.driver.name,
-        accelerator: this.deps.accelerator,
-      });
+      // A boot uses this kilnd's backend and accelerator, whatever the last boot used. The VM
+      // commits its vCPUs and memory again from here on ('creating'), if the host has them.
+      const next = await this.deps.admission.admit(vm, () =>
+        this.transition(id, 'creating', { bootCount: vm.bootCount + 1, backend: this.deps.driver.name, accelerator: this.deps.accelerator }),
+      );
       await this.boot(next, this.timeline(next));
       return this.get(id);
     });
@@ -804,7 +806,7 @@ export class VmManager {
     };
     const timeline = this.timeline(vm);
     timeline.begin('api.accept', preciseNow());
-    await this.deps.store.insertVm(vm);
+    await this.deps.admission.admit(vm, () => this.deps.store.insertVm(vm));
     await this.deps.store.linkClone(id, req.snapshotId);
     const addr = await this.deps.network.lease(id, [req.guestNet.ip]);
     if (!addr) {
@@ -978,6 +980,7 @@ export class VmManager {
     for (const vm of vms) {
       await this.lock.run(vm.id, () => this.reconcileOne(vm)).catch((e) => this.deps.log.error({ vm: vm.id, err: e }, 'reconcile failed'));
     }
+    await this.killOrphanVmms();
     await this.deps.network.sweep().catch((e) => this.deps.log.error({ err: e }, 'network sweep failed'));
     const known = new Set(vms.map((v) => v.id));
     for (const dir of await fs.readdir(this.vmsDir).catch(() => [] as string[])) {
@@ -994,6 +997,20 @@ export class VmManager {
         this.deps.log.warn({ disk: f }, 'removing a disk no VM refers to');
         await fs.rm(path.join(disks, f), { force: true });
       }
+    }
+  }
+
+  /**
+   * VMM processes under this state dir that no VM owns after the reconcile: a kilnd killed
+   * between spawning a VMM and recording its pid, or a VM failed while kilnd was down. Killed
+   * before the network sweep, so their taps and namespaces go with them.
+   */
+  private async killOrphanVmms(): Promise<void> {
+    const owned = new Set([...this.live.values()].map((l) => l.instance.pid));
+    for (const p of await processesUnder(this.vmsDir).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
+      if (owned.has(p.pid)) continue;
+      this.deps.log.warn({ vm: p.vmId, pid: p.pid }, 'killing a VMM process no VM owns');
+      if (!(await killAndWait(p.pid))) this.deps.log.error({ vm: p.vmId, pid: p.pid }, 'a VMM process no VM owns did not die within 5 s of SIGKILL');
     }
   }
 

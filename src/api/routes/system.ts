@@ -14,6 +14,7 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     accelerator_reason: daemon.accel.reason,
     kernel: daemon.assets.kernel.version,
     vms: (await daemon.store.listVms()).length,
+    capacity: await daemon.admission.report(),
   }));
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['system'], hide: false } }, async (_req, reply) => {
     reply.type(daemon.metrics.registry.contentType);
