@@ -118,6 +118,8 @@ interface LiveVm {
   gate: GuestInputGate;
   /** Markers that mean something once per boot; a guest repeating them (forged) is ignored. */
   seen: Set<string>;
+  /** The agent channel reported a problem this boot: its later hello does not make it healthy. */
+  misbehaved: boolean;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -412,7 +414,10 @@ export class VmManager {
         await live.timeline?.settle(['guest.kernel', 'guest.init']);
         await restored?.end('agent.hello', fromMonotonic(agentReady.knownAt));
         const { info } = agentReady;
-        await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
+        // A problem reported while the hello was on its way (the agent is slower than a hostile
+        // workload started at the same instant) is not erased by it.
+        const healthy = info.readiness === 'push' && !live.misbehaved;
+        await this.deps.store.updateVm(vm.id, { agent: info, ...(healthy ? { health: 'healthy' as const, healthReason: null } : {}) });
         this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', readiness: info.readiness, channel: info.channel });
       } else {
         await live.ready;
@@ -448,7 +453,7 @@ export class VmManager {
     const gi = this.deps.config.guestInput;
     const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset, { rotateAtBytes: Math.floor(gi.consoleLogMaxBytes / 2) });
     const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0,
-      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null, gate: new GuestInputGate(gi.eventsPerSecond, gi.eventsBurst), seen: new Set() };
+      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null, gate: new GuestInputGate(gi.eventsPerSecond, gi.eventsBurst), seen: new Set(), misbehaved: false };
     const channel = agentChannel(vm, this.runtimeDir(id));
     if (vm.agentToken && channel) {
       live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
@@ -457,6 +462,7 @@ export class VmManager {
           live.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
         },
         onProblem: (p) => {
+          live.misbehaved = true;
           if (this.admitGuestEvent(id, live)) void this.markUnhealthy(id, `guest agent ${p.reason}: ${p.message}`);
         },
       });
