@@ -20,6 +20,10 @@ needs=(
   cc:gcc
   xz:xz-utils
   zstd:zstd
+  # Firecracker boots an ELF vmlinux: extracting one from a bzImage may need any of these
+  bzip2:bzip2
+  lzop:lzop
+  lz4:lz4
   ip:iproute2
   nft:nftables
   # snapshot clones: sysctls inside their network namespaces; Firecracker enters them with nsenter

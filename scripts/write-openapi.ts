@@ -9,7 +9,7 @@ import { KILN_VERSION } from '../src/version.ts';
 
 export async function openapiDocument(): Promise<unknown> {
   // Route registration reads only config and version; handlers never run here.
-  const daemon = { config: { ...defaultConfig({}), apiToken: undefined }, version: KILN_VERSION } as unknown as Daemon;
+  const daemon = { config: { ...defaultConfig({}), apiToken: 'unused' }, version: KILN_VERSION } as unknown as Daemon;
   const app = await buildServer(daemon, pino({ level: 'silent' }));
   await app.ready();
   const doc = app.swagger();

@@ -1,6 +1,7 @@
 // Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
 import os from 'node:os';
 import path from 'node:path';
+import type { UnpackLimits } from './image/flatten/root-writer.ts';
 import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
 
@@ -11,8 +12,15 @@ export interface KilnConfig {
   assetsDir: string;
   listenHost: string;
   listenPort: number;
-  /** Required for any non-loopback bind. */
+  /**
+   * KILN_API_TOKEN: the token kilnd accepts, instead of the one it generates at first start
+   * into <stateDir>/api-token (either way, that file holds the token in force).
+   */
   apiToken?: string;
+  /** 'none' (--no-auth): no token asked, loopback only; Host and Origin are still checked. */
+  auth: 'token' | 'none';
+  /** Names clients may use in Host besides loopback and the listen address (KILN_ALLOWED_HOSTS, comma-separated). */
+  allowedHosts: string[];
   /** 'auto' picks firecracker when present and KVM boots a guest, qemu otherwise. */
   backend: BackendName | 'auto';
   /** Firecracker binary (KILN_FIRECRACKER_BIN); default `firecracker` on PATH. */
@@ -35,6 +43,8 @@ export interface KilnConfig {
   guestInput: GuestInputConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
   capacity: CapacityConfig;
+  /** What a pulled or uploaded image may unpack to (decompression bombs). */
+  unpack: UnpackLimits;
 }
 
 /** Bounds on what guests can make kilnd store (docs/security.md, "Bounded guest input"). */
@@ -68,6 +78,8 @@ export interface NetworkConfig {
   cidr: string;
   /** TCP port the guest agent connects back to, on the bridge address (push readiness). */
   agentPort: number;
+  /** Taps are made openable by this uid/gid (set by kilnd when Firecracker runs jailed). */
+  tapOwner?: { uid: number; gid: number };
 }
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig {
@@ -78,6 +90,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     listenHost: '127.0.0.1',
     listenPort: 18080,
     apiToken: env.KILN_API_TOKEN || undefined,
+    auth: 'token',
+    allowedHosts: (env.KILN_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     backend: (env.KILN_BACKEND as KilnConfig['backend']) ?? 'auto',
     firecrackerBinary: env.KILN_FIRECRACKER_BIN || undefined,
     kernelPath: env.KILN_KERNEL ? path.resolve(env.KILN_KERNEL) : undefined,
@@ -107,6 +121,11 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       // A tenth of the host, at least 1 GiB: the host, kilnd and the page cache the images live in.
       reservedMemoryMib: positive(env, 'KILN_HOST_RESERVED_MIB', Math.max(1024, Math.round(HOST_MEMORY_MIB / 10))),
       vmmOverheadMib: positive(env, 'KILN_VMM_OVERHEAD_MIB', 64),
+    },
+    unpack: {
+      maxLayerBytes: positive(env, 'KILN_LAYER_MAX_BYTES', 32 * 2 ** 30),
+      maxImageBytes: positive(env, 'KILN_IMAGE_MAX_BYTES', 64 * 2 ** 30),
+      maxEntries: positive(env, 'KILN_IMAGE_MAX_ENTRIES', 4_000_000),
     },
   };
 }

@@ -1,9 +1,10 @@
 // kilnd: wires store, assets, VMM driver, VM manager and the API together. VMs outlive the
 // daemon: close() lets go of them, the next start() re-attaches.
-import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { pino, type Logger } from 'pino';
+import { NO_AUTH_WARNING } from './api/auth/no-auth.ts';
+import { ensureApiToken } from './api/auth/token-file.ts';
 import { buildServer } from './api/server.ts';
 import { HOST_CPUS, HOST_MEMORY_MIB, isLoopback, type KilnConfig } from './config.ts';
 import { KilnError } from './errors.ts';
@@ -22,6 +23,7 @@ import { NeighbourWatch } from './net/neighbour-watch.ts';
 import { AgentListener } from './guest/agent/listener.ts';
 import type { AgentHub } from './vm/agent-link.ts';
 import { SqliteStore } from './store/sqlite-store.ts';
+import { secureDatabaseFiles, secureStateDir } from './store/state-permissions.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { Admission } from './vm/admission.ts';
@@ -33,7 +35,7 @@ import type { TemplateProvider } from './functions/restore-source.ts';
 import { decideAccelerator, type AccelDecision } from './vmm/accel-probe.ts';
 import { decideBackend, type BackendDecision } from './vmm/backend-select.ts';
 import type { BackendName, VmmDriver } from './vmm/driver.ts';
-import { createDriver } from './vmm/registry.ts';
+import { createDriver, decideJailer, jailerSettingsFromEnv } from './vmm/registry.ts';
 import { KILN_VERSION } from './version.ts';
 
 export class Daemon {
@@ -69,11 +71,16 @@ export class Daemon {
   ) {}
 
   static async start(config: KilnConfig, log: Logger = pino({ level: config.logLevel })): Promise<Daemon> {
-    if (!isLoopback(config.listenHost) && !config.apiToken) {
-      throw new KilnError('KILN_ERR_HOST_SETUP', `refusing to listen on ${config.listenHost} without an API token (set KILN_API_TOKEN)`);
+    if (!isLoopback(config.listenHost) && config.auth === 'none') {
+      throw new KilnError('KILN_ERR_HOST_SETUP', `refusing --no-auth on ${config.listenHost}: without a token only a loopback address may be served`);
     }
-    await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-    const store = new SqliteStore(path.join(config.stateDir, 'kiln.db'));
+    await secureStateDir(config.stateDir);
+    const apiToken = config.auth === 'none' ? undefined : await ensureApiToken(config.stateDir, config.apiToken);
+    config = { ...config, apiToken };
+    if (config.auth === 'none') log.warn(NO_AUTH_WARNING);
+    const dbFile = path.join(config.stateDir, 'kiln.db');
+    await secureDatabaseFiles(dbFile);
+    const store = new SqliteStore(dbFile);
     let agents: AgentHub | null = null;
     try {
       const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
@@ -84,11 +91,15 @@ export class Daemon {
         initrd: assets.initramfs.path,
         cacheDir: config.assetsDir,
         canProbe: assets.kernel.format === 'bzImage' || assets.kernel.pvh === true,
+        firecrackerBinary: config.firecrackerBinary,
       });
       log.info({ accelerator: accel.accelerator, reason: accel.reason }, 'accelerator chosen');
       const backend = await decideBackend({ requested: config.backend, firecrackerBinary: config.firecrackerBinary, accel });
       log.info({ backend: backend.backend, reason: backend.reason }, 'VMM backend chosen');
-      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary });
+      // Firecracker runs under its jailer whenever one is there (KILN_FIRECRACKER_JAILER=off: never).
+      const jail = backend.backend === 'firecracker' ? await decideJailer(jailerSettingsFromEnv(process.env, config.stateDir), backend.firecrackerBinary!) : undefined;
+      if (jail) log.info({ jailer: jail.jailer?.binary ?? null, reason: jail.reason }, 'Firecracker confinement');
+      const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, jailer: jail?.jailer });
       const bus = new EventBus(store, log, {
         keepPerVm: config.guestInput.eventsKeepPerVm,
         keepTotal: config.guestInput.eventsKeepTotal,
@@ -101,6 +112,7 @@ export class Daemon {
       });
       const images = new ImageService(store, bus, {
         stateDir: config.stateDir,
+        limits: config.unpack,
         puller: pullImage,
         insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
         credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
@@ -108,10 +120,12 @@ export class Daemon {
       await images.recover();
       await ensureDefaultImage(images);
       const volumes = new VolumeService(store, bus, config.stateDir, config.allowedRoots);
-      const network = new NetworkManager(config.network, { store, log });
+      // A jailed Firecracker opens its tap as the jail's uid: taps are made for it.
+      const tapOwner = jail?.jailer ? { uid: jail.jailer.uid, gid: jail.jailer.gid } : undefined;
+      const network = new NetworkManager({ ...config.network, ...(tapOwner ? { tapOwner } : {}) }, { store, log });
       await network.init();
       agents = await startAgentHub(config, network, log);
-      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary });
+      const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       const admission = new Admission(config.capacity, { vcpus: HOST_CPUS, memoryMib: HOST_MEMORY_MIB }, () => store.listVms());
@@ -133,7 +147,9 @@ export class Daemon {
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
       });
       await functions.start();
-      return new Daemon(config, log, store, bus, metrics, assets, accel, backend, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
+      // /healthz's backend_reason says how Firecracker is confined, too.
+      const chosen = jail ? { ...backend, reason: `${backend.reason}; ${jail.reason}` } : backend;
+      return new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
     } catch (e) {
       await closeAgentHub(agents);
       await store.close();

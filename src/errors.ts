@@ -7,6 +7,8 @@ export const ERRORS = {
   KILN_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, summary: 'The request body has an unsupported content type' },
   KILN_ERR_BODY_TOO_LARGE: { status: 413, summary: 'The request body is larger than the daemon accepts' },
   KILN_ERR_UNAUTHORIZED: { status: 401, summary: 'A valid bearer token is required' },
+  KILN_ERR_HOST_NOT_ALLOWED: { status: 403, summary: 'The Host header names an address this kilnd does not serve (DNS-rebinding guard)' },
+  KILN_ERR_ORIGIN_NOT_ALLOWED: { status: 403, summary: 'The request comes from another web origin (cross-site requests are refused)' },
   KILN_ERR_NOT_FOUND: { status: 404, summary: 'No such route' },
   KILN_ERR_VM_NOT_FOUND: { status: 404, summary: 'No VM has that id or name' },
   KILN_ERR_IMAGE_NOT_FOUND: { status: 404, summary: 'No image has that id or name' },

@@ -50,7 +50,7 @@ describe('admission control', { skip }, () => {
     assert.equal((await listLinks({ master: d.network.bridge })).length, CAPACITY);
     const full = await d.client.health();
     assert.deepEqual(full.capacity.vcpus, { committed: CAPACITY, capacity: CAPACITY });
-    assert.ok(/kiln_capacity\{resource="vcpus",kind="committed"\} 3/.test(await (await fetch(`${d.url}/metrics`)).text()));
+    assert.ok(/kiln_capacity\{resource="vcpus",kind="committed"\} 3/.test(await (await fetch(`${d.url}/metrics`, { headers: d.authHeaders })).text()));
 
     // A stopped VM commits nothing; a deleted one neither.
     await d.client.stopVm(admitted[0]!.id);

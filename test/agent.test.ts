@@ -20,7 +20,7 @@ let vmId: string;
 
 function kiln(args: string[], stdin?: Buffer): Promise<{ stdout: Buffer; stderr: string; code: number }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [BIN, '--api', d.url, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [BIN, '--api', d.url, '--state-dir', d.stateDir, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
     const out: Buffer[] = [];
     let err = '';
     p.stdout.on('data', (b) => out.push(b));

@@ -18,10 +18,11 @@ import { expectApiError } from './helpers/api-errors.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { runKiln } from './helpers/kiln-cli.ts';
+import { until } from './helpers/until.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
 // classic suite runs on QEMU (docs/classic-vms.md: Firecracker).
-const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'classic VM tests run on the QEMU backend' : undefined);
+const skip = BACKEND_SKIP ?? (process.env.KILN_BACKEND === 'firecracker' ? 'KILN_BACKEND=firecracker: classic VMs need QEMU (Firecracker on x86 has no ACPI power-off; run this suite without KILN_BACKEND)' : undefined);
 const BOOT_MS = 180_000;
 
 let d: TestDaemon;
@@ -45,7 +46,7 @@ before(async () => {
   vm = JSON.parse(created.stdout) as Vm;
 });
 
-const kiln = (...args: string[]) => runKiln(d.url, args, { timeoutMs: BOOT_MS });
+const kiln = (...args: string[]) => runKiln(d, args, { timeoutMs: BOOT_MS });
 after(async () => {
   await d?.dispose();
   if (keyDir) await fs.rm(keyDir, { recursive: true, force: true });
@@ -138,7 +139,7 @@ describe('classic VM', { skip }, () => {
       ws.close();
     }
     // The same bytes reach the console log (QEMU writes it beside the socket, a moment apart).
-    await waitUntil(async () => /42-from-console systemd/.test(await d.client.logs(vm.id)), 10_000);
+    await until('the console bytes in the console log', async () => /42-from-console systemd/.test(await d.client.logs(vm.id)), 10_000);
   });
 
   test('a kilnd restart (SIGKILL) re-attaches: still ready, console, agent and SSH work', async () => {
@@ -188,12 +189,12 @@ describe('classic VM', { skip }, () => {
   test('`reboot` inside the guest brings the VM back (same disk, a new kernel boot)', async () => {
     const bootId = (await sh(vm.id, 'cat /proc/sys/kernel/random/boot_id')).trim();
     await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'reboot'] }).catch(() => {});
-    await waitUntil(async () => {
+    await until('the VM back from its reboot (a new boot id)', async () => {
       const v = await d.client.getVm(vm.id);
       if (v.state !== 'ready') return false;
       const r = await d.client.exec(vm.id, { cmd: ['cat', '/proc/sys/kernel/random/boot_id'] }).catch(() => null);
       return !!r && r.exit_code === 0 && r.stdout.trim() !== bootId;
-    }, BOOT_MS);
+    }, BOOT_MS, 1000);
     assert.match(await d.client.logs(vm.id), /reboot: Restarting system/);
     assert.equal((await ssh(vm.ip!, 'cat /root/marker')).trim(), 'persisted-web-1.example.test');
   });
@@ -201,7 +202,7 @@ describe('classic VM', { skip }, () => {
   test('without its agent, stop presses the ACPI power button and systemd still powers off', async () => {
     // The session running this is in the agent's cgroup: it may be cut off as the agent stops.
     await d.client.exec(vm.id, { cmd: ['systemctl', '--no-block', 'stop', 'kiln-agent.service'] }).catch(() => {});
-    await waitUntil(async () => (await d.client.exec(vm.id, { cmd: ['true'] }).then(() => false, () => true)));
+    await until('the agent gone (exec refused)', async () => (await d.client.exec(vm.id, { cmd: ['true'] }).then(() => false, () => true)), 30_000, 500);
     const stopped = await d.client.stopVm(vm.id);
     assert.equal(stopped.state, 'stopped', stopped.state_reason ?? '');
     assert.equal(stopped.state_reason, 'stopped on request');
@@ -276,24 +277,14 @@ describe('console on a plain VM', { skip }, () => {
   });
 });
 
-async function waitUntil(cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  for (let delay = 100; !(await cond()); delay = Math.min(delay * 2, 2000)) {
-    if (Date.now() > end) throw new Error(`condition not met in ${ms} ms`);
-    await new Promise((res) => setTimeout(res, delay));
-  }
-}
-
 async function listDir(dir: string): Promise<string[]> {
   return (await fs.readdir(dir).catch(() => [] as string[])).sort();
 }
 
-async function waitForFile(id: string, file: string, ms = 60_000): Promise<string> {
-  const end = Date.now() + ms;
-  for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+/** Written by something in the guest (cloud-init style scripts): polled with exec. */
+function waitForFile(id: string, file: string, ms = 60_000): Promise<string> {
+  return until(`${file} in ${id}`, async () => {
     const r = await d.client.exec(id, { cmd: ['cat', file] });
-    if (r.exit_code === 0 && r.stdout) return r.stdout;
-    if (Date.now() > end) throw new Error(`${file} did not appear in ${ms} ms: ${r.stderr}`);
-    await new Promise((res) => setTimeout(res, delay));
-  }
+    return r.exit_code === 0 && r.stdout;
+  }, ms, 500);
 }

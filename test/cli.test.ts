@@ -12,7 +12,7 @@ import { KILN_BIN, runKiln } from './helpers/kiln-cli.ts';
 
 let d: TestDaemon;
 
-const kiln = (...args: string[]) => runKiln(d.url, args);
+const kiln = (...args: string[]) => runKiln(d, args);
 
 before(async () => {
   if (skip) return;
@@ -35,7 +35,7 @@ test('vm create/ls/get/logs/stop/rm, with --json and tables', { skip }, async ()
   assert.match(get.stdout, /guest\.kernel/);
 
   // logs may lag the ready line by a moment: follow until the line is there.
-  const follow = execFile(process.execPath, [KILN_BIN, '--api', d.url, 'vm', 'logs', '-f', 'cli1']);
+  const follow = execFile(process.execPath, [KILN_BIN, '--api', d.url, '--state-dir', d.stateDir, 'vm', 'logs', '-f', 'cli1']);
   let out = '';
   await new Promise<void>((resolve) => follow.stdout!.on('data', (b) => ((out += b), /hello cli/.test(out) && resolve())));
   follow.kill('SIGINT');

@@ -15,6 +15,8 @@ import { startRegistry, type TestRegistry } from './helpers/registry.ts';
 import { buildBusyboxTree } from '../src/image/default-image.ts';
 import { OciLayoutBuilder } from './helpers/test-images.ts';
 import { runKiln } from './helpers/kiln-cli.ts';
+import { freePort } from './helpers/ports.ts';
+import { eventually } from './helpers/until.ts';
 
 const skip = BACKEND_SKIP;
 let d: TestDaemon;
@@ -112,26 +114,9 @@ async function runToEnd(id: string, timeoutMs = 300_000): Promise<{ out: Contain
 const text = (items: ContainerLogItem[], stream?: string) =>
   items.filter((i): i is Extract<ContainerLogItem, { text: string }> => 'text' in i && (!stream || i.stream === stream)).map((i) => i.text).join('\n');
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function httpGet(port: number, pathName: string): Promise<string> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}${pathName}`);
-      return await res.text();
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
+/** The container's server starts after the VM is up: retried until it answers. */
+function httpGet(port: number, pathName: string): Promise<string> {
+  return eventually(`127.0.0.1:${port}${pathName} to answer`, async () => (await fetch(`http://127.0.0.1:${port}${pathName}`, { signal: AbortSignal.timeout(5000) })).text(), 60_000);
 }
 
 /** Everything a container could leave behind on the host. */
@@ -330,7 +315,7 @@ test('a user the image does not have fails the container with the reason', { ski
 });
 
 test('kiln run / ps / logs / stop / rm', { skip }, async () => {
-  const kiln = (...args: string[]) => runKiln(d.url, args);
+  const kiln = (...args: string[]) => runKiln(d, args);
 
   // Attached: output streams through (stdout and stderr apart), the exit code is the container's; --rm removes it.
   const attached = await kiln('run', '--rm', '--name', 'cli-once', '-e', 'GREETING=from-cli', image, 'sh', '-c', 'echo out-line; echo err-line >&2; exit 4');

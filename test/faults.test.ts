@@ -17,6 +17,7 @@ import type { KilnClient, Vm } from '../src/sdk/client.ts';
 import { listLinks, listNetns } from '../src/tools/ip.ts';
 import { nftListTable } from '../src/tools/nft.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
+import { freePort } from './helpers/ports.ts';
 import { startKilnd, testNetwork, vmmPids, waitForState, type TestDaemon, type TestNetwork } from './helpers/kilnd.ts';
 
 const BOOT_STEPS = ['rootfs.prepare', 'network.prepare', 'vmm.spawn'];
@@ -27,7 +28,6 @@ let stateDir: string;
 let network: TestNetwork;
 let d: TestDaemon | null = null;
 let template: string;
-let nextPort = 23000 + Math.floor(Math.random() * 2000);
 
 /** A daemon on the suite's state dir and network, with failpoints armed if given. */
 async function daemon(failpoints?: string): Promise<TestDaemon> {
@@ -118,7 +118,7 @@ describe('kilnd SIGKILLed during a boot', { skip }, () => {
   for (const step of BOOT_STEPS) {
     for (const when of ['before', 'after']) {
       test(`at ${step}:${when}: the VM is failed and nothing of it is left`, async () => {
-        const port = nextPort++;
+        const port = await freePort();
         const { acknowledged } = await crashAt(`${step}:${when}`, (c) => c.createVm({ name: `boot-${step}-${when}`, memory_mib: 128, ports: [{ host: port, guest: 80 }] }));
         const byState = await assertNothingUnowned(`${step}:${when}`);
         // The record is made before any step runs, so it survives as failed; the 201 may or may

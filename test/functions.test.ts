@@ -305,7 +305,7 @@ test('a custom runtime image: any image with python3 on PATH gets the shim injec
 
 test('CLI: kiln fn deploy / invoke / ls / get / logs / rm', { skip }, async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-fn-cli-'));
-  const kiln = (...args: string[]) => runKiln(d.url, args);
+  const kiln = (...args: string[]) => runKiln(d, args);
 
   try {
     const file = path.join(dir, 'greet.js');

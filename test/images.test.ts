@@ -208,12 +208,12 @@ describe('OCI images', () => {
 
   test('kiln images pull: progress on stderr, the ready image on stdout', async () => {
     const bin = new URL('../bin/kiln.js', import.meta.url).pathname;
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, '--api', d.url, '--json', 'images', 'pull', images.base]);
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [bin, '--api', d.url, '--state-dir', d.stateDir, '--json', 'images', 'pull', images.base]);
     const img = JSON.parse(stdout) as { state: string; source: string; format: string };
     assert.equal(img.state, 'ready');
     assert.equal(img.source, images.base);
     assert.match(stderr, /building squashfs root filesystem/, `stderr: ${stderr}`);
-    const again = await promisify(execFile)(process.execPath, [bin, '--api', d.url, 'images', 'pull', images.base]);
+    const again = await promisify(execFile)(process.execPath, [bin, '--api', d.url, '--state-dir', d.stateDir, 'images', 'pull', images.base]);
     assert.match(again.stdout, /squashfs/, 'a second pull is a no-op that prints the image');
   });
 

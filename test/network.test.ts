@@ -15,6 +15,8 @@ import { tapName } from '../src/net/network-manager.ts';
 import { NFT_FAMILY, tableName } from '../src/net/ruleset.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
 import { startKilnd, waitForLog, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { freePort } from './helpers/ports.ts';
+import { eventually } from './helpers/until.ts';
 
 let d: TestDaemon;
 
@@ -32,28 +34,6 @@ async function httpGet(host: string, port: number, path = '/id', timeoutMs = 500
   return (await res.text()).trim();
 }
 
-/** Retries until the guest's server accepts (it starts after ready): bounded, never a sleep-and-hope. */
-async function eventually<T>(fn: () => Promise<T>, deadlineMs = 30_000): Promise<T> {
-  const end = Date.now() + deadlineMs;
-  for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
-    try {
-      return await fn();
-    } catch (e) {
-      if (Date.now() > end) throw e;
-      await new Promise((r) => setTimeout(r, delay));
-    }
-  }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 describe('bridge networking', { skip }, () => {
   test('the address is known at create; a server started via exec answers on it and on a published 127.0.0.1 port', async () => {
     const hostPort = await freePort();
@@ -65,8 +45,8 @@ describe('bridge networking', { skip }, () => {
     const started = await d.client.exec(created.id, { cmd: ['/bin/sh', '-c', 'mkdir -p /www && echo web > /www/id && httpd -p 80 -h /www'] });
     assert.equal(started.exit_code, 0, JSON.stringify(started));
 
-    assert.equal(await eventually(() => httpGet(created.ip!, 80)), 'web', 'reachable at the VM address');
-    assert.equal(await eventually(() => httpGet('127.0.0.1', hostPort)), 'web', 'reachable via the published port on loopback');
+    assert.equal(await eventually('the VM address to answer', () => httpGet(created.ip!, 80)), 'web', 'reachable at the VM address');
+    assert.equal(await eventually('the published port to answer', () => httpGet('127.0.0.1', hostPort)), 'web', 'reachable via the published port on loopback');
 
     const tap = tapName(created.id);
     const [link] = await listLinks({ master: d.network.bridge });
@@ -88,7 +68,7 @@ describe('bridge networking', { skip }, () => {
   test('two VMs cannot reach each other by default', async () => {
     const server = await d.client.createVm({ name: 'iso-server', cmd: httpd('iso') }, { wait: true });
     await waitForLog(d.client, server.id, /serving/);
-    assert.equal(await eventually(() => httpGet(server.ip!, 80)), 'iso', 'the host reaches it');
+    assert.equal(await eventually('the VM address to answer', () => httpGet(server.ip!, 80)), 'iso', 'the host reaches it');
     const probe = await d.client.createVm({
       name: 'iso-probe',
       cmd: ['/bin/sh', '-c', `if wget -q -T 3 -O - http://${server.ip}/id; then echo PROBE=reached; else echo PROBE=blocked; fi`],
@@ -168,7 +148,7 @@ describe('restart safety', { skip }, () => {
     const hostPort = await freePort();
     const vm = await d.client.createVm({ name: 'keep', cmd: httpd('keep'), ports: [{ host: hostPort, guest: 80 }] }, { wait: true });
     await waitForLog(d.client, vm.id, /serving/);
-    assert.equal(await eventually(() => httpGet('127.0.0.1', hostPort)), 'keep');
+    assert.equal(await eventually('the published port to answer after the restart', () => httpGet('127.0.0.1', hostPort)), 'keep');
     // A tap kiln made for a VM that no longer exists (as after a crash mid-create).
     const stray = tapName('vm-00deadbeef');
     await run('ip', ['tuntap', 'add', 'dev', stray, 'mode', 'tap']);

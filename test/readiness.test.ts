@@ -7,6 +7,7 @@ import { after, before, test } from 'node:test';
 import { parseSubnet } from '../src/net/ipv4.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, waitForLog, type TestDaemon } from './helpers/kilnd.ts';
+import { until } from './helpers/until.ts';
 
 const skip = BACKEND_SKIP ?? false;
 let d: TestDaemon;
@@ -23,12 +24,12 @@ test('the default readiness is the agent push: ready, healthy, latency measured'
   assert.equal(vm.agent?.channel, 'tcp');
   assert.match(vm.agent?.version ?? '', /^\d+\.\d+\.\d+$/);
   assert.equal(vm.health, 'healthy');
-  let measured = vm;
-  for (let i = 0; i < 100 && measured.agent?.latency_ms === null; i++) {
-    await new Promise((r) => setTimeout(r, 50));
-    measured = await d.client.getVm(vm.id);
-  }
-  assert.equal(typeof measured.agent?.latency_ms, 'number', 'latency measured right after ready');
+  // Measured right after ready: a few seconds at most.
+  const measured = await until('the agent latency measured', async () => {
+    const v = await d.client.getVm(vm.id);
+    return v.agent?.latency_ms !== null && v;
+  }, 5000, 50);
+  assert.equal(typeof measured.agent?.latency_ms, 'number');
   await d.client.deleteVm(vm.id);
 });
 
@@ -58,12 +59,10 @@ test('a guest that sends garbage or oversized frames is cut off and marked unhea
       cmd: ['/bin/sh', '-c', `printf '${payload}' | nc -w 2 ${gw} 18081; echo SENT; exec sleep 600`],
     }, { wait: true });
     await waitForLog(d.client, vm.id, /SENT/, 120_000);
-    let got = await d.client.getVm(vm.id);
-    for (let i = 0; i < 100 && got.health !== 'unhealthy'; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      got = await d.client.getVm(vm.id);
-    }
-    assert.equal(got.health, 'unhealthy', name);
+    const got = await until(`${name}: the VM marked unhealthy`, async () => {
+      const v = await d.client.getVm(vm.id);
+      return v.health === 'unhealthy' && v;
+    }, 10_000, 100);
     assert.match(got.health_reason ?? '', reason);
     assert.equal(got.state, 'ready', 'a misbehaving agent does not kill the VM');
     await d.client.deleteVm(vm.id);

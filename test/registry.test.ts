@@ -252,14 +252,10 @@ describe('pull from a real registry', () => {
     }
   });
 
-  test('disk full while downloading: KILN_ERR_RESOURCE_LIMIT, no partial blob; a retry with space succeeds', async (t) => {
+  test('disk full while downloading: KILN_ERR_RESOURCE_LIMIT, no partial blob; a retry with space succeeds', async () => {
     const dir = await stateDir();
-    try {
-      await run('mount', ['-t', 'tmpfs', '-o', 'size=640k', 'kiln-test-full', dir]);
-    } catch (e) {
-      t.skip(`cannot mount a small tmpfs: ${(e as Error).message}`);
-      return;
-    }
+    // The suite runs as root, like kilnd: a small tmpfs is a disk that fills up.
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=640k', 'kiln-test-full', dir]);
     try {
       await assert.rejects(pullImage(images.base, { stateDir: dir }), (e: unknown) => {
         expectCode('KILN_ERR_RESOURCE_LIMIT')(e);

@@ -16,7 +16,7 @@ import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
 import { until } from './helpers/until.ts';
 
 // Clones run in network namespaces with QEMU; Firecracker clones need the jailer (not here).
-const skip = BACKEND_SKIP || (process.env.KILN_BACKEND === 'firecracker' ? 'snapshot clones are exercised with QEMU' : false);
+const skip = BACKEND_SKIP || (process.env.KILN_BACKEND === 'firecracker' ? 'KILN_BACKEND=firecracker: Firecracker snapshot clones need its jailer; this suite exercises clones on QEMU (run it without KILN_BACKEND)' : false);
 
 let d: TestDaemon;
 

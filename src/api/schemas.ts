@@ -345,6 +345,10 @@ export const Health = Type.Object({
   accelerator_reason: Type.String(),
   kernel: Type.String(),
   vms: Type.Integer(),
+  /** 'token': every API call needs the bearer token; 'none': kilnd runs with --no-auth. */
+  auth: Type.Union([Type.Literal('token'), Type.Literal('none')]),
+  /** Present only when something is unsafe by choice (--no-auth). */
+  auth_warning: Type.Optional(Type.String()),
   /** Admission control: what VMs that hold a VMM commit, against what the host allows. */
   capacity: Type.Object({
     vcpus: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),

@@ -6,6 +6,8 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import { ERRORS, KilnError, isKilnError } from '../errors.ts';
 import type { Daemon } from '../daemon.ts';
+import { WS_PROTOCOL } from '../sdk/api-token.ts';
+import { registerRequestGuard } from './auth/request-guard.ts';
 import { registerContainerRoutes } from './routes/containers.ts';
 import { registerConsoleRoutes } from './routes/console.ts';
 import { registerEventRoutes } from './routes/events.ts';
@@ -17,6 +19,7 @@ import { registerVmRoutes } from './routes/vms.ts';
 import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
 import { isPublicWebPath, registerWebRoutes } from './routes/web.ts';
+import { drainOversizedBody } from './oversized-body.ts';
 
 export const BODY_LIMIT = 1024 * 1024;
 
@@ -68,6 +71,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   app.setErrorHandler((err, req, reply) => {
     const ke = toKilnError(err as Error);
     if (ke.status >= 500) req.log.error({ err }, 'request failed');
+    if (ke.code === 'KILN_ERR_BODY_TOO_LARGE') drainOversizedBody(req, reply);
     void reply.status(ke.status).send(errorBody(ke));
   });
   app.setNotFoundHandler((req, reply) => {
@@ -75,16 +79,9 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
     void reply.status(404).send(errorBody(ke));
   });
 
-  const token = daemon.config.apiToken;
-  if (token) {
-    app.addHook('onRequest', async (req) => {
-      if (req.url === '/healthz' || isPublicWebPath(req.url)) return;
-      if (req.headers.authorization !== `Bearer ${token}`) {
-        throw new KilnError('KILN_ERR_UNAUTHORIZED', 'missing or wrong bearer token');
-      }
-    });
-  }
-
+  const { auth, apiToken } = daemon.config;
+  // No silent fallback to an open API: 'token' without a token is a wiring bug.
+  if (auth === 'token' && !apiToken) throw new KilnError('KILN_ERR_INTERNAL', 'API auth is on but kilnd has no token');
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -92,11 +89,23 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
       components: {
         securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
       },
+      security: [{ bearer: [] }],
     },
   });
 
   // Before the routes: the console route is a WebSocket one (kiln vm console).
-  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+  // A browser offers [kiln.v1, kiln.token.<token>]; the answer names kiln.v1, never the token.
+  await app.register(websocket, {
+    options: { maxPayload: 1024 * 1024, handleProtocols: (protocols) => (protocols.has(WS_PROTOCOL) ? WS_PROTOCOL : false) },
+  });
+  // After the WebSocket plugin: its onRequest hook marks upgrade requests, and only a marked
+  // request's socket is closed when the guard refuses it (else it lingers and close() hangs).
+  registerRequestGuard(app, {
+    token: auth === 'none' ? null : apiToken!,
+    listenHost: daemon.config.listenHost,
+    allowedHosts: daemon.config.allowedHosts,
+    isPublic: (url) => url.split('?')[0] === '/healthz' || isPublicWebPath(url),
+  });
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
   registerSnapshotRoutes(app, daemon);

@@ -18,12 +18,13 @@ const program = new Command('kiln')
   .version(KILN_VERSION)
   .description('kiln: microVMs for functions, containers and VMs')
   .option('--api <url>', 'kilnd URL (default: $KILN_API or http://127.0.0.1:18080)')
+  .option('--state-dir <dir>', "kilnd's state dir, to read its API token from (default: $KILN_STATE_DIR or /var/lib/kiln; $KILN_API_TOKEN wins)")
   .option('--json', 'print JSON instead of tables')
   // `kiln run IMAGE sh -c …`: options after a subcommand's arguments belong to the command.
   .enablePositionalOptions()
   .showHelpAfterError();
 
-const client = () => new KilnClient({ url: program.opts().api });
+const client = () => new KilnClient({ url: program.opts().api, stateDir: program.opts().stateDir });
 const json = () => Boolean(program.opts().json);
 
 program.addCommand(serveCommand());

@@ -29,7 +29,12 @@ export function bytes(n: number): string {
 
 /** Errors become one line on stderr and exit status 1 (2 for usage errors, from commander). */
 export function reportError(e: unknown): never {
-  if (e instanceof KilnApiError) process.stderr.write(`kiln: ${e.code}: ${e.message}\n`);
+  if (e instanceof KilnApiError) {
+    process.stderr.write(`kiln: ${e.code}: ${e.message}\n`);
+    if (e.code === 'KILN_ERR_UNAUTHORIZED') {
+      process.stderr.write('kiln: the token is read from <state dir>/api-token (--state-dir, $KILN_STATE_DIR, default /var/lib/kiln; run as a user who may read it) or $KILN_API_TOKEN\n');
+    }
+  }
   else if ((e as { cause?: { code?: string } }).cause?.code === 'ECONNREFUSED') {
     process.stderr.write('kiln: cannot reach kilnd (is it running? set --api or KILN_API)\n');
   } else process.stderr.write(`kiln: ${(e as Error).message}\n`);

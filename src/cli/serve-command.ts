@@ -2,6 +2,8 @@ import { Command } from 'commander';
 import path from 'node:path';
 import { defaultConfig, parseListen } from '../config.ts';
 import { Daemon } from '../daemon.ts';
+import { NO_AUTH_WARNING } from '../api/auth/no-auth.ts';
+import { apiTokenPath } from '../sdk/api-token.ts';
 
 export function serveCommand(): Command {
   return new Command('serve')
@@ -12,6 +14,8 @@ export function serveCommand(): Command {
     .option('--accel <auto|kvm|tcg>', 'CPU accelerator', process.env.KILN_ACCEL ?? 'auto')
     .option('--backend <auto|qemu|firecracker>', 'VMM backend', process.env.KILN_BACKEND ?? 'auto')
     .option('--allowed-root <dir>', 'host directory that path-based imports may read (repeatable)', (v: string, p: string[]) => [...p, v], [])
+    .option('--allowed-host <name>', 'a name clients may use in Host besides loopback and the listen address (repeatable)', (v: string, p: string[]) => [...p, v], [])
+    .option('--no-auth', 'serve the API without a token (loopback only; every local user then controls kilnd)')
     .action(async (o) => {
       const base = defaultConfig({ ...process.env, KILN_STATE_DIR: o.stateDir });
       const { host, port } = parseListen(o.listen);
@@ -25,10 +29,14 @@ export function serveCommand(): Command {
         accelerator: o.accel,
         backend: o.backend,
         allowedRoots: [...base.allowedRoots, ...o.allowedRoot.map((p: string) => path.resolve(p))],
+        allowedHosts: [...base.allowedHosts, ...o.allowedHost],
+        auth: o.auth === false ? ('none' as const) : ('token' as const),
       };
+      if (config.auth === 'none') process.stderr.write(`WARNING: ${NO_AUTH_WARNING}\n`);
       const daemon = await Daemon.start(config);
       const url = await daemon.listen();
-      process.stderr.write(`kilnd ready on ${url} (backend ${daemon.driver.name}: ${daemon.backend.reason}; ${daemon.accel.accelerator}: ${daemon.accel.reason})\n`);
+      const auth = config.auth === 'none' ? 'NO AUTH' : `token in ${apiTokenPath(config.stateDir)}`;
+      process.stderr.write(`kilnd ready on ${url} (backend ${daemon.driver.name}: ${daemon.backend.reason}; ${daemon.accel.accelerator}: ${daemon.accel.reason}; ${auth})\n`);
       const stop = (sig: string) => {
         daemon.log.info({ signal: sig }, 'shutting down; VMs keep running');
         void daemon.close().then(() => process.exit(0));

@@ -3,6 +3,7 @@
 // then which backends can run here and why not. Pure, so every verdict is unit-tested.
 import type { KernelFormat } from '../guest/kernel-format.ts';
 import { atLeast, parseFirecrackerVersion } from '../vmm/firecracker/version.ts';
+import { firecrackerSetupChecks, type FirecrackerSetupFacts } from './firecracker-checks.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 export type CheckScope = 'host' | 'qemu' | 'firecracker';
@@ -36,6 +37,8 @@ export interface HostFacts {
   /** The guest kernel kilnd would boot, or why there is none yet. */
   kernel: { path: string; source: 'debian' | 'user'; format: KernelFormat; pvh?: boolean; version?: string } | { missing: string; user: boolean };
   assetsDir: string;
+  /** kiln's own Firecracker prerequisites (firecracker-checks.ts); absent: not gathered. */
+  firecrackerSetup?: FirecrackerSetupFacts;
 }
 
 export type ToolName = 'qemu' | 'firecracker' | 'jailer' | 'ip' | 'nft' | 'mksquashfs' | 'mkfs.erofs' | 'mkfs.ext4';
@@ -221,6 +224,7 @@ export function evaluate(f: HostFacts): DoctorReport {
     binaryCheck('firecracker', 'jailer', f.binaries.jailer, `the jailer ships in the same release archive as firecracker (${FC_RELEASES}); needed only to run VMMs jailed`, false),
   );
   checks.push(cgroupCheck(f.cgroup));
+  if (f.firecrackerSetup) checks.push(...firecrackerSetupChecks(f.firecrackerSetup, f.binaries.firecracker, f.binaries.jailer));
   checks.push({ scope: 'firecracker', name: 'vsock', status: 'ok', detail: 'hybrid vsock over a Unix socket: needs no host module' });
 
   const failed = (scope: CheckScope) => checks.filter((c) => c.scope === scope && c.status === 'fail');

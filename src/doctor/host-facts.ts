@@ -10,6 +10,7 @@ import { QEMU_BINARY } from '../tools/qemu-system.ts';
 import { toolVersion } from '../tools/tool-version.ts';
 import { findBinary } from '../util/find-binary.ts';
 import type { BinaryFact, HostFacts, ToolName } from './checks.ts';
+import { gatherFirecrackerSetup } from './firecracker-checks.ts';
 
 export interface FactOptions {
   assetsDir: string;
@@ -81,13 +82,14 @@ export async function gatherHostFacts(o: FactOptions): Promise<HostFacts> {
     ['mkfs.erofs', 'mkfs.erofs', ['-V']],
     ['mkfs.ext4', 'mkfs.ext4', ['-V']],
   ];
-  const [found, kvmFact, probe, cg, vhostVsock, k] = await Promise.all([
+  const [found, kvmFact, probe, cg, vhostVsock, k, fcSetup] = await Promise.all([
     Promise.all(tools.map(async ([n, bin, args]) => [n, await binary(bin, env, args)] as const)),
     kvm(),
     kvmProbe(o.assetsDir),
     cgroup(),
     fs.access('/dev/vhost-vsock').then(() => true, () => false),
     kernel(o),
+    gatherFirecrackerSetup(env),
   ]);
   return {
     binaries: Object.fromEntries(found) as Record<ToolName, BinaryFact | null>,
@@ -98,5 +100,6 @@ export async function gatherHostFacts(o: FactOptions): Promise<HostFacts> {
     vhostVsock,
     kernel: k,
     assetsDir: o.assetsDir,
+    firecrackerSetup: fcSetup,
   };
 }

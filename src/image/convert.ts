@@ -7,6 +7,7 @@ import type { ImageConfig } from '../store/store.ts';
 import { tempSibling } from '../util/atomic.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { flattenLayers, type FlattenProgress } from './flatten/flatten.ts';
+import type { UnpackLimits } from './flatten/root-writer.ts';
 import { imageConfigFromOci } from './image-config.ts';
 import type { PulledImage } from './oci/types.ts';
 
@@ -32,7 +33,7 @@ export function rootfsPath(imagesDir: string, manifestDigest: string, format: Im
 export async function convertPulled(
   pulled: PulledImage,
   imagesDir: string,
-  opts: { format?: ImageFormat; onProgress?: (p: ConvertProgress) => void } = {},
+  opts: { format?: ImageFormat; onProgress?: (p: ConvertProgress) => void; limits?: UnpackLimits } = {},
 ): Promise<ConvertResult> {
   const format = await pickFormat(opts.format);
   const dest = rootfsPath(imagesDir, pulled.manifestDigest, format);
@@ -42,7 +43,7 @@ export async function convertPulled(
   try {
     const root = path.join(staging, 'root');
     await fs.mkdir(root, { mode: 0o755 });
-    const stats = await flattenLayers(pulled.layers, root, (p) => opts.onProgress?.({ phase: 'flatten', ...p }));
+    const stats = await flattenLayers(pulled.layers, root, (p) => opts.onProgress?.({ phase: 'flatten', ...p }), opts.limits);
     const config = await imageConfigFromOci(root, pulled.config);
     const existing = await fs.stat(dest).catch(() => null);
     if (existing) return { path: dest, format, builder: '', sizeBytes: existing.size, config, reused: true };

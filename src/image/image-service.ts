@@ -8,7 +8,6 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import * as tar from 'tar';
 import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
@@ -17,6 +16,8 @@ import { tempSibling } from '../util/atomic.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
+import { unpackTar } from './flatten/flatten.ts';
+import { DEFAULT_UNPACK_LIMITS, type UnpackLimits } from './flatten/root-writer.ts';
 import { BlobStore } from './oci/blob-store.ts';
 import { parseImageReference } from './oci/reference.ts';
 import type { PullOptions, PullProgress, PulledImage } from './oci/types.ts';
@@ -42,6 +43,8 @@ async function du(p: string): Promise<number> {
 
 export interface ImageServiceOptions {
   stateDir: string;
+  /** What a pulled or uploaded image may unpack to; defaults to DEFAULT_UNPACK_LIMITS. */
+  limits?: UnpackLimits;
   puller: Puller;
   insecureRegistries?: string[];
   credentialsFile?: string;
@@ -58,8 +61,14 @@ const PROGRESS_INTERVAL_MS = 250;
 
 export class ImageService {
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Imports under way (directory, rootfs file, uploaded tar): GC must not touch their files. */
+  private importing = 0;
   private readonly startLock = new KeyedLock();
   readonly imagesDir: string;
+
+  private get limits(): UnpackLimits {
+    return this.opts.limits ?? DEFAULT_UNPACK_LIMITS;
+  }
 
   constructor(
     private readonly store: Store,
@@ -159,7 +168,7 @@ export class ImageService {
         patch = { path: twin.path, format: twin.format, sizeBytes: twin.sizeBytes, config: twin.config, builder: twin.builder };
       } else {
         const t1 = performance.now();
-        const r = await convertPulled(pulled, this.imagesDir, { format: req.format, onProgress: (p: ConvertProgress) => progress(p) });
+        const r = await convertPulled(pulled, this.imagesDir, { format: req.format, onProgress: (p: ConvertProgress) => progress(p), limits: this.limits });
         convertMs = performance.now() - t1;
         patch = { path: r.path, format: r.format, sizeBytes: r.sizeBytes, config: r.config, builder: r.builder || null };
       }
@@ -207,17 +216,22 @@ export class ImageService {
 
   /** Builds an image from a host directory (the caller has checked the path is allowed). */
   async importDir(name: string, dir: string, config: Partial<ImageConfig> = {}, format?: ImageFormat): Promise<ImageRecord> {
-    const st = await fs.stat(dir).catch(() => null);
-    if (!st?.isDirectory()) throw new KilnError('KILN_ERR_VALIDATION', `${dir} is not a directory`);
-    await this.assertNameFree(name);
-    await fs.mkdir(this.imagesDir, { recursive: true });
-    const fmt = await pickFormat(format);
-    const tmp = tempSibling(path.join(this.imagesDir, 'import'));
+    this.importing++;
     try {
-      const built = await buildRootfs(dir, tmp, fmt);
-      return await this.adopt(name, tmp, fmt, built.builder, config);
+      const st = await fs.stat(dir).catch(() => null);
+      if (!st?.isDirectory()) throw new KilnError('KILN_ERR_VALIDATION', `${dir} is not a directory`);
+      await this.assertNameFree(name);
+      await fs.mkdir(this.imagesDir, { recursive: true });
+      const fmt = await pickFormat(format);
+      const tmp = tempSibling(path.join(this.imagesDir, 'import'));
+      try {
+        const built = await buildRootfs(dir, tmp, fmt);
+        return await this.adopt(name, tmp, fmt, built.builder, config);
+      } finally {
+        await fs.rm(tmp, { force: true });
+      }
     } finally {
-      await fs.rm(tmp, { force: true });
+      this.importing--;
     }
   }
 
@@ -226,14 +240,19 @@ export class ImageService {
    * is cloned into the image store (a reflink where the filesystem has them), never moved.
    */
   async importRootfsFile(name: string, file: string, format: ImageFormat, builder: string | null, config: Partial<ImageConfig> = {}): Promise<ImageRecord> {
-    await this.assertNameFree(name);
-    await fs.mkdir(this.imagesDir, { recursive: true });
-    const tmp = tempSibling(path.join(this.imagesDir, 'import'));
+    this.importing++;
     try {
-      await fs.copyFile(file, tmp, fs.constants.COPYFILE_FICLONE);
-      return await this.adopt(name, tmp, format, builder, config);
+      await this.assertNameFree(name);
+      await fs.mkdir(this.imagesDir, { recursive: true });
+      const tmp = tempSibling(path.join(this.imagesDir, 'import'));
+      try {
+        await fs.copyFile(file, tmp, fs.constants.COPYFILE_FICLONE);
+        return await this.adopt(name, tmp, format, builder, config);
+      } finally {
+        await fs.rm(tmp, { force: true });
+      }
     } finally {
-      await fs.rm(tmp, { force: true });
+      this.importing--;
     }
   }
 
@@ -274,17 +293,23 @@ export class ImageService {
 
   /** Builds an image from a tar stream (what `kiln images import DIR` uploads). */
   async importTar(name: string, body: Readable, config: Partial<ImageConfig> = {}): Promise<ImageRecord> {
-    await fs.mkdir(this.imagesDir, { recursive: true });
-    const tree = await fs.mkdtemp(path.join(this.imagesDir, STAGING_PREFIX));
+    this.importing++;
     try {
-      // As root, tar keeps owners and modes; entries escaping the tree are refused by node-tar.
-      await pipeline(body, tar.x({ cwd: tree, preserveOwner: true, strict: true }));
-      return await this.importDir(name, tree, config);
-    } catch (e) {
-      if (e instanceof KilnError) throw e;
-      throw new KilnError('KILN_ERR_VALIDATION', `could not unpack the uploaded tar: ${(e as Error).message}`);
+      await fs.mkdir(this.imagesDir, { recursive: true });
+      const tree = await fs.mkdtemp(path.join(this.imagesDir, STAGING_PREFIX));
+      try {
+        // The same reader, rules and limits as a registry layer (src/image/flatten): the upload's
+        // size says nothing of what a compressed tar unpacks to.
+        await unpackTar(body, tree, this.limits);
+        return await this.importDir(name, tree, config);
+      } catch (e) {
+        if (e instanceof KilnError) throw e;
+        throw new KilnError('KILN_ERR_VALIDATION', `could not unpack the uploaded tar: ${(e as Error).message}`);
+      } finally {
+        await fs.rm(tree, { recursive: true, force: true });
+      }
     } finally {
-      await fs.rm(tree, { recursive: true, force: true });
+      this.importing--;
     }
   }
 
@@ -297,7 +322,7 @@ export class ImageService {
    * is touched.
    */
   async gc(opts: { images?: boolean; keep?: string[] } = {}): Promise<GcResult> {
-    const res: GcResult = { removed_images: [], removed_files: 0, removed_blobs: 0, freed_bytes: 0, skipped_in_flight: this.inflight.size > 0 };
+    const res: GcResult = { removed_images: [], removed_files: 0, removed_blobs: 0, freed_bytes: 0, skipped_in_flight: this.inflight.size > 0 || this.importing > 0 };
     if (opts.images) {
       for (const img of await this.store.listImages()) {
         if (img.state !== 'ready' || opts.keep?.includes(img.name)) continue;
@@ -313,8 +338,9 @@ export class ImageService {
     const images = await this.store.listImages();
     const usedDirs = new Set(images.filter((i) => i.path).map((i) => path.basename(path.dirname(i.path))));
     for (const f of await fs.readdir(this.imagesDir).catch(() => [] as string[])) {
-      const scratch = f.startsWith(STAGING_PREFIX) || f.includes('.tmp-');
-      if (usedDirs.has(f) || (scratch && res.skipped_in_flight)) continue;
+      // While a pull or an import runs, anything unrecorded may be its output on the way to
+      // its record (a staging tree, a temp file, a finished dir not yet recorded): kept.
+      if (usedDirs.has(f) || res.skipped_in_flight) continue;
       const p = path.join(this.imagesDir, f);
       res.freed_bytes += await du(p);
       await fs.rm(p, { recursive: true, force: true });

@@ -10,6 +10,7 @@ import type { Store, VmRecord, VmVolume, VolumeRecord } from '../store/store.ts'
 import { mkfsExt4 } from '../tools/mkfs-ext4.ts';
 import { tempSibling } from '../util/atomic.ts';
 import { buildRootfs } from './builders/builders.ts';
+import { checkAllowedDir, openAllowedDir, underRoot } from './host-dir.ts';
 
 /** One extra drive of a VM: what the VMM attaches and where kiln-init mounts it. */
 export interface ExtraDrive {
@@ -32,7 +33,7 @@ const LIVE_STATES = new Set(['creating', 'booting', 'ready', 'paused', 'stopping
 
 /** True when `p` (resolved) is one of `roots` or inside one. */
 export function underAllowedRoot(p: string, roots: readonly string[]): boolean {
-  return roots.some((root) => p === root || p.startsWith(root.endsWith(path.sep) ? root : root + path.sep));
+  return roots.some((root) => underRoot(p, root));
 }
 
 export class VolumeService {
@@ -121,11 +122,7 @@ export class VolumeService {
         out.push({ volumeId: v.id, target, readOnly });
       } else {
         const hostPath = path.resolve(r.host_path!);
-        const real = await fs.realpath(hostPath).catch(() => null);
-        if (!real || !underAllowedRoot(real, this.allowedRoots) || !underAllowedRoot(hostPath, this.allowedRoots)) {
-          throw new KilnError('KILN_ERR_PATH_NOT_ALLOWED', `${hostPath} is outside the allowed roots (${this.allowedRoots.join(', ') || 'none configured: set --allowed-root'})`);
-        }
-        if (!(await fs.stat(real)).isDirectory()) throw new KilnError('KILN_ERR_VALIDATION', `${hostPath} is not a directory`);
+        const real = await checkAllowedDir(hostPath, this.allowedRoots);
         if (r.read_only === false) throw new KilnError('KILN_ERR_VALIDATION', `host directories are attached read-only (${hostPath})`);
         out.push({ hostPath: real, target, readOnly: true });
       }
@@ -158,12 +155,15 @@ export class VolumeService {
       if (!a.hostPath) continue;
       const d = drives[i]!;
       if (await fs.stat(d.path).catch(() => null)) continue;
-      if (!underAllowedRoot(a.hostPath, this.allowedRoots)) throw new KilnError('KILN_ERR_PATH_NOT_ALLOWED', `${a.hostPath} is no longer under an allowed root`);
+      // Checked again at build time (the VM may be created long before it boots), and read
+      // through the opened directory, so a swap after this check cannot reach outside.
+      const dir = await openAllowedDir(a.hostPath, this.allowedRoots);
       const tmp = tempSibling(d.path);
       try {
-        await buildRootfs(a.hostPath, tmp, 'squashfs');
+        await buildRootfs(dir.readPath, tmp, 'squashfs');
         await fs.rename(tmp, d.path);
       } finally {
+        await dir.close();
         await fs.rm(tmp, { force: true });
       }
     }

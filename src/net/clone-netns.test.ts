@@ -54,3 +54,11 @@ test('with the guest MAC known, the namespace holds a permanent neighbour entry 
   const at = ns.indexOf('neigh replace 10.118.0.5 lladdr 02:6b:0a:76:00:05 dev kilnaaaaaaaaaa nud permanent');
   assert.ok(at > ns.indexOf('tuntap add dev kilnaaaaaaaaaa mode tap'), ns.join('\n'));
 });
+
+test('the tap inside is made for the jailed VMM’s uid when it runs unprivileged', () => {
+  const owned = clonePlan({
+    vmId: 'vm-0123456789', bridge: 'kiln0', hostVeth: 'kiln0123456789', cloneIp: '10.118.0.9', prefix: 24,
+    gateway: '10.118.0.1', guestIp: '10.118.0.5', tap: 'kilnaaaaaaaaaa', gatewayMac: '02:00:00:00:00:01', tapOwner: { uid: 990, gid: 991 },
+  });
+  assert.ok(namespaceCommands(owned).map((c) => c.join(' ')).includes('tuntap add dev kilnaaaaaaaaaa mode tap user 990 group 991'));
+});

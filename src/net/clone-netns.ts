@@ -43,6 +43,8 @@ export interface CloneNetPlan {
   gatewayMac: string;
   /** The guest's own MAC, when known: the namespace then needs no ARP round trip to reach it. */
   guestMac?: string;
+  /** The tap's owner when the VMM opening it is unprivileged (a jailed Firecracker). */
+  tapOwner?: ip.TapOwner;
 }
 
 export function clonePlan(o: Omit<CloneNetPlan, 'netns' | 'cloneMac'> & { vmId: string }): CloneNetPlan {
@@ -72,7 +74,7 @@ export function namespaceCommands(p: CloneNetPlan): string[][] {
     ['link', 'set', 'dev', CLONE_NS_VETH, 'address', p.cloneMac],
     ['addr', 'add', `${p.cloneIp}/${p.prefix}`, 'dev', CLONE_NS_VETH],
     ['link', 'set', 'dev', CLONE_NS_VETH, 'up'],
-    ['tuntap', 'add', 'dev', p.tap, 'mode', 'tap'],
+    ip.tuntapAddCommand(p.tap, p.tapOwner),
     ['link', 'set', 'dev', p.tap, 'address', p.gatewayMac],
     ['link', 'set', 'dev', p.tap, 'up'],
     ['route', 'add', `${p.guestIp}/32`, 'dev', p.tap],

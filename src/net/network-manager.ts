@@ -54,6 +54,11 @@ export class NetworkManager {
     return this.config.bridge;
   }
 
+  /** Who the taps are made for besides root (a jailed Firecracker's uid). */
+  get tapOwner(): ip.TapOwner | undefined {
+    return this.config.tapOwner;
+  }
+
   /**
    * Creates (or adopts) the bridge and turns on forwarding. Idempotent. The nftables table is
    * rendered by the start-up sweep, once the store has been reconciled with what runs.
@@ -108,7 +113,7 @@ export class NetworkManager {
     const tap = tapName(vm.id);
     const bridge = this.config.bridge;
     // A reused lease must not look reachable already (neighbour-table readiness).
-    const commands = [['neigh', 'flush', 'to', vm.ip, 'dev', bridge], ...ip.tapOnBridgeCommands(tap, bridge)];
+    const commands = [['neigh', 'flush', 'to', vm.ip, 'dev', bridge], ...ip.tapOnBridgeCommands(tap, bridge, this.config.tapOwner)];
     try {
       await ip.ipBatch(commands);
     } catch (e) {

@@ -2,6 +2,7 @@
 // so what users script against is what kiln itself exercises.
 import type { Readable } from 'node:stream';
 import WebSocket from 'ws';
+import { apiTokenPath, discoverApiToken, readApiToken } from './api-token.ts';
 import type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody } from '../api/function-schemas.ts';
 import type { Static } from 'typebox';
 import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Snapshot as SnapshotSchema, Template as TemplateSchema, Vm, Volume } from '../api/schemas.ts';
@@ -29,7 +30,13 @@ export interface InvokeResult<T = unknown> {
 export interface KilnClientOptions {
   /** Default: $KILN_API or http://127.0.0.1:18080 */
   url?: string;
+  /**
+   * Default: $KILN_API_TOKEN, else the token kilnd wrote into `stateDir` (or $KILN_STATE_DIR),
+   * else, for a kilnd on loopback, the one in /var/lib/kiln.
+   */
   token?: string;
+  /** The kilnd state dir to read the token from (<stateDir>/api-token). */
+  stateDir?: string;
 }
 
 export interface KilnEvent {
@@ -97,7 +104,14 @@ export class KilnClient {
 
   constructor(opts: KilnClientOptions = {}) {
     this.url = (opts.url ?? process.env.KILN_API ?? 'http://127.0.0.1:18080').replace(/\/$/, '');
-    this.token = opts.token ?? process.env.KILN_API_TOKEN;
+    this.token = opts.token ?? discoverApiToken(this.url, { stateDir: opts.stateDir });
+  }
+
+  /** A client with the token of the kilnd whose state dir this is; throws if it cannot be read. */
+  static fromStateDir(stateDir: string, opts: Omit<KilnClientOptions, 'token' | 'stateDir'> = {}): KilnClient {
+    const token = readApiToken(stateDir);
+    if (!token) throw new Error(`no readable API token in ${apiTokenPath(stateDir)} (has kilnd started there, and may this user read it?)`);
+    return new KilnClient({ ...opts, token });
   }
 
   private href(path: string, query?: Query): string {

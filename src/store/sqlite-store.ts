@@ -247,7 +247,8 @@ export class SqliteStore implements Store {
         SELECT seq FROM events WHERE vm_id = @vm ORDER BY seq DESC LIMIT 1 OFFSET @keep)`),
       pruneEventsTotal: p('DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)'),
       listEvents: p(`SELECT * FROM events WHERE seq > @after AND (@vm IS NULL OR vm_id = @vm)
-        ORDER BY seq DESC LIMIT @limit`),
+        ORDER BY seq ASC LIMIT @limit`),
+      firstEventSeq: p('SELECT MIN(seq) AS seq FROM events'),
     };
   }
 
@@ -405,6 +406,10 @@ export class SqliteStore implements Store {
     return { ...e, seq: Number(info.lastInsertRowid) };
   }
 
+  async firstEventSeq(): Promise<number | null> {
+    return ((this.stmt.firstEventSeq.get() as { seq: number | null }).seq) ?? null;
+  }
+
   async pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number> {
     let n = 0;
     if (opts.beforeTs !== undefined) n += this.stmt.pruneEventsByAge.run(opts.beforeTs).changes;
@@ -419,7 +424,7 @@ export class SqliteStore implements Store {
       vm: opts.vmId ?? null,
       limit: opts.limit ?? 1000,
     }) as Row[];
-    return rows.reverse().map((r) => ({
+    return rows.map((r) => ({
       seq: r.seq as number,
       ts: r.ts as number,
       type: r.type as string,

@@ -277,7 +277,10 @@ export interface Store extends SnapshotStore {
   listPhases(vmId: string, boot: number): Promise<PhaseRecord[]>;
 
   appendEvent(event: Omit<EventRecord, 'seq'>): Promise<EventRecord>;
+  /** Events after `afterSeq`, oldest first, at most `limit` (default 1000): page by the last seq. */
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]>;
+  /** The oldest event still stored (retention removes older ones); null when there is none. */
+  firstEventSeq(): Promise<number | null>;
   /**
    * Retention: drops events older than `beforeTs`, all but the newest `keepPerVm` of `vmId`'s
    * (when given), and all but the newest `keepTotal` overall. Returns how many went.

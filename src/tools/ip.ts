@@ -65,10 +65,25 @@ export async function ipBatch(commands: readonly string[][]): Promise<void> {
   await run('ip', ['-batch', '-'], { input: commands.map((c) => c.join(' ')).join('\n') + '\n' });
 }
 
+/**
+ * Who may open a tap besides root: an unprivileged VMM (Firecracker under its jailer) needs
+ * the tap to be its uid's or group's, or TUNSETIFF fails without CAP_NET_ADMIN. Set when the
+ * tap is made: an existing tap's owner cannot be changed.
+ */
+export interface TapOwner {
+  uid: number;
+  gid: number;
+}
+
+/** `ip tuntap add` for `tap`, owned by `owner` when given. */
+export function tuntapAddCommand(tap: string, owner?: TapOwner): string[] {
+  return ['tuntap', 'add', 'dev', tap, 'mode', 'tap', ...(owner ? ['user', String(owner.uid), 'group', String(owner.gid)] : [])];
+}
+
 /** Creates a tap enslaved to `bridge`, isolated from the other ports, and up: one spawn. */
-export function tapOnBridgeCommands(tap: string, bridge: string): string[][] {
+export function tapOnBridgeCommands(tap: string, bridge: string, owner?: TapOwner): string[][] {
   return [
-    ['tuntap', 'add', 'dev', tap, 'mode', 'tap'],
+    tuntapAddCommand(tap, owner),
     ['link', 'set', 'dev', tap, 'master', bridge],
     ['link', 'set', 'dev', tap, 'type', 'bridge_slave', 'isolated', 'on'],
     ['link', 'set', 'dev', tap, 'up'],

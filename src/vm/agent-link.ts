@@ -25,7 +25,8 @@ export const GUEST_CID = 3;
  * sockets on the host, which Node does not have, so QEMU VMs use TCP.
  */
 export function agentChannel(vm: Pick<VmRecord, 'backend' | 'ip'>, runtimeDir: string): AgentTarget | null {
-  if (vm.backend === 'firecracker') return { kind: 'vsock', udsPath: path.join(runtimeDir, 'vsock.sock'), port: AGENT_VSOCK_PORT };
+  // In a directory of its own: under Firecracker's jailer that directory is a link into the jail.
+  if (vm.backend === 'firecracker') return { kind: 'vsock', udsPath: path.join(runtimeDir, 'vsock', 'vsock.sock'), port: AGENT_VSOCK_PORT };
   return vm.ip ? { kind: 'tcp', host: vm.ip, port: AGENT_SESSION_PORT } : null;
 }
 

@@ -4,6 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import { until } from '../../test/helpers/until.ts';
 import { ConsoleMux } from './console-mux.ts';
 
 /** A one-client-at-a-time Unix socket server, like QEMU's console chardev. */
@@ -36,10 +37,6 @@ async function oneClientServer() {
   };
 }
 
-const until = async (cond: () => boolean) => {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond());
-};
 
 test('one connection shared by every client: output fanned out, input funnelled in', async () => {
   const srv = await oneClientServer();
@@ -51,15 +48,15 @@ test('one connection shared by every client: output fanned out, input funnelled 
     const detachB = await mux.attach({ onData: (d) => b.push(d.toString()), onClose: () => {} });
     assert.equal(srv.connections(), 1);
     srv.emit('login: ');
-    await until(() => a.join('') === 'login: ' && b.join('') === 'login: ');
+    await until('both clients see the output', () => a.join('') === 'login: ' && b.join('') === 'login: ', 2000, 10);
     assert.ok(mux.write('root\n'));
-    await until(() => srv.received() === 'root\n');
+    await until('the input funnelled to the console', () => srv.received() === 'root\n', 2000, 10);
     detachA();
     assert.ok(mux.write('x'), 'still connected while one client remains');
     detachB();
     // Nobody attached: the connection is given back (kilnd's one-shot writes need it).
     assert.equal(mux.write('y'), false);
-    await until(() => srv.connections() === 1 && srv.received() === 'root\nx');
+    await until('the input on the one connection', () => srv.connections() === 1 && srv.received() === 'root\nx', 2000, 10);
   } finally {
     await srv.close();
   }
@@ -72,12 +69,12 @@ test('clients are told when the VMM hangs up, and when the VM goes away', async 
     let why = '';
     await mux.attach({ onData: () => {}, onClose: (r) => (why = r) });
     srv.hangUp();
-    await until(() => why !== '');
+    await until('the clients told why', () => why !== '', 2000, 10);
     assert.equal(mux.attached, 0);
     // A new client reconnects.
     let why2 = '';
     await mux.attach({ onData: () => {}, onClose: (r) => (why2 = r) });
-    await until(() => srv.connections() === 2);
+    await until('a second connection', () => srv.connections() === 2, 2000, 10);
     mux.close('the VM stopped');
     assert.equal(why2, 'the VM stopped');
     await assert.rejects(mux.attach({ onData: () => {}, onClose: () => {} }), /closed/);

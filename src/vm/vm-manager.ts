@@ -277,7 +277,18 @@ export class VmManager {
     return vm;
   }
 
+  /**
+   * Classic VMs need a backend that reports a guest's reboot and power-off (QEMU's). A new one
+   * is a request this host cannot take (KILN_ERR_VALIDATION on "classic"); an existing one
+   * cannot boot under this kilnd's backend (KILN_ERR_INVALID_STATE).
+   */
+  private assertClassicBackend(code: 'KILN_ERR_VALIDATION' | 'KILN_ERR_INVALID_STATE'): void {
+    const why = this.deps.driver.classicUnsupported;
+    if (why) throw new KilnError(code, `classic VMs cannot run on the ${this.deps.driver.name} backend: ${why}`, { backend: this.deps.driver.name, field: 'classic' });
+  }
+
   private checkClassic(input: CreateVmInput, name: string) {
+    this.assertClassicBackend('KILN_ERR_VALIDATION');
     if (input.cmd) throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM runs its image\'s init (systemd): "cmd" does not apply (use "user_data" for a first-boot script)');
     if ((input.network ?? 'bridge') !== 'bridge') {
       throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM needs kiln\'s network (SSH, the agent): "network": "none" does not apply');
@@ -707,6 +718,7 @@ export class VmManager {
     return this.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
+      if (vm.classic) this.assertClassicBackend('KILN_ERR_INVALID_STATE');
       // A boot uses this kilnd's backend and accelerator, whatever the last boot used. The VM
       // commits its vCPUs and memory again from here on ('creating'), if the host has them.
       const next = await this.deps.admission.admit(vm, () =>
@@ -840,6 +852,7 @@ export class VmManager {
       const plan = clonePlan({
         vmId: vm.id, bridge: this.deps.network.bridge, hostVeth: tapName(vm.id), cloneIp: addr.ip, prefix: addr.prefix,
         gateway: addr.gateway, guestIp: net.ip, tap: net.tap, gatewayMac: net.gatewayMac, ...(net.mac ? { guestMac: net.mac } : {}),
+        ...(this.deps.network.tapOwner ? { tapOwner: this.deps.network.tapOwner } : {}),
       });
       // Independent: the drive copies and the namespace (the VMM needs both before it starts).
       // Each registers its undo as soon as it exists, so a failure of either unwinds both.
@@ -1013,7 +1026,8 @@ export class VmManager {
    */
   private async killOrphanVmms(): Promise<void> {
     const owned = new Set([...this.live.values()].map((l) => l.instance.pid));
-    for (const p of await processesUnder(this.vmsDir).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
+    const jails = path.join(this.deps.config.stateDir, 'jailer');
+    for (const p of await processesUnder(this.vmsDir, jails).catch((e) => (this.deps.log.error({ err: e }, 'VMM sweep failed'), []))) {
       if (owned.has(p.pid)) continue;
       this.deps.log.warn({ vm: p.vmId, pid: p.pid }, 'killing a VMM process no VM owns');
       if (!(await killAndWait(p.pid))) this.deps.log.error({ vm: p.vmId, pid: p.pid }, 'a VMM process no VM owns did not die within 5 s of SIGKILL');

@@ -34,3 +34,26 @@ test('finds processes by the runtime dir on their command line, and only under t
     await fs.rm(state, { recursive: true, force: true });
   }
 });
+
+test('finds a chrooted process by its root under the jails dir (a jailed Firecracker)', async () => {
+  const state = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-sweep-jail-'));
+  const jails = path.join(state, 'jailer');
+  const root = path.join(jails, 'firecracker', 'vm-00000000aa', 'root');
+  await fs.mkdir(path.join(root, 'bin'), { recursive: true });
+  await fs.copyFile('/bin/busybox', path.join(root, 'bin', 'busybox'));
+  const jailed = spawn('chroot', [root, '/bin/busybox', 'sleep', '30'], { stdio: 'ignore' });
+  try {
+    const deadline = Date.now() + 5000;
+    let found: Awaited<ReturnType<typeof processesUnder>> = [];
+    while (!found.length) {
+      assert.ok(Date.now() < deadline, 'the chrooted process is found within 5 s');
+      found = await processesUnder(path.join(state, 'vms'), jails);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.deepEqual(found, [{ pid: jailed.pid!, vmId: 'vm-00000000aa' }]);
+    assert.deepEqual(await processesUnder(path.join(state, 'vms')), [], 'without the jails dir it is not looked for');
+  } finally {
+    jailed.kill('SIGKILL');
+    await fs.rm(state, { recursive: true, force: true });
+  }
+});

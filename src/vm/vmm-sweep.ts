@@ -13,16 +13,22 @@ export interface VmmProcess {
 
 const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
-/** Live (non-zombie) processes whose command line names a runtime dir under `vmsDir`. */
-export async function processesUnder(vmsDir: string, procDir = '/proc'): Promise<VmmProcess[]> {
+/**
+ * Live (non-zombie) processes whose command line names a runtime dir under `vmsDir`, or whose
+ * root directory is a jail under `jailsDir` (a jailed Firecracker sees only its chroot, so its
+ * command line names no host path: `<jailsDir>/<exec name>/<vm id>/root`).
+ */
+export async function processesUnder(vmsDir: string, jailsDir?: string, procDir = '/proc'): Promise<VmmProcess[]> {
   const re = new RegExp(`${escape(vmsDir.replace(/\/+$/, ''))}/(vm-[0-9a-f]+)(?:/|\\0|$)`);
+  const jailRe = jailsDir ? new RegExp(`^${escape(jailsDir.replace(/\/+$/, ''))}/[^/]+/(vm-[0-9a-f]+)/root$`) : null;
   const out: VmmProcess[] = [];
   for (const entry of await fs.readdir(procDir)) {
     if (!/^\d+$/.test(entry)) continue;
     const pid = Number(entry);
     if (pid === process.pid) continue;
     const cmdline = await fs.readFile(`${procDir}/${entry}/cmdline`, 'utf8').catch(() => '');
-    const m = re.exec(cmdline);
+    const root = jailRe ? await fs.readlink(`${procDir}/${entry}/root`).catch(() => '') : '';
+    const m = re.exec(cmdline) ?? (jailRe ? jailRe.exec(root) : null);
     if (!m || (await isZombie(pid, procDir))) continue;
     out.push({ pid, vmId: m[1]! });
   }

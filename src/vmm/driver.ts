@@ -131,6 +131,8 @@ export const untimed: StepTimer = (_name, fn) => fn();
 
 export interface VmmDriver {
   readonly name: BackendName;
+  /** Set when this backend cannot run classic VMs (systemd guests): why, for the error. */
+  readonly classicUnsupported?: string;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */
   start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance>;
   /**

@@ -9,7 +9,8 @@ const ago = (iso) => {
 };
 const bytes = (n) => (n == null ? '' : n > 1e9 ? `${(n / 1e9).toFixed(1)} GB` : `${(n / 1e6).toFixed(1)} MB`);
 
-let token = localStorage.getItem('kiln-token') ?? '';
+// Asked once per browser session (the tab's sessionStorage), never written to disk by the page.
+let token = sessionStorage.getItem('kiln-token') ?? '';
 
 async function api(path, init = {}) {
   const headers = { ...(init.headers ?? {}), ...(token ? { authorization: `Bearer ${token}` } : {}) };
@@ -29,7 +30,7 @@ function askToken() {
     const dlg = $('#token-dialog');
     dlg.onclose = () => {
       token = $('#token-input').value.trim();
-      localStorage.setItem('kiln-token', token);
+      sessionStorage.setItem('kiln-token', token);
       resolve();
     };
     dlg.showModal();

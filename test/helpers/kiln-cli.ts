@@ -11,10 +11,17 @@ export interface CliResult {
   code: number;
 }
 
-/** A non-zero exit is a result to assert on, not an exception. */
-export async function runKiln(apiUrl: string, args: string[], opts: { timeoutMs?: number } = {}): Promise<CliResult> {
+/**
+ * A non-zero exit is a result to assert on, not an exception. `daemon`: a URL, or a test
+ * daemon, whose state dir the CLI then reads the API token from (as `--state-dir` does).
+ */
+export async function runKiln(daemon: string | { url: string; stateDir: string }, args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+  const target = typeof daemon === 'string' ? ['--api', daemon] : ['--api', daemon.url, '--state-dir', daemon.stateDir];
   try {
-    const r = await promisify(execFile)(process.execPath, [KILN_BIN, '--api', apiUrl, ...args], opts.timeoutMs ? { timeout: opts.timeoutMs } : {});
+    const r = await promisify(execFile)(process.execPath, [KILN_BIN, ...target, ...args], {
+      ...(opts.timeoutMs ? { timeout: opts.timeoutMs } : {}),
+      ...(opts.env ? { env: opts.env } : {}),
+    });
     return { ...r, code: 0 };
   } catch (e) {
     const err = e as { stdout: string; stderr: string; code: number };

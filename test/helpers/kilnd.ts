@@ -6,18 +6,24 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { readApiToken } from '../../src/sdk/api-token.ts';
 import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, linkExists } from '../../src/tools/ip.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
 import { NFT_FAMILY, tableName } from '../../src/net/ruleset.ts';
+import { TEST_ASSETS_DIR } from './assets.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const TEST_ASSETS_DIR = process.env.KILN_ASSETS_DIR ?? path.join(os.tmpdir(), 'kiln-test-assets');
+export { TEST_ASSETS_DIR };
 
 export interface TestDaemon {
   url: string;
   client: KilnClient;
   stateDir: string;
+  /** The API token kilnd wrote into its state dir (what the CLI and SDK read there). */
+  token: string;
+  /** Headers for a hand-made request (fetch) to this kilnd. */
+  authHeaders: Record<string, string>;
   /** This daemon's own bridge and subnet: test daemons never share kiln's default network. */
   network: TestNetwork;
   proc: ChildProcess;
@@ -47,12 +53,12 @@ export async function removeTestNetwork(n: TestNetwork): Promise<void> {
 
 /** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
 export async function startKilnd(
-  opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string } = {},
+  opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string; serveArgs?: string[] } = {},
 ): Promise<TestDaemon> {
   const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
   const network = opts.network ?? testNetwork();
   const backend = opts.backend ?? process.env.KILN_BACKEND ?? 'auto';
-  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend];
+  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend, ...(opts.serveArgs ?? [])];
   const proc = spawn(process.execPath, serve, {
     env: {
       ...process.env,
@@ -76,7 +82,9 @@ export async function startKilnd(
     proc.once('exit', (code) => reject(new Error(`kilnd exited (${code}) before it was ready:\n${out}`)));
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
-  const client = new KilnClient({ url });
+  const token = readApiToken(stateDir) ?? '';
+  if (!token && !serve.includes('--no-auth')) throw new Error(`kilnd is ready but wrote no token into ${stateDir}:\n${out}`);
+  const client = new KilnClient({ url, token });
   const stop = async () => {
     if (proc.exitCode === null) proc.kill('SIGTERM');
     await exited;
@@ -85,6 +93,8 @@ export async function startKilnd(
     url,
     client,
     stateDir,
+    token,
+    authHeaders: token ? { authorization: `Bearer ${token}` } : {},
     network,
     proc,
     output: () => out,

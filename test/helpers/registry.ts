@@ -11,6 +11,8 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { run } from '../../src/util/process.ts';
+import { freePort } from './ports.ts';
+import { until } from './until.ts';
 
 export interface TokenAuthOptions {
   /** username → password accepted at the token endpoint. */
@@ -37,17 +39,6 @@ export interface TestRegistry {
   blobDataPath(digest: string): string;
   output(): string;
   stop(): Promise<void>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function b64url(b: Buffer | string): string {
@@ -118,10 +109,12 @@ async function startTokenServer(dir: string, opts: TokenAuthOptions, service: st
 function probe(url: string): Promise<number> {
   return new Promise((resolve) => {
     const mod = url.startsWith('https:') ? https : http;
-    const req = mod.get(url, { rejectUnauthorized: false }, (res) => {
+    // A registry that accepts and never answers counts as not ready (the caller's deadline then holds).
+    const req = mod.get(url, { rejectUnauthorized: false, timeout: 2000 }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
+    req.on('timeout', () => req.destroy());
     req.on('error', () => resolve(0));
   });
 }
@@ -171,14 +164,16 @@ export async function startRegistry(opts: { tokenAuth?: TokenAuthOptions; tls?: 
       proc.stderr!.on('data', (b) => (out += b));
       const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
       const exited = new Promise<'exit'>((r) => proc!.once('exit', () => r('exit')));
-      const ready = (async () => {
-        for (;;) {
-          const st = await probe(`${url}/v2/`);
-          if (st === 200 || st === 401) return 'ready' as const;
-          await new Promise((r) => setTimeout(r, 50));
+      const ready = until(
+        `docker-registry answering on ${url}`,
+        async () => {
           if (proc!.exitCode !== null) return 'exit' as const;
-        }
-      })();
+          const st = await probe(`${url}/v2/`);
+          return (st === 200 || st === 401) && ('ready' as const);
+        },
+        30_000,
+        50,
+      );
       const r = await Promise.race([ready, exited]);
       if (r === 'ready') {
         return {

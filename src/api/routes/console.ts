@@ -3,6 +3,7 @@
 // a backend without a console socket) are answered before the upgrade, as JSON errors.
 import type { FastifyInstance } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
+import { STREAM_BUFFER_MAX } from '../bounded-stream.ts';
 import { KilnError } from '../../errors.ts';
 import { ErrorBody, IdParams } from '../schemas.ts';
 
@@ -37,7 +38,11 @@ export function registerConsoleRoutes(app: FastifyInstance, daemon: Daemon): voi
     });
     try {
       const c = await daemon.vms.attachConsole(req.params.id, {
-        onData: (chunk) => socket.send(chunk, { binary: true }),
+        onData: (chunk) => {
+          // A viewer that does not read is dropped rather than buffered for (1008: policy).
+          if (socket.bufferedAmount > STREAM_BUFFER_MAX) socket.terminate();
+          else socket.send(chunk, { binary: true });
+        },
         onClose: (reason) => socket.close(1000, reason.slice(0, 120)),
       });
       if (closed) return c.detach();

@@ -5,6 +5,7 @@ import { Type } from 'typebox';
 import { renderLog, type LogRecord } from '../../containers/container-log.ts';
 import { containerView } from '../../containers/container-view.ts';
 import type { Daemon } from '../../daemon.ts';
+import { BoundedStream } from '../bounded-stream.ts';
 import {
   Container, ContainerList, ContainerListQuery, ContainerLogsQuery, ContainerRemoveQuery, ContainerStats, ContainerStatsQuery,
   CreateContainerBody, ErrorBody, IdParams, StopQuery, WaitQuery, truthy,
@@ -98,19 +99,21 @@ export function registerContainerRoutes(root: FastifyInstance, daemon: Daemon): 
     }
     const { container } = await containers.get(req.params.id);
     reply.raw.writeHead(200, { 'content-type': ndjson ? 'application/x-ndjson' : 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
+    // A workload can write faster than a client reads: the client is cut off, never buffered for.
+    const out = new BoundedStream(reply.raw);
     // Text: a timestamp goes only where a line starts, across pieces.
     let atLineStart = true;
     const stop = await containers.follow(container.id, (r) => {
-      if (ndjson || !timestamps) reply.raw.write(piece(r));
+      if (ndjson || !timestamps) out.write(piece(r));
       else {
-        reply.raw.write((atLineStart ? `${new Date(r.ts).toISOString()} ` : '') + r.text + (r.partial ? '' : '\n'));
+        out.write((atLineStart ? `${new Date(r.ts).toISOString()} ` : '') + r.text + (r.partial ? '' : '\n'));
         atLineStart = !r.partial;
       }
     }, (end) => {
-      if (ndjson) reply.raw.write(`${JSON.stringify({ end: { state: end.state, exit_code: end.exitCode, removed: end.removed } })}\n`);
-      reply.raw.end();
+      if (ndjson) out.write(`${JSON.stringify({ end: { state: end.state, exit_code: end.exitCode, removed: end.removed } })}\n`);
+      out.end();
     }, tail);
-    req.raw.on('close', () => stop());
+    out.onClose(() => stop());
     return reply.hijack();
   });
 }

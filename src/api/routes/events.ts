@@ -1,49 +1,78 @@
+// GET /v1/events: Server-Sent Events of every state change. A client resumes where it left
+// off with `?since=SEQ` or the standard `Last-Event-ID` header: stored events after that
+// sequence number are replayed oldest first, a page at a time and only as fast as the client
+// reads, then live events follow with no gap and no duplicate. When retention has already
+// removed events the client asked for, it gets an explicit `gap` event saying which sequence
+// numbers are gone instead of a silent hole. A client that stops reading is cut off once its
+// queue passes the stream cap (src/api/bounded-stream.ts) and resumes from its last id.
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
 import type { EventRecord } from '../../store/store.ts';
+import { BoundedStream } from '../bounded-stream.ts';
 import { EventsQuery } from '../schemas.ts';
 
 const HEARTBEAT_MS = 15_000;
+/** Stored events read per replay page. */
+const REPLAY_PAGE = 500;
 
 export function registerEventRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
   app.get('/v1/events', {
     schema: {
       summary: 'Server-sent events: every state change (`vm.created`, `vm.state`, `vm.deleted`, `image.*`)',
-      description: '`?vm=` filters to one VM; `?since=SEQ` first replays stored events after that sequence number.',
+      description:
+        '`?vm=` filters to one VM; `?since=SEQ` (or the `Last-Event-ID` header) first replays stored events after that sequence number, oldest first. ' +
+        'If retention already removed some of them, a `gap` event (`{"type":"gap","from":N,"to":M}`) names the missing range first. ' +
+        'A client that stops reading is disconnected once 1 MiB is queued for it, and resumes from its last id.',
       tags: ['events'], querystring: EventsQuery,
     },
   }, async (req, reply) => {
     const vmFilter = req.query.vm ? (await daemon.vms.get(req.query.vm)).id : undefined;
+    const lastEventId = req.headers['last-event-id'];
+    const resumeFrom = req.query.since ?? (typeof lastEventId === 'string' && /^\d{1,15}$/.test(lastEventId) ? lastEventId : undefined);
     reply.raw.writeHead(200, {
       'content-type': 'text/event-stream',
       'cache-control': 'no-store',
       connection: 'keep-alive',
     });
-    const send = (e: EventRecord) => {
-      if (vmFilter && e.vmId !== vmFilter) return;
-      reply.raw.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify({ seq: e.seq, ts: new Date(e.ts).toISOString(), type: e.type, vm: e.vmId, ...e.data })}\n\n`);
-    };
-    // Subscribe before replaying so nothing falls between the two; drop replayed duplicates.
+    const out = new BoundedStream(reply.raw);
     let lastSeq = 0;
+    const send = (e: EventRecord) => {
+      if (e.seq <= lastSeq) return;
+      lastSeq = e.seq;
+      if (vmFilter && e.vmId !== vmFilter) return;
+      out.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify({ seq: e.seq, ts: new Date(e.ts).toISOString(), type: e.type, vm: e.vmId, ...e.data })}\n\n`);
+    };
+    // Subscribed before the replay so nothing falls between the two; live events queue until
+    // the replay has caught up, and duplicates are dropped by sequence number.
     const live: EventRecord[] = [];
     let replaying = true;
-    const unsubscribe = daemon.bus.subscribe((e) => (replaying ? live.push(e) : e.seq > lastSeq && (send(e), (lastSeq = e.seq))));
-    if (req.query.since !== undefined) {
-      for (const e of await daemon.store.listEvents({ afterSeq: Number(req.query.since), vmId: vmFilter })) {
-        send(e);
-        lastSeq = e.seq;
-      }
-    }
-    for (const e of live) if (e.seq > lastSeq) (send(e), (lastSeq = e.seq));
-    replaying = false;
-    reply.raw.write(': connected\n\n');
-    const beat = setInterval(() => reply.raw.write(': keep-alive\n\n'), HEARTBEAT_MS);
-    req.raw.on('close', () => {
+    const unsubscribe = daemon.bus.subscribe((e) => (replaying ? live.push(e) : send(e)));
+    const beat = setInterval(() => out.write(': keep-alive\n\n'), HEARTBEAT_MS);
+    out.onClose(() => {
       clearInterval(beat);
       unsubscribe();
     });
+    if (resumeFrom !== undefined) {
+      const since = Number(resumeFrom);
+      const first = await daemon.store.firstEventSeq();
+      if (first !== null && since + 1 < first) {
+        out.write(`event: gap\ndata: ${JSON.stringify({ type: 'gap', from: since + 1, to: first - 1, reason: 'removed by retention' })}\n\n`);
+      }
+      lastSeq = since;
+      for (;;) {
+        const page = await daemon.store.listEvents({ afterSeq: lastSeq, vmId: vmFilter, limit: REPLAY_PAGE });
+        // A filtered page advances the cursor past its last event, matching or not.
+        for (const e of page) send(e);
+        if (page.length < REPLAY_PAGE || out.closed) break;
+        await out.drained();
+      }
+      // Live events that arrived meanwhile and are older than the cursor were in the replay.
+    }
+    for (const e of live.splice(0)) send(e);
+    replaying = false;
+    out.write(': connected\n\n');
     return reply.hijack();
   });
 }

@@ -1,24 +1,15 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
-import path from 'node:path';
 import { Type } from 'typebox';
 import type { Daemon } from '../../daemon.ts';
 import { KilnError } from '../../errors.ts';
 import { ErrorBody, GcBody, GcResult, IdParams, Image, ImageList, ImportImageBody, ImportTarQuery, PullImageBody, PullQuery, truthy } from '../schemas.ts';
+import { openAllowedDir } from '../../image/host-dir.ts';
 import { imageView } from '../views.ts';
 
 const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 507: ErrorBody };
 /** Image trees are uploaded as tar; far above BODY_LIMIT, which is for JSON. */
 const TAR_LIMIT = 16 * 1024 * 1024 * 1024;
-
-function allowedPath(daemon: Daemon, p: string): string {
-  const resolved = path.resolve(p);
-  const ok = daemon.config.allowedRoots.some((root) => resolved === root || resolved.startsWith(root + path.sep));
-  if (!ok) {
-    throw new KilnError('KILN_ERR_PATH_NOT_ALLOWED', `${resolved} is outside the allowed roots (${daemon.config.allowedRoots.join(', ') || 'none configured: set --allowed-root'}); upload a tar instead`);
-  }
-  return resolved;
-}
 
 export function registerImageRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
@@ -70,13 +61,19 @@ export function registerImageRoutes(root: FastifyInstance, daemon: Daemon): void
   }, async (req, reply) => {
     const b = req.body;
     if (!b.path) throw new KilnError('KILN_ERR_VALIDATION', 'body: path is required (or upload a tar with Content-Type: application/x-tar)');
-    const img = await daemon.images.importDir(b.name, allowedPath(daemon, b.path), {
-      ...(b.cmd ? { cmd: b.cmd } : {}),
-      ...(b.env ? { env: b.env } : {}),
-      ...(b.workdir ? { workdir: b.workdir } : {}),
-      ...(b.user ? { user: b.user.includes(':') ? b.user : `${b.user}:${b.user}` } : {}),
-    });
-    return reply.status(201).send(imageView(img));
+    // Read through the opened directory: a swap of the path after the check cannot escape.
+    const dir = await openAllowedDir(b.path, daemon.config.allowedRoots);
+    try {
+      const img = await daemon.images.importDir(b.name, dir.readPath, {
+        ...(b.cmd ? { cmd: b.cmd } : {}),
+        ...(b.env ? { env: b.env } : {}),
+        ...(b.workdir ? { workdir: b.workdir } : {}),
+        ...(b.user ? { user: b.user.includes(':') ? b.user : `${b.user}:${b.user}` } : {}),
+      });
+      return reply.status(201).send(imageView(img));
+    } finally {
+      await dir.close();
+    }
   });
 
   app.post('/v1/images/upload', {

@@ -1,11 +1,13 @@
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
+import { NO_AUTH_WARNING } from '../auth/no-auth.ts';
 import { Health } from '../schemas.ts';
 
 export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
-  app.get('/healthz', { schema: { summary: 'Liveness and host capabilities', tags: ['system'], response: { 200: Health } } }, async () => ({
+  // The one API route without the token (security: []): it answers monitors, and holds no secret.
+  app.get('/healthz', { schema: { summary: 'Liveness and host capabilities (no token needed)', tags: ['system'], security: [], response: { 200: Health } } }, async () => ({
     status: 'ok' as const,
     version: daemon.version,
     backend: daemon.driver.name,
@@ -14,6 +16,8 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     accelerator_reason: daemon.accel.reason,
     kernel: daemon.assets.kernel.version,
     vms: (await daemon.store.listVms()).length,
+    auth: daemon.config.auth,
+    ...(daemon.config.auth === 'none' ? { auth_warning: NO_AUTH_WARNING } : {}),
     capacity: await daemon.admission.report(),
   }));
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['system'], hide: false } }, async (_req, reply) => {

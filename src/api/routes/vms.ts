@@ -2,6 +2,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
 import type { Daemon } from '../../daemon.ts';
+import { BoundedStream } from '../bounded-stream.ts';
 import type { VmState } from '../../store/store.ts';
 import { KilnError } from '../../errors.ts';
 import { CreateVmBody, ErrorBody, IdParams, LogsQuery, ResizeDiskBody, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
@@ -89,14 +90,16 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
     const backlog = await vms.logs(id);
     const follower = await vms.followLogs(id);
     reply.raw.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
-    reply.raw.write(backlog);
+    // A guest can write faster than a client reads: the client is cut off, never buffered for.
+    const out = new BoundedStream(reply.raw);
+    out.write(backlog);
     follower.on('line', (line) => {
-      if (!line.startsWith('@kiln:')) reply.raw.write(line + '\n');
+      if (!line.startsWith('@kiln:')) out.write(line + '\n');
     });
     const unsubscribe = daemon.bus.subscribe((e) => {
-      if (e.type === 'vm.deleted' && e.vmId === id) reply.raw.end();
+      if (e.type === 'vm.deleted' && e.vmId === id) out.end();
     });
-    req.raw.on('close', () => {
+    out.onClose(() => {
       follower.close();
       unsubscribe();
     });

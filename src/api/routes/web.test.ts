@@ -19,6 +19,9 @@ test('dashboard: page and assets are served without the token, the API still nee
     assert.equal(js.statusCode, 200);
     assert.match(js.headers['content-type'] as string, /javascript/);
     assert.match(js.body, /\/v1\/events/);
+    // The token is kept for the tab's session only, never in localStorage (on disk).
+    assert.match(js.body, /sessionStorage\.setItem\('kiln-token'/);
+    assert.doesNotMatch(js.body, /localStorage/);
     assert.equal((await app.inject('/ui/style.css')).statusCode, 200);
     // Only the listed files: no path walking into src/.
     assert.equal((await app.inject('/ui/../../daemon.ts')).statusCode, 401);

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { helloProof } from './auth.ts';
+import { until as untilWithin } from '../../../test/helpers/until.ts';
 import { encodeFrame, FrameType } from './frame.ts';
 import { AgentListener, type AgentProblem } from './listener.ts';
 import type { HelloMessage, WorkloadExitMessage } from './messages.ts';
@@ -37,9 +38,9 @@ function watch(vmId = 'vm1', token = TOKEN) {
 }
 
 /** Connects and waits for kilnd's challenge (the first thing it sends, before any hello). */
-function peer(unixPath?: string): Promise<Peer> {
+function peer(unixPath?: string, tcpPort = port): Promise<Peer> {
   return new Promise((resolve, reject) => {
-    const s = (unixPath ? net.createConnection(unixPath) : net.createConnection({ host: '127.0.0.1', port })) as Peer;
+    const s = (unixPath ? net.createConnection(unixPath) : net.createConnection({ host: '127.0.0.1', port: tcpPort })) as Peer;
     s.on('error', reject);
     s.once('data', (b: Buffer) => {
       const m = /^proto=2\0nonce=([0-9a-f]{64})\0$/.exec(b.subarray(5).toString('latin1'));
@@ -51,10 +52,18 @@ function peer(unixPath?: string): Promise<Peer> {
   });
 }
 
-const closed = (s: net.Socket) => new Promise<void>((r) => (s.destroyed ? r() : s.once('close', () => r())));
-const until = async (cond: () => boolean) => {
-  while (!cond()) await new Promise((r) => setTimeout(r, 5));
-};
+/** Resolves when the socket closes; fails the test if it stays open past the deadline. */
+const closed = (s: net.Socket, timeoutMs = 5000) =>
+  new Promise<void>((resolve, reject) => {
+    if (s.destroyed) return resolve();
+    const timer = setTimeout(() => reject(new Error(`the connection stayed open for ${timeoutMs} ms`)), timeoutMs);
+    s.once('close', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+/** The listener answers on loopback within milliseconds: a short deadline, polled often. */
+const until = (what: string, cond: () => boolean) => untilWithin(what, cond, 5000, 5);
 
 before(async () => {
   listener = new AgentListener({ authDeadlineMs: 300 });
@@ -67,7 +76,7 @@ test('hello then exit: callbacks fire, the listener closes so the guest may powe
   const s = await peer();
   s.on('error', () => {});
   s.write(hello(s));
-  await until(() => events.hello.length === 1);
+  await until('the hello', () => events.hello.length === 1);
   assert.ok(listener.connected('vm1'));
   s.write(encodeFrame(FrameType.JSON, '{"type":"exit","code":0,"uptime_ms":99}'));
   await closed(s);
@@ -79,15 +88,15 @@ test('a reconnect (kilnd or network blip) replaces the old connection and says h
   watch();
   const a = await peer();
   a.write(hello(a));
-  await until(() => events.hello.length === 1);
+  await until('the hello', () => events.hello.length === 1);
   const b = await peer();
   b.write(hello(b, TOKEN, { connects: 2 }));
   await closed(a);
-  await until(() => events.hello.length === 2);
+  await until('the second hello', () => events.hello.length === 2);
   assert.equal(events.hello[1]!.connects, 2);
   assert.ok(listener.connected('vm1'));
   b.destroy();
-  await until(() => !listener.connected('vm1'));
+  await until('vm1 disconnected', () => !listener.connected('vm1'));
 });
 
 // A proof made for another challenge (a recorded hello) is worthless.
@@ -111,7 +120,7 @@ for (const [name, bytes, reason] of [
     s.on('error', () => {});
     s.write(bytes(s));
     await closed(s);
-    await until(() => events.problems.length === 1);
+    await until('the problem reported', () => events.problems.length === 1);
     assert.equal(events.problems[0]!.reason, reason);
     assert.equal(events.hello.length, 0);
   });
@@ -129,7 +138,7 @@ test('a peer that dribbles forever past its byte budget is cut off', async () =>
   const s = await peer();
   s.on('error', () => {});
   s.write(hello(s));
-  await until(() => events.hello.length === 1);
+  await until('the hello', () => events.hello.length === 1);
   // Valid-looking frames, never an exit: a chatty or malicious guest.
   const spam = encodeFrame(FrameType.JSON, JSON.stringify({ type: 'exit', pad: 'x'.repeat(10_000) }));
   for (let i = 0; i < 20 && !s.destroyed; i++) s.write(spam);
@@ -138,23 +147,52 @@ test('a peer that dribbles forever past its byte budget is cut off', async () =>
 });
 
 test('a throwing callback does not take the listener down', async () => {
-  events = { hello: [], exit: [], problems: [], disconnects: 0 };
-  listener.expect('vm2', TOKEN, {
-    onHello: () => {
-      throw new Error('boom');
-    },
-    onExit: () => {},
-    onProblem: () => {},
-  });
-  const s = await peer();
-  s.write(hello(s));
-  await new Promise((r) => setTimeout(r, 50));
-  s.destroy();
-  watch();
-  const t = await peer();
-  t.write(hello(t));
-  await until(() => events.hello.length === 1);
-  t.destroy();
+  const logged: string[] = [];
+  const own = new AgentListener({ authDeadlineMs: 300, log: (msg, fields) => logged.push(`${msg} ${JSON.stringify(fields)}`) });
+  const ownPort = (await own.listenTcp('127.0.0.1', 0)).port;
+  const connect = () => peer(undefined, ownPort);
+  try {
+    // Its own token: only this VM's callbacks can receive the hello.
+    const THROWER = 'c3'.repeat(32);
+    const thrown = { hello: 0, exit: 0 };
+    const problems: AgentProblem[] = [];
+    own.expect('thrower', THROWER, {
+      onHello: () => {
+        thrown.hello++;
+        throw new Error('boom in onHello');
+      },
+      onExit: () => {
+        thrown.exit++;
+        throw new Error('boom in onExit');
+      },
+      onProblem: (p) => problems.push(p),
+    });
+    const bystander: HelloMessage[] = [];
+    own.expect('bystander', TOKEN, { onHello: (h) => bystander.push(h), onExit: () => {}, onProblem: () => {} });
+
+    const s = await connect();
+    s.write(hello(s, THROWER));
+    await until('the throwing onHello to run', () => thrown.hello === 1);
+    // The hello counted despite the throw: the connection is the VM's authenticated one.
+    assert.ok(own.connected('thrower'));
+    assert.ok(logged.some((l) => /onHello callback threw/.test(l) && /boom in onHello/.test(l)), logged.join('\n'));
+    // The exit still closes the connection (the guest's signal that it may power off).
+    s.write(encodeFrame(FrameType.JSON, '{"type":"exit","code":0,"uptime_ms":1}'));
+    await closed(s);
+    assert.equal(thrown.exit, 1);
+    assert.ok(logged.some((l) => /onExit callback threw/.test(l)), logged.join('\n'));
+    assert.deepEqual(problems, [], 'a well-behaved guest whose callbacks throw is not reported');
+
+    // The listener still serves: another VM's agent connects and is heard.
+    const t = await connect();
+    t.write(hello(t, TOKEN));
+    await until('the bystander hello', () => bystander.length === 1);
+    assert.equal(bystander[0]!.key_id, createHash('sha256').update(TOKEN).digest('hex'));
+    assert.ok(own.connected('bystander'));
+    t.destroy();
+  } finally {
+    await own.close();
+  }
 });
 
 test('Unix socket variant (Firecracker <uds>_<port>): attributed to its VM even before auth', async () => {
@@ -166,11 +204,11 @@ test('Unix socket variant (Firecracker <uds>_<port>): attributed to its VM even 
     s.on('error', () => {});
     s.write(Buffer.from('\xff\xff\xff\xff\x6agarbage', 'latin1'));
     await closed(s);
-    await until(() => events.problems.length === 1);
+    await until('the problem reported', () => events.problems.length === 1);
     assert.equal(events.problems[0]!.reason, 'oversized');
     const ok = await peer(p);
     ok.write(hello(ok));
-    await until(() => events.hello.length === 1);
+    await until('the hello', () => events.hello.length === 1);
     ok.destroy();
   } finally {
     await stop();

@@ -85,6 +85,9 @@ export class AgentListener {
     await fs.rm(socketPath, { force: true });
     const server = net.createServer((s) => this.accept(s, 'unix', vmId));
     await listen(server, (cb) => server.listen(socketPath, cb));
+    // A jailed Firecracker (an unprivileged uid) dials it: connecting needs write permission.
+    // Its directory (the VM's, or its jail's vsock dir) is what keeps others out.
+    await fs.chmod(socketPath, 0o666);
     this.servers.add(server);
     return async () => {
       this.servers.delete(server);

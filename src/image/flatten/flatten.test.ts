@@ -164,3 +164,28 @@ test('a layer that ends right after its last file’s data (no padding, no end b
   const cut = await layerFile('cut', full.subarray(0, 512 * 2 + 3), 'gzip');
   await assert.rejects(flattenLayers([cut], root), { code: 'KILN_ERR_IMAGE_INVALID' }, 'truncated file data is an error');
 });
+
+test('a layer that unpacks past a limit is refused before the file that crosses it is written', async () => {
+  const limits = { maxLayerBytes: 64 * 1024, maxImageBytes: 96 * 1024, maxEntries: 100 };
+  // 1 MiB of zeros: a few KB gzipped, a decompression bomb in miniature.
+  const bomb = await layerFile('bomb', makeTar([{ path: 'small', body: 'x' }, { path: 'zeros', body: Buffer.alloc(1024 * 1024) }]), 'gzip');
+  const root = path.join(tmp, 'root-bomb');
+  await fs.mkdir(root);
+  await assert.rejects(flattenLayers([bomb], root, undefined, limits), (e: Error & { code?: string }) =>
+    e.code === 'KILN_ERR_IMAGE_INVALID' && /a layer unpacks to more than 65536 bytes \(at "zeros"/.test(e.message));
+  assert.deepEqual(await fs.readdir(root), ['small'], 'the crossing file was never created');
+
+  // Per image: two layers each under the layer limit, together over the image's.
+  const a = await layerFile('a', makeTar([{ path: 'a', body: Buffer.alloc(60 * 1024) }]), 'none');
+  const b = await layerFile('b', makeTar([{ path: 'b', body: Buffer.alloc(60 * 1024) }]), 'none');
+  const root2 = path.join(tmp, 'root-two');
+  await fs.mkdir(root2);
+  await assert.rejects(flattenLayers([a, b], root2, undefined, limits), /the image unpacks to more than 98304 bytes/);
+
+  // Entries: an inode bomb of empty files.
+  const many = await layerFile('many', makeTar(Array.from({ length: 150 }, (_, i) => ({ path: `f${i}`, body: '' }))), 'gzip');
+  const root3 = path.join(tmp, 'root-many');
+  await fs.mkdir(root3);
+  await assert.rejects(flattenLayers([many], root3, undefined, limits), /more than 100 entries/);
+  assert.ok((await fs.readdir(root3)).length <= 100);
+});

@@ -1,8 +1,9 @@
 // Flattens an image's layers (base first) into one directory tree: the union the guest sees.
 import { KilnError } from '../../errors.ts';
-import { openLayerTar } from '../oci/layer-stream.ts';
+import { decompressSniffed, openLayerTar } from '../oci/layer-stream.ts';
+import type { Readable } from 'node:stream';
 import type { LayerCompression } from '../oci/types.ts';
-import { RootWriter, type RootWriterStats } from './root-writer.ts';
+import { DEFAULT_UNPACK_LIMITS, RootWriter, type RootWriterStats, type UnpackLimits } from './root-writer.ts';
 import { readTar } from './tar-reader.ts';
 
 export interface FlattenLayer {
@@ -25,8 +26,9 @@ export async function flattenLayers(
   layers: readonly FlattenLayer[],
   root: string,
   onProgress?: (p: FlattenProgress) => void,
+  limits: UnpackLimits = DEFAULT_UNPACK_LIMITS,
 ): Promise<RootWriterStats> {
-  const w = new RootWriter(root);
+  const w = new RootWriter(root, limits);
   for (const [i, layer] of layers.entries()) {
     w.beginLayer();
     // Compression is sniffed from the blob's magic bytes (registries mislabel layers).
@@ -52,6 +54,25 @@ export async function flattenLayers(
       src.destroy();
     }
     onProgress?.({ layer: i + 1, layers: layers.length, digest: layer.digest, ...w.stats });
+  }
+  await w.finish();
+  return w.stats;
+}
+
+/**
+ * Unpacks one tar stream (plain, gzip or zstd; an upload) into `root` under the same rules and
+ * limits as a layer: paths cannot escape, sizes are checked from each header before anything
+ * is written, and every write is awaited, so a refusal leaves no writer behind in `root`.
+ */
+export async function unpackTar(input: Readable, root: string, limits: UnpackLimits = DEFAULT_UNPACK_LIMITS): Promise<RootWriterStats> {
+  const w = new RootWriter(root, limits);
+  w.beginLayer();
+  const src = await decompressSniffed(input);
+  try {
+    for await (const { entry, body } of readTar(src)) await w.apply(entry, body);
+  } finally {
+    src.destroy();
+    input.destroy();
   }
   await w.finish();
   return w.stats;

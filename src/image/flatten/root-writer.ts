@@ -43,6 +43,23 @@ export interface RootWriterStats {
   bytes: number;
 }
 
+/**
+ * What an image may unpack to. A layer is a compressed stream from a registry kiln does not
+ * trust: a few KB of gzip can expand to terabytes of zeros or millions of empty files. Each
+ * file's size is in its tar header, so a file that would pass a limit is refused before any of
+ * it is written.
+ */
+export interface UnpackLimits {
+  /** File bytes one layer may write. */
+  maxLayerBytes: number;
+  /** File bytes all layers together may write. */
+  maxImageBytes: number;
+  /** Tar entries all layers together may hold. */
+  maxEntries: number;
+}
+
+export const DEFAULT_UNPACK_LIMITS: UnpackLimits = { maxLayerBytes: 32 * 2 ** 30, maxImageBytes: 64 * 2 ** 30, maxEntries: 4_000_000 };
+
 export class RootWriter {
   /** Relative dir path → real host path inside the root (dropped whenever anything is removed). */
   private dirCache = new Map<string, string>();
@@ -51,11 +68,28 @@ export class RootWriter {
   /** Host paths this layer wrote: an opaque marker or whiteout hides only lower layers. */
   private layerPaths = new Set<string>();
   readonly stats: RootWriterStats = { entries: 0, bytes: 0 };
+  private layerStartBytes = 0;
 
-  constructor(readonly root: string) {}
+  constructor(
+    readonly root: string,
+    private readonly limits: UnpackLimits = DEFAULT_UNPACK_LIMITS,
+  ) {}
 
   beginLayer(): void {
     this.layerPaths = new Set();
+    this.layerStartBytes = this.stats.bytes;
+  }
+
+  private checkLimits(e: TarEntry): void {
+    const l = this.limits;
+    if (this.stats.entries > l.maxEntries) throw invalid(`the image has more than ${l.maxEntries} entries (KILN_IMAGE_MAX_ENTRIES)`);
+    if (e.type !== 'file') return;
+    if (this.stats.bytes - this.layerStartBytes + e.size > l.maxLayerBytes) {
+      throw invalid(`a layer unpacks to more than ${l.maxLayerBytes} bytes (at ${JSON.stringify(e.path)}; KILN_LAYER_MAX_BYTES)`);
+    }
+    if (this.stats.bytes + e.size > l.maxImageBytes) {
+      throw invalid(`the image unpacks to more than ${l.maxImageBytes} bytes (at ${JSON.stringify(e.path)}; KILN_IMAGE_MAX_BYTES)`);
+    }
   }
 
   /**
@@ -107,6 +141,7 @@ export class RootWriter {
 
   async apply(e: TarEntry, body: TarBody): Promise<void> {
     this.stats.entries++;
+    this.checkLimits(e);
     const parts = entryComponents(e.path);
     if (parts.length === 0) {
       // The root itself ("./"): only its metadata.

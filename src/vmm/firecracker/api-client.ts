@@ -152,6 +152,11 @@ export class FirecrackerApiClient {
   putVsock(body: T.Vsock, signal?: AbortSignal) {
     return this.call('PUT', '/vsock', body, { signal });
   }
+  /** PUT /serial (Firecracker ≥ 1.16). */
+  putSerial(body: { serial_out_path?: string; rate_limiter?: T.TokenBucket }, signal?: AbortSignal) {
+    return this.call('PUT', '/serial', body, { signal });
+  }
+
   putEntropy(body: T.EntropyDevice, signal?: AbortSignal) {
     return this.call('PUT', '/entropy', body, { signal });
   }

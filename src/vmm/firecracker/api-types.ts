@@ -1,5 +1,5 @@
 // Wire types of Firecracker's HTTP API, named and shaped as in its Swagger definition
-// (../shared/reference/firecracker-v1.13.1-api.yaml). Fields marked "≥ 1.16" exist only in
+// (vendor/firecracker/firecracker-v1.13.1-api.yaml). Fields marked "≥ 1.16" exist only in
 // the v1.16.1 definition; the driver sends them only when GET /version says it may
 // (see version.ts). Firecracker deserializes every body with unknown fields denied, so a
 // field an older server does not know fails the whole request.

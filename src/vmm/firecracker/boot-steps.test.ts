@@ -15,16 +15,16 @@ const spec = (extra: Partial<FirecrackerVmSpec> = {}): FirecrackerVmSpec => ({
 });
 const restore = { snapshotPath: '/s', memBackend: { type: 'File' as const, path: '/m' } };
 
-test('a fresh boot is the documented sequence of named steps', () => {
+test('a fresh boot is the documented sequence of named steps (logger and metrics are on the command line)', () => {
   assert.deepEqual(new FirecrackerDriver().bootSteps(spec()).names, [
     'fc.prepare',
     'fc.kernel',
+    'fc.pathView',
     'fc.spawn',
     'fc.waitSocket',
     'fc.version',
-    'fc.logger',
-    'fc.metrics',
     'fc.machineConfig',
+    'fc.serial',
     'fc.bootSource',
     'fc.drives',
     'fc.networkInterfaces',
@@ -36,14 +36,13 @@ test('a fresh boot is the documented sequence of named steps', () => {
   ]);
 });
 
-test('restore edits the same list: only logger and metrics precede the load', () => {
+test('restore edits the same list: nothing but the version check precedes the load', () => {
   assert.deepEqual(new FirecrackerDriver().bootSteps(spec({ restore })).names, [
     'fc.prepare',
+    'fc.pathView',
     'fc.spawn',
     'fc.waitSocket',
     'fc.version',
-    'fc.logger',
-    'fc.metrics',
     'fc.snapshotLoad',
     'fc.mmdsData',
     'fc.resume',

@@ -18,6 +18,7 @@ import {
   type FirecrackerVmSpec,
   type RuntimePaths,
 } from './spec.ts';
+import { viewSpawnArgv } from './path-view.ts';
 import { CleanupStack, StepList, runSteps, type Step, type StepEvent } from './steps.ts';
 import { assertSupported, fetchCapabilities, type FirecrackerCapabilities } from './version.ts';
 import {
@@ -59,8 +60,12 @@ export interface BootContext {
   /** The ELF kernel to boot, once fc.kernel ran. */
   kernelPath?: string;
   jail?: JailLayout;
-  /** The path the VMM sees for a host path (identity, or jail-relative under the jailer). */
+  /** The path the VMM sees for a host path (its path view, or jail-relative under the jailer). */
   vmmPath: (hostPath: string) => string;
+  /** The VM's path view (path-view.ts), bound on VIEW_MOUNT in the VMM's mount namespace. */
+  viewDir?: string;
+  /** Size of the console log when this VMM started: its own output follows. */
+  consoleOffset?: number;
   /** What was spawned (firecracker, or the jailer). */
   spawned?: SpawnedProcess;
   /** The Firecracker process itself and how its death is noticed. */
@@ -189,6 +194,18 @@ async function touch(file: string): Promise<void> {
   await (await fs.open(file, 'a')).close();
 }
 
+/**
+ * A named pipe in place of `file`. Firecracker's metrics go to one (prod-host-setup.md: the
+ * guest influences their volume; a pipe holds at most its buffer): kilnd reads it while it
+ * runs, and while nobody does Firecracker's non-blocking writes are dropped, not stored.
+ */
+export async function ensureFifo(file: string): Promise<void> {
+  const st = await fs.lstat(file).catch(() => null);
+  if (st?.isFIFO()) return;
+  await fs.rm(file, { force: true });
+  await run('mkfifo', ['-m', '0600', file]);
+}
+
 /** The runtime dir: stale sockets removed, console FIFO and log files present. */
 export const prepare = step('fc.prepare', async (ctx) => {
   const p = ctx.paths;
@@ -210,8 +227,9 @@ export const prepare = step('fc.prepare', async (ctx) => {
     await run('mkfifo', ['-m', '0600', p.consoleIn]);
   }
   await touch(p.consoleLog);
+  ctx.consoleOffset = (await fs.stat(p.consoleLog)).size;
   // Per-boot files: their tails go into error messages, so they start empty.
-  await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), fs.writeFile(ctx.metricsFile, '')]);
+  await Promise.all([fs.writeFile(p.stderrLog, ''), fs.writeFile(ctx.logFile, ''), ensureFifo(ctx.metricsFile)]);
 });
 
 /** Firecracker boots only an ELF vmlinux: a bzImage is extracted (once, cached). */
@@ -230,16 +248,29 @@ export function vmmStdio(ctx: BootContext) {
   };
 }
 
+/**
+ * Firecracker's own command line after --api-sock. Its log and metrics are set here, not by
+ * PUT /logger and /metrics: until a logger exists Firecracker logs to stdout, which is the
+ * guest's serial console log.
+ */
+export function firecrackerArgs(ctx: BootContext, apiSocket: string): string[] {
+  return [
+    '--api-sock', apiSocket,
+    '--log-path', ctx.vmmPath(ctx.logFile),
+    '--level', ctx.spec.logLevel ?? 'Warning',
+    '--show-level',
+    '--metrics-path', ctx.vmmPath(ctx.metricsFile),
+  ];
+}
+
 export const spawnFirecracker = step('fc.spawn', async (ctx) => {
   const bin = await resolveBinary(ctx.options.binary, 'firecracker');
-  let file = bin;
-  let args = ['--api-sock', ctx.apiSocket, '--id', ctx.fcId];
-  if (ctx.spec.netns) {
-    // nsenter execs Firecracker in place: same pid, and the cmdline attach() checks is Firecracker's.
-    file = await resolveBinary('nsenter');
-    args = [`--net=${ctx.spec.netns}`, '--', bin, ...args];
-  }
-  const spawned = await spawnDetached({ file, args, ...vmmStdio(ctx) });
+  // unshare, sh, nsenter exec in place: same pid, and the cmdline attach() checks is Firecracker's.
+  let argv = [bin, ...firecrackerArgs(ctx, ctx.apiSocket), '--id', ctx.fcId];
+  if (ctx.viewDir) argv = viewSpawnArgv(ctx.viewDir, argv);
+  if (ctx.spec.netns) argv = ['nsenter', `--net=${ctx.spec.netns}`, '--', ...argv];
+  const [file, ...args] = argv;
+  const spawned = await spawnDetached({ file: await resolveBinary(file!), args, ...vmmStdio(ctx) });
   ctx.spawned = spawned;
   ctx.pid = spawned.pid;
   ctx.vmmGone = spawned.exited.then(() => undefined);
@@ -274,19 +305,21 @@ export const version = step('fc.version', async (ctx) => {
   assertSupported(ctx.caps.version);
 });
 
-export const logger = step('fc.logger', async (ctx) => {
-  await api(ctx).putLogger(
-    { log_path: ctx.vmmPath(ctx.logFile), level: ctx.spec.logLevel ?? 'Warning', show_level: true, show_log_origin: false },
-    ctx.signal,
-  );
-});
-
-export const metrics = step('fc.metrics', async (ctx) => {
-  await api(ctx).putMetrics({ metrics_path: ctx.vmmPath(ctx.metricsFile) }, ctx.signal);
-});
-
 export const machineConfig = step('fc.machineConfig', async (ctx) => {
   await api(ctx).putMachineConfig(toMachineConfig(ctx.spec), ctx.signal);
+});
+
+/**
+ * The guest writes the serial console as fast as it likes, and it lands in the console log:
+ * from 1.16 Firecracker drops what exceeds this (256 KiB/s after a 1 MiB burst), as
+ * prod-host-setup.md recommends. Workload output rides the console too, so it is generous:
+ * a bound on the rate, not on the file.
+ */
+export const SERIAL_RATE_LIMIT = { size: 256 * 1024, refill_time: 1000, one_time_burst: 1024 * 1024 } as const;
+
+export const serial = step('fc.serial', async (ctx) => {
+  if (!caps(ctx).serialDevice) return;
+  await api(ctx).putSerial({ rate_limiter: { ...SERIAL_RATE_LIMIT } }, ctx.signal);
 });
 
 export const bootSource = step('fc.bootSource', async (ctx) => {
@@ -354,9 +387,8 @@ export function defaultBootSteps(): StepList<BootContext> {
     spawnFirecracker,
     waitSocket,
     version,
-    logger,
-    metrics,
     machineConfig,
+    serial,
     bootSource,
     drives,
     networkInterfaces,

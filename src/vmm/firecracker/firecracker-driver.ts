@@ -10,7 +10,8 @@ import { untimed, type Accelerator, type StepTimer, type VmmDriver, type VmmSnap
 import { FirecrackerApiClient, type ApiTransport } from './api-client.ts';
 import { createBootContext, defaultBootSteps, runBootSteps, type BootContext, type ResolvedDriverOptions } from './boot-steps.ts';
 import { FirecrackerInstance } from './instance.ts';
-import { JAIL, jailLayout, withJailer, type JailerOptions } from './jailer.ts';
+import { JAIL, resolveJail, withJailer, type JailerOptions } from './jailer.ts';
+import { viewVsockPath, withPathView } from './path-view.ts';
 import { withSnapshotRestore } from './snapshot.ts';
 import { firecrackerKernelCmdline, instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
 import type { StepEvent, StepList } from './steps.ts';
@@ -51,6 +52,13 @@ function hasArg(argv: string[], flag: string, value: string): boolean {
 
 export class FirecrackerDriver implements VmmDriver {
   readonly name = 'firecracker' as const;
+  /**
+   * A classic VM's systemd reboots and powers off by itself. On x86 Firecracker has no ACPI
+   * power-off (after `poweroff` the vCPUs halt and the VMM runs on) and exits 0 on a reset
+   * without saying it was one, so neither verb could be told from the other or from a crash.
+   */
+  readonly classicUnsupported =
+    'Firecracker cannot tell a guest reboot from a power-off or a crash (it exits 0 on every reset, and has no ACPI power-off on x86); run classic VMs with KILN_BACKEND=qemu';
   readonly #o: ResolvedDriverOptions;
   readonly #startTimeoutMs: number;
   readonly #onStep: FirecrackerDriverOptions['onStep'];
@@ -76,7 +84,9 @@ export class FirecrackerDriver implements VmmDriver {
   bootSteps(spec: FirecrackerVmSpec): StepList<BootContext> {
     const list = defaultBootSteps();
     if (spec.restore) withSnapshotRestore(list);
+    // A stable path view for every VMM: the jail's fixed layout, or a private mount namespace.
     if (this.#o.jailer) withJailer(list);
+    else withPathView(list);
     this.#editSteps?.(list, spec);
     return list;
   }
@@ -112,8 +122,12 @@ export class FirecrackerDriver implements VmmDriver {
       consoleLogPath: ctx.paths.consoleLog,
       consoleInPath: ctx.paths.consoleIn,
       logPath: ctx.logFile,
+      metricsPath: ctx.metricsFile,
+      consoleOffset: ctx.consoleOffset,
       vsockPath: ctx.vsockPath,
       jail: ctx.jail,
+      jailer: this.#o.jailer,
+      fcId: ctx.fcId,
       vmmPath: ctx.vmmPath,
       child: child ? { process: child.child, exited: child.exited } : undefined,
       watch: child ? undefined : ctx.pidWatch,
@@ -146,17 +160,20 @@ export class FirecrackerDriver implements VmmDriver {
     const fcId = instanceIdFor(spec.id);
     let apiSocket = paths.apiSocket;
     let logPath = paths.logFile;
-    let vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
+    let metricsPath = paths.metricsFile;
+    const vsockPath = spec.vsock ? (spec.vsock.udsPath ?? paths.vsock) : undefined;
     let jail;
-    let vmmPath = (p: string) => p;
+    // The VMM-side path of the vsock socket (what its snapshots record).
+    let vmmPath = (p: string) => (p === vsockPath ? viewVsockPath(path.basename(p)) : p);
     if (this.#o.jailer) {
       // Jailed: the command line is the jail's ("/firecracker --id=<id> ... --api-sock /firecracker.socket").
-      jail = jailLayout(this.#o.jailer, this.#o.binary, fcId);
-      if (!hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
+      jail = (await resolveJail(this.#o.jailer, this.#o.binary, fcId).catch(() => null))?.jail;
+      if (!jail || !hasArg(argv, '--id', fcId) || path.basename(argv[0]!) !== jail.execName) return null;
       apiSocket = jail.hostPath(JAIL.apiSocket);
       logPath = jail.hostPath(JAIL.log);
-      if (spec.vsock) vsockPath = spec.vsock.udsPath ?? jail.hostPath(JAIL.vsock);
-      vmmPath = jail.toJail;
+      metricsPath = jail.hostPath(JAIL.metrics);
+      const j = jail;
+      vmmPath = (p) => (p === vsockPath ? path.posix.join(JAIL.vsockDir, path.basename(p)) : j.toJail(p));
     } else if (!hasArg(argv, '--api-sock', apiSocket) || !hasArg(argv, '--id', fcId)) {
       return null;
     }
@@ -170,8 +187,11 @@ export class FirecrackerDriver implements VmmDriver {
       consoleLogPath: paths.consoleLog,
       consoleInPath: paths.consoleIn,
       logPath,
+      metricsPath,
       vsockPath,
       jail,
+      jailer: this.#o.jailer,
+      fcId,
       vmmPath,
       watch,
     });

@@ -129,8 +129,6 @@ describe('the driver under the (stand-in) jailer', () => {
       assert.equal(body('/drives/root').path_on_host, '/drives/root');
       assert.equal(body('/drives/scratch_1').path_on_host, '/drives/scratch_1');
       assert.equal(body('/vsock').uds_path, JAIL.vsock);
-      assert.equal(body('/logger').log_path, JAIL.log);
-      assert.equal(body('/metrics').metrics_path, JAIL.metrics);
       const jail = vm.jail!;
       assert.equal(jail.root, path.join(dir, 'srv', 'firecracker', 'jvm-1', 'root'));
       assert.equal((await fs.stat(jail.hostPath('/drives/root'))).ino, (await fs.stat(assets.rootImage)).ino, 'hard link, not a copy');
@@ -138,8 +136,10 @@ describe('the driver under the (stand-in) jailer', () => {
       assert.equal(argv.single['--id'], 'jvm-1');
       assert.equal(argv.single['--exec-file'], bins.firecracker);
       assert.equal(argv.single['--cgroup-version'], '2');
-      assert.deepEqual(argv.forwarded, ['--api-sock', '/firecracker.socket']);
-      assert.equal(vm.vsockPath, jail.hostPath(JAIL.vsock));
+      assert.deepEqual(argv.forwarded, ['--api-sock', '/firecracker.socket', '--log-path', JAIL.log, '--level', 'Warning', '--show-level', '--metrics-path', JAIL.metrics]);
+      // kilnd's side of the socket stays in the runtime dir: a link into the jail.
+      assert.equal(vm.vsockPath, path.join(spec.runtimeDir, 'vsock', 'vsock.sock'));
+      assert.equal(await fs.realpath(path.dirname(vm.vsockPath!)), jail.hostPath(JAIL.vsockDir));
       const { socket } = await vm.connectVsock(52);
       socket.destroy();
       assert.equal(await fs.readFile(path.join(spec.runtimeDir, 'vmm.pid'), 'utf8'), `${vm.pid}\n`);
@@ -171,20 +171,22 @@ describe('the driver under the (stand-in) jailer', () => {
   test('a snapshot taken in one jail restores in another at the same jail paths (no vsock_override on 1.13)', async () => {
     const a = driver();
     const vmA = await a.d.start(baseSpec(dir, assets, 'jvm-4', { vsock: { guestCid: 3 } }));
-    const state = vmA.jail!.hostPath('/snap.vmstate');
-    const mem = vmA.jail!.hostPath('/snap.mem');
+    const snapDir = path.join(dir, 'snap-jvm-4');
+    await fs.mkdir(snapDir, { recursive: true });
+    let snap;
     try {
-      await vmA.createSnapshot({ snapshotPath: state, memFilePath: mem });
+      snap = await vmA.snapshot(snapDir, { resume: false });
       const creates = (await readRecords(a.record)).filter((r) => r.path === '/snapshot/create');
-      assert.deepEqual(creates[0]!.body, { snapshot_type: 'Full', snapshot_path: '/snap.vmstate', mem_file_path: '/snap.mem' });
-      await assert.rejects(vmA.createSnapshot({ snapshotPath: path.join(dir, 'outside.vmstate'), memFilePath: mem }), /outside the jail/);
+      assert.deepEqual(creates[0]!.body, { snapshot_type: 'Full', snapshot_path: '/snapshot-out/vmstate', mem_file_path: '/snapshot-out/memory' });
+      assert.equal(snap.vsockPath, JAIL.vsock, 'the path the jailed VMM had');
+      await fs.access(snap.stateFile);
+      await fs.access(snap.memoryFile!);
+      await assert.rejects(vmA.createSnapshot({ snapshotPath: path.join(dir, 'outside.vmstate'), memFilePath: path.join(dir, 'outside.mem') }), /outside the jail/);
     } finally {
       await vmA.kill();
     }
     const b = driver();
-    const vmB = await b.d.start(
-      baseSpec(dir, assets, 'jvm-5', { vsock: { guestCid: 3 }, restore: { snapshotPath: state, memBackend: { type: 'File', path: mem } } }),
-    );
+    const vmB = await b.d.restore(baseSpec(dir, assets, 'jvm-5', { vsock: { guestCid: 3 } }), snap);
     try {
       const recs = await readRecords(b.record);
       assert.deepEqual(contractProblems(await loadSpec(specFile('1.13.1')), recs), []);
@@ -193,6 +195,7 @@ describe('the driver under the (stand-in) jailer', () => {
         mem_backend: { backend_type: 'File', backend_path: JAIL.snapshotMemory },
         resume_vm: false,
       });
+      await vmB.resume();
       const { socket } = await vmB.connectVsock(52);
       socket.destroy();
     } finally {

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { JAIL } from './jailer.ts';
 import { isKilnError } from '../../errors.ts';
 import { createSnapshot, loadSnapshotBody, type RestoreSpec } from './snapshot.ts';
 import { FirecrackerApiClient } from './api-client.ts';
@@ -33,7 +34,7 @@ test('network_overrides go to 1.13; vsock_override and clock_realtime only to â‰
 test('no vsock_override when the socket stays where the snapshot had it (jails: by construction)', () => {
   const same = loadSnapshotBody({ ...r, sourceVsockPath: '/v.sock' }, { caps: caps('1.13.1'), vmmPath: id, vsockPath: '/v.sock', jailed: false });
   assert.equal(same.vsock_override, undefined);
-  const jailed = loadSnapshotBody(r, { caps: caps('1.13.1'), vmmPath: () => '/vsock.sock', vsockPath: '/jail/root/vsock.sock', jailed: true });
+  const jailed = loadSnapshotBody(r, { caps: caps('1.13.1'), vmmPath: () => JAIL.vsock, vsockPath: '/state/vms/vm-1/vsock/vsock.sock', jailed: true });
   assert.equal(jailed.vsock_override, undefined);
 });
 

@@ -1,6 +1,6 @@
 // Snapshots (firecracker-docs/snapshot-support.md). Create: pause (PATCH /vm), PUT
-// /snapshot/create (Full, or Diff), optionally resume. Restore: a fresh Firecracker gets only
-// logger and metrics, then PUT /snapshot/load — so withSnapshotRestore() removes the boot
+// /snapshot/create (Full, or Diff), optionally resume. Restore: a fresh Firecracker (its
+// logger and metrics set on its command line) gets PUT /snapshot/load — so withSnapshotRestore() removes the boot
 // configuration steps from the list and puts fc.snapshotLoad, fc.mmdsData and fc.resume in
 // their place. Overrides are sent only when GET /version says the server knows them.
 import { KilnError } from '../../errors.ts';
@@ -101,6 +101,7 @@ export const resume: BootStep = {
 const CONFIG_STEPS = [
   'fc.kernel',
   'fc.machineConfig',
+  'fc.serial',
   'fc.bootSource',
   'fc.drives',
   'fc.networkInterfaces',
@@ -112,7 +113,7 @@ const CONFIG_STEPS = [
 ];
 
 export function withSnapshotRestore(list: StepList<BootContext>): StepList<BootContext> {
-  return list.remove(...CONFIG_STEPS).insertAfter('fc.metrics', snapshotLoad, mmdsData, resume);
+  return list.remove(...CONFIG_STEPS).insertAfter('fc.version', snapshotLoad, mmdsData, resume);
 }
 
 export interface CreateSnapshotOptions {

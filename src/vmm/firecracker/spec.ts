@@ -75,7 +75,8 @@ export function runtimePaths(runtimeDir: string): RuntimePaths {
     stderrLog: p('firecracker.stderr'),
     logFile: p('firecracker.log'),
     metricsFile: p('firecracker.metrics'),
-    vsock: p('vsock.sock'),
+    // In a directory of its own: under the jailer that directory is a link into the jail.
+    vsock: path.join(runtimeDir, 'vsock', 'vsock.sock'),
   };
 }
 

@@ -93,6 +93,23 @@ export async function tailFile(file: string, bytes = 4096): Promise<string> {
   }
 }
 
+/** Up to `max` bytes of a file from `offset` on (the last `max` when there is more), as text. */
+export async function readFrom(file: string, offset: number, max: number): Promise<string> {
+  let h: fs.FileHandle | undefined;
+  try {
+    h = await fs.open(file, 'r');
+    const { size } = await h.stat();
+    const start = Math.max(Math.min(offset, size), size - max);
+    const buf = Buffer.alloc(size - start);
+    await h.read(buf, 0, buf.length, start);
+    return buf.toString('utf8');
+  } catch {
+    return '';
+  } finally {
+    await h?.close();
+  }
+}
+
 export async function readCmdline(pid: number): Promise<string[] | null> {
   try {
     const raw = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8');

@@ -106,5 +106,8 @@ export async function listenVsock(udsPath: string, port: number, onConnection: (
       resolve();
     });
   });
+  // A jailed Firecracker (an unprivileged uid) dials it: connecting needs write permission.
+  // The socket's directory (the VM's, or its jail's vsock dir) is what keeps others out.
+  await fs.chmod(p, 0o666);
   return server;
 }

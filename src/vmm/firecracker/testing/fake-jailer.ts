@@ -1,8 +1,13 @@
 // A stand-in `jailer` for driver tests: checks its command line the way jailer.md describes
 // it, builds `<chroot_base>/<exec_file_name>/<id>/root`, copies the exec file there, writes
 // `<exec_file_name>.pid` and runs the exec file with `--id=<id>` plus whatever followed `--`,
-// with FAKE_FC_ROOT telling the fake Firecracker where its emulated `/` is.
-//   FAKE_JAILER_RECORD  write the parsed argv (JSON) to this file
+// with FAKE_FC_ROOT telling the fake Firecracker where its emulated `/` is. As the real one:
+// the exec file and the chroot base are canonicalized first (the jail is named after the
+// resolved file), the jail root is chowned to --uid/--gid, and Firecracker runs as that uid
+// (really: the kernel checks every file it opens). It cannot chroot (the fake is a Node
+// program that needs its modules), so the directories above the jail must be traversable.
+//   FAKE_JAILER_RECORD       write the parsed argv (JSON) to this file
+//   FAKE_JAILER_CGROUP_BASE  emulated cgroup hierarchy: `<base>/<parent_cgroup>/<id>` is made there
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -46,16 +51,27 @@ if (process.env.FAKE_JAILER_RECORD) {
   fs.writeFileSync(process.env.FAKE_JAILER_RECORD, JSON.stringify({ argv, single, multi, flags: [...flags], forwarded }));
 }
 
-const execName = path.basename(execFile);
-const root = path.join(single['--chroot-base-dir'] ?? '/srv/jailer', execName, id, 'root');
+const execName = path.basename(fs.realpathSync(execFile));
+if (!execName.includes('firecracker')) die(`Invalid filename. The filename of \`--exec-file\` option must contain "firecracker": ${execName}`);
+const base = single['--chroot-base-dir'] ?? '/srv/jailer';
+if (!fs.existsSync(base)) die(`chroot base ${base} does not exist`);
+const root = path.join(fs.realpathSync(base), execName, id, 'root');
 fs.mkdirSync(root, { recursive: true });
 fs.copyFileSync(execFile, path.join(root, execName));
 fs.chmodSync(path.join(root, execName), 0o755);
+const uid = Number(single['--uid']);
+const gid = Number(single['--gid']);
+fs.chownSync(root, uid, gid);
+if (process.env.FAKE_JAILER_CGROUP_BASE) {
+  fs.mkdirSync(path.join(process.env.FAKE_JAILER_CGROUP_BASE, single['--parent-cgroup'] ?? execName, id), { recursive: true });
+}
 
 const forks = flags.has('--new-pid-ns') || flags.has('--daemonize');
 const child = spawn(path.join(root, execName), [`--id=${id}`, '--start-time-us=0', '--start-time-cpu-us=0', ...forwarded], {
   cwd: root,
   env: { ...process.env, FAKE_FC_ROOT: root },
+  uid,
+  gid,
   stdio: flags.has('--daemonize') ? 'ignore' : 'inherit',
   detached: forks,
 });

@@ -17,6 +17,8 @@ export interface RecordedRequest {
   method: string;
   path: string;
   body?: unknown;
+  /** Files the request made the VMM open (drive id, or what): the real file each path led to. */
+  opened?: Record<string, string>;
   status: number;
   fault?: string;
   violations: string[];
@@ -30,6 +32,9 @@ export interface StandInOptions {
   instanceId?: string;
   /** Emulated jail: paths handed to the VMM resolve under this directory. */
   root?: string;
+  /** A logger set on the command line (--log-path, --level): PUT /logger is then refused, as in Firecracker. */
+  logger?: { log_path: string; level?: string };
+  metricsPath?: string;
   /** Firecracker exits after a failed snapshot load; called once the answer is sent. */
   onFatal?: (fault: string) => void;
   /** SendCtrlAltDel arrived (a guest would now shut down). */
@@ -80,6 +85,7 @@ export class StandInFirecracker {
   readonly #nets = new Map<string, Json>();
   #vsock: Json | undefined;
   #entropy: Json | undefined;
+  #serial: Json | undefined;
   #balloon: Json | undefined;
   #mmdsConfig: Json | undefined;
   #mmds: unknown;
@@ -87,8 +93,23 @@ export class StandInFirecracker {
   #metrics: Json | undefined;
   ctrlAltDelCount = 0;
 
+  #opened: Record<string, string> = {};
+  #metricsFd: number | undefined;
+
+  /** As Firecracker: the metrics file opened once, read-write and non-blocking; a full pipe drops the line. */
+  #writeMetrics(line: string): void {
+    this.#metricsFd ??= fs.openSync(this.#host(this.#metrics!.metrics_path), fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    try {
+      fs.writeSync(this.#metricsFd, line);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+    }
+  }
+
   constructor(opts: StandInOptions) {
     this.#o = opts;
+    if (opts.logger) this.#logger = opts.logger;
+    if (opts.metricsPath) this.#metrics = { metrics_path: opts.metricsPath };
     this.#server = http.createServer((req, res) => void this.#handle(req, res));
   }
 
@@ -134,10 +155,54 @@ export class StandInFirecracker {
     });
   }
 
-  /** Writes to the configured Firecracker log, as the real one would. */
-  log(line: string): void {
-    if (!this.#logger?.log_path) return;
-    fs.appendFileSync(this.#host(this.#logger.log_path), `${new Date().toISOString()} [${this.#o.instanceId ?? 'anonymous-instance'}:main:INFO] ${line}\n`);
+  /**
+   * Writes to the configured Firecracker log at `level`, as the real one would: dropped below
+   * the logger's level; on stdout (the guest's serial console) while no logger is configured.
+   */
+  log(line: string, level: 'Error' | 'Warning' | 'Info' = 'Info'): void {
+    const text = `${new Date().toISOString()} [${this.#o.instanceId ?? 'anonymous-instance'}:main:${level.toUpperCase()}] ${line}\n`;
+    if (!this.#logger?.log_path) {
+      process.stdout.write(text);
+      return;
+    }
+    const order = ['Off', 'Error', 'Warning', 'Info', 'Debug', 'Trace'];
+    const want = order.findIndex((l) => l.toLowerCase() === String(this.#logger!.level ?? 'Info').toLowerCase());
+    if (order.indexOf(level) > want) return;
+    fs.appendFileSync(this.#host(this.#logger.log_path), text);
+  }
+
+  /**
+   * Firecracker opens its tap (TUNSETIFF): unprivileged (jailed), only a tap owned by its uid
+   * or group. Checked through sysfs (the stand-in runs in the host's network namespace).
+   */
+  #openTap(tap: string): void {
+    const uid = process.getuid?.() ?? 0;
+    if (uid === 0) return;
+    const read = (f: string) => {
+      try {
+        return Number(fs.readFileSync(`/sys/class/net/${tap}/${f}`, 'utf8').trim());
+      } catch {
+        return undefined;
+      }
+    };
+    const owner = read('owner');
+    if (owner === undefined) throw new Fault(400, `Could not create the network device: Open tap device failed: Error while creating ifreq structure: No such device (os error 19). Invalid TUN/TAP Backend provided by ${tap}.`);
+    if (owner !== uid && read('group') !== process.getgid?.()) {
+      throw new Fault(400, `Could not create the network device: Open tap device failed: Error while creating ifreq structure: Operation not permitted (os error 1). Invalid TUN/TAP Backend provided by ${tap}.`);
+    }
+  }
+
+  /** Opens `p` as Firecracker would (read-only, or read-write), as the process's own uid. */
+  #open(p: string, what: string, writable: boolean, fatal = false, key?: string): void {
+    const host = this.#host(p);
+    try {
+      fs.closeSync(fs.openSync(host, writable ? 'r+' : 'r'));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      const os = err.code === 'EACCES' ? 'Permission denied (os error 13)' : err.code === 'ENOENT' ? 'No such file or directory (os error 2)' : err.message;
+      throw new Fault(400, `${what} ${p}: ${os}`, fatal);
+    }
+    if (key) this.#opened[key] = fs.realpathSync(host);
   }
 
   #host(p: string): string {
@@ -206,6 +271,8 @@ export class StandInFirecracker {
     for (const v of this.#o.spec?.validateResponse(method, url, status, out) ?? []) violations.push(`stand-in response: ${v}`);
     const rec: RecordedRequest = { method, path: url, status, violations };
     if (body !== undefined) rec.body = body;
+    if (Object.keys(this.#opened).length) rec.opened = this.#opened;
+    this.#opened = {};
     if (status >= 300) rec.fault = (out as Json).fault_message;
     this.requests.push(rec);
     this.#o.onRequest?.(rec);
@@ -260,14 +327,14 @@ export class StandInFirecracker {
       }
       case 'PUT /boot-source':
         this.#bootSpecific();
-        this.#mustExist(b.kernel_image_path, 'The kernel file cannot be opened:');
-        this.#mustExist(b.initrd_path, 'The initrd file cannot be opened:');
+        this.#open(b.kernel_image_path, 'The kernel file cannot be opened:', false);
+        if (b.initrd_path !== undefined) this.#open(b.initrd_path, 'The initrd file cannot be opened:', false);
         this.#bootSource = b;
         return;
       case 'PUT /drives/{id}': {
         const d = this.#checkedId(id, b.drive_id);
         this.#bootSpecific();
-        this.#mustExist(b.path_on_host, 'Unable to open the block device backing file');
+        this.#open(b.path_on_host, 'Unable to open the block device backing file', !b.is_read_only, false, `drive:${d}`);
         if (b.is_root_device && [...this.#drives.values()].some((o) => o.is_root_device && o.drive_id !== d)) {
           throw new Fault(400, 'A root block device already exists!');
         }
@@ -286,6 +353,7 @@ export class StandInFirecracker {
       case 'PUT /network-interfaces/{id}': {
         const i = this.#checkedId(id, b.iface_id);
         this.#bootSpecific();
+        this.#openTap(b.host_dev_name);
         this.#nets.set(i, b);
         return;
       }
@@ -300,6 +368,11 @@ export class StandInFirecracker {
       case 'PUT /vsock':
         this.#bootSpecific();
         this.#vsock = b;
+        return;
+      case 'PUT /serial':
+        this.#preBoot();
+        if (b.serial_out_path !== undefined) this.#open(b.serial_out_path, 'Failed to open serial output:', true);
+        this.#serial = b;
         return;
       case 'PUT /entropy':
         this.#bootSpecific();
@@ -333,13 +406,14 @@ export class StandInFirecracker {
         return;
       case 'PUT /logger':
         this.#preBoot();
-        this.#mustExist(b.log_path, 'Failed to open target file:');
+        if (this.#o.logger) throw new Fault(400, 'Reinitialization of logger not allowed.');
+        this.#open(b.log_path, 'Failed to open target file:', true);
         this.#logger = b;
         return;
       case 'PUT /metrics':
         this.#preBoot();
         if (this.#metrics) throw new Fault(400, 'Reinitialization of metrics not allowed.');
-        this.#mustExist(b.metrics_path, 'Failed to open target file:');
+        this.#open(b.metrics_path, 'Failed to open target file:', true);
         this.#metrics = b;
         return;
       case 'PUT /mmds/config': {
@@ -402,7 +476,7 @@ export class StandInFirecracker {
       this.#o.onCtrlAltDel?.();
     } else if (type === 'FlushMetrics') {
       this.#postBoot();
-      if (this.#metrics) fs.appendFileSync(this.#host(this.#metrics.metrics_path), `${JSON.stringify({ utc_timestamp_ms: Date.now() })}\n`);
+      if (this.#metrics) this.#writeMetrics(`${JSON.stringify({ utc_timestamp_ms: Date.now(), uart: { rate_limiter_dropped_bytes: 0 } })}\n`);
     }
     return undefined;
   }
@@ -417,6 +491,7 @@ export class StandInFirecracker {
       server.listen(uds, () => resolve());
     });
     this.#vsockServer = server;
+    this.#opened.vsock = path.join(fs.realpathSync(path.dirname(uds)), path.basename(uds));
   }
 
   #vsockConnection(s: net.Socket): void {
@@ -486,8 +561,13 @@ export class StandInFirecracker {
     } else {
       await this.#sendUffdHandshake(this.#host(backend.backend_path), snap).catch((e: Error) => fail(`UFFD handler: ${e.message}`));
     }
+    // Every drive is reopened where the snapshot recorded it: the API has no drive override.
     for (const d of snap.drives as Json[]) {
-      if (d.path_on_host && !fs.existsSync(this.#host(d.path_on_host))) fail(`Unable to open the block device backing file ${d.path_on_host}`);
+      try {
+        if (d.path_on_host) this.#open(d.path_on_host, 'Unable to open the block device backing file', !d.is_read_only, false, `drive:${d.drive_id}`);
+      } catch (e) {
+        fail((e as Error).message);
+      }
       this.#drives.set(d.drive_id, d);
     }
     for (const n of snap.nets as Json[]) this.#nets.set(n.iface_id, { ...n });
