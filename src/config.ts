@@ -40,6 +40,7 @@ export interface KilnConfig {
   /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
   debianMirror: string;
   functions: FunctionsConfig;
+  guestInput: GuestInputConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
   capacity: Omit<CapacityConfig, 'vmmOverheadMib'>;
   /** What a pulled or uploaded image may unpack to (decompression bombs). */
@@ -78,6 +79,20 @@ export const TCG_TB_CACHE_MIB = 256;
  */
 export function vmmMemoryOverheadMib(accelerator: 'kvm' | 'tcg', configured?: number): number {
   return configured ?? (accelerator === 'tcg' ? TCG_TB_CACHE_MIB + 128 : 128);
+}
+
+/** Bounds on what guests can make kilnd store (docs/security.md, "Bounded guest input"). */
+export interface GuestInputConfig {
+  /** Guest-originated events (console markers, agent hellos) per VM: sustained rate (KILN_GUEST_EVENTS_PER_S)… */
+  eventsPerSecond: number;
+  /** …and burst (KILN_GUEST_EVENTS_BURST). */
+  eventsBurst: number;
+  /** A VM's console log on disk: console.log + console.log.1 together stay under this (KILN_CONSOLE_LOG_MAX_BYTES). */
+  consoleLogMaxBytes: number;
+  /** Events kept per VM (KILN_EVENTS_KEEP_PER_VM), in total (KILN_EVENTS_KEEP_TOTAL), and for how long (KILN_EVENTS_MAX_AGE_DAYS). */
+  eventsKeepPerVm: number;
+  eventsKeepTotal: number;
+  eventsMaxAgeMs: number;
 }
 
 export interface FunctionsConfig {
@@ -126,6 +141,14 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
+    guestInput: {
+      eventsPerSecond: positive(env, 'KILN_GUEST_EVENTS_PER_S', 5),
+      eventsBurst: positive(env, 'KILN_GUEST_EVENTS_BURST', 50),
+      consoleLogMaxBytes: positive(env, 'KILN_CONSOLE_LOG_MAX_BYTES', 16 * 1024 * 1024),
+      eventsKeepPerVm: positive(env, 'KILN_EVENTS_KEEP_PER_VM', 10_000),
+      eventsKeepTotal: positive(env, 'KILN_EVENTS_KEEP_TOTAL', 500_000),
+      eventsMaxAgeMs: positive(env, 'KILN_EVENTS_MAX_AGE_DAYS', 30) * 86_400_000,
+    },
     capacity: {
       cpuOvercommit: positive(env, 'KILN_CPU_OVERCOMMIT', 16),
       memoryOvercommit: positive(env, 'KILN_MEMORY_OVERCOMMIT', 1),

@@ -100,11 +100,14 @@ export class Daemon {
       // Firecracker runs under its jailer whenever one is there (KILN_FIRECRACKER_JAILER=off: never).
       const jail = backend.backend === 'firecracker' ? await decideJailer(jailerSettingsFromEnv(process.env, config.stateDir), backend.firecrackerBinary!) : undefined;
       if (jail) log.info({ jailer: jail.jailer?.binary ?? null, reason: jail.reason }, 'Firecracker confinement');
-      
       // Confinement is decided once: every QEMU this kilnd starts gets the same (docs/security.md).
       const qemuConfinement = await resolveQemuConfinement(config.vmm, { stateDir: config.stateDir, warn: (msg) => log.warn(msg) });
       const driver = createDriver(backend.backend, { assetsDir: config.assetsDir, firecrackerBinary: backend.firecrackerBinary, qemuConfinement, jailer: jail?.jailer });
-      const bus = new EventBus(store, log);
+      const bus = new EventBus(store, log, {
+        keepPerVm: config.guestInput.eventsKeepPerVm,
+        keepTotal: config.guestInput.eventsKeepTotal,
+        maxAgeMs: config.guestInput.eventsMaxAgeMs,
+      });
       const metrics = new Metrics(async () => {
         const counts: Record<string, number> = {};
         for (const vm of await store.listVms()) counts[vm.state] = (counts[vm.state] ?? 0) + 1;

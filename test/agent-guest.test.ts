@@ -40,7 +40,7 @@ describe('guest agent in a real VM', { timeout: 600_000 }, () => {
       vm.exited.then((c) => Promise.reject(new Error(`VM exited (${c}) before hello; console:\n${vm.console()}`))),
       new Promise<never>((_, rej) => setTimeout(() => rej(new Error(`no hello; console:\n${vm.console()}`)), 120_000).unref()),
     ]);
-    assert.equal(hello.proto, 1);
+    assert.equal(hello.proto, 2);
   });
 
   after(async () => {

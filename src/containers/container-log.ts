@@ -34,6 +34,7 @@ const after = (a: { boot: number; seq: number }, b: { boot: number; seq: number 
 export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
   private last: { boot: number; seq: number } | null = null;
   private pending: string[] = [];
+  private pendingBytes = 0;
   private flushing: Promise<void> = Promise.resolve();
   private size = 0;
 
@@ -69,7 +70,11 @@ export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
     if (!after(piece, this.last)) return;
     this.last = { boot: piece.boot, seq: piece.seq };
     const rec: LogRecord = { ts: Date.now(), ...piece };
-    this.pending.push(JSON.stringify(rec) + '\n');
+    const line = JSON.stringify(rec) + '\n';
+    this.pending.push(line);
+    this.pendingBytes += line.length;
+    // A disk slower than the guest cannot make us queue more than the log would keep anyway.
+    while (this.pendingBytes > this.maxBytes && this.pending.length > 1) this.pendingBytes -= this.pending.shift()!.length;
     this.emit('record', rec);
     if (this.pending.length === 1) this.flushing = this.flushing.then(() => this.flush());
   }
@@ -84,6 +89,7 @@ export class ContainerLog extends EventEmitter<{ record: [LogRecord] }> {
     while (this.pending.length) {
       const lines = this.pending;
       this.pending = [];
+      this.pendingBytes = 0;
       // Half the budget per file: a rotation keeps the newest half to whole budget.
       let batch = '';
       let batchBytes = 0;

@@ -82,15 +82,24 @@ export function runtimeEnv(runtime: RuntimeName, shape: InstanceShape): Record<s
   return runtime === 'node' ? { NODE_OPTIONS: `--max-old-space-size=${nodeHeapMib(shape.memoryMib)}` } : {};
 }
 
+/** Where the shims read their per-instance key (src/functions/shims/*). */
+export const SHIM_KEY_PATH = '/run/kiln/shim.key';
+
 /**
- * Waits for a new instance's VM to be ready and its shim to answer (the VM going away ends
- * the wait), and returns the shim's client.
+ * Waits for a new instance's VM to be ready, gives its shim a fresh key through the guest
+ * agent (whose sessions only open to a guest that proved it holds the VM's token: a restored
+ * clone gets its own key, not its template's), waits for the shim to answer (the VM going
+ * away ends the wait), and returns the shim's client.
  */
 export async function connectShim(vms: VmManager, vmId: string, timeoutMs: number, connections: number): Promise<ShimClient> {
   const deadline = Date.now() + timeoutMs;
   const vm = await vms.waitFor(vmId, ['ready'], timeoutMs);
   if (!vm.ip) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `${vmId} has no address on kiln's network`);
-  const shim = new ShimClient(vm.ip, SHIM_PORT, connections);
+  const key = randomBytes(32).toString('hex');
+  // 0644: whatever user the runtime runs as must read it; inside the instance only the
+  // function's own code runs, and the key guards the shim's port against everyone outside.
+  await (await vms.agent(vmId)).put(SHIM_KEY_PATH, Buffer.from(key), { mode: 0o644, mkdirs: true, timeoutMs: Math.max(1000, deadline - Date.now()) });
+  const shim = new ShimClient(vm.ip, SHIM_PORT, connections, key);
   try {
     await shim.waitHealthy(deadline, async () => (await vms.get(vmId).catch(() => null))?.state === 'ready');
     return shim;

@@ -34,7 +34,8 @@ const MAX_ANSWER = 32 * 1024 * 1024;
 export class ShimClient {
   private readonly pool: Pool;
 
-  constructor(readonly ip: string, readonly port: number, connections: number) {
+  /** `key`: the instance's shim key (src/functions/instance-source.ts), sent with every request. */
+  constructor(readonly ip: string, readonly port: number, connections: number, private readonly key: string) {
     this.pool = new Pool(`http://${ip}:${port}`, {
       connections: Math.max(1, connections),
       pipelining: 1,
@@ -49,14 +50,17 @@ export class ShimClient {
   /** Waits for the shim to listen: a refused connection means "not yet", retried with backoff. */
   async waitHealthy(deadline: number, alive: () => Promise<boolean> = async () => true): Promise<{ pid: number }> {
     let delay = 10;
+    let last = 'no answer';
     for (;;) {
       if (!(await alive())) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `the VM at ${this.ip} went away before its runtime shim answered`);
       try {
-        const h = (await this.request('GET', '/health', undefined, AbortSignal.timeout(Math.max(100, deadline - Date.now())))) as { ok?: boolean; pid?: number };
+        const h = (await this.request('GET', '/health', undefined, AbortSignal.timeout(Math.max(100, deadline - Date.now())))) as { ok?: boolean; pid?: number; error?: { type?: unknown } };
         if (h.ok) return { pid: Number(h.pid) };
+        last = `answered ${JSON.stringify(h.error?.type ?? 'not ok')}`;
       } catch (e) {
-        if (Date.now() + delay > deadline) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `the runtime shim at ${this.ip}:${this.port} did not answer: ${(e as Error).message}`);
+        last = (e as Error).message;
       }
+      if (Date.now() + delay > deadline) throw new KilnError('KILN_ERR_RUNTIME_UNAVAILABLE', `the runtime shim at ${this.ip}:${this.port} did not answer: ${last}`);
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 200);
     }
@@ -82,7 +86,9 @@ export class ShimClient {
   }
 
   private async request(method: 'GET' | 'POST', path: string, body: string | undefined, signal: AbortSignal): Promise<unknown> {
-    const res = await this.pool.request({ method, path, body, signal, headers: body ? { 'content-type': 'application/json' } : {} });
+    const headers: Record<string, string> = { 'x-kiln-shim-key': this.key };
+    if (body) headers['content-type'] = 'application/json';
+    const res = await this.pool.request({ method, path, body, signal, headers });
     const chunks: Buffer[] = [];
     let n = 0;
     for await (const c of res.body) {

@@ -1,5 +1,9 @@
 // Follows a VM's serial console log as it grows. Readiness is pushed: QEMU appends the
 // guest's bytes to the file and inotify (fs.watch) wakes us; there is no polling interval.
+// With `rotateAtBytes` it also caps the file (docs/security.md, "Bounded guest input"): the
+// VMM holds it open with O_APPEND, so it is rotated by copy-and-truncate (console.log →
+// console.log.1, then console.log cut to zero; the VMM's next write lands at the new end).
+// Together the two files stay under 2 × rotateAtBytes plus what arrives during one rotation.
 import fs from 'node:fs';
 import { EventEmitter } from 'node:events';
 
@@ -7,7 +11,12 @@ const READ_CHUNK = 64 * 1024;
 /** A guest that never prints a newline cannot make kilnd buffer without bound. */
 const MAX_LINE = 16 * 1024;
 
-export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffer]; error: [Error] }> {
+export interface ConsoleFollowerOptions {
+  /** Rotate once the file holds this much (the follower of the VM's lifecycle only). */
+  rotateAtBytes?: number;
+}
+
+export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffer]; error: [Error]; rotated: [] }> {
   private fd: number | null = null;
   private watcher: fs.FSWatcher | null = null;
   private reading = false;
@@ -19,6 +28,7 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
   constructor(
     private readonly file: string,
     private offset: number,
+    private readonly opts: ConsoleFollowerOptions = {},
   ) {
     super();
   }
@@ -55,6 +65,19 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
         if (n > 0) {
           this.offset += n;
           this.consume(Buffer.from(buf.subarray(0, n)));
+          if (this.opts.rotateAtBytes && this.offset >= this.opts.rotateAtBytes) {
+            this.rotate().then(step, (e: Error) => {
+              this.reading = false;
+              this.emit('error', e);
+            });
+            return;
+          }
+          step();
+          return;
+        }
+        // Someone else rotated the file (another follower of the same VM): start over at 0.
+        if (this.fd !== null && fs.fstatSync(this.fd).size < this.offset) {
+          this.offset = 0;
           step();
           return;
         }
@@ -68,6 +91,21 @@ export class ConsoleFollower extends EventEmitter<{ line: [string]; data: [Buffe
       });
     };
     step();
+  }
+
+  /** Copy, catch up with what arrived meanwhile, truncate: only that last instant can lose bytes. */
+  private async rotate(): Promise<void> {
+    await fs.promises.copyFile(this.file, `${this.file}.1`);
+    if (this.closed || this.fd === null) return;
+    const buf = Buffer.allocUnsafe(READ_CHUNK);
+    // Bounded: a writer faster than local reads must not keep us here.
+    for (let n, i = 0; i < 16 && (n = fs.readSync(this.fd, buf, 0, READ_CHUNK, this.offset)) > 0; i++) {
+      this.offset += n;
+      this.consume(Buffer.from(buf.subarray(0, n)));
+    }
+    fs.truncateSync(this.file, 0);
+    this.offset = 0;
+    this.emit('rotated');
   }
 
   private consume(chunk: Buffer): void {

@@ -10,6 +10,14 @@ test('parses kiln-init markers with fields, tolerating CR', () => {
   assert.deepEqual(parseMarker('@kiln:poweroff'), { event: 'poweroff', fields: {} });
 });
 
+test('a forged marker carries at most 16 short fields with plain keys', () => {
+  const m = parseMarker(`@kiln:warn ${[...Array(100).keys()].map((i) => `k${'x'.repeat(i % 5)}_${String.fromCharCode(97 + (i % 26))}=${'v'.repeat(1000)}`).join(' ')} __proto__=x Bad=1`)!;
+  assert.equal(Object.keys(m.fields).length, 16);
+  assert.ok(Object.values(m.fields).every((v) => v.length === 256));
+  assert.ok(Object.keys(m.fields).every((k) => /^[a-z_]+$/.test(k)));
+  assert.equal(JSON.stringify(m).length < 16 * 300, true);
+});
+
 test('an escaped workload line (leading space) or junk is not a marker', () => {
   assert.equal(parseMarker(' @kiln:ready uptime_ms=1'), null);
   assert.equal(parseMarker('hello @kiln:ready'), null);

@@ -7,15 +7,26 @@ export interface GuestMarker {
   fields: Record<string, string>;
 }
 
+/**
+ * Markers become events, and root in the guest can forge them: what one may carry is capped
+ * (kiln-init's own have a handful of short fields) so an event stays small.
+ */
+export const MARKER_MAX_FIELDS = 16;
+export const MARKER_MAX_VALUE = 256;
+
 export function parseMarker(line: string): GuestMarker | null {
   const clean = line.replace(/\r$/, '');
   if (!clean.startsWith(MARKER_PREFIX)) return null;
   const [event, ...pairs] = clean.slice(MARKER_PREFIX.length).split(' ');
   if (!event || !/^[a-z_]{1,32}$/.test(event)) return null;
   const fields: Record<string, string> = {};
+  let n = 0;
   for (const p of pairs) {
     const eq = p.indexOf('=');
-    if (eq > 0) fields[p.slice(0, eq)] = p.slice(eq + 1);
+    const key = p.slice(0, eq);
+    if (eq <= 0 || !/^[a-z0-9_]{1,32}$/.test(key)) continue;
+    if (!(key in fields) && ++n > MARKER_MAX_FIELDS) break;
+    fields[key] = p.slice(eq + 1, eq + 1 + MARKER_MAX_VALUE);
   }
   return { event, fields };
 }

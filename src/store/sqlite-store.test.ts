@@ -108,6 +108,22 @@ test('events get increasing sequence numbers and filter by VM and cursor', async
   await fs.rm(dir, { recursive: true });
 });
 
+test('event retention: by age, newest N of one VM, newest N overall', async () => {
+  const { dir, file } = await tmpStore();
+  const s = new SqliteStore(file);
+  for (let i = 0; i < 30; i++) await s.appendEvent({ ts: i, type: 't', vmId: i % 3 === 0 ? null : `vm-${i % 3}`, data: { i } });
+  assert.equal(await s.pruneEvents({ beforeTs: 3 }), 3);
+  assert.equal(await s.pruneEvents({ vmId: 'vm-1', keepPerVm: 4 }), 9 - 4);
+  const vm1 = await s.listEvents({ vmId: 'vm-1' });
+  assert.deepEqual(vm1.map((e) => e.data.i), [16, 19, 22, 25].map((x) => x + 3), 'the newest four of vm-1');
+  assert.equal((await s.listEvents({ vmId: 'vm-2' })).length, 9, 'other VMs untouched');
+  await s.pruneEvents({ keepTotal: 5 });
+  assert.deepEqual((await s.listEvents({})).map((e) => e.data.i), [25, 26, 27, 28, 29]);
+  assert.equal(await s.pruneEvents({ vmId: 'vm-9', keepPerVm: 1 }), 0);
+  await s.close();
+  await fs.rm(dir, { recursive: true });
+});
+
 test('schema is versioned; a database from a newer kiln is refused', async () => {
   const { dir, file } = await tmpStore();
   new SqliteStore(file).close();

@@ -244,6 +244,10 @@ export class SqliteStore implements Store {
         ON CONFLICT (vm_id, boot, name) DO UPDATE SET started_at = excluded.started_at, ended_at = excluded.ended_at`),
       listPhases: p('SELECT * FROM phases WHERE vm_id = ? AND boot = ? ORDER BY started_at, rowid'),
       insertEvent: p('INSERT INTO events (ts, type, vm_id, data) VALUES (?, ?, ?, ?)'),
+      pruneEventsByAge: p('DELETE FROM events WHERE ts < ?'),
+      pruneEventsOfVm: p(`DELETE FROM events WHERE vm_id = @vm AND seq <= (
+        SELECT seq FROM events WHERE vm_id = @vm ORDER BY seq DESC LIMIT 1 OFFSET @keep)`),
+      pruneEventsTotal: p('DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)'),
       listEvents: p(`SELECT * FROM events WHERE seq > @after AND (@vm IS NULL OR vm_id = @vm)
         ORDER BY seq ASC LIMIT @limit`),
       firstEventSeq: p('SELECT MIN(seq) AS seq FROM events'),
@@ -406,6 +410,14 @@ export class SqliteStore implements Store {
 
   async firstEventSeq(): Promise<number | null> {
     return ((this.stmt.firstEventSeq.get() as { seq: number | null }).seq) ?? null;
+  }
+
+  async pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number> {
+    let n = 0;
+    if (opts.beforeTs !== undefined) n += this.stmt.pruneEventsByAge.run(opts.beforeTs).changes;
+    if (opts.vmId !== undefined && opts.keepPerVm !== undefined) n += this.stmt.pruneEventsOfVm.run({ vm: opts.vmId, keep: opts.keepPerVm }).changes;
+    if (opts.keepTotal !== undefined) n += this.stmt.pruneEventsTotal.run(opts.keepTotal).changes;
+    return n;
   }
 
   async listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]> {

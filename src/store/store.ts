@@ -284,6 +284,11 @@ export interface Store extends SnapshotStore {
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]>;
   /** The oldest event still stored (retention removes older ones); null when there is none. */
   firstEventSeq(): Promise<number | null>;
+  /**
+   * Retention: drops events older than `beforeTs`, all but the newest `keepPerVm` of `vmId`'s
+   * (when given), and all but the newest `keepTotal` overall. Returns how many went.
+   */
+  pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number>;
 
   /** Functions, their versions and invocations (function-store.ts). */
   readonly functions: FunctionStore;

@@ -13,6 +13,7 @@ import { killAndWait, processesUnder } from './vmm-sweep.ts';
 import { KilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import { ConsoleFollower } from '../guest/console-follower.ts';
+import { GuestInputGate } from '../events/guest-input-gate.ts';
 import { parseMarker, parseOutputLine, stopCommand, stripMarkers } from '../guest/console-protocol.ts';
 import type { ImageService } from '../image/image-service.ts';
 import { prepareVmRoot } from '../image/rootfs-prepare.ts';
@@ -117,6 +118,12 @@ interface LiveVm {
   outputSeq: number;
   /** The interactive console connection, shared by attached clients; null where the VMM has none. */
   console: ConsoleMux | null;
+  /** Rate limit on what this guest can make kilnd record (markers, hellos, agent problems). */
+  gate: GuestInputGate;
+  /** Markers that mean something once per boot; a guest repeating them (forged) is ignored. */
+  seen: Set<string>;
+  /** The agent channel reported a problem this boot: its later hello does not make it healthy. */
+  misbehaved: boolean;
 }
 
 const ACTIVE: readonly VmState[] = ['booting', 'ready', 'paused', 'stopping'];
@@ -427,7 +434,10 @@ export class VmManager {
         await live.timeline?.settle(['guest.kernel', 'guest.init']);
         await restored?.end('agent.hello', fromMonotonic(agentReady.knownAt));
         const { info } = agentReady;
-        await this.deps.store.updateVm(vm.id, { agent: info, ...(info.readiness === 'push' ? { health: 'healthy' as const, healthReason: null } : {}) });
+        // A problem reported while the hello was on its way (the agent is slower than a hostile
+        // workload started at the same instant) is not erased by it.
+        const healthy = info.readiness === 'push' && !live.misbehaved;
+        await this.deps.store.updateVm(vm.id, { agent: info, ...(healthy ? { health: 'healthy' as const, healthReason: null } : {}) });
         this.deps.bus.publish('vm.agent', vm.id, { event: 'ready', readiness: info.readiness, channel: info.channel });
       } else {
         await live.ready;
@@ -460,20 +470,26 @@ export class VmManager {
       failBoot = rej;
     });
     ready.catch(() => {});
-    const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset);
+    const gi = this.deps.config.guestInput;
+    const follower = new ConsoleFollower(instance.consoleLogPath, consoleOffset, { rotateAtBytes: Math.floor(gi.consoleLogMaxBytes / 2) });
     const live: LiveVm = { instance, follower, timeline, ready, markReady, failBoot, failReason: null, guestError: null, exitCode: null, deleting: false, agent: null, boot: vm.bootCount, outputSeq: 0,
-      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null };
+      console: instance.openConsole ? new ConsoleMux(() => instance.openConsole!()) : null, gate: new GuestInputGate(gi.eventsPerSecond, gi.eventsBurst), seen: new Set(), misbehaved: false };
     const channel = agentChannel(vm, this.runtimeDir(id));
     if (vm.agentToken && channel) {
       live.agent = new AgentLink(vm, channel, this.deps.agents, this.deps.log, {
-        onHello: (hello) => this.deps.bus.publish('vm.agent', id, { event: 'hello', agent: hello.agent, connects: hello.connects, boot: hello.boot }),
+        onHello: (hello) => this.guestEvent(id, live, 'vm.agent', { event: 'hello', agent: hello.agent, connects: hello.connects, boot: hello.boot }),
         onExit: (exit) => {
           live.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
         },
-        onProblem: (p) => void this.markUnhealthy(id, `guest agent ${p.reason}: ${p.message}`),
+        onProblem: (p) => {
+          live.misbehaved = true;
+          if (this.admitGuestEvent(id, live)) void this.markUnhealthy(id, `guest agent ${p.reason}: ${p.message}`);
+        },
       });
     }
     follower.on('line', (line) => this.onConsoleLine(id, live, line));
+    // This boot's output now starts at the beginning of the (truncated) file.
+    follower.on('rotated', () => void this.deps.store.updateVm(id, { consoleOffset: 0 }).catch(() => {}));
     follower.on('error', (e) => this.deps.log.warn({ vm: id, err: e }, 'console follower error'));
     follower.start();
     this.live.set(id, live);
@@ -489,6 +505,10 @@ export class VmManager {
     }
     const m = parseMarker(line);
     if (!m) return;
+    if (m.event === 'boot' || m.event === 'ready') {
+      if (live.seen.has(m.event)) return;
+      live.seen.add(m.event);
+    }
     switch (m.event) {
       case 'boot':
         void live.timeline?.end('guest.kernel');
@@ -498,22 +518,42 @@ export class VmManager {
         live.agent?.markConsoleReady();
         void live.timeline?.end('guest.init').then(() => live.markReady());
         if (!live.timeline) live.markReady();
-        this.deps.bus.publish('vm.guest', id, { event: 'ready', ...m.fields });
+        this.guestEvent(id, live, 'vm.guest', { event: 'ready', ...m.fields });
         break;
       case 'exit':
         live.exitCode = m.fields.code !== undefined ? Number(m.fields.code) : 128 + Number(m.fields.signal ?? 0);
-        this.deps.bus.publish('vm.guest', id, { event: 'exit', ...m.fields });
+        this.guestEvent(id, live, 'vm.guest', { event: 'exit', ...m.fields });
         break;
       case 'warn':
-        this.deps.log.warn({ vm: id, ...m.fields }, 'guest warning');
-        this.deps.bus.publish('vm.guest', id, { event: 'warn', ...m.fields });
+        if (this.guestEvent(id, live, 'vm.guest', { event: 'warn', ...m.fields })) this.deps.log.warn({ vm: id, ...m.fields }, 'guest warning');
         break;
       case 'error':
         live.guestError = `kiln-init failed at ${m.fields.stage ?? '?'}: ${(m.fields.msg ?? '').replaceAll('_', ' ')} (errno ${m.fields.errno ?? '?'})`;
         live.failBoot(new KilnError('KILN_ERR_GUEST_FAILED', live.guestError));
-        this.deps.bus.publish('vm.guest', id, { event: 'error', ...m.fields });
+        this.guestEvent(id, live, 'vm.guest', { event: 'error', ...m.fields });
         break;
     }
+  }
+
+  /**
+   * Whether the guest may make kilnd record one more thing now (docs/security.md, "Bounded
+   * guest input"). When not, the VM gets at most one `rate_limited` event per interval.
+   */
+  private admitGuestEvent(id: string, live: LiveVm): boolean {
+    const v = live.gate.admit();
+    if (v.pass) return true;
+    if (v.notice) {
+      this.deps.log.warn({ vm: id, dropped: v.notice.dropped }, 'guest input rate-limited');
+      this.deps.bus.publish('vm.guest', id, { event: 'rate_limited', dropped: v.notice.dropped });
+    }
+    return false;
+  }
+
+  /** Records an event a guest caused, subject to its rate limit; true if it was recorded. */
+  private guestEvent(id: string, live: LiveVm, type: string, data: Record<string, unknown>): boolean {
+    if (!this.admitGuestEvent(id, live)) return false;
+    this.deps.bus.publish(type, id, data);
+    return true;
   }
 
   private async onVmmExit(id: string, live: LiveVm, exit: VmmExit): Promise<void> {

@@ -13,6 +13,22 @@ const { AsyncLocalStorage } = require('node:async_hooks');
 const { pathToFileURL } = require('node:url');
 
 const PORT = Number(process.env.KILN_SHIM_PORT || 7070);
+// Written by kilnd through the (authenticated) guest agent, new for every instance including
+// restored clones; every request must carry it, so no other VM or host user can load code or
+// read events here. Read per request: a clone gets its key after it resumed.
+const KEY_FILE = process.env.KILN_SHIM_KEY_FILE || '/run/kiln/shim.key';
+const crypto = require('node:crypto');
+
+function authorized(req) {
+  let want;
+  try {
+    want = Buffer.from(fs.readFileSync(KEY_FILE, 'utf8').trim());
+  } catch {
+    return false;
+  }
+  const given = Buffer.from(String(req.headers['x-kiln-shim-key'] || ''));
+  return want.length > 0 && given.length === want.length && crypto.timingSafeEqual(given, want);
+}
 const CODE_ROOT = process.env.KILN_CODE_ROOT || '/tmp/kiln-fn';
 const MAX_BODY = 96 * 1024 * 1024;
 const MAX_LOG = 256 * 1024;
@@ -253,6 +269,10 @@ function send(res, status, body) {
 
 const server = http.createServer({ noDelay: true, keepAliveTimeout: 600_000, requestTimeout: 0 }, async (req, res) => {
   try {
+    if (!authorized(req)) {
+      req.resume();
+      return send(res, 401, { ok: false, error: { type: 'Unauthorized', message: 'missing or wrong shim key' } });
+    }
     if (req.method === 'GET' && req.url === '/health') {
       return send(res, 200, { ok: true, runtime: 'node', node: process.version, loaded: loaded ? loaded.version : null, pid: process.pid });
     }

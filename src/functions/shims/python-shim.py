@@ -15,6 +15,21 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(os.environ.get("KILN_SHIM_PORT", "7070"))
+# Written by kilnd through the (authenticated) guest agent, new for every instance including
+# restored clones; every request must carry it, so no other VM or host user can load code or
+# read events here. Read per request: a clone gets its key after it resumed.
+KEY_FILE = os.environ.get("KILN_SHIM_KEY_FILE", "/run/kiln/shim.key")
+
+
+def _authorized(headers):
+    import hmac
+    try:
+        with open(KEY_FILE, "rb") as f:
+            want = f.read().strip()
+    except OSError:
+        return False
+    given = (headers.get("x-kiln-shim-key") or "").encode()
+    return len(want) > 0 and hmac.compare_digest(given, want)
 CODE_ROOT = os.environ.get("KILN_CODE_ROOT", "/tmp/kiln-fn")
 MAX_BODY = 96 * 1024 * 1024
 MAX_LOG = 256 * 1024
@@ -197,12 +212,24 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _refuse(self):
+        n = int(self.headers.get("content-length") or 0)
+        if 0 < n <= MAX_BODY:
+            self.rfile.read(n)
+        else:
+            self.close_connection = True
+        return self._send(401, {"ok": False, "error": {"type": "Unauthorized", "message": "missing or wrong shim key"}})
+
     def do_GET(self):
+        if not _authorized(self.headers):
+            return self._refuse()
         if self.path == "/health":
             return self._send(200, {"ok": True, "runtime": "python", "python": sys.version.split()[0], "loaded": _loaded and _loaded["version"], "pid": os.getpid()})
         self._send(404, {"ok": False, "error": {"type": "NotFound", "message": self.path}})
 
     def do_POST(self):
+        if not _authorized(self.headers):
+            return self._refuse()
         try:
             n = int(self.headers.get("content-length") or 0)
             if n > MAX_BODY:

@@ -1,16 +1,22 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { after, test } from 'node:test';
 import { KilnError } from '../../errors.ts';
 import { AgentClient } from './client.ts';
+import { guestSessionProof, hostSessionProof } from './auth.ts';
 import { encodeFrame, FrameDecoder, FrameType, type Frame } from './frame.ts';
 
-// A scripted guest: `script` sees the OPEN request and every later frame and writes raw bytes.
+// A scripted guest holding `key` (the VM's token unless told otherwise): it answers the
+// session challenge as kiln-init does, checks kilnd's proof on the OPEN frame, then `script`
+// sees the request and every later frame. `log` records every frame kilnd sent it.
 type Script = (sock: net.Socket, open: Record<string, string[]>, frames: AsyncIterable<Frame>) => unknown;
 const servers: net.Server[] = [];
 after(() => servers.forEach((s) => s.close()));
+const TOKEN = 'cd'.repeat(32);
 
-async function fakeGuest(script: Script): Promise<AgentClient> {
+async function fakeGuest(script: Script, opts: { key?: string; log?: Frame[] } = {}): Promise<AgentClient> {
+  const key = opts.key ?? TOKEN;
   const server = net.createServer((sock) => {
     sock.on('error', () => {});
     const d = new FrameDecoder();
@@ -18,7 +24,9 @@ async function fakeGuest(script: Script): Promise<AgentClient> {
     let wake: (() => void) | undefined;
     let ended = false;
     sock.on('data', (c) => {
-      queue.push(...d.push(c).frames);
+      const got = d.push(c).frames;
+      opts.log?.push(...got);
+      queue.push(...got);
       wake?.();
     });
     sock.on('close', () => {
@@ -33,33 +41,62 @@ async function fakeGuest(script: Script): Promise<AgentClient> {
       }
     })();
     void (async () => {
+      const challenge = await frames.next();
+      if (challenge.done || challenge.value.type !== FrameType.CHALLENGE) return sock.destroy();
+      const hostNonce = Buffer.from(kvOf(challenge.value.payload).nonce?.[0] ?? '', 'hex');
+      const guestNonce = randomBytes(32);
+      sock.write(json({ type: 'challenge', proto: 2, nonce: guestNonce.toString('hex'), proof: guestSessionProof(key, hostNonce, guestNonce).toString('hex') }));
       const first = await frames.next();
       if (first.done) return;
-      const kv: Record<string, string[]> = {};
-      for (const e of first.value.payload.toString().split('\0').filter(Boolean)) {
-        const i = e.indexOf('=');
-        (kv[e.slice(0, i)] ??= []).push(e.slice(i + 1));
+      const p = first.value.payload;
+      const request = p.subarray(69);
+      if (first.value.type !== FrameType.OPEN || p.subarray(0, 4).toString() !== 'mac=' || p.subarray(4, 68).toString() !== hostSessionProof(key, hostNonce, guestNonce, request).toString('hex')) {
+        return sock.end(json({ type: 'error', code: 'bad_token', errno: 13, message: 'authentication failed' }));
       }
-      await script(sock, kv, frames);
+      await script(sock, kvOf(request), frames);
     })();
   });
   servers.push(server);
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const { port } = server.address() as net.AddressInfo;
-  return new AgentClient({ kind: 'tcp', host: '127.0.0.1', port }, 'cd'.repeat(32), { connectTimeoutMs: 1000, opTimeoutMs: 300 });
+  return new AgentClient({ kind: 'tcp', host: '127.0.0.1', port }, TOKEN, { connectTimeoutMs: 1000, opTimeoutMs: 300 });
+}
+
+function kvOf(payload: Buffer): Record<string, string[]> {
+  const kv: Record<string, string[]> = {};
+  for (const e of payload.toString().split('\0').filter(Boolean)) {
+    const i = e.indexOf('=');
+    (kv[e.slice(0, i)] ??= []).push(e.slice(i + 1));
+  }
+  return kv;
 }
 
 const json = (v: unknown) => encodeFrame(FrameType.JSON, JSON.stringify(v));
 const code = (c: string) => (e: unknown) => e instanceof KilnError && e.code === c;
 
-test('the open frame carries protocol version, token, op and arguments', async () => {
+test('the open frame carries protocol version, op and arguments, never the token', async () => {
   let seen: Record<string, string[]> = {};
   const c = await fakeGuest((s, kv) => {
     seen = kv;
     s.end(json({ type: 'time', realtime_us: 5, boottime_us: 6, ready_boottime_us: 4 }));
   });
   assert.deepEqual(await c.time(), { type: 'time', realtime_us: 5, boottime_us: 6, ready_boottime_us: 4 });
-  assert.deepEqual(seen, { proto: ['1'], token: ['cd'.repeat(32)], op: ['time'] });
+  assert.deepEqual(seen, { proto: ['2'], op: ['time'] });
+});
+
+test('a peer without the VM key gets only the challenge: no token, argv, env or stdin', async () => {
+  const log: Frame[] = [];
+  const impostor = await fakeGuest(() => assert.fail('the impostor must never see a request'), { key: 'ef'.repeat(32), log });
+  const secret = 'SECRET-' + randomBytes(8).toString('hex');
+  await assert.rejects(
+    impostor.execCollect({ argv: ['echo', secret], env: { K: secret }, stdin: secret }),
+    (e: unknown) => e instanceof KilnError && e.code === 'KILN_ERR_AGENT_PROTOCOL' && (e.details as { reason?: string }).reason === 'bad_proof',
+  );
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(log.map((f) => f.type), [FrameType.CHALLENGE], 'only the challenge was sent');
+  const all = Buffer.concat(log.map((f) => f.payload)).toString('latin1');
+  assert.ok(!all.includes(secret) && !all.includes(TOKEN), `the impostor received ${JSON.stringify(all)}`);
+  assert.match(all, /^proto=2\0nonce=[0-9a-f]{64}\0$/);
 });
 
 test('a guest that never answers hits the deadline', async () => {

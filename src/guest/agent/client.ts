@@ -7,7 +7,9 @@ import { Readable, Writable } from 'node:stream';
 import { KilnError } from '../../errors.ts';
 import { connectVsock } from '../../vmm/firecracker/vsock.ts';
 import { AgentProtocolError, encodeFrame, encodeKv, FRAME_MAX, FrameDecoder, FrameType, PROTOCOL_VERSION, type Frame } from './frame.ts';
+import { guestSessionProof, hostSessionProof, newNonce, proofMatches } from './auth.ts';
 import {
+  ChallengeMessage,
   DoneMessage,
   ErrorMessage,
   ExecExitMessage,
@@ -313,10 +315,37 @@ export class AgentClient {
     });
   }
 
+  /**
+   * Opens a session: challenge first (nothing secret), the guest's proof of this VM's key
+   * checked in constant time, and only then the request (argv, env, file names, a clone's new
+   * token), bound to both nonces by kilnd's own proof. A peer that is not this VM's agent
+   * (another VM claiming its address, a host process on its port) learns a random nonce.
+   */
   private async open(op: string, extra: [string, string | number][], what: string, signal?: AbortSignal): Promise<FrameReader> {
     const socket = await this.connect(signal);
     const reader = new FrameReader(socket, what);
-    socket.write(encodeFrame(FrameType.OPEN, encodeKv([['proto', PROTOCOL_VERSION], ['token', this.token], ['op', op], ...extra])));
+    const hostNonce = newNonce();
+    socket.write(encodeFrame(FrameType.CHALLENGE, encodeKv([['proto', PROTOCOL_VERSION], ['nonce', hostNonce.toString('hex')]])));
+    let answer: ChallengeMessage;
+    try {
+      answer = await reader.json(this.connectTimeoutMs, signal, ChallengeMessage);
+    } catch (e) {
+      reader.socket.destroy();
+      throw e;
+    }
+    const guestNonce = Buffer.from(answer.nonce, 'hex');
+    if (answer.proto !== PROTOCOL_VERSION || !proofMatches(guestSessionProof(this.token, hostNonce, guestNonce), answer.proof)) {
+      const err = new KilnError(
+        'KILN_ERR_AGENT_PROTOCOL',
+        `the peer at the agent address did not prove it holds this VM's key; nothing was sent (${what})`,
+        { reason: 'bad_proof' },
+      );
+      reader.fail(err);
+      throw err;
+    }
+    const request = encodeKv([['proto', PROTOCOL_VERSION], ['op', op], ...extra]);
+    const proof = hostSessionProof(this.token, hostNonce, guestNonce, request);
+    socket.write(encodeFrame(FrameType.OPEN, Buffer.concat([Buffer.from(`mac=${proof.toString('hex')}\0`), request])));
     return reader;
   }
 

@@ -58,7 +58,7 @@ test('key=value encoding refuses what kiln-init could misparse', () => {
 
 test('guest messages are schema-checked: hostile JSON becomes a typed error', () => {
   const hello = {
-    type: 'hello', proto: 1, agent: '0.2.0', token: 'ab', ip: '10.0.0.2', session_port: 10240, vsock_port: 0, pid: 40, connects: 1,
+    type: 'hello', proto: 2, agent: '0.2.0', key_id: 'ab'.repeat(32), nonce: 'cd'.repeat(32), proof: 'ef'.repeat(32), ip: '10.0.0.2', session_port: 10240, vsock_port: 0, pid: 40, connects: 1,
     boot: { init_ms: 1, net_ms: 2, root_ms: 3, listener_ms: 4, workload_ms: 5 }, uptime_ms: 6, realtime_us: 7,
   };
   const ok = parseMessage(Buffer.from(JSON.stringify(hello)), HelloMessage);

@@ -5,10 +5,12 @@
 /** Hard cap on one frame's payload, enforced on both sides (kiln-init's FRAME_MAX). */
 export const FRAME_MAX = 1 << 20;
 export const HEADER_BYTES = 5;
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 export const FrameType = {
-  /** host→guest: first frame of a session, NUL-separated key=value (auth + operation). */
+  /** host→guest: first frame of a session or control connection: `proto=`, `nonce=` (nothing secret). */
+  CHALLENGE: 0x63, // 'c'
+  /** host→guest: second frame of a session: `mac=<host proof>` then NUL-separated key=value (the operation). */
   OPEN: 0x6f, // 'o'
   /** host→guest: stdin bytes for exec. */
   STDIN: 0x69, // 'i'
@@ -42,6 +44,7 @@ export type ProtocolErrorReason =
   | 'schema'
   | 'unexpected'
   | 'bad_token'
+  | 'bad_proof'
   | 'deadline'
   | 'excess';
 

@@ -1,19 +1,27 @@
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { helloProof } from './auth.ts';
 import { until as untilWithin } from '../../../test/helpers/until.ts';
 import { encodeFrame, FrameType } from './frame.ts';
 import { AgentListener, type AgentProblem } from './listener.ts';
 import type { HelloMessage, WorkloadExitMessage } from './messages.ts';
 
 const TOKEN = 'a1'.repeat(32);
-const hello = (token = TOKEN, extra: Record<string, unknown> = {}) =>
-  encodeFrame(FrameType.JSON, JSON.stringify({
-    type: 'hello', proto: 1, agent: '0.2.0', token, ip: '127.0.0.1', session_port: 10240, vsock_port: 0, pid: 40, connects: 1,
+type Peer = net.Socket & { nonce: Buffer };
+/** A hello answering `s`'s challenge as kiln-init does, with the proof made under `token`. */
+const hello = (s: Peer, token = TOKEN, extra: Record<string, unknown> = {}) => {
+  const guestNonce = randomBytes(32);
+  return encodeFrame(FrameType.JSON, JSON.stringify({
+    type: 'hello', proto: 2, agent: '0.2.0', key_id: createHash('sha256').update(token).digest('hex'),
+    nonce: guestNonce.toString('hex'), proof: helloProof(token, s.nonce, guestNonce).toString('hex'),
+    ip: '127.0.0.1', session_port: 10240, vsock_port: 0, pid: 40, connects: 1,
     boot: { init_ms: 1, net_ms: 2, root_ms: 3, listener_ms: 4, workload_ms: 5 }, uptime_ms: 6, realtime_us: 7, ...extra,
   }));
+};
 
 let listener: AgentListener;
 let port: number;
@@ -29,10 +37,18 @@ function watch(vmId = 'vm1', token = TOKEN) {
   }, { ip: '127.0.0.1' });
 }
 
-function peer(): Promise<net.Socket> {
+/** Connects and waits for kilnd's challenge (the first thing it sends, before any hello). */
+function peer(unixPath?: string, tcpPort = port): Promise<Peer> {
   return new Promise((resolve, reject) => {
-    const s = net.createConnection({ host: '127.0.0.1', port }, () => resolve(s));
+    const s = (unixPath ? net.createConnection(unixPath) : net.createConnection({ host: '127.0.0.1', port: tcpPort })) as Peer;
     s.on('error', reject);
+    s.once('data', (b: Buffer) => {
+      const m = /^proto=2\0nonce=([0-9a-f]{64})\0$/.exec(b.subarray(5).toString('latin1'));
+      if (b[4] !== FrameType.CHALLENGE || !m) return reject(new Error(`not a challenge: ${b.toString('latin1')}`));
+      s.nonce = Buffer.from(m[1]!, 'hex');
+      s.removeListener('error', reject);
+      resolve(s);
+    });
   });
 }
 
@@ -59,7 +75,7 @@ test('hello then exit: callbacks fire, the listener closes so the guest may powe
   watch();
   const s = await peer();
   s.on('error', () => {});
-  s.write(hello());
+  s.write(hello(s));
   await until('the hello', () => events.hello.length === 1);
   assert.ok(listener.connected('vm1'));
   s.write(encodeFrame(FrameType.JSON, '{"type":"exit","code":0,"uptime_ms":99}'));
@@ -71,10 +87,10 @@ test('hello then exit: callbacks fire, the listener closes so the guest may powe
 test('a reconnect (kilnd or network blip) replaces the old connection and says hello again', async () => {
   watch();
   const a = await peer();
-  a.write(hello());
+  a.write(hello(a));
   await until('the hello', () => events.hello.length === 1);
   const b = await peer();
-  b.write(hello(TOKEN, { connects: 2 }));
+  b.write(hello(b, TOKEN, { connects: 2 }));
   await closed(a);
   await until('the second hello', () => events.hello.length === 2);
   assert.equal(events.hello[1]!.connects, 2);
@@ -83,18 +99,26 @@ test('a reconnect (kilnd or network blip) replaces the old connection and says h
   await until('vm1 disconnected', () => !listener.connected('vm1'));
 });
 
+// A proof made for another challenge (a recorded hello) is worthless.
+const replayed = (_s: Peer) => hello(Object.assign(Object.create(null) as Peer, { nonce: randomBytes(32) }));
 for (const [name, bytes, reason] of [
-  ['garbage', Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), 'garbage'],
-  ['an oversized frame', Buffer.from([0x7f, 0xff, 0xff, 0xff, FrameType.JSON]), 'oversized'],
-  ['a bad token', hello('b2'.repeat(32)), 'bad_token'],
-  ['a schema violation', encodeFrame(FrameType.JSON, '{"type":"hello","proto":"one"}'), 'schema'],
-  ['stdout on the control channel', encodeFrame(FrameType.STDOUT, 'hi'), 'unexpected'],
+  ['garbage', () => Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), 'garbage'],
+  ['an oversized frame', () => Buffer.from([0x7f, 0xff, 0xff, 0xff, FrameType.JSON]), 'oversized'],
+  ['a proof under another key', (s: Peer) => hello(s, 'b2'.repeat(32)), 'bad_token'],
+  ['a proof under another key claiming this VM', (s: Peer) => {
+    const h = JSON.parse(hello(s, 'b2'.repeat(32)).subarray(5).toString());
+    return encodeFrame(FrameType.JSON, JSON.stringify({ ...h, key_id: createHash('sha256').update(TOKEN).digest('hex') }));
+  }, 'bad_token'],
+  ['a proof for another challenge (replay)', replayed, 'bad_token'],
+  ['a v1 hello with the token in it', () => encodeFrame(FrameType.JSON, JSON.stringify({ type: 'hello', proto: 1, token: TOKEN })), 'schema'],
+  ['a schema violation', () => encodeFrame(FrameType.JSON, '{"type":"hello","proto":"one"}'), 'schema'],
+  ['stdout on the control channel', () => encodeFrame(FrameType.STDOUT, 'hi'), 'unexpected'],
 ] as const) {
   test(`a peer sending ${name} is cut off and reported against the VM with that address`, async () => {
     watch();
     const s = await peer();
     s.on('error', () => {});
-    s.write(bytes);
+    s.write(bytes(s));
     await closed(s);
     await until('the problem reported', () => events.problems.length === 1);
     assert.equal(events.problems[0]!.reason, reason);
@@ -113,7 +137,7 @@ test('a peer that dribbles forever past its byte budget is cut off', async () =>
   watch();
   const s = await peer();
   s.on('error', () => {});
-  s.write(hello());
+  s.write(hello(s));
   await until('the hello', () => events.hello.length === 1);
   // Valid-looking frames, never an exit: a chatty or malicious guest.
   const spam = encodeFrame(FrameType.JSON, JSON.stringify({ type: 'exit', pad: 'x'.repeat(10_000) }));
@@ -126,11 +150,7 @@ test('a throwing callback does not take the listener down', async () => {
   const logged: string[] = [];
   const own = new AgentListener({ authDeadlineMs: 300, log: (msg, fields) => logged.push(`${msg} ${JSON.stringify(fields)}`) });
   const ownPort = (await own.listenTcp('127.0.0.1', 0)).port;
-  const connect = () =>
-    new Promise<net.Socket>((resolve, reject) => {
-      const s = net.createConnection({ host: '127.0.0.1', port: ownPort }, () => resolve(s));
-      s.on('error', reject);
-    });
+  const connect = () => peer(undefined, ownPort);
   try {
     // Its own token: only this VM's callbacks can receive the hello.
     const THROWER = 'c3'.repeat(32);
@@ -151,7 +171,7 @@ test('a throwing callback does not take the listener down', async () => {
     own.expect('bystander', TOKEN, { onHello: (h) => bystander.push(h), onExit: () => {}, onProblem: () => {} });
 
     const s = await connect();
-    s.write(hello(THROWER));
+    s.write(hello(s, THROWER));
     await until('the throwing onHello to run', () => thrown.hello === 1);
     // The hello counted despite the throw: the connection is the VM's authenticated one.
     assert.ok(own.connected('thrower'));
@@ -165,9 +185,9 @@ test('a throwing callback does not take the listener down', async () => {
 
     // The listener still serves: another VM's agent connects and is heard.
     const t = await connect();
-    t.write(hello(TOKEN));
+    t.write(hello(t, TOKEN));
     await until('the bystander hello', () => bystander.length === 1);
-    assert.equal(bystander[0]!.token, TOKEN);
+    assert.equal(bystander[0]!.key_id, createHash('sha256').update(TOKEN).digest('hex'));
     assert.ok(own.connected('bystander'));
     t.destroy();
   } finally {
@@ -180,14 +200,14 @@ test('Unix socket variant (Firecracker <uds>_<port>): attributed to its VM even 
   const p = path.join(os.tmpdir(), `kiln-agent-${process.pid}.sock_10240`);
   const stop = await listener.listenUnix(p, 'vm3');
   try {
-    const s = net.createConnection(p);
+    const s = await peer(p);
     s.on('error', () => {});
     s.write(Buffer.from('\xff\xff\xff\xff\x6agarbage', 'latin1'));
     await closed(s);
     await until('the problem reported', () => events.problems.length === 1);
     assert.equal(events.problems[0]!.reason, 'oversized');
-    const ok = net.createConnection(p);
-    ok.write(hello());
+    const ok = await peer(p);
+    ok.write(hello(ok));
     await until('the hello', () => events.hello.length === 1);
     ok.destroy();
   } finally {

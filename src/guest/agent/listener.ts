@@ -1,14 +1,16 @@
 // kilnd's end of the agents' control channels: guests connect here (TCP on the bridge
-// address, or Firecracker's `<vsock uds>_<port>` Unix socket), authenticate with their
-// per-VM token in a hello, and later report the workload's exit. Every peer is untrusted:
+// address, or Firecracker's `<vsock uds>_<port>` Unix socket), answer kilnd's challenge with
+// a hello proving they hold their VM's token (the token itself never travels, so a listener
+// impersonating kilnd learns nothing that opens a session), and later report the workload's exit. Every peer is untrusted:
 // it must authenticate within a deadline, frames are size-capped and schema-checked, the
 // bytes a connection may send are bounded, and any violation closes it and is reported to
 // the VM's onProblem. Nothing a peer does can throw out of here or hold the event loop.
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { createHash } from 'node:crypto';
+import { helloProof, newNonce, proofMatches } from './auth.ts';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { AgentProtocolError, encodeFrame, FrameDecoder, FrameType, PROTOCOL_VERSION } from './frame.ts';
+import { AgentProtocolError, encodeFrame, encodeKv, FrameDecoder, FrameType, PROTOCOL_VERSION } from './frame.ts';
 import { HelloMessage, parseMessage, TimeMessage, WorkloadExitMessage, JSON_MAX } from './messages.ts';
 
 export interface AgentProblem {
@@ -38,6 +40,7 @@ export interface AgentListenerOptions {
 
 interface Expected {
   vmId: string;
+  token: string;
   tokenHash: Buffer;
   callbacks: AgentCallbacks;
   /** Source address of the VM's NIC: lets unauthenticated misbehaviour be attributed. */
@@ -95,7 +98,7 @@ export class AgentListener {
   /** Registers a VM whose agent will connect with `token`. Replaces an earlier registration. */
   expect(vmId: string, token: string, callbacks: AgentCallbacks, opts: { ip?: string } = {}): void {
     this.forget(vmId);
-    const e: Expected = { vmId, tokenHash: hashToken(token), callbacks, ip: opts.ip, timeWaiters: [] };
+    const e: Expected = { vmId, token, tokenHash: hashToken(token), callbacks, ip: opts.ip, timeWaiters: [] };
     this.byVm.set(vmId, e);
     this.byToken.set(e.tokenHash.toString('hex'), e);
   }
@@ -170,6 +173,8 @@ export class AgentListener {
     let owner: Expected | undefined;
     let received = 0;
     let done = false;
+    const hostNonce = newNonce();
+    socket.write(encodeFrame(FrameType.CHALLENGE, encodeKv([['proto', PROTOCOL_VERSION], ['nonce', hostNonce.toString('hex')]])));
 
     const cut = (err: AgentProtocolError | { reason: 'proto_version'; message: string }) => {
       if (done) return;
@@ -202,10 +207,9 @@ export class AgentListener {
         if (!owner) {
           const hello = parseMessage(f.payload, HelloMessage);
           if (hello instanceof AgentProtocolError) return cut(hello);
-          const e = this.byToken.get(hashToken(hello.token).toString('hex'));
-          // The map lookup is by hash; compare in constant time anyway.
-          if (!e || !timingSafeEqual(e.tokenHash, hashToken(hello.token))) {
-            return cut(new AgentProtocolError('bad_token', 'hello with a token no VM expects'));
+          const e = this.byToken.get(hello.key_id);
+          if (!e || !proofMatches(helloProof(e.token, hostNonce, Buffer.from(hello.nonce, 'hex')), hello.proof)) {
+            return cut(new AgentProtocolError('bad_token', 'hello without a valid proof of a key some VM holds'));
           }
           if (hello.proto !== PROTOCOL_VERSION) {
             owner = e;

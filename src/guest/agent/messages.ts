@@ -10,13 +10,18 @@ export const JSON_MAX = 16 * 1024;
 
 const Ms = Type.Integer({ minimum: 0, maximum: 2 ** 53 - 1 });
 const Str = (maxLength: number) => Type.String({ maxLength });
+const Hex32 = Type.String({ pattern: '^[0-9a-f]{64}$' });
 const Signal = Type.Integer({ minimum: 1, maximum: 64 });
 
 export const HelloMessage = Type.Object({
   type: Type.Literal('hello'),
   proto: Type.Integer({ minimum: 1, maximum: 1000 }),
   agent: Str(64),
-  token: Str(256),
+  /** SHA-256 of the VM's agent token: says which VM this claims to be (the token itself never travels). */
+  key_id: Hex32,
+  /** The guest's nonce and its HMAC over kilnd's challenge and that nonce (src/guest/agent/auth.ts). */
+  nonce: Hex32,
+  proof: Hex32,
   ip: Str(15),
   session_port: Type.Integer({ minimum: 0, maximum: 65535 }),
   vsock_port: Type.Integer({ minimum: 0, maximum: 0xffffffff }),
@@ -59,6 +64,9 @@ export const ExecExitMessage = Type.Object({
   timed_out: Type.Boolean(),
 });
 export type ExecExitMessage = Static<typeof ExecExitMessage>;
+/** The guest's answer to a session's challenge: its nonce and its proof of the VM's key. */
+export const ChallengeMessage = Type.Object({ type: Type.Literal('challenge'), proto: Type.Integer({ minimum: 1 }), nonce: Hex32, proof: Hex32 });
+export type ChallengeMessage = Static<typeof ChallengeMessage>;
 export const ReadyMessage = Type.Object({ type: Type.Literal('ready') });
 export const DoneMessage = Type.Object({ type: Type.Literal('done'), bytes: Type.Optional(Ms) });
 export const FileMessage = Type.Object({ type: Type.Literal('file'), size: Ms, mode: Type.Integer({ minimum: 0, maximum: 0o7777 }) });

@@ -21,18 +21,22 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "kiln-init.h"
 
 #define CTL_BACKOFF_MIN_MS 50
 #define CTL_BACKOFF_MAX_MS 1000
 #define EXIT_SEND_MS 1000
+#define CTL_CHALLENGE_MS 5000   /* a peer that accepts but never challenges is dropped */
 
 struct agent_cfg agent_cfg = { .port = 10240 };
 
 static int listen_fd = -1;
 static int ctl_fd = -1;
-static unsigned char ctl_in[5];     /* a frame header the host is sending us, so far */
+#define CTL_IN_MAX 256             /* the host sends a challenge (~80 bytes) and bodiless TIME frames */
+static unsigned char ctl_in[5 + CTL_IN_MAX];   /* a frame the host is sending us, so far */
 static size_t ctl_in_len;
+/* CONNECTED: waiting for the host's challenge; READY: hello sent. */
 static enum { CTL_OFF, CTL_IDLE, CTL_CONNECTING, CTL_CONNECTED, CTL_READY } ctl_state = CTL_OFF;
 static long long ctl_next_ms;      /* CLOCK_MONOTONIC time of the next attempt */
 static int ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
@@ -256,6 +260,7 @@ static void ctl_start(void)
 	if (!agent_cfg.vsock_port)
 		setsockopt(ctl_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	ctl_connects++;
+	ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 	if (connect(ctl_fd, (struct sockaddr *)&ss, len) == 0)
 		ctl_state = CTL_CONNECTED;
 	else if (errno == EINPROGRESS)
@@ -264,17 +269,36 @@ static void ctl_start(void)
 		ctl_drop();
 }
 
-static int ctl_hello(void)
+/*
+ * The hello answers the host's challenge (docs/agent-protocol.md, "Control channel"): a proof
+ * of the token over both nonces, and the token's SHA-256 to say which VM we are. A listener
+ * that is not kilnd learns neither the token nor anything that opens a session.
+ */
+static int ctl_hello(const unsigned char *hn)
 {
-	char tok[256];
+	unsigned char gn[AUTH_NONCE_BYTES], mac[32], id[32];
+	char gn_hex[65], mac_hex[65], id_hex[65];
+	struct sha256 sh;
+	struct hmac m;
 
-	json_escape(tok, sizeof(tok), agent_cfg.token);
+	auth_nonce(gn, hn, AUTH_NONCE_BYTES);
+	hmac_init(&m, agent_cfg.token, strlen(agent_cfg.token));
+	hmac_update(&m, AUTH_LABEL_HELLO, sizeof(AUTH_LABEL_HELLO));
+	hmac_update(&m, hn, AUTH_NONCE_BYTES);
+	hmac_update(&m, gn, AUTH_NONCE_BYTES);
+	hmac_final(&m, mac);
+	sha256_init(&sh);
+	sha256_update(&sh, agent_cfg.token, strlen(agent_cfg.token));
+	sha256_final(&sh, id);
+	hex_encode(gn_hex, gn, sizeof(gn));
+	hex_encode(mac_hex, mac, sizeof(mac));
+	hex_encode(id_hex, id, sizeof(id));
 	return send_json(ctl_fd,
-		"{\"type\":\"hello\",\"proto\":%d,\"agent\":\"%s\",\"token\":\"%s\",\"ip\":\"%s\","
+		"{\"type\":\"hello\",\"proto\":%d,\"agent\":\"%s\",\"key_id\":\"%s\",\"nonce\":\"%s\",\"proof\":\"%s\",\"ip\":\"%s\","
 		"\"session_port\":%lu,\"vsock_port\":%lu,\"pid\":%d,\"connects\":%u,"
 		"\"boot\":{\"init_ms\":%lld,\"net_ms\":%lld,\"root_ms\":%lld,\"listener_ms\":%lld,\"workload_ms\":%lld},"
 		"\"uptime_ms\":%lld,\"realtime_us\":%lld}",
-		KILN_AGENT_PROTO, KILN_AGENT_VERSION, tok, net_ip,
+		KILN_AGENT_PROTO, KILN_AGENT_VERSION, id_hex, gn_hex, mac_hex, net_ip,
 		listen_fd >= 0 && !agent_cfg.vsock_port ? agent_cfg.port : 0, agent_cfg.vsock_port,
 		(int)workload, ctl_connects,
 		boot_times.init, boot_times.net, boot_times.root, boot_times.listener, boot_times.workload,
@@ -284,15 +308,37 @@ static int ctl_hello(void)
 /* Advances the control channel's state machine as far as it goes without waiting. */
 static void ctl_step(void)
 {
+	if (ctl_state == CTL_CONNECTED && now_ms(CLOCK_MONOTONIC) >= ctl_next_ms)
+		ctl_drop();
 	if (ctl_state == CTL_IDLE && now_ms(CLOCK_MONOTONIC) >= ctl_next_ms)
 		ctl_start();
-	if (ctl_state == CTL_CONNECTED) {
-		if (ctl_hello() != 0) {
-			ctl_drop();
-		} else {
-			ctl_state = CTL_READY;   /* from now on only watch for hangups */
-			ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
-		}
+}
+
+static void ctl_challenged(const unsigned char *body, size_t n)
+{
+	unsigned char hn[AUTH_NONCE_BYTES];
+	char kv[CTL_IN_MAX + 1];
+	const char *nonce = NULL;
+	unsigned long proto = 0;
+
+	memcpy(kv, body, n);
+	kv[n] = 0;
+	for (char *p = kv; p < kv + n; p += strlen(p) + 1) {
+		if (!strncmp(p, "proto=", 6) && parse_num(p + 6, &proto))
+			proto = 0;
+		if (!strncmp(p, "nonce=", 6))
+			nonce = p + 6;
+	}
+	if (proto != KILN_AGENT_PROTO || !nonce || hex_decode(hn, sizeof(hn), nonce) != 0) {
+		report("agent", EPROTO, "control channel: bad challenge (host protocol %lu, ours %d)", proto, KILN_AGENT_PROTO);
+		ctl_drop();
+		return;
+	}
+	if (ctl_hello(hn) != 0) {
+		ctl_drop();
+	} else {
+		ctl_state = CTL_READY;
+		ctl_backoff_ms = CTL_BACKOFF_MIN_MS;
 	}
 }
 
@@ -315,7 +361,16 @@ void agent_push_now(void)
 		struct pollfd p = { ctl_fd, POLLOUT, 0 };
 
 		if (poll(&p, 1, 0) == 1)
-			agent_poll_done(&p, 1);   /* → CONNECTED → hello, or dropped on error */
+			agent_poll_done(&p, 1);   /* → CONNECTED, or dropped on error */
+	}
+	if (ctl_state == CTL_CONNECTED) {
+		struct pollfd p = { ctl_fd, POLLIN, 0 };
+
+		if (poll(&p, 1, 0) == 1)
+			agent_poll_done(&p, 1);   /* the challenge, usually here already → hello */
+		/* Pre-connected while the root was mounting: the wait for the challenge starts now. */
+		if (ctl_state == CTL_CONNECTED)
+			ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 		return;
 	}
 	ctl_step();
@@ -377,7 +432,7 @@ int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 		p[n++] = (struct pollfd){ listen_fd, POLLIN, 0 };
 	if (id_pipe[0] >= 0 && n < max)
 		p[n++] = (struct pollfd){ id_pipe[0], POLLIN, 0 };
-	if (ctl_state == CTL_IDLE) {
+	if (ctl_state == CTL_IDLE || ctl_state == CTL_CONNECTED) {
 		long long wait = ctl_next_ms - now_ms(CLOCK_MONOTONIC);
 
 		if (wait < 0)
@@ -385,28 +440,41 @@ int agent_pollfds(struct pollfd *p, int max, int *timeout_ms)
 		if (*timeout_ms < 0 || wait < *timeout_ms)
 			*timeout_ms = (int)wait;
 	}
-	if ((ctl_state == CTL_CONNECTING || ctl_state == CTL_READY) && n < max)
+	if ((ctl_state == CTL_CONNECTING || ctl_state == CTL_CONNECTED || ctl_state == CTL_READY) && n < max)
 		p[n++] = (struct pollfd){ ctl_fd, ctl_state == CTL_CONNECTING ? POLLOUT : POLLIN, 0 };
 	return n;
 }
 
 /*
- * The host's only request on the control channel: a bodiless TIME frame, answered at once by
- * PID 1 itself (no connect, no fork), so the round trip the host measures is short and
- * symmetric and maps "ready" onto the host's clock tightly. Anything else is ignored.
+ * What the host sends on the control channel: a challenge first (answered by the hello), then
+ * bodiless TIME frames, answered at once by PID 1 itself (no connect, no fork), so the round
+ * trip the host measures is short and symmetric and maps "ready" onto the host's clock
+ * tightly. Any other frame is ignored; one too large for a challenge drops the connection.
  */
 static void ctl_input(const char *buf, size_t n)
 {
-	unsigned char *hdr = ctl_in;
-
 	for (size_t i = 0; i < n; i++) {
-		hdr[ctl_in_len++] = (unsigned char)buf[i];
-		if (ctl_in_len < sizeof(ctl_in))
+		size_t len;
+
+		ctl_in[ctl_in_len++] = (unsigned char)buf[i];
+		if (ctl_in_len < 5)
+			continue;
+		len = (size_t)ctl_in[0] << 24 | (size_t)ctl_in[1] << 16 | (size_t)ctl_in[2] << 8 | ctl_in[3];
+		if (len > CTL_IN_MAX) {
+			ctl_drop();
+			return;
+		}
+		if (ctl_in_len < 5 + len)
 			continue;
 		ctl_in_len = 0;
-		if (hdr[4] == F_TIME && !hdr[0] && !hdr[1] && !hdr[2] && !hdr[3])
+		if (ctl_in[4] == F_CHALLENGE && ctl_state == CTL_CONNECTED) {
+			ctl_challenged(ctl_in + 5, len);
+			if (ctl_state != CTL_READY)
+				return;
+		} else if (ctl_in[4] == F_TIME && !len && ctl_state == CTL_READY) {
 			send_json(ctl_fd, "{\"type\":\"time\",\"realtime_us\":%lld,\"boottime_us\":%lld,\"ready_boottime_us\":%lld}",
 				  now_us(CLOCK_REALTIME), now_us(CLOCK_BOOTTIME), boot_times.ready_us);
+		}
 	}
 }
 
@@ -427,8 +495,8 @@ void agent_poll_done(struct pollfd *p, int n)
 			if (err) {
 				ctl_drop();
 			} else {
-				ctl_state = CTL_CONNECTED;
-				ctl_step();
+				ctl_state = CTL_CONNECTED;   /* the host's challenge comes next */
+				ctl_next_ms = now_ms(CLOCK_MONOTONIC) + CTL_CHALLENGE_MS;
 			}
 		} else if (p[i].fd == ctl_fd) {
 			char buf[512];
@@ -458,8 +526,8 @@ void agent_send_exit(int status)
 		if (ctl_state == CTL_IDLE)
 			ctl_next_ms = 0;
 		ctl_step();
-		if (ctl_state == CTL_CONNECTING) {
-			pf = (struct pollfd){ ctl_fd, POLLOUT, 0 };
+		if (ctl_state == CTL_CONNECTING || ctl_state == CTL_CONNECTED) {
+			pf = (struct pollfd){ ctl_fd, ctl_state == CTL_CONNECTING ? POLLOUT : POLLIN, 0 };
 			if (poll(&pf, 1, (int)left) <= 0)
 				break;
 			agent_poll_done(&pf, 1);

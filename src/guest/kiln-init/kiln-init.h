@@ -8,7 +8,7 @@
 #include <time.h>
 
 #define KILN_AGENT_VERSION "0.2.0"
-#define KILN_AGENT_PROTO 1
+#define KILN_AGENT_PROTO 2
 
 long long now_ms(clockid_t clk);
 long long now_us(clockid_t clk);
@@ -100,7 +100,8 @@ extern unsigned long long log_total;   /* bytes ever written; ring holds the las
 
 /* Wire format (docs/agent-protocol.md): u32 BE payload length, u8 type, payload. */
 #define FRAME_MAX (1u << 20)
-#define F_OPEN 'o'      /* host->guest: key=value\0..., first frame of a session */
+#define F_CHALLENGE 'c' /* host->guest: proto=, nonce=: first frame of a session (and of the control channel) */
+#define F_OPEN 'o'      /* host->guest: mac=<proof>\0key=value\0..., second frame of a session */
 #define F_STDIN 'i'     /* host->guest: stdin bytes */
 #define F_EOF 'e'       /* host->guest: end of stdin / of put data */
 #define F_SIGNAL 's'    /* host->guest: key=value\0 signal=<n> */

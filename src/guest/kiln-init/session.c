@@ -28,6 +28,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "kiln-init.h"
 
 #define AUTH_TIMEOUT_MS 5000
@@ -39,7 +40,7 @@ static int conn;
 static unsigned char frame[FRAME_MAX + 1];   /* +1: payloads are NUL-terminated for parsing */
 
 struct request {
-	const char *op, *token, *cwd, *path;
+	const char *op, *cwd, *path;
 	const char *hostname, *new_token, *entropy;   /* identity */
 	unsigned long long realtime_us;
 	int has_realtime;
@@ -108,18 +109,6 @@ static long read_frame(int *type)
 	return (long)len;
 }
 
-static int token_ok(const char *given)
-{
-	const char *want = agent_cfg.token;
-	size_t n = strlen(want), m = strlen(given);
-	unsigned char diff = n != m;
-
-	/* Constant time in the length of what we hold. */
-	for (size_t i = 0; i < n; i++)
-		diff |= (unsigned char)(want[i] ^ (i < m ? given[i] : 0));
-	return diff == 0;
-}
-
 /* `buf` must outlive the request: later frames reuse the frame buffer. */
 static void parse_request(struct request *rq, char *buf, long len)
 {
@@ -138,8 +127,6 @@ static void parse_request(struct request *rq, char *buf, long len)
 		*v++ = 0;
 		if (!strcmp(p, "op"))
 			rq->op = v;
-		else if (!strcmp(p, "token"))
-			rq->token = v;
 		else if (!strcmp(p, "proto"))
 			num = &rq->proto;
 		else if (!strcmp(p, "argv") && rq->argc < MAX_ARGS)
@@ -648,7 +635,10 @@ static void __attribute__((noreturn)) op_shutdown(struct request *rq)
 	union sigval v = { .sival_int = (int)(rq->has_grace ? rq->grace_ms : stop_grace_default) };
 
 	/* PID 1 takes a queued SIGTERM as "@kiln:stop grace_ms=<value>". Under systemd
-	 * (classic VMs) SIGTERM would make it re-execute itself; it powers off on SIGRTMIN+4. */
+	 * (classic VMs) SIGTERM would make it re-execute itself; it powers off on SIGRTMIN+4.
+	 * PID 1 may get through the stop and its kill(-1, SIGTERM) before this child is scheduled
+	 * again: ignore that SIGTERM so "done" still goes out (SIGKILL follows a second later). */
+	signal(SIGTERM, SIG_IGN);
 	if (agent_only ? kill(1, agent_shutdown_signal) != 0 : sigqueue(1, SIGTERM, v) != 0)
 		fail("io", errno, "signal init");
 	send_json(conn, "{\"type\":\"done\"}");
@@ -772,6 +762,77 @@ static void __attribute__((noreturn)) op_identity(struct request *rq)
 	finish();
 }
 
+/* ------------------------------------------------------- authentication */
+
+static void proof(unsigned char out[32], const char *label, const unsigned char *hn, const unsigned char *gn,
+		  const void *body, size_t n)
+{
+	struct hmac m;
+
+	hmac_init(&m, agent_cfg.token, strlen(agent_cfg.token));
+	hmac_update(&m, label, strlen(label) + 1);
+	hmac_update(&m, hn, AUTH_NONCE_BYTES);
+	hmac_update(&m, gn, AUTH_NONCE_BYTES);
+	hmac_update(&m, body, n);
+	hmac_final(&m, out);
+}
+
+/*
+ * The challenge-response that opens every session (docs/agent-protocol.md, "Authentication"):
+ * the host's nonce comes first and carries nothing secret; we prove we hold this VM's token
+ * over it and our own nonce; the open frame that follows must carry the host's proof over both
+ * nonces and the request itself, so the token never crosses the wire and a recorded or altered
+ * request is refused. Returns the open frame's length with the `mac=` entry cut off (the
+ * request then starts at frame[0]).
+ */
+static long authenticate(int *type)
+{
+	unsigned char hn[AUTH_NONCE_BYTES], gn[AUTH_NONCE_BYTES], mine[32], theirs[32];
+	char gn_hex[2 * AUTH_NONCE_BYTES + 1], proof_hex[65];
+	const char *nonce = NULL;
+	unsigned long proto = 0;
+	long n = read_frame(type);
+	size_t head;
+
+	if (n < 0)
+		_exit(0);
+	if (*type == F_OPEN)
+		fail("bad_proto", EPROTO, "protocol 1 not supported (agent speaks %d: challenge first)", KILN_AGENT_PROTO);
+	if (*type != F_CHALLENGE)
+		fail("bad_request", EPROTO, "the first frame must be 'c'");
+	for (char *p = (char *)frame; p < (char *)frame + n; p += strlen(p) + 1) {
+		if (!strncmp(p, "proto=", 6) && parse_num(p + 6, &proto))
+			fail("bad_request", EINVAL, "bad proto");
+		if (!strncmp(p, "nonce=", 6))
+			nonce = p + 6;
+	}
+	if (proto != KILN_AGENT_PROTO)
+		fail("bad_proto", EPROTO, "protocol %lu not supported (agent speaks %d)", proto, KILN_AGENT_PROTO);
+	if (!nonce || hex_decode(hn, sizeof(hn), nonce) != 0)
+		fail("bad_request", EINVAL, "challenge needs a %d-byte hex nonce", AUTH_NONCE_BYTES);
+	auth_nonce(gn, hn, sizeof(hn));
+	proof(mine, AUTH_LABEL_GUEST, hn, gn, "", 0);
+	hex_encode(gn_hex, gn, sizeof(gn));
+	hex_encode(proof_hex, mine, sizeof(mine));
+	if (send_json(conn, "{\"type\":\"challenge\",\"proto\":%d,\"nonce\":\"%s\",\"proof\":\"%s\"}",
+		      KILN_AGENT_PROTO, gn_hex, proof_hex) != 0)
+		_exit(0);
+	n = read_frame(type);
+	if (n < 0)
+		_exit(0);
+	head = strlen("mac=") + 64 + 1;
+	if (*type != F_OPEN || (size_t)n < head || strncmp((char *)frame, "mac=", 4) || frame[head - 1] != 0)
+		fail("bad_token", EACCES, "authentication failed");
+	frame[head - 1] = 0;
+	if (hex_decode(theirs, sizeof(theirs), (char *)frame + 4) != 0)
+		fail("bad_token", EACCES, "authentication failed");
+	proof(mine, AUTH_LABEL_HOST, hn, gn, frame + head, (size_t)n - head);
+	if (!ct_equal(mine, theirs, sizeof(mine)))
+		fail("bad_token", EACCES, "authentication failed");
+	memmove(frame, frame + head, (size_t)n - head + 1);
+	return n - (long)head;
+}
+
 void session_run(int fd)
 {
 	struct request *rq = calloc(1, sizeof(*rq));
@@ -795,12 +856,8 @@ void session_run(int fd)
 	if (!rq)
 		_exit(1);
 	setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	n = read_frame(&type);
-	if (n < 0)
-		_exit(0);
+	n = authenticate(&type);
 	setsockopt(conn, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
-	if (type != F_OPEN)
-		fail("bad_request", EPROTO, "the first frame must be 'o'");
 	{
 		char *copy = malloc((size_t)n + 1);
 
@@ -809,8 +866,6 @@ void session_run(int fd)
 		memcpy(copy, frame, (size_t)n + 1);
 		parse_request(rq, copy, n);
 	}
-	if (!rq->token || !token_ok(rq->token))
-		fail("bad_token", EACCES, "authentication failed");
 	if (rq->proto != KILN_AGENT_PROTO)
 		fail("bad_proto", EPROTO, "protocol %lu not supported (agent speaks %d)", rq->proto, KILN_AGENT_PROTO);
 	if (!rq->op)
