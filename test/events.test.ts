@@ -67,3 +67,20 @@ test('Last-Event-ID resumes like ?since', async () => {
   const got = await read(res, 2);
   assert.deepEqual(got.map((g) => Number(g.e.seq)), [Number(mark.seq) + 1, Number(mark.seq) + 2]);
 });
+
+test('events retention already removed: the replay starts with a gap event naming the missing range', async () => {
+  const small = await startKilnd({ env: { KILN_EVENTS_KEEP_TOTAL: '100' } });
+  try {
+    for (let i = 0; i < 300; i++) await small.client.gcImages();
+    const res = await fetch(`${small.url}/v1/events?since=1`, { headers: small.authHeaders });
+    const [gap, next] = await read(res, 2);
+    assert.equal(gap!.e.type, 'gap');
+    const { from, to } = gap!.e as unknown as { from: number; to: number };
+    assert.equal(from, 2);
+    assert.ok(to > 150, `retention removed the oldest events (gap to ${to})`);
+    assert.equal(Number(next!.e.seq), to + 1, 'the replay resumes right after the gap');
+    assert.equal(gap!.id, null, 'a gap has no id: Last-Event-ID stays at the last real event');
+  } finally {
+    await small.dispose();
+  }
+});
