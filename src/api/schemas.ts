@@ -393,6 +393,7 @@ export const Health = Type.Object({
     }),
   ),
 });
+export type Health = Static<typeof Health>;
 
 export const truthy = (v: string | undefined): boolean => v === '1' || v === 'true' || v === 'ready';
 

@@ -5,11 +5,11 @@ import WebSocket from 'ws';
 import { apiTokenPath, discoverApiToken, readApiToken } from './api-token.ts';
 import type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody } from '../api/function-schemas.ts';
 import type { Static } from 'typebox';
-import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Snapshot as SnapshotSchema, Template as TemplateSchema, Vm, Volume } from '../api/schemas.ts';
+import type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Health, Image, PullImageBody, Snapshot as SnapshotSchema, Template as TemplateSchema, Vm, Volume } from '../api/schemas.ts';
 
 export type Snapshot = Static<typeof SnapshotSchema>;
 export type Template = Static<typeof TemplateSchema>;
-export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Image, PullImageBody, Vm, Volume };
+export type { Container, ContainerStats, CreateContainerBody, CreateVmBody, GcResult, Health, Image, PullImageBody, Vm, Volume };
 export type { CreateFunctionBody, FunctionList, FunctionView, InvocationView, UpdateFunctionBody };
 
 /** One piece of a container's output, or (following) how it ended. */
@@ -91,13 +91,6 @@ function execBody(o: ExecOptions): Record<string, unknown> {
   return { cmd: o.cmd, env: o.env, cwd: o.cwd, user: o.user, stdin, stdin_base64: stdin === undefined ? undefined : true, timeout_ms: o.timeoutMs };
 }
 
-/** Admission control as /healthz reports it: committed against capacity. */
-export interface CapacityReport {
-  vcpus: { committed: number; capacity: number };
-  memory_mib: { committed: number; capacity: number };
-  vms: number;
-}
-
 export class KilnClient {
   readonly url: string;
   private readonly token: string | undefined;
@@ -157,7 +150,7 @@ export class KilnClient {
   }
 
   health() {
-    return this.json<{ status: string; version: string; backend: string; backend_reason: string; accelerator: 'kvm' | 'tcg'; accelerator_reason: string; kernel: string; vms: number; capacity: CapacityReport }>('GET', '/healthz');
+    return this.json<Health>('GET', '/healthz');
   }
 
   // VMs
