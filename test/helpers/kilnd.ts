@@ -14,6 +14,8 @@ import { tablesFor } from '../../src/net/ruleset.ts';
 import { TEST_ASSETS_DIR } from './assets.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+/** Start to "kilnd ready", first start (asset builds) included. */
+const READY_DEADLINE_MS = 600_000;
 export { TEST_ASSETS_DIR };
 
 export interface TestDaemon {
@@ -74,12 +76,24 @@ export async function startKilnd(
   let out = '';
   proc.stdout!.on('data', (b) => (out += b));
   const url = await new Promise<string>((resolve, reject) => {
+    // A first start builds the guest assets (kernel download, kiln-init, default image): minutes,
+    // not forever. A kilnd that never says ready is killed and the test fails with its output.
+    const deadline = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`kilnd was not ready within ${READY_DEADLINE_MS} ms:\n${out}`));
+    }, READY_DEADLINE_MS);
     proc.stderr!.on('data', (b: Buffer) => {
       out += b;
       const m = /kilnd ready on (http:\/\/\S+)/.exec(out);
-      if (m) resolve(m[1]!);
+      if (m) {
+        clearTimeout(deadline);
+        resolve(m[1]!);
+      }
     });
-    proc.once('exit', (code) => reject(new Error(`kilnd exited (${code}) before it was ready:\n${out}`)));
+    proc.once('exit', (code) => {
+      clearTimeout(deadline);
+      reject(new Error(`kilnd exited (${code}) before it was ready:\n${out}`));
+    });
   });
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   const token = readApiToken(stateDir) ?? '';
