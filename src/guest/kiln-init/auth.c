@@ -172,6 +172,10 @@ int ct_equal(const unsigned char *a, const unsigned char *b, size_t n)
 	return d == 0;
 }
 
+#ifndef GRND_INSECURE
+#define GRND_INSECURE 0x0004
+#endif
+
 /*
  * A nonce that must never repeat: the kernel's CRNG, hashed together with clocks, the pid
  * and whatever the caller adds. A restored clone resumes its template's CRNG state until the
@@ -186,7 +190,15 @@ void auth_nonce(unsigned char out[32], const void *extra, size_t n)
 	struct sha256 s;
 	ssize_t got = getrandom(rnd, sizeof(rnd), GRND_NONBLOCK);
 
-	if (got != (ssize_t)sizeof(rnd)) {
+	/*
+	 * Early in boot the CRNG may not be initialised yet. Not /dev/urandom then: from Linux 5.18
+	 * a read of it before the CRNG is ready first runs the jitter-entropy loop, about a second
+	 * under emulation, on the path to ready. GRND_INSECURE (5.6+) gives the best bytes there
+	 * are without waiting; uniqueness comes from the clocks and pid hashed in below anyway.
+	 */
+	if (got != (ssize_t)sizeof(rnd) && errno == EAGAIN)
+		got = getrandom(rnd, sizeof(rnd), GRND_INSECURE);
+	if (got != (ssize_t)sizeof(rnd) && (errno == EINVAL || errno == ENOSYS)) {
 		int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
 
 		if (fd >= 0) {
