@@ -225,6 +225,15 @@ export class QemuDriver implements VmmDriver {
     if (this.confinement.cgroups) await removeParentIfEmpty(this.confinement.cgroups);
   }
 
+  async reap(name: string): Promise<number> {
+    const cgroup = await this.confinement.cgroups?.open(name);
+    if (!cgroup) return 0;
+    const n = (await cgroup.pids()).length;
+    await cgroup.kill();
+    await cgroup.remove();
+    return n;
+  }
+
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance> {
     return this.spawn(spec, false, signal);
   }
