@@ -123,7 +123,14 @@ export class SnapshotService {
           throw new KilnError('KILN_ERR_VALIDATION', `VM ${vm.id} has volumes attached; volumes are not part of a snapshot (detach them, or snapshot a VM without)`);
         }
         const image = await this.deps.images.get(vm.imageId);
-        const vmm = await instance.snapshot(tmp, { resume: false });
+        let vmm: VmmSnapshot;
+        try {
+          vmm = await instance.snapshot(tmp, { resume: false });
+        } catch (e) {
+          // The save stopped the guest first: a VM that was running runs on, whatever failed.
+          if (vm.state === 'ready') await instance.resume().catch(() => {});
+          throw snapshotError(e);
+        }
         let resumed = false;
         try {
           // Paused and its disks flushed: the writable layer now matches the memory image.
@@ -137,7 +144,8 @@ export class SnapshotService {
             resumed = true;
           }
         } catch (e) {
-          if (resume && vmm.memory !== 'mapped' && !resumed) await instance.resume().catch(() => {});
+          // A failed snapshot leaves a running VM running, even one asked to stay paused after it.
+          if (vm.state === 'ready' && vmm.memory !== 'mapped' && !resumed) await instance.resume().catch(() => {});
           throw e;
         }
         return { result: this.metaFor(vm, image, compat, vmm, bridgeMac, tmp, parent), paused: !resumed };
@@ -166,7 +174,7 @@ export class SnapshotService {
       await fs.rm(tmp, { recursive: true, force: true });
       // Renamed but never recorded: no record will ever own it.
       if (!recorded) await fs.rm(final, { recursive: true, force: true });
-      throw e;
+      throw snapshotError(e);
     }
   }
 
@@ -300,4 +308,12 @@ async function allocatedBytes(dir: string, meta: SnapshotMeta): Promise<number> 
   let total = 0;
   for (const f of meta.files) total += ((await fs.stat(path.join(dir, f.name))).blocks ?? 0) * 512;
   return total;
+}
+
+/** A full state disk is the operator's to fix, and says so (507); anything else is the snapshot's. */
+function snapshotError(e: unknown): KilnError {
+  if ((e as NodeJS.ErrnoException)?.code === 'ENOSPC' || (e as KilnError)?.code === 'KILN_ERR_NO_SPACE') {
+    return e instanceof KilnError ? e : new KilnError('KILN_ERR_NO_SPACE', `no space left on the state disk for the snapshot: ${(e as Error).message}`);
+  }
+  return e instanceof KilnError ? e : new KilnError('KILN_ERR_SNAPSHOT_FAILED', (e as Error).message);
 }
