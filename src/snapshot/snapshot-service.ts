@@ -18,7 +18,9 @@ import type { ImageRecord, SnapshotRecord, Store, VmRecord, VmState } from '../s
 import { cloneFile } from '../tools/cp.ts';
 import { failpoint } from '../util/failpoints.ts';
 import type { GuestAssets } from '../vm/guest-assets.ts';
-import type { VmManager } from '../vm/vm-manager.ts';
+import { isPooled, type VmManager } from '../vm/vm-manager.ts';
+import type { Metrics } from '../metrics/metrics.ts';
+import { ClonePool } from './clone-pool.ts';
 import { runtimeFiles, vmSpec } from '../vm/vm-spec.ts';
 import type { Accelerator, VmmDriver, VmmSnapshot } from '../vmm/driver.ts';
 import { cloneNetnsName, netnsExists } from '../net/clone-netns.ts';
@@ -40,6 +42,8 @@ export interface RestoreInput {
 
 export class SnapshotService {
   #compat: Promise<SnapshotCompat> | null = null;
+  /** Clones restored ahead of demand (clone-pool.ts); size 0: none. */
+  readonly pool: ClonePool;
 
   constructor(
     private readonly deps: {
@@ -53,8 +57,14 @@ export class SnapshotService {
       accelerator: Accelerator;
       bus: EventBus;
       log: Logger;
+      metrics: Metrics;
     },
-  ) {}
+  ) {
+    this.pool = new ClonePool({
+      size: deps.config.clonePoolSize, vms: deps.vms, store: deps.store, log: deps.log, metrics: deps.metrics,
+      restore: (id, name) => this.restoreCold(id, { name }),
+    });
+  }
 
   get dir(): string {
     return path.join(this.deps.config.stateDir, 'snapshots');
@@ -88,12 +98,12 @@ export class SnapshotService {
     return this.deps.store.listSnapshots();
   }
 
-  /** Clones whose VMM runs from this snapshot now (its reference count). */
+  /** Users' clones whose VMM runs from this snapshot now (its reference count; pooled clones are drained instead). */
   async liveClones(id: string): Promise<string[]> {
     const out: string[] = [];
     for (const vmId of await this.deps.store.listClones(id)) {
       const vm = await this.deps.store.getVm(vmId);
-      if (vm && LIVE.includes(vm.state)) out.push(vmId);
+      if (vm && LIVE.includes(vm.state) && !isPooled(vm)) out.push(vmId);
     }
     return out;
   }
@@ -229,6 +239,7 @@ export class SnapshotService {
     if (clones.length) {
       throw new KilnError('KILN_ERR_SNAPSHOT_IN_USE', `snapshot ${id} has ${clones.length} running clone(s): ${clones.join(', ')}`, { clones });
     }
+    await this.pool.drain(id);
     await this.deps.store.deleteSnapshot(id);
     await fs.rm(s.path, { recursive: true, force: true });
     this.deps.bus.publish('snapshot.deleted', null, { snapshot: id });
@@ -242,8 +253,21 @@ export class SnapshotService {
     return s;
   }
 
-  /** A new VM from the snapshot (see VmManager.createClone). */
+  /**
+   * A new VM from the snapshot: a pooled clone when the pool has one (ready when this
+   * returns), else a restore (see VmManager.createClone).
+   */
   async restore(id: string, input: RestoreInput = {}): Promise<VmRecord> {
+    if (this.pool.size > 0) {
+      const s = await this.get(id);
+      if (input.name && (await this.deps.store.getVm(input.name))) throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(input.name)} already exists`);
+      const taken = await this.pool.take(id, { ...(input.name ? { name: input.name } : {}), env: { ...s.meta.guest.env, ...input.env }, customEgress: input.egress !== undefined });
+      if (taken) return taken;
+    }
+    return this.restoreCold(id, input);
+  }
+
+  private async restoreCold(id: string, input: RestoreInput): Promise<VmRecord> {
     const s = await this.verify(id);
     const m = s.meta;
     if (m.guest.extraDrives) throw new KilnError('KILN_ERR_VALIDATION', `snapshot ${id} is of a VM with volumes; it cannot be cloned`);

@@ -18,14 +18,14 @@ import type { ConsoleClient } from './console-mux.ts';
 import { LiveVms } from './live-vm.ts';
 import { bootSteps, classicSteps } from './provision/boot.ts';
 import { provision, type ProvisionCtx, type ProvisionSteps } from './provision/pipeline.ts';
-import { restoreSteps } from './provision/restore.ts';
+import { giveIdentity, restoreSteps } from './provision/restore.ts';
 import { Reconciler } from './reconcile.ts';
 import { preciseNow, type Timeline } from './timeline.ts';
 import { ACTIVE, VmCore, type LiveVm, type VmDeps, type WorkloadOutput } from './vm-core.ts';
 import { VmConsole } from './vm-console.ts';
-import { acceptVm, assertClassicBackend, cloneRecord, newVmRecord, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
+import { acceptVm, assertClassicBackend, cloneRecord, isPooled, newVmRecord, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
 
-export { DEFAULT_IMAGE, MIN_MEMORY_MIB, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
+export { DEFAULT_IMAGE, MIN_MEMORY_MIB, POOLED_PREFIX, isPooled, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
 export type { WorkloadOutput } from './vm-core.ts';
 
 export class VmManager {
@@ -59,8 +59,9 @@ export class VmManager {
     return this.core.get(idOrName);
   }
 
-  list(): Promise<VmRecord[]> {
-    return this.deps.store.listVms();
+  /** The users' VMs (pooled clones are kilnd's until a create takes one). */
+  async list(): Promise<VmRecord[]> {
+    return (await this.deps.store.listVms()).filter((vm) => !isPooled(vm));
   }
 
   /** The provisioning lists, by kind (docs/architecture.md shows them; tests check the edits). */
@@ -98,6 +99,41 @@ export class VmManager {
       this.run(this.steps.restore, vm, timeline, req, (err) => this.core.forget(vm.id, `${err.code}: ${err.message}`)),
     );
     return this.get(vm.id);
+  }
+
+  /**
+   * A create served by a pooled clone (src/snapshot/clone-pool.ts): the running, paused
+   * clone becomes the user's VM. One round trip to the guest: resume, then the identity op
+   * (hostname, env, RNG reseed, clock, ARP flush), whose answer is its readiness; the
+   * record's timeline is a new boot with those phases.
+   */
+  async adopt(id: string, as: { name?: string; env: Record<string, string> }): Promise<VmRecord> {
+    this.assertOpen();
+    return this.core.lock.run(id, async () => {
+      const cur = await this.get(id);
+      const live = this.core.live.get(id);
+      if (!isPooled(cur) || !live?.agent || (cur.state !== 'paused' && cur.state !== 'ready')) {
+        throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is not a pooled clone ready to be taken`);
+      }
+      const t0 = preciseNow();
+      const name = as.name ?? id;
+      const vm = { ...cur, name, env: as.env, bootCount: cur.bootCount + 1 };
+      const timeline = this.core.timeline(vm);
+      timeline.begin('api.accept', t0);
+      await this.deps.store.updateVm(id, { name, env: as.env, bootCount: vm.bootCount });
+      await timeline.end('api.accept');
+      this.deps.bus.publish('vm.created', id, { name, pooled: true });
+      try {
+        if (cur.state === 'paused') await timeline.step('vmm.resume', () => live.instance.resume());
+        await timeline.step('guest.identity', () => giveIdentity(this.core, vm, cur.agentToken!, cur.ip!));
+      } catch (e) {
+        live.failReason = `${(e as KilnError).code ?? 'KILN_ERR_GUEST_FAILED'}: ${(e as Error).message}`;
+        await live.instance.kill().catch(() => {});
+        throw e;
+      }
+      this.deps.metrics.provisionTotal.observe({ backend: vm.backend, accelerator: vm.accelerator }, (preciseNow() - t0) / 1000);
+      return this.core.transition(id, 'ready', {}, 'taken from the clone pool');
+    });
   }
 
   /** Runs under the VM's lock up to the VMM being handed over; readiness is awaited outside it. */

@@ -17,6 +17,13 @@ import { preciseNow } from './timeline.ts';
 import type { VmCore } from './vm-core.ts';
 
 export const MIN_MEMORY_MIB = 128;
+/**
+ * Names of pooled clones (src/snapshot/clone-pool.ts): a prefix no API name can have (names
+ * start with a letter or digit), so a pooled VM is never mistaken for a user's, and one a
+ * crash left behind is recognised at start-up.
+ */
+export const POOLED_PREFIX = '_pool.';
+export const isPooled = (vm: Pick<VmRecord, 'name'>): boolean => vm.name.startsWith(POOLED_PREFIX);
 export const DEFAULT_IMAGE = 'default';
 
 export interface CreateVmInput {

@@ -11,10 +11,11 @@ import { AgentClient } from '../../guest/agent/client.ts';
 import { clonePlan, createCloneNetwork } from '../../net/clone-netns.ts';
 import { tapName } from '../../net/network-manager.ts';
 import { AGENT_SESSION_PORT, agentChannel } from '../agent-link.ts';
+import type { VmRecord } from '../../store/store.ts';
 import type { VmCore } from '../vm-core.ts';
 import { runtimeFiles, vmSpec } from '../vm-spec.ts';
 import { bootSteps, spawnVmm, trackStep, type StepParts } from './boot.ts';
-import type { ProvisionCtx, ProvisionStep, ProvisionSteps } from './pipeline.ts';
+import type { ProvisionStep, ProvisionSteps } from './pipeline.ts';
 
 const IDENTITY_DEADLINE_MS = 15_000;
 
@@ -84,7 +85,7 @@ function resumeStep(): ProvisionStep {
 }
 
 function identityStep({ core }: StepParts): ProvisionStep {
-  return { name: 'guest.identity', run: (ctx) => giveIdentity(core, ctx) };
+  return { name: 'guest.identity', run: (ctx) => giveIdentity(core, ctx.vm, ctx.clone!.guestToken, ctx.clone!.guestNet!.ip) };
 }
 
 /** From the identity's answer to the guest's hello with its new token (await-ready.ts). */
@@ -100,16 +101,15 @@ function awaitAgentStep(): ProvisionStep {
 }
 
 /**
- * The identity op (hostname, token, env, RNG seed) over the clone's own session channel,
- * authenticated with the token the guest still holds (the snapshotted VM's).
+ * The identity op (hostname, token, env, RNG seed, clock, ARP flush) over the clone's own
+ * session channel, authenticated with the token the guest holds (a fresh clone: the
+ * snapshotted VM's; a pooled clone taken for a create: its own).
  */
-async function giveIdentity(core: VmCore, ctx: ProvisionCtx): Promise<void> {
-  const { vm, clone: req } = ctx;
-  const guestIp = req!.guestNet!.ip;
+export async function giveIdentity(core: VmCore, vm: VmRecord, guestToken: string, guestIp: string): Promise<void> {
   // TCP to its address (QEMU), or its vsock socket (Firecracker).
-  const target = agentChannel(vm, ctx.dir) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
+  const target = agentChannel(vm, core.runtimeDir(vm.id)) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
   const make = core.deps.agentClient ?? ((...a: ConstructorParameters<typeof AgentClient>) => new AgentClient(...a));
-  const client = make(target, req!.guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
+  const client = make(target, guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
   const deadline = Date.now() + IDENTITY_DEADLINE_MS;
   for (let attempt = 0; ; attempt++) {
     try {
