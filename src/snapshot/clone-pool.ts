@@ -86,8 +86,10 @@ export class ClonePool {
     if (this.deps.size <= 0) return null;
     const ids = this.#ready.get(snapshotId) ?? [];
     const id = req.customEgress ? undefined : ids.shift();
-    this.refill(snapshotId);
-    if (!id) return this.count('misses');
+    if (!id) {
+      this.refill(snapshotId);
+      return this.count('misses');
+    }
     try {
       const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env });
       this.count('hits');
@@ -96,6 +98,9 @@ export class ClonePool {
       this.deps.log.warn({ vm: id, snapshot: snapshotId, err: (e as Error).message }, 'a pooled clone could not be taken: restoring one instead');
       await this.deps.vms.delete(id).catch(() => {});
       return this.count('misses');
+    } finally {
+      // After the take: a refill is a whole restore, and would compete with it for the CPU.
+      this.refill(snapshotId);
     }
   }
 

@@ -17,7 +17,6 @@ import { runtimeFiles, vmSpec } from '../vm-spec.ts';
 import { bootSteps, spawnVmm, trackStep, type StepParts } from './boot.ts';
 import type { ProvisionStep, ProvisionSteps } from './pipeline.ts';
 
-const IDENTITY_DEADLINE_MS = 15_000;
 
 export function restoreSteps(p: StepParts): ProvisionSteps {
   return bootSteps(p)
@@ -110,9 +109,14 @@ export async function giveIdentity(core: VmCore, vm: VmRecord, guestToken: strin
   const target = agentChannel(vm, core.runtimeDir(vm.id)) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
   const make = core.deps.agentClient ?? ((...a: ConstructorParameters<typeof AgentClient>) => new AgentClient(...a));
   const client = make(target, guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
-  const deadline = Date.now() + IDENTITY_DEADLINE_MS;
+  // A guest on an overloaded host is slow, not broken: it gets a boot's deadline.
+  const deadline = Date.now() + core.deps.config.bootTimeoutMs;
+  let answered = true;
   for (let attempt = 0; ; attempt++) {
     try {
+      // An attempt that timed out may have been carried out, the answer lost: then the guest
+      // holds the new token already, and a retry with the old one would be refused.
+      if (!answered && guestToken !== vm.agentToken && (await tookIdentity(make, target, vm.agentToken!))) return;
       await client.identity({ hostname: vm.name, token: vm.agentToken!, env: vm.env, entropy: randomBytes(64) });
       return;
     } catch (e) {
@@ -120,7 +124,18 @@ export async function giveIdentity(core: VmCore, vm: VmRecord, guestToken: strin
       if (Date.now() > deadline || (e as KilnError).code === 'KILN_ERR_AGENT_PROTOCOL') {
         throw new KilnError('KILN_ERR_GUEST_FAILED', `the clone's agent (${guestIp} behind ${vm.ip}) did not take its identity: ${(e as Error).message}`);
       }
+      answered = (e as KilnError).code !== 'KILN_ERR_AGENT_TIMEOUT';
       await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 500)));
     }
+  }
+}
+
+/** Whether the guest's agent accepts `token` (the identity op that gives it was carried out). */
+async function tookIdentity(make: (...a: ConstructorParameters<typeof AgentClient>) => AgentClient, target: ConstructorParameters<typeof AgentClient>[0], token: string): Promise<boolean> {
+  try {
+    await make(target, token, { connectTimeoutMs: 2000, opTimeoutMs: 5000 }).status({ timeoutMs: 5000 });
+    return true;
+  } catch {
+    return false;
   }
 }
