@@ -177,7 +177,7 @@ export function assertClassicBackend(core: VmCore, code: 'KILN_ERR_VALIDATION' |
   if (driver.classicUnsupported) throw new KilnError(code, `classic VMs cannot run on the ${driver.name} backend: ${driver.classicUnsupported}`, { backend: driver.name, field: 'classic' });
 }
 
-function checkClassic(core: VmCore, input: CreateVmInput, name: string) {
+export function checkClassic(core: VmCore, input: CreateVmInput, name: string) {
   assertClassicBackend(core, 'KILN_ERR_VALIDATION');
   if (input.cmd) throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM runs its image\'s init (systemd): "cmd" does not apply (use "user_data" for a first-boot script)');
   if ((input.network ?? 'bridge') !== 'bridge') throw new KilnError('KILN_ERR_VALIDATION', 'a classic VM needs kiln\'s network (SSH, the agent): "network": "none" does not apply');
