@@ -210,17 +210,14 @@ describe('kilnd SIGKILLed with ten creates in flight', { skip }, () => {
   });
 });
 
-/** Everything under the state dir's images/ and blobs/ (the blob store's tmp/ included). */
+/**
+ * What the state dir holds of images: images/ entries, and the blob store's files (blobs of
+ * `blobs/<algorithm>/<hex>`, partial downloads in `blobs/tmp/`). Empty directories are no leak.
+ */
 async function imageFiles(): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (dir: string, depth: number): Promise<void> => {
-    for (const f of await fs.readdir(path.join(stateDir, dir)).catch(() => [] as string[])) {
-      out.push(`${dir}/${f}`);
-      if (depth > 0) await walk(`${dir}/${f}`, depth - 1);
-    }
-  };
-  await walk('images', 0);
-  await walk('blobs', 2);
+  const ls = (dir: string) => fs.readdir(path.join(stateDir, dir)).catch(() => [] as string[]);
+  const out = (await ls('images')).map((f) => `images/${f}`);
+  for (const sub of await ls('blobs')) for (const f of await ls(`blobs/${sub}`)) out.push(`blobs/${sub}/${f}`);
   return out.sort();
 }
 
