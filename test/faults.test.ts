@@ -244,7 +244,9 @@ describe('kilnd SIGKILLed during an image pull + convert', { skip }, () => {
       await crashAt(point, (c) => c.pullImage({ ref }, { wait: true }));
       const c = d!.client;
       assert.ok(!(await c.listImages()).some((i) => i.name === ref), `${point}: the interrupted pull left no image record`);
-      assert.deepEqual(await imageFiles(), filesBefore, `${point}: no image file, staging tree or blob of the interrupted pull is left`);
+      // A subset: the restart's sweep may also take blobs an earlier image delete left for GC.
+      const left = (await imageFiles()).filter((f) => !filesBefore.includes(f));
+      assert.deepEqual(left, [], `${point}: no image file, staging tree or blob of the interrupted pull is left`);
       const again = await c.pullImage({ ref }, { wait: true });
       assert.equal(again.state, 'ready', 'the same pull succeeds after the restart');
       await c.deleteImage(again.id);
