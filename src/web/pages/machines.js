@@ -74,12 +74,16 @@ export function mountMachines(root, ctx) {
     }
     // The state is in the event: shown at once; the rest (timeline, ip) follows from a GET.
     const known = vms.get(e.vm);
+    if (!known && e.type === 'vm.created') {
+      vms.set(e.vm, { id: e.vm, name: e.name, state: 'creating', image: { name: e.image ?? null }, created_at: e.ts, timeline: [] });
+      draw();
+    }
     if (known && e.type === 'vm.state') {
       vms.set(e.vm, { ...known, state: e.to, state_reason: e.reason ?? null });
       draw();
     }
     clearTimeout(pending.get(e.vm));
-    pending.set(e.vm, setTimeout(() => refresh(e.vm), known ? 150 : 0));
+    pending.set(e.vm, setTimeout(() => refresh(e.vm), 100));
   });
   api.get('/v1/vms').then((r) => {
     for (const v of r.vms) if (!vms.has(v.id)) vms.set(v.id, v);
@@ -189,6 +193,7 @@ export function mountMachines(root, ctx) {
     ev.preventDefault();
     void busy(createForm, async () => {
       const vm = await api.post('/v1/vms', createVmBody(formFields(createForm)));
+      createForm.reset();
       // The answer is the VM in `creating`: shown now; events carry it to ready.
       if (!vms.has(vm.id)) vms.set(vm.id, vm);
       draw();

@@ -12,8 +12,9 @@ export function errorBox(e) {
 
 /**
  * A waterfall: each phase a bar placed at its start and sized by its duration, on one time
- * axis from the first start to the last end. Phases: {phase, start_ms, duration_ms|null}.
- * @param {{phase: string, start_ms: number, duration_ms: number|null}[]} phases
+ * axis from the first start to the last end. Phases: {phase, start_ms, duration_ms|null,
+ * label_ms?} (label_ms: the time shown, when the bar is clipped).
+ * @param {{phase: string, start_ms: number, duration_ms: number|null, label_ms?: number}[]} phases
  */
 export function waterfall(phases, title = 'timeline') {
   if (!phases.length) return html`<p class="muted">no ${title}</p>`;
@@ -22,7 +23,7 @@ export function waterfall(phases, title = 'timeline') {
   return html`<div class="waterfall" aria-label="${title}">${phases.map((p) => html`<div class="wf-row${p.duration_ms === null ? ' running' : ''}">
     <span class="wf-name">${p.phase}</span>
     <span class="wf-track"><span class="wf-bar" style="margin-left:${pct(p.start_ms)};width:${p.duration_ms === null ? '2px' : pct(Math.max(p.duration_ms, end / 400))}"></span></span>
-    <span class="wf-ms">${ms(p.duration_ms)}</span></div>`)}
+    <span class="wf-ms">${ms(p.label_ms ?? p.duration_ms)}</span></div>`)}
     <div class="wf-row wf-total"><span class="wf-name">total</span><span class="wf-track"></span><span class="wf-ms">${ms(end)}</span></div></div>`;
 }
 

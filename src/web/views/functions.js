@@ -49,10 +49,20 @@ export function invokeForm() {
     <button type="submit">invoke</button></form>`;
 }
 
-/** An invocation's phases ({phase, ms} in order) as a waterfall: each starts where the last ended. */
+/**
+ * An invocation's phases ({phase, ms} in order) as a waterfall: each starts where the last
+ * ended, except `instance.start.*`, which says how the instance's VM came up: it is part of
+ * getting the instance (or happened before the call, for a pooled one), so it is drawn ending
+ * where getting the instance ended, clipped at the call's start (its label keeps its full
+ * length), and takes no time of its own.
+ */
 export function invocationPhases(timeline) {
   let t = 0;
   return (timeline ?? []).map((p) => {
+    if (p.phase.startsWith('instance.start.')) {
+      const start = Math.max(0, t - p.ms);
+      return { phase: p.phase, start_ms: start, duration_ms: t - start, label_ms: p.ms };
+    }
     const out = { phase: p.phase, start_ms: t, duration_ms: p.ms };
     t += p.ms;
     return out;

@@ -64,6 +64,12 @@ test('invocation: phases laid end to end; result JSON escaped; status and cold s
   assert.deepEqual(invocationPhases([{ phase: 'queue', ms: 1 }, { phase: 'invoke', ms: 4 }]), [
     { phase: 'queue', start_ms: 0, duration_ms: 1 }, { phase: 'invoke', start_ms: 1, duration_ms: 4 },
   ]);
+  // How the instance came up lies inside getting it (a pooled one started before the call).
+  assert.deepEqual(invocationPhases([
+    { phase: 'instance.pool', ms: 100 }, { phase: 'instance.start.boot', ms: 300 }, { phase: 'code.load', ms: 10 }, { phase: 'invoke', ms: 5 },
+  ]).map((p: { start_ms: number; duration_ms: number }) => [p.start_ms, p.duration_ms]), [[0, 100], [0, 100], [100, 10], [110, 5]]);
+  assert.match(String(waterfall(invocationPhases([{ phase: 'instance.pool', ms: 100 }, { phase: 'instance.start.boot', ms: 21800 }]))), /instance\.start\.boot<\/span>.*21\.8 s/s);
+  assert.deepEqual(invocationPhases([{ phase: 'instance.boot', ms: 300 }, { phase: 'instance.start.boot', ms: 300 }])[1], { phase: 'instance.start.boot', start_ms: 0, duration_ms: 300, label_ms: 300 });
   const out = String(invocationResult({
     result: { hello: '<b>world</b>' },
     invocation: { status: 'ok', duration_ms: 12.5, guest_ms: 1.5, cold: true, source: 'pool', instance_start: 'boot', timeline: [{ phase: 'invoke', ms: 12.5 }], logs: '<i>log</i>' },

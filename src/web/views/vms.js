@@ -20,7 +20,7 @@ export const CONFIRM_OPS = new Set(['stop', 'delete', 'pause']);
 export function vmRow(v) {
   return html`<tr class="row" data-id="${v.id}">
     <td class="name">${v.name}</td><td class="state">${stateBadge(v.state)}</td><td>${v.ip ?? ''}</td>
-    <td>${v.image?.name ?? v.image?.id ?? ''}</td><td>${v.vcpus} × ${v.memory_mib} MiB</td>
+    <td>${v.image?.name ?? v.image?.id ?? ''}</td><td>${v.vcpus ? `${v.vcpus} × ${v.memory_mib} MiB` : ''}</td>
     <td>${v.ports?.map((p) => `${p.host}→${p.guest}${p.proto === 'udp' ? '/udp' : ''}`).join(' ') ?? ''}</td>
     <td class="muted">${ago(v.created_at)}</td></tr>`;
 }
@@ -77,7 +77,7 @@ export function createVmForm() {
       <label>ports <input name="ports" placeholder="8080:80, 5353:53/udp"></label>
       <label class="wide">command <input name="cmd" placeholder="sh line, or a JSON argv"></label>
       <label class="wide">env <textarea name="env" rows="2" placeholder="NAME=value, one a line"></textarea></label>
-      <label><input type="checkbox" name="classic"> classic (Debian, systemd, console shell)</label>
+      <label class="check"><input type="checkbox" name="classic"> classic (Debian, systemd, console shell)</label>
     </div>
     <button type="submit">create</button></form>`;
 }
