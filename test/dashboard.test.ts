@@ -221,6 +221,10 @@ describe('dashboard with auth on', { skip }, () => {
     await shot(page, 'overview');
     await page.click('nav a[data-page=events]');
     await page.locator('#ev-rows td', { hasText: 'vm.state' }).first().waitFor();
+    // The containers page lists none (VMs are not containers) and offers the run form.
+    await page.click('nav a[data-page=containers]');
+    await page.locator('#run-ct input[name=image]').waitFor({ state: 'attached' });
+    await page.locator('#ct-count', { hasText: /^0$/ }).waitFor();
   });
 
   test('deploy a function from the editor and invoke it: result and invocation timeline shown', async () => {

@@ -11,19 +11,21 @@ import { setHtml } from '../lib/dom.js';
 export function mountOverview(root, ctx) {
   root.innerHTML = String(html`<section class="page wide"><h2>Overview</h2><div id="capacity"></div>
     <div class="charts"><figure><figcaption>VM creates / s</figcaption><div id="ch-creates"></div></figure>
-    <figure><figcaption>create → ready latency (ms), per VM</figcaption><div id="ch-ready"></div></figure>
+    <figure><figcaption>create → ready latency, per VM</figcaption><div id="ch-ready"></div></figure>
     <figure><figcaption>function invocations / s</figcaption><div id="ch-invokes"></div></figure></div></section>`);
   const $ = (/** @type {string} */ s) => /** @type {HTMLElement} */ (root.querySelector(s));
   const width = () => Math.max(280, Math.min(520, (root.clientWidth - 48) / 3));
-  const chart = (el, label, color, points = false) => new uPlot({
+  /** @param {(v: number) => string} fmt axis and legend values */
+  const chart = (el, label, color, fmt, points = false) => new uPlot({
     width: width(), height: 180, legend: { show: true },
     scales: { x: { time: true } },
-    series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, points: { show: points }, ...(points ? { paths: () => null } : {}) }],
-    axes: [{}, { size: 50 }],
+    series: [{}, { label, stroke: color, width: 2, fill: `${color}22`, points: { show: points }, value: (_u, v) => (v == null ? '--' : fmt(v)), ...(points ? { paths: () => null } : {}) }],
+    axes: [{}, { size: 60, values: (_u, vals) => vals.map(fmt) }],
   }, [[], []], el);
-  const creates = chart($('#ch-creates'), 'creates/s', '#c2410c');
-  const ready = chart($('#ch-ready'), 'ms', '#15803d', true);
-  const invokes = chart($('#ch-invokes'), 'calls/s', '#1d4ed8');
+  const rate = (v) => (v >= 10 ? v.toFixed(0) : v.toFixed(2).replace(/\.?0+$/, ''));
+  const creates = chart($('#ch-creates'), 'creates/s', '#c2410c', rate);
+  const ready = chart($('#ch-ready'), 'ready after', '#15803d', (v) => (v >= 1000 ? `${(v / 1000).toFixed(1)} s` : `${Math.round(v)} ms`), true);
+  const invokes = chart($('#ch-invokes'), 'calls/s', '#1d4ed8', rate);
   const draw = () => {
     creates.setData(ctx.stats.createsPerSecond(Date.now() / 1000));
     ready.setData([ctx.stats.ready.map((r) => r.t), ctx.stats.ready.map((r) => r.ms)]);
