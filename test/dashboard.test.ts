@@ -7,8 +7,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { buildBusyboxTree } from '../src/image/default-image.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
+import { startRegistry, type TestRegistry } from './helpers/registry.ts';
+import { OciLayoutBuilder } from './helpers/test-images.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const BOOT_MS = 180_000;
@@ -63,9 +66,18 @@ describe('dashboard with auth on', { skip }, () => {
   let d: TestDaemon;
   let b: Awaited<ReturnType<typeof openBrowser>>;
   let page: Page;
+  let registry: TestRegistry;
+  let builder: OciLayoutBuilder;
+  let imageRef: string;
 
   before(async () => {
     if (skip) return;
+    // A real registry on loopback with a busybox image, for the pull and the container.
+    registry = await startRegistry();
+    builder = await OciLayoutBuilder.create();
+    await builder.build('base', { layers: [buildBusyboxTree], config: { cmd: ['/bin/sh'], env: ['PATH=/usr/sbin:/usr/bin:/sbin:/bin'] } });
+    imageRef = `${registry.host}/kiln-test/dash:v1`;
+    await builder.push('base', imageRef);
     d = await startKilnd();
     b = await openBrowser();
     page = b.page;
@@ -73,6 +85,8 @@ describe('dashboard with auth on', { skip }, () => {
   after(async () => {
     await b?.dispose();
     await d?.dispose();
+    await registry?.stop();
+    await builder?.remove();
   });
 
   test('the token is asked once and kept for the session: a reload does not ask again', async () => {
@@ -225,6 +239,55 @@ describe('dashboard with auth on', { skip }, () => {
     await page.click('nav a[data-page=containers]');
     await page.locator('#run-ct input[name=image]').waitFor({ state: 'attached' });
     await page.locator('#ct-count', { hasText: /^0$/ }).waitFor();
+  });
+
+  test('pull an image from the Images page with progress from events; run it as a container; its logs; stop with confirmation', async () => {
+    await page.click('nav a[data-page=images]');
+    await page.locator('#pull-img').waitFor();
+    // Whether the image's row ever showed a progress bar while it was pulling.
+    await page.evaluate(() => {
+      const w = window as unknown as { sawBar: boolean };
+      w.sawBar = false;
+      new MutationObserver(() => {
+        if (document.querySelector('#img-rows progress')) w.sawBar = true;
+      }).observe(document.querySelector('#img-rows')!, { childList: true, subtree: true });
+    });
+    await page.fill('#pull-img input[name=ref]', imageRef);
+    await page.click('#pull-img button[type=submit]');
+    const row = page.locator('#img-rows tr', { has: page.locator('td.name', { hasText: imageRef }) });
+    await row.locator('td.state', { hasText: 'ready' }).waitFor({ timeout: 120_000 });
+    assert.equal(await page.evaluate(() => (window as unknown as { sawBar: boolean }).sawBar), true, 'a progress bar was shown while pulling');
+    await page.click('nav a[data-page=events]');
+    await page.locator('#ev-rows td', { hasText: 'image.progress' }).first().waitFor();
+
+    await page.click('nav a[data-page=containers]');
+    await page.click('details.create > summary');
+    await page.fill('#run-ct input[name=image]', imageRef);
+    await page.fill('#run-ct input[name=name]', 'ctr-1');
+    await page.fill('#run-ct input[name=cmd]', '["sh", "-c", "echo hi-from-container; sleep 3600"]');
+    await page.click('#run-ct button[type=submit]');
+    const state = page.locator('#ct-rows tr', { has: page.locator('td.name', { hasText: 'ctr-1' }) }).locator('td.state');
+    await state.filter({ hasText: 'running' }).waitFor({ timeout: BOOT_MS });
+    await page.locator('#ct-logs', { hasText: 'hi-from-container' }).waitFor({ timeout: 30_000 });
+    await shot(page, 'container-running');
+    await page.locator('#ct-head button[data-op=stop]').click();
+    await page.locator('#ct-confirm button[data-confirm=yes]').click();
+    await state.filter({ hasText: /^(exited|failed)$/ }).waitFor({ timeout: 60_000 });
+    assert.match((await d.client.request('GET', '/v1/containers/ctr-1').then((r) => r.json()) as { state: string }).state, /^(exited|failed)$/);
+  });
+
+  test('build the default image\'s template from the Images page and clone it; the clone comes up live', async () => {
+    await page.click('nav a[data-page=images]');
+    await page.fill('#build-tpl input[name=image]', 'default');
+    await page.click('#build-tpl button[type=submit]');
+    const cloneButton = page.locator('#tpl-rows button[data-clone-template]:not([disabled])');
+    await cloneButton.first().waitFor({ timeout: BOOT_MS });
+    await cloneButton.first().click();
+    const clone = page.locator('#clone-note b');
+    await clone.waitFor({ timeout: 60_000 });
+    const cloneName = (await clone.textContent())!.trim();
+    await page.click('nav a[data-page=machines]');
+    await stateCell(page, cloneName).filter({ hasText: 'ready' }).waitFor({ timeout: BOOT_MS });
   });
 
   test('deploy a function from the editor and invoke it: result and invocation timeline shown', async () => {

@@ -51,6 +51,12 @@ export function mountContainers(root, ctx) {
     draw();
   }, (e) => showError($('#ct-list-error'), e));
 
+  // The selected container's logs are re-read every 2 s while it runs (a tail, not a stream:
+  // a page left open holds no long request).
+  const logTimer = setInterval(() => {
+    const c = selected && cts.get(selected);
+    if (c && (c.state === 'running' || c.state === 'starting' || c.state === 'restarting')) void logs(c.id);
+  }, 2000);
   const select = (id) => {
     selected = id;
     markSelected(rows, id);
@@ -98,6 +104,7 @@ export function mountContainers(root, ctx) {
     ev.preventDefault();
     void busy(form, async () => {
       const c = await api.post('/v1/containers', runContainerBody(formFields(form)));
+      form.reset();
       cts.set(c.id, c);
       draw();
       select(c.id);
@@ -106,6 +113,7 @@ export function mountContainers(root, ctx) {
   return () => {
     disposed = true;
     off();
+    clearInterval(logTimer);
     for (const t of timers.values()) clearTimeout(t);
   };
 }

@@ -18,7 +18,7 @@ export function runForm() {
       <label>image <input name="image" placeholder="registry/app:tag" required></label>
       <label>name <input name="name" placeholder="auto"></label>
       <label>ports <input name="ports" placeholder="8081:80"></label>
-      <label class="wide">command <input name="cmd" placeholder="replaces the image's cmd"></label>
+      <label class="wide">command <input name="cmd" placeholder="replaces the image's cmd: words split on spaces, or a JSON argv"></label>
       <label class="wide">env <textarea name="env" rows="2" placeholder="NAME=value, one a line"></textarea></label>
     </div><button type="submit">run</button></form>`;
 }
