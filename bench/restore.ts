@@ -52,24 +52,32 @@ interface Burst {
   perVm: number[];
   refused: number;
   failed: number;
+  /** Why, per failure (a VM not ready, or the create's error). */
+  reasons: string[];
   phases: Map<string, number[]>;
 }
 
 /** `n` creates at once; each timed to ready; 429s counted as refused. Deletes what it made. */
 async function burst(body: CreateVmBody, n: number): Promise<Burst> {
   const t0 = performance.now();
-  const out: Burst = { n, wallMs: 0, perVm: [], refused: 0, failed: 0, phases: new Map() };
+  const out: Burst = { n, wallMs: 0, perVm: [], refused: 0, failed: 0, reasons: [], phases: new Map() };
   const made: Vm[] = [];
   await Promise.all(Array.from({ length: n }, async () => {
     const t = performance.now();
     try {
       const vm = await d.client.createVm(body, WAIT);
       made.push(vm);
-      if (vm.state !== 'ready') return void out.failed++;
+      if (vm.state !== 'ready') {
+        out.reasons.push(`${vm.id} ${vm.state}: ${vm.state_reason}`);
+        return void out.failed++;
+      }
       out.perVm.push(performance.now() - t);
     } catch (e) {
       if ((e as { code?: string }).code === 'KILN_ERR_CAPACITY') out.refused++;
-      else out.failed++;
+      else {
+        out.failed++;
+        out.reasons.push(String(e));
+      }
     }
   }));
   out.wallMs = performance.now() - t0;
@@ -203,6 +211,7 @@ try {
       return xs?.length ? `${median(xs).toFixed(0)} / ${quantile(xs, 0.99).toFixed(0)}` : '-';
     }),
   ])));
+  for (const [name, b] of bursts) for (const r of b.reasons) console.log(`FAILED ${name} ×${b.n}: ${r}`);
   console.log(`\npool counters: ${JSON.stringify({ hits: pool.hits, misses: pool.misses, refills: pool.refills, refill_failures: pool.refill_failures })}`);
   const ten = bursts.find(([name, b]) => name.startsWith('pooled') && b.n === 10)?.[1];
   console.log(`target: single pooled create ≤ 100 ms median: ${median(pooled) <= 100 ? 'met' : 'NOT met'} (${median(pooled).toFixed(0)} ms, ${(median(pooled) / coldMed).toFixed(3)}× cold; ≤ 0.03×: ${median(pooled) <= 0.03 * coldMed ? 'met' : 'NOT met'})`);

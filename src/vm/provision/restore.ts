@@ -108,23 +108,27 @@ export async function giveIdentity(core: VmCore, vm: VmRecord, guestToken: strin
   // TCP to its address (QEMU), or its vsock socket (Firecracker).
   const target = agentChannel(vm, core.runtimeDir(vm.id)) ?? { kind: 'tcp' as const, host: vm.ip!, port: AGENT_SESSION_PORT };
   const make = core.deps.agentClient ?? ((...a: ConstructorParameters<typeof AgentClient>) => new AgentClient(...a));
-  const client = make(target, guestToken, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
+  // Generous per-attempt limits: an overloaded guest answers late, and every retry costs it a session.
+  const client = make(target, guestToken, { connectTimeoutMs: 5000, opTimeoutMs: 30_000 });
   // A guest on an overloaded host is slow, not broken: it gets a boot's deadline.
   const deadline = Date.now() + core.deps.config.bootTimeoutMs;
-  let answered = true;
+  // An attempt that timed out may have been carried out, the answer lost: the guest then holds
+  // the new token, refuses the old one, and a probe with the new one tells.
+  const tokenChanges = guestToken !== vm.agentToken;
+  let unanswered = false;
   for (let attempt = 0; ; attempt++) {
     try {
-      // An attempt that timed out may have been carried out, the answer lost: then the guest
-      // holds the new token already, and a retry with the old one would be refused.
-      if (!answered && guestToken !== vm.agentToken && (await tookIdentity(make, target, vm.agentToken!))) return;
+      if (unanswered && tokenChanges && (await tookIdentity(make, target, vm.agentToken!))) return;
       await client.identity({ hostname: vm.name, token: vm.agentToken!, env: vm.env, entropy: randomBytes(64) });
       return;
     } catch (e) {
-      // The first SYN can race the guest's TCP timers catching up after the resume.
-      if (Date.now() > deadline || (e as KilnError).code === 'KILN_ERR_AGENT_PROTOCOL') {
+      const code = (e as KilnError).code;
+      // A protocol error is final, unless it may be the old token refused after a lost answer.
+      if (Date.now() > deadline || (code === 'KILN_ERR_AGENT_PROTOCOL' && !(unanswered && tokenChanges))) {
         throw new KilnError('KILN_ERR_GUEST_FAILED', `the clone's agent (${guestIp} behind ${vm.ip}) did not take its identity: ${(e as Error).message}`);
       }
-      answered = (e as KilnError).code !== 'KILN_ERR_AGENT_TIMEOUT';
+      if (code === 'KILN_ERR_AGENT_TIMEOUT') unanswered = true;
+      // The first SYN can race the guest's TCP timers catching up after the resume.
       await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 500)));
     }
   }
@@ -133,7 +137,7 @@ export async function giveIdentity(core: VmCore, vm: VmRecord, guestToken: strin
 /** Whether the guest's agent accepts `token` (the identity op that gives it was carried out). */
 async function tookIdentity(make: (...a: ConstructorParameters<typeof AgentClient>) => AgentClient, target: ConstructorParameters<typeof AgentClient>[0], token: string): Promise<boolean> {
   try {
-    await make(target, token, { connectTimeoutMs: 2000, opTimeoutMs: 5000 }).status({ timeoutMs: 5000 });
+    await make(target, token, { connectTimeoutMs: 5000, opTimeoutMs: 30_000 }).status({ timeoutMs: 30_000 });
     return true;
   } catch {
     return false;
