@@ -42,6 +42,8 @@ export interface KilnConfig {
   functions: FunctionsConfig;
   /** Clones of each snapshot restored ahead of demand (src/snapshot/clone-pool.ts); 0: none. */
   clonePoolSize: number;
+  /** Cold boots in flight at once (the rest wait their turn in 'creating'); undefined: by accelerator. */
+  maxConcurrentBoots: number | undefined;
   guestInput: GuestInputConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
   capacity: Omit<CapacityConfig, 'vmmOverheadMib'>;
@@ -144,6 +146,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
     clonePoolSize: count(env, 'KILN_CLONE_POOL_SIZE', 0),
+    maxConcurrentBoots: env.KILN_MAX_CONCURRENT_BOOTS ? positive(env, 'KILN_MAX_CONCURRENT_BOOTS', 1) : undefined,
     guestInput: {
       eventsPerSecond: positive(env, 'KILN_GUEST_EVENTS_PER_S', 5),
       eventsBurst: positive(env, 'KILN_GUEST_EVENTS_BURST', 50),
@@ -172,6 +175,14 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       memoryOverheadMib: env.KILN_VMM_MEMORY_OVERHEAD_MIB ? Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB) : undefined,
     },
   };
+}
+
+/**
+ * Cold boots at once when not configured: under TCG every booting vCPU is a host thread
+ * emulating flat out, so two per host CPU; under KVM a boot is mostly waiting, so many more.
+ */
+export function defaultConcurrentBoots(accelerator: 'kvm' | 'tcg'): number {
+  return accelerator === 'tcg' ? 2 * HOST_CPUS : 16 * HOST_CPUS;
 }
 
 /** A whole number ≥ 0 from the environment, or the default; anything else stops kilnd at start. */

@@ -20,6 +20,8 @@ import type { Metrics } from '../metrics/metrics.ts';
 import type { NetworkManager } from '../net/network-manager.ts';
 import type { ImageRecord, Store, VmRecord, VmState } from '../store/store.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
+import { Slots } from '../util/slots.ts';
+import { defaultConcurrentBoots } from '../config.ts';
 import type { Accelerator, BackendName, VmmDriver, VmmInstance } from '../vmm/driver.ts';
 import type { Admission } from './admission.ts';
 import type { AgentHub, AgentLink } from './agent-link.ts';
@@ -103,9 +105,12 @@ export class VmCore {
   /** VMs booted with their RAM in a shared file (template golden VMs); kilnd-internal. */
   readonly fileBackedMemory = new Set<string>();
   closing = false;
+  /** Cold boots in flight (KILN_MAX_CONCURRENT_BOOTS): held from the first step to ready or failed. */
+  readonly bootSlots: Slots;
 
   constructor(readonly deps: VmDeps) {
     this.states.setMaxListeners(0);
+    this.bootSlots = new Slots(deps.config.maxConcurrentBoots ?? defaultConcurrentBoots(deps.accelerator));
   }
 
   get vmsDir(): string {

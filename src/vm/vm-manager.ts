@@ -13,7 +13,8 @@ import type { VmRecord, VmState } from '../store/store.ts';
 import { CleanupStack } from '../util/cleanup-stack.ts';
 import type { VmmInstance } from '../vmm/driver.ts';
 import { awaitReady } from './await-ready.ts';
-import { CLASSIC_STOP_GRACE_MS, GIB, checkDiskSize, growDiskOffline } from './classic.ts';
+import { CLASSIC_STOP_GRACE_MS } from './classic.ts';
+import { resizeClassicDisk } from './classic-disk.ts';
 import type { ConsoleClient } from './console-mux.ts';
 import { LiveVms } from './live-vm.ts';
 import { bootSteps, classicSteps } from './provision/boot.ts';
@@ -79,8 +80,32 @@ export class VmManager {
     if (internal.fileBackedMemory) this.core.fileBackedMemory.add(vm.id);
     this.deps.bus.publish('vm.created', vm.id, { name: vm.name, image: image.name });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
-    void this.core.lock.run(vm.id, () => this.boot(vm, timeline)).catch((e) => this.deps.log.warn({ vm: vm.id, err: e }, 'boot failed'));
+    void this.queueBoot(vm, timeline).catch((e) => this.deps.log.warn({ vm: vm.id, err: e }, 'boot failed'));
     return vm;
+  }
+
+  /**
+   * A cold boot takes a boot slot before its first step and holds it until the guest is
+   * ready or has failed: the guests booting at once share the host's CPUs, and a boot's
+   * deadline measures the guest, not a queue. A wait shows in the timeline (`boot.queue`).
+   */
+  private async queueBoot(vm: VmRecord, timeline: Timeline): Promise<void> {
+    const queued = preciseNow();
+    const slot = await this.core.bootSlots.acquire();
+    try {
+      if (slot.waited) {
+        timeline.begin('boot.queue', queued);
+        await timeline.end('boot.queue');
+      }
+      await this.core.lock.run(vm.id, async () => {
+        // Deleted while it waited for its turn: nothing to boot.
+        if ((await this.deps.store.getVm(vm.id))?.state !== 'creating') return slot.release();
+        await this.boot(vm, timeline, slot.release);
+      });
+    } catch (e) {
+      slot.release();
+      throw e;
+    }
   }
 
   /**
@@ -96,7 +121,7 @@ export class VmManager {
     this.deps.bus.publish('vm.created', vm.id, { name: vm.name, snapshot: req.snapshotId });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
     await this.core.lock.run(vm.id, () =>
-      this.run(this.steps.restore, vm, timeline, req, (err) => this.core.forget(vm.id, `${err.code}: ${err.message}`)),
+      this.run(this.steps.restore, vm, timeline, req, () => {}, (err) => this.core.forget(vm.id, `${err.code}: ${err.message}`)),
     );
     return this.get(vm.id);
   }
@@ -137,15 +162,16 @@ export class VmManager {
   }
 
   /** Runs under the VM's lock up to the VMM being handed over; readiness is awaited outside it. */
-  private async boot(vm: VmRecord, timeline: Timeline): Promise<void> {
+  private async boot(vm: VmRecord, timeline: Timeline, release: () => void): Promise<void> {
     const list = vm.classic ? this.steps.classic : this.steps.boot;
-    await this.run(list, vm, timeline, undefined, async (err) => {
+    await this.run(list, vm, timeline, undefined, release, async (err) => {
       await this.core.transition(vm.id, 'failed', { pid: null }, `${err.code}: ${err.message}`);
       if (vm.ports.length) await this.deps.network.sync().catch(() => {});
     });
   }
 
-  private async run(list: ProvisionSteps, vm: VmRecord, timeline: Timeline, clone: CloneRequest | undefined, onFailure: (err: KilnError) => Promise<void>): Promise<void> {
+  /** `done`: called once the VM is ready or has failed (a boot's slot). */
+  private async run(list: ProvisionSteps, vm: VmRecord, timeline: Timeline, clone: CloneRequest | undefined, done: () => void, onFailure: (err: KilnError) => Promise<void>): Promise<void> {
     const t0 = preciseNow();
     const dir = this.runtimeDir(vm.id);
     let ctx: ProvisionCtx;
@@ -158,7 +184,7 @@ export class VmManager {
       throw err;
     }
     await provision(list, ctx, this.deps.log, onFailure, clone ? 'KILN_ERR_SNAPSHOT_FAILED' : 'KILN_ERR_VMM_FAILED');
-    void awaitReady(this.core, vm, ctx.live!, t0, clone ? timeline : undefined);
+    void awaitReady(this.core, vm, ctx.live!, t0, clone ? timeline : undefined).finally(done);
   }
 
   private assertOpen(): void {
@@ -217,25 +243,22 @@ export class VmManager {
   }
 
   /** Resizes a stopped classic VM's disk (grow only; offline: truncate, e2fsck, resize2fs). */
-  async resizeDisk(idOrName: string, sizeGib: number): Promise<VmRecord> {
-    const { id } = await this.get(idOrName);
-    return this.core.lock.run(id, async () => {
-      const vm = await this.get(id);
-      if (!vm.classic) throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is not a classic VM: it has no disk of its own to resize`);
-      if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} is ${vm.state}; its disk is resized while it is stopped (kiln vm stop first)`);
-      const sizeBytes = sizeGib * GIB;
-      const current = vm.classic.disk.sizeBytes;
-      await checkDiskSize(sizeBytes, current, this.deps.config.stateDir, current);
-      if (await fs.stat(vm.classic.disk.path).catch(() => null)) await growDiskOffline(vm.classic.disk.path, sizeBytes);
-      const classic = { ...vm.classic, disk: { ...vm.classic.disk, sizeBytes } };
-      const out = await this.deps.store.updateVm(id, { classic });
-      this.deps.bus.publish('vm.disk', id, { event: 'resized', from_bytes: current, to_bytes: sizeBytes });
-      return out;
-    });
+  resizeDisk(idOrName: string, sizeGib: number): Promise<VmRecord> {
+    return resizeClassicDisk(this.core, idOrName, sizeGib);
   }
 
   async start(idOrName: string): Promise<VmRecord> {
     const { id } = await this.get(idOrName);
+    const slot = await this.core.bootSlots.acquire();
+    try {
+      return await this.startWithSlot(id, slot.release);
+    } catch (e) {
+      slot.release();
+      throw e;
+    }
+  }
+
+  private startWithSlot(id: string, release: () => void): Promise<VmRecord> {
     return this.core.lock.run(id, async () => {
       const vm = await this.get(id);
       if (vm.state !== 'stopped') throw new KilnError('KILN_ERR_INVALID_STATE', `cannot start a VM that is ${vm.state}`);
@@ -245,7 +268,7 @@ export class VmManager {
       const next = await this.deps.admission.admit(vm, () =>
         this.core.transition(id, 'creating', { bootCount: vm.bootCount + 1, backend: this.deps.driver.name, accelerator: this.deps.accelerator }),
       );
-      await this.boot(next, this.core.timeline(next));
+      await this.boot(next, this.core.timeline(next), release);
       return this.get(id);
     });
   }
