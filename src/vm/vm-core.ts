@@ -151,6 +151,8 @@ export class VmCore {
   /** Stops tracking a live VM kilnd is letting go of (deleted, failed provisioning, shutdown). */
   release(id: string, live: LiveVm, why: string): void {
     if (this.live.get(id) === live) this.live.delete(id);
+    // A boot still waiting for its guest ends now (and gives back its boot slot).
+    live.failBoot(new KilnError('KILN_ERR_INVALID_STATE', why));
     live.follower.close();
     live.agent?.close();
     live.console?.close(why);

@@ -121,3 +121,23 @@ test('reconcile: a VM kilnd was creating is failed and the VMM its intent names 
   await restarted.delete(vm.id);
   await restarted.close();
 });
+
+test('cold boots beyond the boot slots wait in creating, and go on when a slot frees', async () => {
+  const one = await vmLayer({ maxConcurrentBoots: 1 });
+  try {
+    one.driver.script = 'hang';
+    const a = await one.manager.create({ name: 'first', network: 'none', memory_mib: 128 });
+    const b = await one.manager.create({ name: 'second', network: 'none', memory_mib: 128 });
+    await one.manager.waitFor(a.id, ['booting'], 5000);
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await one.manager.get(b.id)).state, 'creating', 'the second waits for the only slot');
+    one.driver.script = 'ready';
+    // The first boot ends (deleted): its slot passes to the second, which boots to ready.
+    await one.manager.delete(a.id);
+    await one.manager.waitFor(b.id, ['ready'], 5000);
+    const phases = (await one.store.listPhases(b.id, 1)).map((p) => p.name);
+    assert.ok(phases.includes('boot.queue'), `the wait is in its timeline: ${phases}`);
+  } finally {
+    await one.dispose();
+  }
+});

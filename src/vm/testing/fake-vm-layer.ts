@@ -194,9 +194,9 @@ const IMAGE: ImageRecord = {
 };
 
 /** A VmManager over fakes and a real SQLite store in a fresh temp dir. */
-export async function vmLayer(): Promise<VmLayer> {
+export async function vmLayer(opts: { maxConcurrentBoots?: number } = {}): Promise<VmLayer> {
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-vmlayer-'));
-  const config = { ...defaultConfig({ KILN_STATE_DIR: stateDir }), bootTimeoutMs: 10_000, stopGraceMs: 500 };
+  const config = { ...defaultConfig({ KILN_STATE_DIR: stateDir }), bootTimeoutMs: 10_000, stopGraceMs: 500, maxConcurrentBoots: opts.maxConcurrentBoots ?? 8 };
   const store = new SqliteStore(path.join(stateDir, 'kiln.db'));
   await store.insertImage(IMAGE);
   const log = pino({ level: 'silent' });
