@@ -57,6 +57,7 @@ export class SandboxService {
   private readonly users = new Map<string, GuestUser>();
   private readonly goneListeners = new Set<Listener>();
   private readonly pauseListeners = new Set<Listener>();
+  private unsubscribe: (() => void) | null = null;
 
   constructor(
     private readonly daemon: Daemon,
@@ -67,6 +68,16 @@ export class SandboxService {
 
   /** Start-up: records whose VM is gone are dropped, the others' timeouts are armed again. */
   async start(): Promise<void> {
+    // A sandbox's VM removed behind E2B's back (`kiln vm rm`, a failed guest) ends the sandbox.
+    this.unsubscribe = this.daemon.bus.subscribe((e) => {
+      if ((e.type !== 'vm.deleted' && !(e.type === 'vm.state' && (e.data.to === 'failed' || e.data.to === 'stopped'))) || !e.vmId) return;
+      const s = this.store.list().find((x) => x.vmId === e.vmId);
+      if (!s) return;
+      this.disarm(s.id);
+      this.store.delete(s.id);
+      for (const l of this.goneListeners) l(s.id);
+      if (e.type !== 'vm.deleted') void this.daemon.vms.delete(e.vmId).catch(() => {});
+    });
     for (const s of this.store.list()) {
       const vm = await this.daemon.store.getVm(s.vmId);
       if (!vm || !['ready', 'paused'].includes(vm.state)) {
@@ -79,6 +90,7 @@ export class SandboxService {
   }
 
   close(): void {
+    this.unsubscribe?.();
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
     this.store.close();
