@@ -104,6 +104,21 @@ describe('e2b SDK against kilnd', { skip }, () => {
     assert.equal(r.stdout, 'HELLO STDIN\n');
   });
 
+  test('a PTY session: input, output, resize, exit code', async () => {
+    let out = '';
+    const term = await sbx.pty.create({ cols: 80, rows: 24, onData: (d) => void (out += Buffer.from(d).toString()) });
+    const type = (s: string) => sbx.pty.sendInput(term.pid, new TextEncoder().encode(s));
+    await type('stty size; tty; echo $((6*7))\n');
+    await until('the shell on its terminal to answer', () => out.includes('24 80') && out.includes('/dev/pts/') && out.includes('42'), 20_000);
+    await sbx.pty.resize(term.pid, { cols: 100, rows: 30 });
+    await type('stty size\n');
+    await until('the resized terminal', () => out.includes('30 100'), 20_000);
+    await type('exit 5\n');
+    const end = await term.wait().catch((e) => e);
+    assert.ok(end instanceof CommandExitError, String(end));
+    assert.equal(end.exitCode, 5);
+  });
+
   test('files: write, read, list, makeDir, rename, remove, exists', async () => {
     const info = await sbx.files.write('notes/a.txt', 'first line\n');
     assert.equal(info.path, '/home/user/notes/a.txt');

@@ -26,3 +26,12 @@ test('envd\'s Basic header names the user', () => {
   assert.equal(basicUser(undefined), null);
   assert.equal(basicUser(`Basic ${Buffer.from(':').toString('base64')}`), null);
 });
+
+test('PTY commands run under script with their words quoted', async () => {
+  const { ptyArgv, shellQuote } = await import('./envd/process-service.ts');
+  assert.equal(shellQuote("it's"), `'it'\\''s'`);
+  const argv = ptyArgv(['/bin/bash', '-c', "echo 'x y'"], { cols: 100, rows: 30 });
+  assert.deepEqual(argv.slice(0, 5), ['script', '-q', '-f', '-e', '-c']);
+  assert.equal(argv[5], `stty rows 30 cols 100 2>/dev/null; exec '/bin/bash' '-c' 'echo '\\''x y'\\'''`);
+  assert.equal(argv[6], '/dev/null');
+});

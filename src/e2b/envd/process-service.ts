@@ -23,6 +23,23 @@ interface Proc {
   handle: ExecHandle;
   subscribers: Set<AsyncQueue<EventInit>>;
   stdinOpen: boolean;
+  /** Runs on a pseudo-terminal: its output is `pty` data, its input `pty` input. */
+  pty: boolean;
+}
+
+/** POSIX shell quoting: one word whatever the string holds. */
+export function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+/**
+ * A command on a PTY, without a PTY operation in kiln's agent: util-linux `script` (in every
+ * Debian image, package bsdutils) runs it on a new pseudo-terminal of the given size and
+ * relays between that terminal and its own stdin/stdout, which are the agent session's.
+ */
+export function ptyArgv(argv: string[], size: { cols: number; rows: number }): string[] {
+  const inner = `stty rows ${size.rows} cols ${size.cols} 2>/dev/null; exec ${argv.map(shellQuote).join(' ')}`;
+  return ['script', '-q', '-f', '-e', '-c', inner, '/dev/null'];
 }
 
 /** Keepalives while a stream is quiet; the SDK asks for them every 50 s (Keepalive-Ping-Interval). */
@@ -112,13 +129,13 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
 
     async *start(req, ctx) {
       const c = await caller(ctx);
-      if (req.pty) throw new ConnectError('PTY processes are not supported by kiln\'s envd yet (docs/e2b.md)', Code.Unimplemented);
       const config = configOf(req.process);
       const table = tableFor(ctx);
       const cwd = resolvePath(config.cwd ?? c.user.home, c.user);
+      const pty = req.pty ? { cols: req.pty.size?.cols || 80, rows: req.pty.size?.rows || 24 } : null;
       const handle = c.agent.exec({
-        argv: [config.cmd, ...config.args],
-        env: userEnv(c.user, { ...c.sandbox.envVars, ...config.envs }),
+        argv: pty ? ptyArgv([config.cmd, ...config.args], pty) : [config.cmd, ...config.args],
+        env: userEnv(c.user, { ...(pty ? { TERM: 'xterm-256color', SHELL: '/bin/sh' } : {}), ...c.sandbox.envVars, ...config.envs }),
         cwd,
         uid: c.user.uid,
         gid: c.user.gid,
@@ -132,13 +149,13 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
         throw ke.code === Code.Internal ? new ConnectError(ke.rawMessage, Code.InvalidArgument) : ke;
       }
       const first = new AsyncQueue<EventInit>();
-      const proc: Proc = { pid, config, handle, subscribers: new Set([first]), stdinOpen: req.stdin !== false, ...(req.tag !== undefined ? { tag: req.tag } : {}) };
+      const proc: Proc = { pid, config, handle, subscribers: new Set([first]), stdinOpen: pty !== null || req.stdin !== false, pty: pty !== null, ...(req.tag !== undefined ? { tag: req.tag } : {}) };
       table.procs.set(pid, proc);
-      if (req.stdin === false) handle.stdin.end();
+      if (!pty && req.stdin === false) handle.stdin.end();
       const fan = (ev: EventInit) => {
         for (const q of proc.subscribers) q.push(ev);
       };
-      handle.stdout.on('data', (b: Buffer) => fan({ event: { case: 'data', value: { output: { case: 'stdout', value: b } } } }));
+      handle.stdout.on('data', (b: Buffer) => fan({ event: { case: 'data', value: { output: { case: pty ? 'pty' : 'stdout', value: b } } } }));
       handle.stderr.on('data', (b: Buffer) => fan({ event: { case: 'data', value: { output: { case: 'stderr', value: b } } } }));
       // The end event goes out after the last data event: both output streams are drained
       // (their 'data' events are emitted after the exec's result is known).
@@ -178,8 +195,9 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
       await caller(ctx);
       const proc = tableFor(ctx).find(req.process);
       const input = req.input?.input;
-      if (input?.case === 'pty') throw new ConnectError(`process ${proc.pid} has no PTY`, Code.FailedPrecondition);
-      if (input?.case !== 'stdin') throw new ConnectError('input.stdin is required', Code.InvalidArgument);
+      if (input?.case === 'pty' && !proc.pty) throw new ConnectError(`process ${proc.pid} has no PTY`, Code.FailedPrecondition);
+      if (input?.case === 'stdin' && proc.pty) throw new ConnectError(`process ${proc.pid} has a PTY: send input.pty`, Code.FailedPrecondition);
+      if (input?.case !== 'stdin' && input?.case !== 'pty') throw new ConnectError('input.stdin or input.pty is required', Code.InvalidArgument);
       if (!proc.stdinOpen) throw new ConnectError(`process ${proc.pid}'s stdin is closed`, Code.FailedPrecondition);
       await new Promise<void>((resolve, reject) => proc.handle.stdin.write(Buffer.from(input.value), (e) => (e ? reject(connectErrorFrom(e)) : resolve())));
       return {};
@@ -193,7 +211,7 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
         else if (r.event.case === 'data') {
           if (!proc) throw new ConnectError('the first message must select the process', Code.InvalidArgument);
           const input = r.event.value.input?.input;
-          if (input?.case === 'stdin') proc.handle.stdin.write(Buffer.from(input.value));
+          if (input?.case === 'stdin' || input?.case === 'pty') proc.handle.stdin.write(Buffer.from(input.value));
         }
       }
       return {};
@@ -202,6 +220,7 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
     async closeStdin(req, ctx) {
       await caller(ctx);
       const proc = tableFor(ctx).find(req.process);
+      if (proc.pty) throw new ConnectError('a PTY has no stdin to close: send Ctrl-D (0x04) instead', Code.FailedPrecondition);
       proc.stdinOpen = false;
       proc.handle.stdin.end();
       return {};
@@ -216,9 +235,21 @@ export function processService(tableFor: (ctx: HandlerContext) => ProcessTable, 
     },
 
     async update(req, ctx) {
-      await caller(ctx);
+      const c = await caller(ctx);
       const proc = tableFor(ctx).find(req.process);
-      throw new ConnectError(`process ${proc.pid} has no PTY to resize`, Code.FailedPrecondition);
+      if (!proc.pty) throw new ConnectError(`process ${proc.pid} has no PTY to resize`, Code.FailedPrecondition);
+      const size = req.pty?.size;
+      if (!size?.cols || !size.rows) throw new ConnectError('pty.size with cols and rows is required', Code.InvalidArgument);
+      // The terminal is the one `script` made for its child: resized on the child's side (the
+      // kernel then sends SIGWINCH to the terminal's foreground process group).
+      const r = await c.agent.execCollect({
+        argv: ['/bin/sh', '-c', 'for c in $(pgrep -P "$1"); do stty -F "$(readlink /proc/$c/fd/0)" rows "$2" cols "$3" || exit 1; done', 'sh', String(proc.pid), String(size.rows), String(size.cols)],
+        env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+        timeoutMs: 10_000,
+        maxOutputBytes: 4096,
+      });
+      if (r.exitCode !== 0) throw new ConnectError(`resizing the PTY failed: ${r.stderr.toString().trim()}`, Code.Internal);
+      return {};
     },
   } as Partial<ServiceImpl<typeof Process>>;
 }
