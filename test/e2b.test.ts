@@ -64,6 +64,11 @@ describe('e2b SDK against kilnd', { skip }, () => {
     assert.deepEqual(info.metadata, { suite: 'e2b-test', run: String(process.pid) });
     assert.ok(info.endAt.getTime() > Date.now());
     assert.equal(await sbx.isRunning(), true);
+    const [m] = await sbx.getMetrics();
+    assert.ok(m, 'one metrics sample');
+    assert.equal(m.cpuCount, 1);
+    assert.ok(m.memTotal > 400 * 1024 * 1024 && m.memUsed > 0 && m.memUsed < m.memTotal, JSON.stringify(m));
+    assert.ok(m.cpuUsedPct >= 0 && m.cpuUsedPct <= 100);
     // The sandbox is a kiln VM named by its id.
     assert.equal((await d.client.getVm(sbx.sandboxId)).state, 'ready');
   });
@@ -218,6 +223,20 @@ describe('e2b SDK against kilnd', { skip }, () => {
     await until('the expired sandbox to be gone', async () => !(await short.isRunning()), 30_000, 500);
     await assert.rejects(Sandbox.getInfo(short.sandboxId), NotFoundError);
     await assert.rejects(d.client.getVm(short.sandboxId));
+  });
+
+  test('a sandbox created with onTimeout pause is paused at its end, and connect resumes it', async () => {
+    const short = await Sandbox.create('base', { timeoutMs: 3_000, lifecycle: { onTimeout: 'pause' } });
+    try {
+      assert.equal((await Sandbox.getInfo(short.sandboxId)).lifecycle?.onTimeout, 'pause');
+      await short.files.write('/tmp/mark', 'before the pause');
+      await until('the sandbox to be paused by its timeout', async () => (await Sandbox.getInfo(short.sandboxId)).state === 'paused', 30_000, 500);
+      const back = await Sandbox.connect(short.sandboxId, { timeoutMs: 60_000 });
+      assert.equal((await Sandbox.getInfo(short.sandboxId)).state, 'running');
+      assert.equal(await back.files.read('/tmp/mark'), 'before the pause');
+    } finally {
+      await Sandbox.kill(short.sandboxId);
+    }
   });
 
   test('errors are the SDK\'s own classes', async () => {

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import path from 'node:path';
-import { defaultConfig, parseListen } from '../config.ts';
+import { defaultConfig, isLoopback, parseListen } from '../config.ts';
 import { Daemon } from '../daemon.ts';
 import { NO_AUTH_WARNING } from '../api/auth/no-auth.ts';
 import { apiTokenPath } from '../sdk/api-token.ts';
@@ -37,10 +37,13 @@ export function serveCommand(): Command {
         auth: o.auth === false ? ('none' as const) : ('token' as const),
       };
       if (config.auth === 'none') process.stderr.write(`WARNING: ${NO_AUTH_WARNING}\n`);
+      const e2bListen = o.e2bListen ? parseListen(o.e2bListen) : null;
+      // Without a token any E2B API key is taken: like the API itself, loopback only then.
+      if (e2bListen && config.auth === 'none' && !isLoopback(e2bListen.host)) throw new Error(`refusing --no-auth with --e2b-listen on ${e2bListen.host}: without a token only a loopback address may be served`);
       const daemon = await Daemon.start(config);
       const url = await daemon.listen();
       // E2B compatibility (src/e2b): its own listener, started once kilnd serves.
-      const e2b = o.e2bListen ? new E2bServer(daemon, { ...parseListen(o.e2bListen), domain: o.e2bDomain || null }) : null;
+      const e2b = e2bListen ? new E2bServer(daemon, { ...e2bListen, domain: o.e2bDomain || null }) : null;
       if (e2b) {
         const e2bUrl = await e2b.listen();
         const key = e2b.apiKey ? `API key in ${path.join(config.stateDir, E2B_KEY_FILE)}` : 'any API key';
