@@ -1,9 +1,11 @@
 import { Command } from 'commander';
 import path from 'node:path';
-import { defaultConfig, parseListen } from '../config.ts';
+import { defaultConfig, isLoopback, parseListen } from '../config.ts';
 import { Daemon } from '../daemon.ts';
 import { NO_AUTH_WARNING } from '../api/auth/no-auth.ts';
 import { apiTokenPath } from '../sdk/api-token.ts';
+import { E2B_KEY_FILE } from '../e2b/api-key.ts';
+import { E2bServer } from '../e2b/server.ts';
 
 export function serveCommand(): Command {
   return new Command('serve')
@@ -15,6 +17,8 @@ export function serveCommand(): Command {
     .option('--backend <auto|qemu|firecracker>', 'VMM backend', process.env.KILN_BACKEND ?? 'auto')
     .option('--allowed-root <dir>', 'host directory that path-based imports may read (repeatable)', (v: string, p: string[]) => [...p, v], [])
     .option('--allowed-host <name>', 'a name clients may use in Host besides loopback and the listen address (repeatable)', (v: string, p: string[]) => [...p, v], [])
+    .option('--e2b-listen <host:port>', 'also serve E2B\'s API (control plane and sandboxes) here (docs/e2b.md)', process.env.KILN_E2B_LISTEN)
+    .option('--e2b-domain <domain>', 'the domain sandboxes are reached under as <port>-<id>.<domain>', process.env.KILN_E2B_DOMAIN)
     .option('--no-auth', 'serve the API without a token (loopback only; every local user then controls kilnd)')
     .action(async (o) => {
       const base = defaultConfig({ ...process.env, KILN_STATE_DIR: o.stateDir });
@@ -33,13 +37,23 @@ export function serveCommand(): Command {
         auth: o.auth === false ? ('none' as const) : ('token' as const),
       };
       if (config.auth === 'none') process.stderr.write(`WARNING: ${NO_AUTH_WARNING}\n`);
+      const e2bListen = o.e2bListen ? parseListen(o.e2bListen) : null;
+      // Without a token any E2B API key is taken: like the API itself, loopback only then.
+      if (e2bListen && config.auth === 'none' && !isLoopback(e2bListen.host)) throw new Error(`refusing --no-auth with --e2b-listen on ${e2bListen.host}: without a token only a loopback address may be served`);
       const daemon = await Daemon.start(config);
       const url = await daemon.listen();
+      // E2B compatibility (src/e2b): its own listener, started once kilnd serves.
+      const e2b = e2bListen ? new E2bServer(daemon, { ...e2bListen, domain: o.e2bDomain || null }) : null;
+      if (e2b) {
+        const e2bUrl = await e2b.listen();
+        const key = e2b.apiKey ? `API key in ${path.join(config.stateDir, E2B_KEY_FILE)}` : 'any API key';
+        process.stderr.write(`kiln e2b server on ${e2bUrl} (${key})\n`);
+      }
       const auth = config.auth === 'none' ? 'NO AUTH' : `token in ${apiTokenPath(config.stateDir)}`;
       process.stderr.write(`kilnd ready on ${url} (backend ${daemon.driver.name}: ${daemon.backend.reason}; ${daemon.accel.accelerator}: ${daemon.accel.reason}; ${auth})\n`);
       const stop = (sig: string) => {
         daemon.log.info({ signal: sig }, 'shutting down; VMs keep running');
-        void daemon.close().then(() => process.exit(0));
+        void (e2b?.close() ?? Promise.resolve()).then(() => daemon.close()).then(() => process.exit(0));
       };
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
