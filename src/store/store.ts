@@ -1,6 +1,8 @@
-// The store interface. SQLite implements it today (sqlite-store.ts); a PostgreSQL
-// implementation for multi-host is an addition behind this interface, which is why every
-// method is async even though better-sqlite3 is synchronous.
+// The store interface. SQLite implements it for the single-host install (sqlite-store.ts),
+// PostgreSQL for a cluster (pg/pg-store.ts); one conformance suite (conformance.ts) runs on
+// both. Every method is async because PostgreSQL's is, even though better-sqlite3 is not.
+// Updates are column-level in both: a patch writes only its own fields, never a stale copy
+// of the rest of the row (another host may be writing those).
 import type { Accelerator, BackendName } from '../vmm/driver.ts';
 import type { FunctionStore } from './function-store.ts';
 import type { SnapshotMeta } from '../snapshot/meta.ts';
@@ -249,6 +251,11 @@ export interface SnapshotStore {
 export interface Store extends SnapshotStore {
   insertVm(vm: VmRecord): Promise<void>;
   updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord>;
+  /**
+   * Compare-and-set: applies `patch` only while the VM's state is one of `from`, atomically.
+   * The VM as written, or null when it is gone or in another state (someone else moved it).
+   */
+  transitionVm(id: string, from: readonly VmState[], patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord | null>;
   getVm(idOrName: string): Promise<VmRecord | null>;
   listVms(): Promise<VmRecord[]>;
   deleteVm(id: string): Promise<void>;
