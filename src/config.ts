@@ -8,6 +8,11 @@ import type { BackendName } from './vmm/driver.ts';
 export interface KilnConfig {
   /** Where the SQLite file, VM runtime dirs and images live. */
   stateDir: string;
+  /**
+   * The store (--store, KILN_STORE): null or 'sqlite' for `<stateDir>/kiln.db`, or a
+   * postgres:// URL for a cluster's shared PostgreSQL (src/store/open-store.ts).
+   */
+  store: string | null;
   /** Kernel, initramfs and default image cache; shareable between state dirs. */
   assetsDir: string;
   listenHost: string;
@@ -120,6 +125,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
   const stateDir = path.resolve(env.KILN_STATE_DIR ?? '/var/lib/kiln');
   return {
     stateDir,
+    store: env.KILN_STORE || null,
     assetsDir: path.resolve(env.KILN_ASSETS_DIR ?? path.join(stateDir, 'assets')),
     listenHost: '127.0.0.1',
     listenPort: 18080,

@@ -22,8 +22,8 @@ import { NetworkManager } from './net/network-manager.ts';
 import { NeighbourWatch } from './net/neighbour-watch.ts';
 import { AgentListener } from './guest/agent/listener.ts';
 import type { AgentHub } from './vm/agent-link.ts';
-import { SqliteStore } from './store/sqlite-store.ts';
-import { secureDatabaseFiles, secureStateDir } from './store/state-permissions.ts';
+import { openStore, redactStoreUrl } from './store/open-store.ts';
+import { secureStateDir } from './store/state-permissions.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { Admission } from './vm/admission.ts';
@@ -79,9 +79,9 @@ export class Daemon {
     const apiToken = config.auth === 'none' ? undefined : await ensureApiToken(config.stateDir, config.apiToken);
     config = { ...config, apiToken };
     if (config.auth === 'none') log.warn(NO_AUTH_WARNING);
-    const dbFile = path.join(config.stateDir, 'kiln.db');
-    await secureDatabaseFiles(dbFile);
-    const store = new SqliteStore(dbFile);
+    // SQLite in the state dir unless --store names a PostgreSQL database (src/store/open-store.ts).
+    const store = await openStore(config.store, config.stateDir);
+    log.info({ store: config.store ? redactStoreUrl(config.store) : 'sqlite' }, 'store opened');
     let agents: AgentHub | null = null;
     try {
       const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });

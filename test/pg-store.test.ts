@@ -3,11 +3,16 @@
 // what only a shared server has: several kilnds migrating at once, and two connections
 // (two hosts) racing on one row.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
 import pg from 'pg';
 import { storeConformance, image, vm } from '../src/store/conformance.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { PG_MIGRATIONS } from '../src/store/pg/migrations.ts';
+import { startKilnd } from './helpers/kilnd.ts';
 import { startPostgres, type TestPostgres } from './helpers/postgres.ts';
 
 let server: TestPostgres;
@@ -73,4 +78,36 @@ test('[postgres] two hosts on one database: each sees the other, compare-and-set
     await a.close();
     await b.close();
   }
+});
+
+test('[postgres] kilnd --store postgres://…: its state lives in PostgreSQL, not in the state dir, across restarts', async () => {
+  const url = await server.createDatabase();
+  const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-'));
+  const serveArgs = ['--store', url, '--accel', process.env.KILN_ACCEL ?? 'tcg'];
+  let d = await startKilnd({ stateDir, serveArgs });
+  try {
+    const vol = await d.client.createVolume('pgvol', 16);
+    const images = await d.client.listImages();
+    assert.ok(images.length >= 1, 'the default image was recorded at start');
+    await d.stop();
+    await assert.rejects(fs.stat(path.join(stateDir, 'kiln.db')), { code: 'ENOENT' }, 'no SQLite file beside a PostgreSQL store');
+    const direct = await PgStore.open(url);
+    try {
+      assert.equal((await direct.getVolume('pgvol'))?.id, vol.id, 'the row is in PostgreSQL');
+      assert.deepEqual((await direct.listImages()).map((i) => i.id).sort(), images.map((i) => i.id).sort());
+    } finally {
+      await direct.close();
+    }
+    d = await startKilnd({ stateDir, serveArgs, network: d.network });
+    assert.equal((await d.client.getVolume('pgvol')).id, vol.id, 'a restarted kilnd finds it');
+    await d.client.deleteVolume(vol.id);
+  } finally {
+    await d.dispose();
+  }
+});
+
+test('kiln serve --store refuses what is neither sqlite nor a postgres:// URL, before starting', async () => {
+  const r = spawnSync(process.execPath, [path.join(process.cwd(), 'bin/kiln.js'), 'serve', '--store', 'mysql://x@y/z', '--state-dir', os.tmpdir()], { encoding: 'utf8', timeout: 60_000 });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /--store must be 'sqlite' or a postgres:\/\/ URL/);
 });

@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import path from 'node:path';
 import { defaultConfig, parseListen } from '../config.ts';
 import { Daemon } from '../daemon.ts';
+import { parseStoreSpec } from '../store/open-store.ts';
 import { NO_AUTH_WARNING } from '../api/auth/no-auth.ts';
 import { apiTokenPath } from '../sdk/api-token.ts';
 
@@ -9,6 +10,7 @@ export function serveCommand(): Command {
   return new Command('serve')
     .description('run kilnd in the foreground (VMs keep running when it stops)')
     .option('--state-dir <dir>', 'state directory (SQLite, VMs, images)', process.env.KILN_STATE_DIR ?? '/var/lib/kiln')
+    .option('--store <sqlite|postgres://…>', 'state store: SQLite in the state dir (default) or a PostgreSQL URL (a cluster)', process.env.KILN_STORE)
     .option('--assets-dir <dir>', 'guest kernel/initramfs cache (default: <state-dir>/assets)')
     .option('--listen <host:port>', 'API address', '127.0.0.1:18080')
     .option('--accel <auto|kvm|tcg>', 'CPU accelerator', process.env.KILN_ACCEL ?? 'auto')
@@ -21,8 +23,10 @@ export function serveCommand(): Command {
       const { host, port } = parseListen(o.listen);
       if (!['auto', 'kvm', 'tcg'].includes(o.accel)) throw new Error('--accel must be auto, kvm or tcg');
       if (!['auto', 'qemu', 'firecracker'].includes(o.backend)) throw new Error('--backend must be auto, qemu or firecracker');
+      parseStoreSpec(o.store);
       const config = {
         ...base,
+        store: o.store ?? null,
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : base.assetsDir,
         listenHost: host,
         listenPort: port,
