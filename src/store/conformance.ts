@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import type { KilnError } from '../errors.ts';
 import type { SnapshotMeta } from '../snapshot/meta.ts';
 import type { FunctionVersion, InvocationRecord } from './function-store.ts';
-import type { ImageRecord, Store, VmRecord } from './store.ts';
+import type { ImageRecord, NodeCapacity, Store, VmRecord } from './store.ts';
 
 export interface StoreFactory {
   /** A fresh, empty, migrated store; dispose() closes it and removes whatever backs it. */
@@ -36,6 +36,10 @@ const fnVersion = (name: string, version: number): FunctionVersion => ({
 const invocation = (id: string, startedAt: number): InvocationRecord => ({
   id, function: 'hello', version: 1, status: 'running', cold: true, source: 'pool', instance: null, startedAt,
   durationMs: null, guestMs: null, timeline: [], error: null, logs: '',
+});
+
+export const capacity = (over: Partial<NodeCapacity> = {}): NodeCapacity => ({
+  vcpus: 8, memoryMib: 8192, committedVcpus: 0, committedMemoryMib: 0, vms: 0, diskFreeBytes: 2 ** 34, images: ['img-1'], warm: {}, ...over,
 });
 
 const isCode = (code: string) => (e: KilnError) => e.code === code;
@@ -310,5 +314,41 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.equal(await f.getFunction('hello'), null);
     assert.equal(await f.getVersion('hello', 1), null, 'versions go with their function');
     assert.deepEqual(await f.listInvocations('hello', 10), [], 'invocations go with their function');
+  });
+
+  c('nodes: register, compare-and-set heartbeats, the lost sweep takes their live VMs, re-registration', async (s) => {
+    await s.insertImage(image);
+    const a = await s.registerNode({ id: 'node-a', name: 'a', url: 'http://10.0.0.1:18080', capacity: capacity() }, 1000);
+    assert.equal(a.state, 'ready');
+    assert.equal(a.incarnation, 1);
+    await s.registerNode({ id: 'node-b', name: 'b', url: 'http://10.0.0.2:18080', capacity: capacity({ vcpus: 4 }) }, 1000);
+    await assert.rejects(s.registerNode({ id: 'node-c', name: 'a', url: 'http://x', capacity: capacity() }, 1000), isCode('KILN_ERR_NAME_CONFLICT'));
+    for (const [id, node, state] of [['v1', 'node-a', 'ready'], ['v2', 'node-a', 'stopped'], ['v3', 'node-b', 'ready'], ['v4', 'node-a', 'booting'], ['v5', null, 'ready']] as const) {
+      await s.insertVm({ ...vm(id), nodeId: node, state });
+    }
+    assert.equal((await s.getVm('v1'))?.nodeId, 'node-a');
+    assert.equal((await s.getVm('v5'))?.nodeId, null);
+    const beat = await s.heartbeatNode('node-b', 1, capacity({ vcpus: 4, committedVcpus: 2, vms: 1, warm: { 'python/1x128': 2 } }), 5000);
+    assert.deepEqual(beat?.capacity.warm, { 'python/1x128': 2 });
+    assert.equal(beat?.heartbeatAt, 5000);
+    assert.equal(await s.heartbeatNode('node-b', 7, capacity(), 5000), null, 'a stale incarnation is refused');
+    assert.deepEqual(await s.markNodesLost(3000, 6000), [{ node: 'node-a', vms: ['v1', 'v4'] }], 'only the silent node, only its live VMs');
+    assert.deepEqual(await s.markNodesLost(3000, 6001), [], 'a lost node is marked once');
+    const lostA = (await s.getNode('node-a'))!;
+    assert.equal(lostA.state, 'lost');
+    assert.equal(lostA.lostAt, 6000);
+    assert.equal((await s.getVm('v1'))?.state, 'lost');
+    assert.match((await s.getVm('v1'))?.stateReason ?? '', /node-a/);
+    assert.equal((await s.getVm('v2'))?.state, 'stopped', 'a stopped VM stays stopped');
+    assert.equal((await s.getVm('v3'))?.state, 'ready', "another node's VM is untouched");
+    assert.equal(await s.heartbeatNode('node-a', 1, capacity(), 7000), null, 'a lost node cannot heartbeat its way back');
+    const back = await s.registerNode({ id: 'node-a', name: 'a', url: 'http://10.0.0.1:18080', capacity: capacity() }, 8000);
+    assert.equal(back.state, 'ready');
+    assert.equal(back.incarnation, 2);
+    assert.equal(back.lostAt, null);
+    assert.ok(await s.heartbeatNode('node-a', 2, capacity(), 9000));
+    assert.deepEqual((await s.listNodes()).map((n) => [n.name, n.state]), [['a', 'ready'], ['b', 'ready']]);
+    await s.deleteNode('node-b');
+    assert.equal(await s.getNode('node-b'), null);
   });
 }

@@ -3,7 +3,7 @@
 // JSON-shaped fields are JSON text in both (PostgreSQL's jsonb columns are read back as text:
 // pg/pool.ts), booleans are 1/0 on the way in (PostgreSQL's boolean accepts '1'/'0') and
 // 1/0 or true/false on the way out.
-import type { ContainerRecord, ImageRecord, SnapshotRecord, TemplateRecord, VmRecord, VolumeRecord } from './store.ts';
+import type { ContainerRecord, ImageRecord, NodeRecord, SnapshotRecord, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 export type Row = Record<string, unknown>;
 
@@ -37,6 +37,7 @@ export function vmFromRow(r: Row): VmRecord {
     process: r.process === null || r.process === undefined ? null : JSON.parse(r.process as string),
     classic: r.classic === null || r.classic === undefined ? null : JSON.parse(r.classic as string),
     egress: r.egress === null || r.egress === undefined ? null : JSON.parse(r.egress as string),
+    nodeId: (r.node_id as string | null | undefined) ?? null,
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
   };
@@ -72,6 +73,7 @@ export function vmToRow(vm: VmRecord): Row {
     process: vm.process ? JSON.stringify(vm.process) : null,
     classic: vm.classic ? JSON.stringify(vm.classic) : null,
     egress: vm.egress ? JSON.stringify(vm.egress) : null,
+    node_id: vm.nodeId ?? null,
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };
@@ -180,6 +182,23 @@ export function templateToRow(t: TemplateRecord): Row {
     state_reason: t.stateReason, snapshot_id: t.snapshotId, created_at: t.createdAt, updated_at: t.updatedAt,
   };
 }
+
+export function nodeFromRow(r: Row): NodeRecord {
+  return {
+    id: r.id as string,
+    name: r.name as string,
+    url: r.url as string,
+    state: r.state as NodeRecord['state'],
+    incarnation: r.incarnation as number,
+    capacity: JSON.parse(r.capacity as string),
+    registeredAt: r.registered_at as number,
+    heartbeatAt: r.heartbeat_at as number,
+    lostAt: (r.lost_at as number | null) ?? null,
+  };
+}
+
+/** VM states a lost node's VMs are moved out of (to 'lost'): those that had a VMM on it. */
+export const LOSABLE_STATES: readonly VmState[] = ['creating', 'booting', 'ready', 'paused', 'stopping'];
 
 /** camelCase field → snake_case column: the naming rule every table follows. */
 export function column(field: string): string {

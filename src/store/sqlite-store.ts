@@ -5,10 +5,10 @@ import { KilnError } from '../errors.ts';
 import { SqliteFunctionStore, type FunctionStore } from './function-store.ts';
 import { MIGRATIONS } from './migrations.ts';
 import {
-  containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
+  LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
   vmFromRow, vmToRow, volumeFromRow, type Row,
 } from './rows.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -36,9 +36,9 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, node_id, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
         @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @volumes, @process, @classic, @egress, @created_at, @updated_at)`),
+        @volumes, @process, @classic, @egress, @node_id, @created_at, @updated_at)`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),
@@ -363,6 +363,59 @@ export class SqliteStore implements Store {
 
   async deleteTemplate(id: string): Promise<void> {
     this.snap.deleteTemplate.run(id);
+  }
+
+  // ---- cluster nodes (v9); a single host never registers one ----
+
+  async registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord> {
+    let row: Row | undefined;
+    uniqueName(() => {
+      row = this.db
+        .prepare(
+          `INSERT INTO nodes (id, name, url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
+           VALUES (?, ?, ?, 'ready', 1, ?, ?, ?, NULL)
+           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, state = 'ready', incarnation = nodes.incarnation + 1,
+             capacity = excluded.capacity, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at, lost_at = NULL
+           RETURNING *`,
+        )
+        .get(n.id, n.name, n.url, JSON.stringify(n.capacity), now, now) as Row;
+    }, `a node named ${JSON.stringify(n.name)} is already registered`);
+    return nodeFromRow(row!);
+  }
+
+  async heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null> {
+    const row = this.db
+      .prepare(`UPDATE nodes SET heartbeat_at = ?, capacity = ? WHERE id = ? AND state = 'ready' AND incarnation = ? RETURNING *`)
+      .get(now, JSON.stringify(capacity), id, incarnation) as Row | undefined;
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async getNode(id: string): Promise<NodeRecord | null> {
+    const row = this.db.prepare('SELECT * FROM nodes WHERE id = ?').get(id) as Row | undefined;
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async listNodes(): Promise<NodeRecord[]> {
+    return (this.db.prepare('SELECT * FROM nodes ORDER BY name').all() as Row[]).map(nodeFromRow);
+  }
+
+  async deleteNode(id: string): Promise<void> {
+    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+  }
+
+  async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {
+    return this.db.transaction(() => {
+      const lost = this.db
+        .prepare(`UPDATE nodes SET state = 'lost', lost_at = ? WHERE state = 'ready' AND heartbeat_at < ? RETURNING id`)
+        .all(now, heartbeatBefore) as { id: string }[];
+      const markVms = this.db.prepare(
+        `UPDATE vms SET state = 'lost', state_reason = ?, updated_at = ? WHERE node_id = ? AND state IN (${LOSABLE_STATES.map(() => '?').join(', ')}) RETURNING id`,
+      );
+      return lost.map(({ id }) => ({
+        node: id,
+        vms: (markVms.all(`node ${id} stopped heartbeating`, now, id, ...LOSABLE_STATES) as { id: string }[]).map((r) => r.id).sort(),
+      }));
+    })();
   }
 
   async close(): Promise<void> {

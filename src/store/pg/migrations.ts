@@ -160,4 +160,21 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX vm_snapshots_snapshot ON vm_snapshots (snapshot_id);
   `,
+  // v2 (cluster, issue #17): which node runs a VM; nodes (registration, heartbeat, capacity).
+  `
+  ALTER TABLE vms ADD COLUMN node_id text;
+  CREATE INDEX vms_node ON vms (node_id);
+  CREATE TABLE nodes (
+    id text PRIMARY KEY,
+    name text NOT NULL CONSTRAINT nodes_name_key UNIQUE,
+    url text NOT NULL,
+    state text NOT NULL,
+    incarnation integer NOT NULL,
+    capacity jsonb NOT NULL,
+    registered_at double precision NOT NULL,
+    heartbeat_at double precision NOT NULL,
+    lost_at double precision
+  );
+  CREATE INDEX nodes_heartbeat ON nodes (state, heartbeat_at);
+  `,
 ];

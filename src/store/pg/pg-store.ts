@@ -1,15 +1,16 @@
 // PostgreSQL implementation of the store, for kiln clusters (`kiln serve --store postgres://…`):
 // one repository per aggregate (VMs with their ports, phases and containers; images and
-// volumes; snapshots and templates; events; functions), composed here behind the Store
+// volumes; snapshots and templates; events; functions; cluster nodes), composed here behind the Store
 // interface. Updates are column-level and state transitions compare-and-set, so several
 // kilnds writing one database never overwrite each other's columns.
 import { KilnError } from '../../errors.ts';
 import type { FunctionStore } from '../function-store.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
 import { LOCKS, PgDb } from './db.ts';
 import { PgEventRepo } from './event-repo.ts';
 import { PgFunctionRepo } from './function-repo.ts';
 import { PgImageRepo } from './image-repo.ts';
+import { PgNodeRepo } from './node-repo.ts';
 import { PG_MIGRATIONS } from './migrations.ts';
 import { PgSnapshotRepo } from './snapshot-repo.ts';
 import { PgVmRepo } from './vm-repo.ts';
@@ -19,6 +20,7 @@ export class PgStore implements Store {
   readonly images: PgImageRepo;
   readonly snapshots: PgSnapshotRepo;
   readonly events: PgEventRepo;
+  readonly nodes: PgNodeRepo;
   readonly functions: FunctionStore;
 
   private constructor(readonly db: PgDb) {
@@ -26,6 +28,7 @@ export class PgStore implements Store {
     this.images = new PgImageRepo(db);
     this.snapshots = new PgSnapshotRepo(db);
     this.events = new PgEventRepo(db);
+    this.nodes = new PgNodeRepo(db);
     this.functions = new PgFunctionRepo(db);
   }
 
@@ -90,6 +93,14 @@ export class PgStore implements Store {
   listTemplates() { return this.snapshots.listTemplates(); }
   updateTemplate(id: string, patch: Partial<Omit<TemplateRecord, 'id' | 'createdAt'>>) { return this.snapshots.updateTemplate(id, patch); }
   deleteTemplate(id: string) { return this.snapshots.deleteTemplate(id); }
+
+  // ---- cluster nodes ----
+  registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number) { return this.nodes.registerNode(n, now); }
+  heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number) { return this.nodes.heartbeatNode(id, incarnation, capacity, now); }
+  getNode(id: string) { return this.nodes.getNode(id); }
+  listNodes() { return this.nodes.listNodes(); }
+  deleteNode(id: string) { return this.nodes.deleteNode(id); }
+  markNodesLost(heartbeatBefore: number, now: number) { return this.nodes.markNodesLost(heartbeatBefore, now); }
 
   async close(): Promise<void> {
     await this.db.close();
