@@ -11,6 +11,9 @@ export function serveCommand(): Command {
     .description('run kilnd in the foreground (VMs keep running when it stops)')
     .option('--state-dir <dir>', 'state directory (SQLite, VMs, images)', process.env.KILN_STATE_DIR ?? '/var/lib/kiln')
     .option('--store <sqlite|postgres://…>', 'state store: SQLite in the state dir (default) or a PostgreSQL URL (a cluster)', process.env.KILN_STORE)
+    .option('--role <all|node>', 'cluster role on a PostgreSQL store: all (default) or node; both run VMs and register as a node', 'all')
+    .option('--node-name <name>', 'this node\'s name in the cluster (default: host name)')
+    .option('--advertise-url <url>', 'where other kiln processes reach this one (default: the listen URL)')
     .option('--assets-dir <dir>', 'guest kernel/initramfs cache (default: <state-dir>/assets)')
     .option('--listen <host:port>', 'API address', '127.0.0.1:18080')
     .option('--accel <auto|kvm|tcg>', 'CPU accelerator', process.env.KILN_ACCEL ?? 'auto')
@@ -23,10 +26,13 @@ export function serveCommand(): Command {
       const { host, port } = parseListen(o.listen);
       if (!['auto', 'kvm', 'tcg'].includes(o.accel)) throw new Error('--accel must be auto, kvm or tcg');
       if (!['auto', 'qemu', 'firecracker'].includes(o.backend)) throw new Error('--backend must be auto, qemu or firecracker');
-      parseStoreSpec(o.store);
+      const store = parseStoreSpec(o.store);
+      if (!['all', 'node'].includes(o.role)) throw new Error('--role must be all or node');
+      if (o.role === 'node' && store.kind !== 'postgres') throw new Error('--role node needs a shared store: --store postgres://…');
       const config = {
         ...base,
         store: o.store ?? null,
+        cluster: { ...base.cluster, role: o.role, nodeName: o.nodeName ?? base.cluster.nodeName, advertiseUrl: o.advertiseUrl ?? base.cluster.advertiseUrl },
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : base.assetsDir,
         listenHost: host,
         listenPort: port,
