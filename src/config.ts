@@ -57,8 +57,11 @@ export interface KilnConfig {
 }
 
 export interface ClusterConfig {
-  /** --role: 'all' (the default) or 'node'; both run VMs and register as a node on a shared store. */
-  role: 'all' | 'node';
+  /**
+   * --role: 'all' (the default) or 'node' run VMs and, on a shared store, register as a node;
+   * 'api' (src/cluster/api-role.ts) runs no VMs: it places creates on nodes and forwards to them.
+   */
+  role: 'all' | 'node' | 'api';
   /** --node-name (KILN_NODE_NAME); default the host name. */
   nodeName: string;
   /** --advertise-url (KILN_ADVERTISE_URL): where other kiln processes reach this one; default the listen URL. */
