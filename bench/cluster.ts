@@ -5,7 +5,12 @@
 //    best of K=2 (src/cluster/placement.ts), with 3, 30 and 300 registered nodes.
 // 2. Store cost of one create: the store calls kilnd's create path makes for a VM (insert,
 //    address lease, state transitions, boot phases, events, reads), replayed on each store.
-// Not measured (not built yet): API → node proxying and creates/s with 1 vs 3 nodes.
+// 3. With real kilnd processes (`--vms N`, default 6; 0 skips; boots VMs: run under
+//    `flock /tmp/kiln-vm.lock`): the API role's overhead per create (POST answered through
+//    the API, placement included, vs straight to a node, interleaved), and a burst of N
+//    creates through the API with 1 node, then with 3 (answered/s and ready/s). All nodes
+//    share this one machine's CPUs, so 3 nodes add no boot capacity here: the burst figures
+//    show the control plane, not the scaling of a real cluster.
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,11 +20,15 @@ import { capacity, image, vm } from '../src/store/conformance.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
 import type { Store } from '../src/store/store.ts';
-import { startPostgres } from '../test/helpers/postgres.ts';
+import { randomBytes } from 'node:crypto';
+import type { KilnClient } from '../src/sdk/client.ts';
+import { startKilnd, waitForState, type TestDaemon } from '../test/helpers/kilnd.ts';
+import { startPostgres, type TestPostgres } from '../test/helpers/postgres.ts';
 import { median, quantile, table } from './stats.ts';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '300' } }, allowPositionals: true });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '300' }, vms: { type: 'string', default: '6' } }, allowPositionals: true });
 const RUNS = Number(values.runs);
+const VMS = Number(values.vms);
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 /** The store calls of one VM create in kilnd (src/vm/vm-manager.ts), in order. */
@@ -96,10 +105,66 @@ async function main(): Promise<void> {
     console.log(table(['store calls of one create', 'median ms', 'p95 ms'], [['SQLite', median(onSqlite), quantile(onSqlite, 0.95)], ['PostgreSQL', median(onPg), quantile(onPg, 0.95)]]));
     const extra = median(onPg) - median(onSqlite) + (placementRows[0]![1] as number);
     console.log(`\ncluster overhead per create (PostgreSQL store − SQLite store + placement over 3 nodes): ${extra.toFixed(2)} ms median (target ≤ 5 ms)`);
-    console.log('not measured: API → node proxying, creates/s with 1 vs 3 nodes (the API role is not built yet)');
+    if (VMS > 0) await withProcesses(pg);
   } finally {
     await pg.dispose();
     await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** POST /v1/vms answered (not ready), ms; the VM id and the answer's placement header. */
+async function timedCreate(c: KilnClient, name: string): Promise<{ ms: number; id: string; placeMs: number | null }> {
+  const t0 = process.hrtime.bigint();
+  const res = await c.request('POST', '/v1/vms', { body: { name, memory_mib: 128 } });
+  const took = ms(t0);
+  if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${await res.text()}`);
+  const vm = (await res.json()) as { id: string };
+  const place = res.headers.get('x-kiln-placement-ms');
+  return { ms: took, id: vm.id, placeMs: place === null ? null : Number(place) };
+}
+
+async function burst(c: KilnClient, tag: string): Promise<{ answeredPerS: number; readyPerS: number }> {
+  const t0 = process.hrtime.bigint();
+  const made = await Promise.all(Array.from({ length: VMS }, (_, i) => timedCreate(c, `${tag}-${i}`)));
+  const answered = ms(t0);
+  await Promise.all(made.map((m) => waitForState(c, m.id, ['ready'], 600_000)));
+  const ready = ms(t0);
+  for (const m of made) await c.deleteVm(m.id);
+  return { answeredPerS: (VMS * 1000) / answered, readyPerS: (VMS * 1000) / ready };
+}
+
+async function withProcesses(pg: TestPostgres): Promise<void> {
+  const url = await pg.createDatabase();
+  const token = randomBytes(24).toString('hex');
+  const env = { KILN_API_TOKEN: token, KILN_LOG_LEVEL: 'warn' };
+  const node = (name: string) => startKilnd({ serveArgs: ['--store', url, '--role', 'node', '--node-name', name, '--accel', process.env.KILN_ACCEL ?? 'tcg'], env });
+  const procs: TestDaemon[] = [];
+  try {
+    procs.push(await node('n1'));
+    const api = await startKilnd({ serveArgs: ['--store', url, '--role', 'api'], env });
+    procs.unshift(api);
+    const direct = procs[1]!.client;
+    const one = await burst(api.client, 'one');
+    procs.push(await node('n2'), await node('n3'));
+    const three = await burst(api.client, 'three');
+    const viaApi: number[] = [];
+    const straight: number[] = [];
+    const placement: number[] = [];
+    for (let i = 0; i < VMS; i++) {
+      for (const [c, into, tag] of [[api.client, viaApi, 'api'], [direct, straight, 'node']] as const) {
+        const m = await timedCreate(c, `${tag}-${i}`);
+        into.push(m.ms);
+        if (m.placeMs !== null) placement.push(m.placeMs);
+        await waitForState(c, m.id, ['ready'], 600_000);
+        await c.deleteVm(m.id);
+      }
+    }
+    console.log(`\nwith real kilnd processes (3 nodes + API on this machine, ${VMS} creates each, 128 MiB guests, load ${os.loadavg()[0]!.toFixed(2)})\n`);
+    console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [['straight to a node', median(straight), quantile(straight, 0.95)], ['through the API role', median(viaApi), quantile(viaApi, 0.95)], ['  of which placement', median(placement), quantile(placement, 0.95)]]));
+    console.log(`\nAPI → node overhead per create: ${(median(viaApi) - median(straight)).toFixed(2)} ms median (target ≤ 5 ms)\n`);
+    console.log(table([`burst of ${VMS} creates through the API`, 'answered/s', 'ready/s'], [['1 node', one.answeredPerS, one.readyPerS], ['3 nodes', three.answeredPerS, three.readyPerS]]));
+  } finally {
+    for (const p of procs) await p.dispose();
   }
 }
 
