@@ -75,17 +75,27 @@ export class PgDb {
    * One UPDATE of only the given columns (plus `extra`), optionally only while `state` is one
    * of `states` (compare-and-set). The row as written, or null when no row matched.
    */
-  async updateColumns(table: string, id: string, cols: [string, unknown][], extra: Row = {}, states?: readonly string[], q: Queryable = this.pool): Promise<Row | null> {
+  async updateColumns(
+    table: string,
+    id: string,
+    cols: [string, unknown][],
+    extra: Row = {},
+    states?: readonly string[],
+    opts: { byIdOrName?: boolean } = {},
+  ): Promise<Row | null> {
     const all = [...cols.filter(([c]) => !(c in extra)), ...Object.entries(extra)];
     const params: unknown[] = all.map(([, v]) => v);
     const set = all.length ? all.map(([c], i) => `${c} = $${i + 1}`).join(', ') : 'id = id';
     params.push(id);
-    let sql = `UPDATE ${table} SET ${set} WHERE id = $${params.length}`;
+    const p = `$${params.length}`;
+    // By id or name in the same statement (one round trip): the id wins over another row's name.
+    const target = opts.byIdOrName ? `(SELECT id FROM ${table} WHERE id = ${p} OR name = ${p} ORDER BY (id = ${p}) DESC LIMIT 1)` : p;
+    let sql = `UPDATE ${table} SET ${set} WHERE id = ${target}`;
     if (states) {
       params.push([...states]);
       sql += ` AND state = ANY($${params.length}::text[])`;
     }
-    return this.row(`${sql} RETURNING *`, params, q);
+    return this.row(`${sql} RETURNING *`, params);
   }
 
   async close(): Promise<void> {

@@ -38,12 +38,9 @@ export class PgImageRepo {
   }
 
   async updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord> {
-    const target = (await this.db.row(`SELECT id FROM images ${BY_ID_OR_NAME}`, [id]))?.id as string | undefined;
-    const row = target
-      ? await mapUnique(() => this.db.updateColumns('images', target, patchColumns(patch, imageToRow, ['id'])), {
-          images_name_key: ['KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(patch.name)} already exists`],
-        })
-      : null;
+    const row = await mapUnique(() => this.db.updateColumns('images', id, patchColumns(patch, imageToRow, ['id']), {}, undefined, { byIdOrName: true }), {
+      images_name_key: ['KILN_ERR_NAME_CONFLICT', `an image named ${JSON.stringify(patch.name)} already exists`],
+    });
     if (!row) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${id}`);
     return imageFromRow(row);
   }

@@ -31,8 +31,7 @@ export class PgVmRepo {
   }
 
   async updateVm(id: string, patch: VmPatch): Promise<VmRecord> {
-    const target = (await this.db.row('SELECT id FROM vms WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1', [id]))?.id as string | undefined;
-    const row = target ? await this.db.updateColumns('vms', target, patchColumns(patch, vmToRow, ['id', 'createdAt']), { updated_at: Date.now() }) : null;
+    const row = await this.db.updateColumns('vms', id, patchColumns(patch, vmToRow, ['id', 'createdAt']), { updated_at: Date.now() }, undefined, { byIdOrName: true });
     if (!row) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${id}`);
     return vmFromRow(row);
   }
