@@ -3,8 +3,11 @@
 // stream), and a clone of a template (device state only; RAM mapped private from the
 // template's memory file, paged in lazily). Median and p95 over --runs, then the host memory
 // of 10 concurrent clones per restore mechanism: the sum of each VMM's PSS
-// (/proc/<pid>/smaps_rollup), which splits pages shared between clones among them.
-//   npm run bench -- restore [--runs 20]
+// (/proc/<pid>/smaps_rollup), which splits pages shared between clones among them. Then the
+// clone pool (KILN_CLONE_POOL_SIZE, src/snapshot/clone-pool.ts): a single create taken from a
+// full pool, median and p95 with its phases, and concurrent creates (10, 50) with and without
+// the pool: all ready, per-create p50/p99, refused, and where the time goes per phase.
+//   npm run bench -- restore [--runs 20] [--pool 10]
 import fs from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -12,12 +15,14 @@ import type { CreateVmBody, Vm } from '../src/sdk/client.ts';
 import { startKilnd } from '../test/helpers/kilnd.ts';
 import { median, quantile, table } from './stats.ts';
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '20' }, clones: { type: 'string', default: '10' } }, allowPositionals: true });
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '20' }, clones: { type: 'string', default: '10' }, pool: { type: 'string', default: '10' } }, allowPositionals: true });
 const RUNS = Number(values.runs);
 const CLONES = Number(values.clones);
+const POOL = Number(values.pool);
+const BURSTS = [10, 50];
 const WAIT = { wait: true, timeoutMs: 300_000 };
 
-const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu' });
+let d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu' });
 
 /** Per mechanism: each timeline phase's durations over the measured runs (ms). */
 const phases = new Map<string, Map<string, number[]>>();
@@ -39,6 +44,51 @@ async function series(body: CreateVmBody, name: string): Promise<number[]> {
   const out: number[] = [];
   for (let i = 0; i < RUNS; i++) out.push(await timed(body, record));
   return out;
+}
+
+interface Burst {
+  n: number;
+  wallMs: number;
+  perVm: number[];
+  refused: number;
+  failed: number;
+  phases: Map<string, number[]>;
+}
+
+/** `n` creates at once; each timed to ready; 429s counted as refused. Deletes what it made. */
+async function burst(body: CreateVmBody, n: number): Promise<Burst> {
+  const t0 = performance.now();
+  const out: Burst = { n, wallMs: 0, perVm: [], refused: 0, failed: 0, phases: new Map() };
+  const made: Vm[] = [];
+  await Promise.all(Array.from({ length: n }, async () => {
+    const t = performance.now();
+    try {
+      const vm = await d.client.createVm(body, WAIT);
+      made.push(vm);
+      if (vm.state !== 'ready') return void out.failed++;
+      out.perVm.push(performance.now() - t);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'KILN_ERR_CAPACITY') out.refused++;
+      else out.failed++;
+    }
+  }));
+  out.wallMs = performance.now() - t0;
+  for (const vm of made) {
+    for (const p of (await d.client.getVm(vm.id)).timeline) if (p.duration_ms !== null) (out.phases.get(p.phase) ?? out.phases.set(p.phase, []).get(p.phase)!).push(p.duration_ms);
+  }
+  for (const vm of made) await d.client.deleteVm(vm.id).catch(() => {});
+  return out;
+}
+
+/** Waits until the pool of `snapshot` is full (the background refill is not what is measured). */
+async function poolFull(snapshot: string): Promise<void> {
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const c = (await d.client.health()).pools.clones;
+    if ((c.by_snapshot.find((b) => b.snapshot === snapshot)?.ready ?? 0) >= c.size) return;
+    if (Date.now() > deadline) throw new Error(`the pool of ${snapshot} did not fill within 600 s: ${JSON.stringify(c)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 async function pssKib(pid: number): Promise<{ pss: number; rss: number }> {
@@ -114,8 +164,50 @@ try {
     ['restore: mapped-private memory', memMapped.pssMib, memMapped.rssMib, memMapped.pssMib / CLONES, memMapped.wallMs],
   ]));
   console.log(`\ntarget: restore → ready ≤ 0.15 × cold boot (${(0.15 * coldMed).toFixed(0)} ms): mapped ${median(mapped) <= 0.15 * coldMed ? 'met' : 'NOT met'} (${(median(mapped) / coldMed).toFixed(2)}×)`);
+
+  // Concurrent clones without a pool, then a kilnd with one.
+  const bursts: [string, Burst][] = [];
+  for (const n of BURSTS) bursts.push(['template clone', await burst({ template: tpl.id }, n)]);
   await d.client.deleteTemplate(tpl.id);
   await d.client.deleteSnapshot(full.id);
+  await d.dispose();
+  d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu', env: { KILN_CLONE_POOL_SIZE: String(POOL) } });
+  const ptpl = await d.client.createTemplate(image);
+  const psnap = ptpl.snapshot!;
+  const pooledRecord = new Map<string, number[]>();
+  phases.set('pooled', pooledRecord);
+  const pooled: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    await poolFull(psnap);
+    pooled.push(await timed({ template: ptpl.id }, pooledRecord));
+  }
+  for (const n of BURSTS) {
+    await poolFull(psnap);
+    bursts.push([`pooled (${POOL} per snapshot)`, await burst({ template: ptpl.id }, n)]);
+  }
+  const pool = (await d.client.health()).pools.clones;
+
+  console.log(`\nclone pool: a create taken from a full pool (${POOL} per snapshot), create → ready (ms), ${RUNS} runs`);
+  console.log(table(['mechanism', 'median', 'p95', 'min', '× cold'], [row('template clone', mapped), row('template clone from the pool', pooled)]));
+  console.log(`\npooled create timeline phases, median ms`);
+  console.log(table(['phase', 'median', 'p95'], [...pooledRecord.entries()].map(([ph, xs]) => [ph, median(xs), quantile(xs, 0.95)])));
+  console.log(`\nconcurrent creates (each to ready; refused: 429 KILN_ERR_CAPACITY)`);
+  console.log(table(['mechanism', 'N', 'all ready ms', 'p50 ms', 'p99 ms', 'ready', 'refused', 'failed', 'creates/s'], bursts.map(([name, b]) => [
+    name, String(b.n), b.wallMs, median(b.perVm), quantile(b.perVm, 0.99), String(b.perVm.length), String(b.refused), String(b.failed), (b.perVm.length / b.wallMs) * 1000,
+  ])));
+  const allPhases = [...new Set(bursts.flatMap(([, b]) => [...b.phases.keys()]))];
+  console.log(`\nwhere the time goes under concurrency: phase p50 / p99 ms`);
+  console.log(table(['phase', ...bursts.map(([name, b]) => `${name.split(' (')[0]} ×${b.n}`)], allPhases.map((ph) => [
+    ph, ...bursts.map(([, b]) => {
+      const xs = b.phases.get(ph);
+      return xs?.length ? `${median(xs).toFixed(0)} / ${quantile(xs, 0.99).toFixed(0)}` : '-';
+    }),
+  ])));
+  console.log(`\npool counters: ${JSON.stringify({ hits: pool.hits, misses: pool.misses, refills: pool.refills, refill_failures: pool.refill_failures })}`);
+  const ten = bursts.find(([name, b]) => name.startsWith('pooled') && b.n === 10)?.[1];
+  console.log(`target: single pooled create ≤ 100 ms median: ${median(pooled) <= 100 ? 'met' : 'NOT met'} (${median(pooled).toFixed(0)} ms, ${(median(pooled) / coldMed).toFixed(3)}× cold; ≤ 0.03×: ${median(pooled) <= 0.03 * coldMed ? 'met' : 'NOT met'})`);
+  if (ten) console.log(`target: 10 concurrent pooled creates all ready ≤ 1 s: ${ten.wallMs <= 1000 && ten.perVm.length === 10 ? 'met' : 'NOT met'} (${ten.wallMs.toFixed(0)} ms, ${ten.perVm.length} ready)`);
+  await d.client.deleteTemplate(ptpl.id);
 } finally {
   await d.dispose();
 }

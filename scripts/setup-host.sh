@@ -45,6 +45,8 @@ needs=(
   ssh-keygen:openssh-client
   # VMM confinement: the unprivileged user QEMU runs as (docs/security.md)
   useradd:passwd
+  # the dashboard's browser tests drive Debian's Chromium (playwright-core never downloads one)
+  chromium:chromium
 )
 missing=()
 for pair in "${needs[@]}"; do

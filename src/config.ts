@@ -47,6 +47,8 @@ export interface KilnConfig {
   /** Debian archive that runtime and base images are built from (KILN_DEBIAN_MIRROR). */
   debianMirror: string;
   functions: FunctionsConfig;
+  /** Clones of each snapshot restored ahead of demand (src/snapshot/clone-pool.ts); 0: none. */
+  clonePoolSize: number;
   guestInput: GuestInputConfig;
   /** Admission control: how much of the host VMs may commit (src/vm/admission.ts). */
   capacity: Omit<CapacityConfig, 'vmmOverheadMib'>;
@@ -172,6 +174,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
+    clonePoolSize: count(env, 'KILN_CLONE_POOL_SIZE', 0),
     guestInput: {
       eventsPerSecond: positive(env, 'KILN_GUEST_EVENTS_PER_S', 5),
       eventsBurst: positive(env, 'KILN_GUEST_EVENTS_BURST', 50),
@@ -200,6 +203,15 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       memoryOverheadMib: env.KILN_VMM_MEMORY_OVERHEAD_MIB ? Number(env.KILN_VMM_MEMORY_OVERHEAD_MIB) : undefined,
     },
   };
+}
+
+/** A whole number ≥ 0 from the environment, or the default; anything else stops kilnd at start. */
+function count(env: NodeJS.ProcessEnv, key: string, dflt: number): number {
+  const raw = env[key];
+  if (raw === undefined || raw === '') return dflt;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`${key} must be a whole number ≥ 0, got ${JSON.stringify(raw)}`);
+  return n;
 }
 
 /** A positive number from the environment, or the default; anything else stops kilnd at start. */

@@ -158,10 +158,11 @@ export class Daemon {
         const swept = await sweepCgroups(qemuConfinement.cgroups, keep);
         if (swept.length) log.info({ cgroups: swept }, 'removed cgroups of VMs no longer running');
       }
-      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log });
+      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log, metrics });
       await snapshots.sweep();
       const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
       await templates.sweep();
+      await snapshots.pool.sweep();
       const functions = new FunctionService({
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
@@ -203,6 +204,9 @@ export class Daemon {
     this.closed = true;
     await this.cluster?.stop();
     await this.functions.close();
+    // Pooled clones are kilnd's own, not the users': a clean stop deletes them.
+    await this.snapshots.pool.close();
+    await this.snapshots.pool.drain();
     this.containers.close();
     await this.vms.close();
     await this.driver.release?.().catch((e) => this.log.warn({ err: e }, 'VMM driver release failed'));

@@ -1,6 +1,7 @@
 // The fault suite: kilnd is SIGKILLed at each provisioning step of a boot and of a template
-// clone, in the middle of a snapshot, and while ten creates are in flight; then restarted on
-// the same state dir. The crash is placed by a failpoint (KILN_FAILPOINTS, src/util/failpoints.ts)
+// clone, in the middle of a snapshot, during an image pull + convert, and while ten creates
+// are in flight; then restarted on the same state dir. A VMM is SIGKILLed; the state disk
+// fills up during a snapshot. The crash is placed by a failpoint (KILN_FAILPOINTS, src/util/failpoints.ts)
 // at an exact timeline step, or by the VM's own state events: never by a sleep. After each
 // restart every VM must be ready (re-attached) or failed with its resources gone, and the host
 // must hold nothing the store does not own: no VMM process, tap, clone namespace, nftables
@@ -8,6 +9,7 @@
 // in the store.
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { tableName, NFT_FAMILY } from '../src/net/ruleset.ts';
@@ -16,7 +18,11 @@ import { CLONE_NETNS_PREFIX, cloneNetnsName } from '../src/net/clone-netns.ts';
 import type { KilnClient, Vm } from '../src/sdk/client.ts';
 import { listLinks, listNetns } from '../src/tools/ip.ts';
 import { nftListTable } from '../src/tools/nft.ts';
+import { run } from '../src/util/process.ts';
 import { BACKEND_SKIP as skip } from './helpers/backend.ts';
+import { expectApiError } from './helpers/api-errors.ts';
+import { startRegistry, type TestRegistry } from './helpers/registry.ts';
+import { OciLayoutBuilder, buildTestImages, pushTestImages, type PushedTestImages } from './helpers/test-images.ts';
 import { freePort } from './helpers/ports.ts';
 import { startKilnd, testNetwork, vmmPids, waitForState, type TestDaemon, type TestNetwork } from './helpers/kilnd.ts';
 
@@ -201,5 +207,89 @@ describe('kilnd SIGKILLed with ten creates in flight', { skip }, () => {
     const all = [...byState.values()].flat().map((v) => v.id);
     for (const id of known) assert.ok(all.includes(id), `acknowledged create ${id} survived the crash`);
     assert.ok((byState.get('ready') ?? []).length >= 3, 'the VMs that were booting were re-attached');
+  });
+});
+
+/**
+ * What the state dir holds of images: images/ entries, and the blob store's files (blobs of
+ * `blobs/<algorithm>/<hex>`, partial downloads in `blobs/tmp/`). Empty directories are no leak.
+ */
+async function imageFiles(): Promise<string[]> {
+  const ls = (dir: string) => fs.readdir(path.join(stateDir, dir)).catch(() => [] as string[]);
+  const out = (await ls('images')).map((f) => `images/${f}`);
+  for (const sub of await ls('blobs')) for (const f of await ls(`blobs/${sub}`)) out.push(`blobs/${sub}/${f}`);
+  return out.sort();
+}
+
+describe('kilnd SIGKILLed during an image pull + convert', { skip }, () => {
+  let registry: TestRegistry;
+  let pushed: PushedTestImages;
+  before(async () => {
+    registry = await startRegistry();
+    const builder = await OciLayoutBuilder.create();
+    await buildTestImages(builder);
+    pushed = await pushTestImages(builder, registry.url, registry.host);
+  });
+  after(async () => {
+    await pushed?.builder.remove();
+    await registry?.stop();
+  });
+
+  // pull:after: every layer is in the blob store, nothing converted. convert:after: the
+  // root filesystem file is in its final place, the record still says pulling.
+  for (const point of ['image.pull:after', 'image.convert:after']) {
+    test(`at ${point}: no pulling record, no image file or blob that no record owns; the pull then succeeds`, async () => {
+      const ref = pushed.features;
+      const filesBefore = await imageFiles();
+      await crashAt(point, (c) => c.pullImage({ ref }, { wait: true }));
+      const c = d!.client;
+      assert.ok(!(await c.listImages()).some((i) => i.name === ref), `${point}: the interrupted pull left no image record`);
+      // A subset: the restart's sweep may also take blobs an earlier image delete left for GC.
+      const left = (await imageFiles()).filter((f) => !filesBefore.includes(f));
+      assert.deepEqual(left, [], `${point}: no image file, staging tree or blob of the interrupted pull is left`);
+      const again = await c.pullImage({ ref }, { wait: true });
+      assert.equal(again.state, 'ready', 'the same pull succeeds after the restart');
+      await c.deleteImage(again.id);
+    });
+  }
+});
+
+describe('a VMM SIGKILLed', { skip }, () => {
+  test('its VM is failed with the reason, and nothing of it is left', async () => {
+    const vm = await d!.client.createVm({ name: 'vmm-killed', memory_mib: 128 }, { wait: true });
+    process.kill(vm.pid!, 'SIGKILL');
+    const failed = await waitForState(d!.client, vm.id, ['failed'], 60_000);
+    assert.match(failed.state_reason ?? '', /KILN_ERR_VMM_FAILED/);
+    const byState = await assertNothingUnowned('VMM SIGKILL');
+    assert.deepEqual((byState.get('failed') ?? []).map((v) => v.id), [vm.id]);
+  });
+});
+
+describe('the state disk full during a snapshot', { skip }, () => {
+  test('KILN_ERR_NO_SPACE; the VM runs on, no snapshot dir or record is left; with space it succeeds', async () => {
+    // A kilnd of its own: its snapshots dir is a tiny tmpfs (the suite's holds the template).
+    const own = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-snapfull-'));
+    const snaps = path.join(own, 'snapshots');
+    await fs.mkdir(snaps);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'kiln-test-snapfull', snaps]);
+    const full = await startKilnd({ stateDir: own });
+    try {
+      const vm = await full.client.createVm({ name: 'snap-full', memory_mib: 128 }, { wait: true });
+      await expectApiError(full.client.createSnapshot(vm.id), 507, 'KILN_ERR_NO_SPACE');
+      assert.deepEqual(await fs.readdir(snaps), [], 'no snapshot dir, temporary or final');
+      assert.deepEqual(await full.client.listSnapshots(), [], 'no snapshot record');
+      assert.equal((await full.client.getVm(vm.id)).state, 'ready');
+      const r = await full.client.exec(vm.id, { cmd: ['/bin/echo', 'still-running'] });
+      assert.equal(r.stdout.trim(), 'still-running', 'the guest was resumed');
+      await run('mount', ['-o', 'remount,size=1g', snaps]);
+      const snap = await full.client.createSnapshot(vm.id);
+      assert.ok((await fs.readdir(snaps)).includes(snap.id));
+      await full.client.deleteVm(vm.id);
+      await full.client.deleteSnapshot(snap.id);
+    } finally {
+      await full.stop();
+      await run('umount', [snaps]).catch(() => {});
+      await full.dispose();
+    }
   });
 });

@@ -378,6 +378,19 @@ export const Health = Type.Object({
     memory_mib: Type.Object({ committed: Type.Integer(), capacity: Type.Integer() }),
     vms: Type.Integer({ description: 'VMs that commit resources (creating, booting, ready, paused, stopping)' }),
   }),
+  /** Pools of work done ahead of demand: clones of snapshots (KILN_CLONE_POOL_SIZE per snapshot). */
+  pools: Type.Object({
+    clones: Type.Object({
+      size: Type.Integer({ description: 'Pooled clones kept per snapshot (0: no pool)' }),
+      ready: Type.Integer(),
+      filling: Type.Integer({ description: 'Snapshots whose pool is being refilled now' }),
+      hits: Type.Integer(),
+      misses: Type.Integer(),
+      refills: Type.Integer(),
+      refill_failures: Type.Integer(),
+      by_snapshot: Type.Array(Type.Object({ snapshot: Type.String(), ready: Type.Integer() })),
+    }),
+  }),
   /** How VMM processes are confined: each piece in force, or why not (docs/security.md). */
   confinement: Type.Optional(
     Type.Object({

@@ -16,6 +16,7 @@ import { registerFunctionRoutes } from './routes/functions.ts';
 import { registerImageRoutes } from './routes/images.ts';
 import { registerSystemRoutes } from './routes/system.ts';
 import { registerVmRoutes } from './routes/vms.ts';
+import { registerVmStatsRoutes } from './routes/vm-stats.ts';
 import { registerSnapshotRoutes } from './routes/snapshots.ts';
 import { registerVolumeRoutes } from './routes/volumes.ts';
 import { isPublicWebPath, registerWebRoutes } from './routes/web.ts';
@@ -108,6 +109,7 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
   });
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
+  registerVmStatsRoutes(app, daemon);
   registerSnapshotRoutes(app, daemon);
   registerImageRoutes(app, daemon);
   registerVolumeRoutes(app, daemon);

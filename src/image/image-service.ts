@@ -8,6 +8,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { failpoint } from '../util/failpoints.ts';
 import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
@@ -80,15 +81,16 @@ export class ImageService {
 
   /**
    * At daemon start: a pull that was running when kilnd stopped left a 'pulling' record and
-   * maybe a staging tree; neither is an image.
+   * maybe a staging tree, a converted file not yet recorded, and layer blobs no image lists;
+   * none of it is an image. Nothing is in flight yet, so the GC's sweep of unrecorded files
+   * and blobs removes exactly that.
    */
   async recover(): Promise<void> {
     for (const img of await this.store.listImages()) {
       if (img.state === 'pulling') await this.store.deleteImage(img.id);
     }
-    for (const f of await fs.readdir(this.imagesDir).catch(() => [] as string[])) {
-      if (f.startsWith(STAGING_PREFIX) || f.includes('.tmp-')) await fs.rm(path.join(this.imagesDir, f), { recursive: true, force: true });
-    }
+    // Publishes what it removed (image.gc).
+    await this.gc();
   }
 
   async get(idOrName: string): Promise<ImageRecord> {
@@ -157,6 +159,7 @@ export class ImageService {
         credentialsFile: this.opts.credentialsFile,
       }, progress);
       const pullMs = performance.now() - t0;
+      failpoint('image.pull:after');
       const layers = pulled.layers.map((l) => l.digest);
       // Same manifest already converted under another ref (or tag): share its file.
       const twin = (await this.store.listImages()).find(
@@ -170,6 +173,8 @@ export class ImageService {
         const t1 = performance.now();
         const r = await convertPulled(pulled, this.imagesDir, { format: req.format, onProgress: (p: ConvertProgress) => progress(p), limits: this.limits });
         convertMs = performance.now() - t1;
+        // The converted file is in its final place and the record still says pulling.
+        failpoint('image.convert:after');
         patch = { path: r.path, format: r.format, sizeBytes: r.sizeBytes, config: r.config, builder: r.builder || null };
       }
       const ready = await this.store.updateImage(rec.id, {

@@ -44,6 +44,8 @@ export class NetworkManager {
   readonly subnet: Subnet;
   readonly table: string;
   #rendering: Promise<void> = Promise.resolve();
+  /** The render waiting for the current one to finish (not started: it has not read the store yet). */
+  #queued: Promise<void> | null = null;
   #agentPort: number | null = null;
   /** VMs plugged by this kilnd whose state may not say so yet (a boot before 'booting'). */
   readonly #attached = new Set<string>();
@@ -209,11 +211,18 @@ export class NetworkManager {
   }
 
   /**
-   * Re-renders kiln's nftables table from the store. Serialised: concurrent callers queue,
-   * and each render reads the store afresh, so the last one always reflects the latest state.
+   * Re-renders kiln's nftables table from the store. Serialised, and coalesced: a render reads
+   * the store when it starts, so every caller that arrives while one is waiting to start
+   * shares it (N concurrent creates cost two renders, not N one after the other), and a
+   * caller that arrives once it has started gets the next one.
    */
   sync(): Promise<void> {
-    const next = this.#rendering.catch(() => {}).then(() => this.render());
+    if (this.#queued) return this.#queued;
+    const next = this.#rendering.catch(() => {}).then(() => {
+      this.#queued = null;
+      return this.render();
+    });
+    this.#queued = next;
     this.#rendering = next;
     return next;
   }

@@ -18,7 +18,9 @@ import type { ImageRecord, SnapshotRecord, Store, VmRecord, VmState } from '../s
 import { cloneFile } from '../tools/cp.ts';
 import { failpoint } from '../util/failpoints.ts';
 import type { GuestAssets } from '../vm/guest-assets.ts';
-import type { VmManager } from '../vm/vm-manager.ts';
+import { isPooled, type VmManager } from '../vm/vm-manager.ts';
+import type { Metrics } from '../metrics/metrics.ts';
+import { ClonePool } from './clone-pool.ts';
 import { runtimeFiles, vmSpec } from '../vm/vm-spec.ts';
 import type { Accelerator, VmmDriver, VmmSnapshot } from '../vmm/driver.ts';
 import { cloneNetnsName, netnsExists } from '../net/clone-netns.ts';
@@ -40,6 +42,8 @@ export interface RestoreInput {
 
 export class SnapshotService {
   #compat: Promise<SnapshotCompat> | null = null;
+  /** Clones restored ahead of demand (clone-pool.ts); size 0: none. */
+  readonly pool: ClonePool;
 
   constructor(
     private readonly deps: {
@@ -53,8 +57,14 @@ export class SnapshotService {
       accelerator: Accelerator;
       bus: EventBus;
       log: Logger;
+      metrics: Metrics;
     },
-  ) {}
+  ) {
+    this.pool = new ClonePool({
+      size: deps.config.clonePoolSize, vms: deps.vms, store: deps.store, log: deps.log, metrics: deps.metrics,
+      restore: (id, name) => this.restoreCold(id, { name }),
+    });
+  }
 
   get dir(): string {
     return path.join(this.deps.config.stateDir, 'snapshots');
@@ -88,12 +98,12 @@ export class SnapshotService {
     return this.deps.store.listSnapshots();
   }
 
-  /** Clones whose VMM runs from this snapshot now (its reference count). */
+  /** Users' clones whose VMM runs from this snapshot now (its reference count; pooled clones are drained instead). */
   async liveClones(id: string): Promise<string[]> {
     const out: string[] = [];
     for (const vmId of await this.deps.store.listClones(id)) {
       const vm = await this.deps.store.getVm(vmId);
-      if (vm && LIVE.includes(vm.state)) out.push(vmId);
+      if (vm && LIVE.includes(vm.state) && !isPooled(vm)) out.push(vmId);
     }
     return out;
   }
@@ -123,7 +133,14 @@ export class SnapshotService {
           throw new KilnError('KILN_ERR_VALIDATION', `VM ${vm.id} has volumes attached; volumes are not part of a snapshot (detach them, or snapshot a VM without)`);
         }
         const image = await this.deps.images.get(vm.imageId);
-        const vmm = await instance.snapshot(tmp, { resume: false });
+        let vmm: VmmSnapshot;
+        try {
+          vmm = await instance.snapshot(tmp, { resume: false });
+        } catch (e) {
+          // The save stopped the guest first: a VM that was running runs on, whatever failed.
+          if (vm.state === 'ready') await instance.resume().catch(() => {});
+          throw snapshotError(e);
+        }
         let resumed = false;
         try {
           // Paused and its disks flushed: the writable layer now matches the memory image.
@@ -137,7 +154,8 @@ export class SnapshotService {
             resumed = true;
           }
         } catch (e) {
-          if (resume && vmm.memory !== 'mapped' && !resumed) await instance.resume().catch(() => {});
+          // A failed snapshot leaves a running VM running, even one asked to stay paused after it.
+          if (vm.state === 'ready' && vmm.memory !== 'mapped' && !resumed) await instance.resume().catch(() => {});
           throw e;
         }
         return { result: this.metaFor(vm, image, compat, vmm, bridgeMac, tmp, parent), paused: !resumed };
@@ -166,7 +184,7 @@ export class SnapshotService {
       await fs.rm(tmp, { recursive: true, force: true });
       // Renamed but never recorded: no record will ever own it.
       if (!recorded) await fs.rm(final, { recursive: true, force: true });
-      throw e;
+      throw snapshotError(e);
     }
   }
 
@@ -221,6 +239,7 @@ export class SnapshotService {
     if (clones.length) {
       throw new KilnError('KILN_ERR_SNAPSHOT_IN_USE', `snapshot ${id} has ${clones.length} running clone(s): ${clones.join(', ')}`, { clones });
     }
+    await this.pool.drain(id);
     await this.deps.store.deleteSnapshot(id);
     await fs.rm(s.path, { recursive: true, force: true });
     this.deps.bus.publish('snapshot.deleted', null, { snapshot: id });
@@ -234,8 +253,21 @@ export class SnapshotService {
     return s;
   }
 
-  /** A new VM from the snapshot (see VmManager.createClone). */
+  /**
+   * A new VM from the snapshot: a pooled clone when the pool has one (ready when this
+   * returns), else a restore (see VmManager.createClone).
+   */
   async restore(id: string, input: RestoreInput = {}): Promise<VmRecord> {
+    if (this.pool.size > 0) {
+      const s = await this.get(id);
+      if (input.name && (await this.deps.store.getVm(input.name))) throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(input.name)} already exists`);
+      const taken = await this.pool.take(id, { ...(input.name ? { name: input.name } : {}), env: { ...s.meta.guest.env, ...input.env }, customEgress: input.egress !== undefined });
+      if (taken) return taken;
+    }
+    return this.restoreCold(id, input);
+  }
+
+  private async restoreCold(id: string, input: RestoreInput): Promise<VmRecord> {
     const s = await this.verify(id);
     const m = s.meta;
     if (m.guest.extraDrives) throw new KilnError('KILN_ERR_VALIDATION', `snapshot ${id} is of a VM with volumes; it cannot be cloned`);
@@ -300,4 +332,12 @@ async function allocatedBytes(dir: string, meta: SnapshotMeta): Promise<number> 
   let total = 0;
   for (const f of meta.files) total += ((await fs.stat(path.join(dir, f.name))).blocks ?? 0) * 512;
   return total;
+}
+
+/** A full state disk is the operator's to fix, and says so (507); anything else is the snapshot's. */
+function snapshotError(e: unknown): KilnError {
+  if ((e as NodeJS.ErrnoException)?.code === 'ENOSPC' || (e as KilnError)?.code === 'KILN_ERR_NO_SPACE') {
+    return e instanceof KilnError ? e : new KilnError('KILN_ERR_NO_SPACE', `no space left on the state disk for the snapshot: ${(e as Error).message}`);
+  }
+  return e instanceof KilnError ? e : new KilnError('KILN_ERR_SNAPSHOT_FAILED', (e as Error).message);
 }

@@ -136,6 +136,7 @@ export class TemplateService {
       const snap = await this.deps.snapshots.create(golden.id, { resume: false, templateId: t.id });
       const ready = await this.deps.store.updateTemplate(t.id, { state: 'ready', snapshotId: snap.id });
       this.deps.bus.publish('template.ready', null, { template: t.id, snapshot: snap.id });
+      this.deps.snapshots.pool.refill(snap.id);
       return ready;
     } catch (e) {
       const reason = `${(e as KilnError).code ?? 'KILN_ERR_INTERNAL'}: ${(e as Error).message}`;

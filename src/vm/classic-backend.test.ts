@@ -6,14 +6,17 @@ import { isKilnError } from '../errors.ts';
 import { FirecrackerDriver } from '../vmm/firecracker/firecracker-driver.ts';
 import { QemuDriver } from '../vmm/qemu/qemu-driver.ts';
 import type { VmmDriver } from '../vmm/driver.ts';
-import { VmManager } from './vm-manager.ts';
+import type { VmCore } from './vm-core.ts';
+import { assertClassicBackend, checkClassic, type CreateVmInput } from './vm-record.ts';
 
-// The two checks, on a manager that has only a driver (they read nothing else).
-interface ClassicChecks {
-  checkClassic(input: unknown, name: string): unknown;
-  assertClassicBackend(code: string): void;
-}
-const managerWith = (driver: VmmDriver) => Object.assign(Object.create(VmManager.prototype) as object, { deps: { driver } }) as unknown as ClassicChecks;
+// The two checks, on a core that has only a driver (they read nothing else).
+const managerWith = (driver: VmmDriver) => {
+  const core = { deps: { driver } } as unknown as VmCore;
+  return {
+    checkClassic: (input: unknown, name: string) => checkClassic(core, input as CreateVmInput, name),
+    assertClassicBackend: (code: 'KILN_ERR_VALIDATION' | 'KILN_ERR_INVALID_STATE') => assertClassicBackend(core, code),
+  };
+};
 
 test('a new classic VM on Firecracker is refused (KILN_ERR_VALIDATION on "classic"), with the reason', () => {
   const m = managerWith(new FirecrackerDriver());

@@ -148,6 +148,12 @@ export interface VmmDriver {
   readonly classicUnsupported?: string;
   /** How this driver confines its VMM processes (/healthz, `kiln doctor`). */
   confinementReport?(): ConfinementReport;
+  /**
+   * Kills whatever runs in the VM's cgroup (named by the VM's id) and removes it; returns how
+   * many processes it killed. For VMMs a crashed kilnd left behind (spawn intents); present
+   * where the backend puts its VMMs in cgroups of kiln's.
+   */
+  reap?(cgroup: string): Promise<number>;
   /** kilnd stops: drop host state no running VM needs (kiln's parent cgroup once empty). */
   release?(): Promise<void>;
   /** Spawns a detached VMM for `spec` and starts the guest. Cleans up after itself on failure. */

@@ -19,6 +19,7 @@ export function registerSystemRoutes(root: FastifyInstance, daemon: Daemon): voi
     auth: daemon.config.auth,
     ...(daemon.config.auth === 'none' ? { auth_warning: NO_AUTH_WARNING } : {}),
     capacity: await daemon.admission.report(),
+    pools: { clones: daemon.snapshots.pool.report() },
     ...(daemon.driver.confinementReport ? { confinement: daemon.driver.confinementReport() } : {}),
   }));
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', tags: ['system'], hide: false } }, async (_req, reply) => {

@@ -18,11 +18,21 @@ test('dashboard: page and assets are served without the token, the API still nee
     const js = await app.inject('/ui/app.js');
     assert.equal(js.statusCode, 200);
     assert.match(js.headers['content-type'] as string, /javascript/);
-    assert.match(js.body, /\/v1\/events/);
+    // Its modules and the libraries from node_modules, all without the token.
+    const client = await app.inject('/ui/lib/api.js');
+    assert.equal(client.statusCode, 200);
+    assert.match(client.body, /\/v1\/events/);
     // The token is kept for the tab's session only, never in localStorage (on disk).
-    assert.match(js.body, /sessionStorage\.setItem\('kiln-token'/);
-    assert.doesNotMatch(js.body, /localStorage/);
+    assert.match(client.body, /globalThis\.sessionStorage/);
+    for (const f of ['app.js', 'lib/api.js', 'pages/machines.js']) assert.doesNotMatch((await app.inject(`/ui/${f}`)).body, /localStorage/);
+    for (const [f, re] of [['xterm.mjs', /export\s*\{[^}]*as Terminal/], ['addon-fit.mjs', /as FitAddon/], ['uplot.mjs', /export \{ uPlot as default \}/], ['xterm.css', /\.xterm/]] as const) {
+      const r = await app.inject(`/ui/vendor/${f}`);
+      assert.equal(r.statusCode, 200, f);
+      assert.match(r.body, re, f);
+    }
     assert.equal((await app.inject('/ui/style.css')).statusCode, 200);
+    // Unit tests beside the modules are not served (they need the token, like any unknown path).
+    assert.equal((await app.inject('/ui/views/views.test.ts')).statusCode, 401);
     // Only the listed files: no path walking into src/.
     assert.equal((await app.inject('/ui/../../daemon.ts')).statusCode, 401);
     assert.equal((await app.inject('/ui/%2e%2e/daemon.ts')).statusCode, 401);

@@ -19,7 +19,7 @@ import {
   type RuntimePaths,
 } from './spec.ts';
 import { viewSpawnArgv } from './path-view.ts';
-import { CleanupStack, StepList, runSteps, type Step, type StepEvent } from './steps.ts';
+import { CleanupStack, StepList, runSteps, type Step, type StepEvent } from '../../util/steps.ts';
 import { assertSupported, fetchCapabilities, type FirecrackerCapabilities } from './version.ts';
 import {
   assertSocketPathFits,

@@ -14,7 +14,7 @@ import { JAIL, resolveJail, withJailer, type JailerOptions } from './jailer.ts';
 import { viewVsockPath, withPathView } from './path-view.ts';
 import { withSnapshotRestore } from './snapshot.ts';
 import { firecrackerKernelCmdline, instanceIdFor, runtimePaths, validateSpec, type FirecrackerVmSpec } from './spec.ts';
-import type { StepEvent, StepList } from './steps.ts';
+import type { StepEvent, StepList } from '../../util/steps.ts';
 import { fetchCapabilities } from './version.ts';
 import { readCmdline, readProcStat, resolveBinary, watchPid } from './vmm-process.ts';
 

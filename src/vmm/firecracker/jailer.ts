@@ -12,7 +12,7 @@ import { writeFileAtomic } from '../../util/atomic.ts';
 import { ensureFifo, firecrackerArgs, killVmm, vmmStdio, type BootContext, type BootStep } from './boot-steps.ts';
 import { apiIdFor, networkInterfacesOf } from './spec.ts';
 import { run as runTool } from '../../util/process.ts';
-import type { StepList } from './steps.ts';
+import type { StepList } from '../../util/steps.ts';
 import { assertSocketPathFits, processGone, readProcStat, resolveBinary, spawnDetached, watchPid } from './vmm-process.ts';
 
 export interface JailerOptions {

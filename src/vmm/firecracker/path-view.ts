@@ -15,7 +15,7 @@ import path from 'node:path';
 import { KilnError } from '../../errors.ts';
 import type { BootContext, BootStep } from './boot-steps.ts';
 import { apiIdFor } from './spec.ts';
-import type { StepList } from './steps.ts';
+import type { StepList } from '../../util/steps.ts';
 
 /** Where every VMM sees its own VM's view (an empty directory on the host). */
 export const VIEW_MOUNT = '/run/kiln-firecracker';

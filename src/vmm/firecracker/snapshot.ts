@@ -9,7 +9,7 @@ import type * as T from './api-types.ts';
 import { api, caps, type BootContext, type BootStep } from './boot-steps.ts';
 import { JAIL } from './jailer.ts';
 import { apiIdFor } from './spec.ts';
-import type { StepList } from './steps.ts';
+import type { StepList } from '../../util/steps.ts';
 import type { FirecrackerCapabilities } from './version.ts';
 
 export interface RestoreSpec {

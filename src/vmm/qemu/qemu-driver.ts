@@ -3,6 +3,7 @@
 // outlives kilnd; attach() finds it again by pid and QMP socket.
 import { createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -168,7 +169,13 @@ class QemuInstance implements VmmInstance {
     try {
       if (c.user) await fs.chown(sock, c.user.uid, c.user.gid);
       await fs.chmod(sock, 0o600);
-      await migrate(`unix:${c.chroot ? `/${MIGRATE_SOCKET}` : sock}`);
+      try {
+        await migrate(`unix:${c.chroot ? `/${MIGRATE_SOCKET}` : sock}`);
+      } catch (e) {
+        // QEMU only sees its socket close; why it closed is kilnd's write (a full disk, say).
+        const writeError = received ? await Promise.race([(received as Promise<void>).then(() => null, (w: Error) => w), sleep(1000).then(() => null)]) : null;
+        throw writeError ?? e;
+      }
       if (!received) throw new KilnError('KILN_ERR_SNAPSHOT_FAILED', 'QEMU reported the snapshot complete without connecting to the snapshot socket');
       await received;
     } finally {
@@ -223,6 +230,15 @@ export class QemuDriver implements VmmDriver {
 
   async release(): Promise<void> {
     if (this.confinement.cgroups) await removeParentIfEmpty(this.confinement.cgroups);
+  }
+
+  async reap(name: string): Promise<number> {
+    const cgroup = await this.confinement.cgroups?.open(name);
+    if (!cgroup) return 0;
+    const n = (await cgroup.pids()).length;
+    await cgroup.kill();
+    await cgroup.remove();
+    return n;
   }
 
   async start(spec: VmSpec, signal?: AbortSignal): Promise<VmmInstance> {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { isKilnError } from '../../errors.ts';
+import { isKilnError } from '../errors.ts';
 import { CleanupStack, StepList, runSteps, type Step } from './steps.ts';
 
 const s = (name: string, log: string[] = []): Step<unknown> => ({ name, run: async () => void log.push(name) });
@@ -58,4 +58,26 @@ test('cleanup runs once, in reverse, and reports every failure', async () => {
   assert.deepEqual(await c.run(), []);
   assert.deepEqual(order, ['third', 'second', 'first']);
   assert.throws(() => c.push('late', () => {}), /already ran/);
+});
+
+test('concurrent neighbours run as one batch; the batch reports its first failure after all settled', async () => {
+  const log: string[] = [];
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const list = new StepList<null>([
+    { name: 'a', run: async () => void log.push('a') },
+    { name: 'b', concurrent: true, run: async () => { log.push('b:start'); await gate; log.push('b:end'); } },
+    { name: 'c', concurrent: true, run: async () => { log.push('c'); open(); throw new Error('c broke'); } },
+    { name: 'd', run: async () => void log.push('d') },
+  ]);
+  await assert.rejects(runSteps(list, null), /c broke/);
+  // b and c started together, b finished before the failure was reported, d never ran.
+  assert.deepEqual(log, ['a', 'b:start', 'c', 'b:end']);
+});
+
+test('around wraps every step by name', async () => {
+  const seen: string[] = [];
+  const list = new StepList<null>([{ name: 'x', run: async () => {} }, { name: 'y', run: async () => {} }]);
+  await runSteps(list, null, { around: async (name, run) => { seen.push(`<${name}`); await run(); seen.push(`${name}>`); } });
+  assert.deepEqual(seen, ['<x', 'x>', '<y', 'y>']);
 });

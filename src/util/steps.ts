@@ -2,11 +2,17 @@
 // jailer and backends edit the list (insert after a named anchor, remove, replace) instead
 // of forking the code path, and an edit whose anchor is missing fails loudly. Step names
 // are the provisioning timeline's phase names.
-import { KilnError } from '../../errors.ts';
+import { KilnError } from '../errors.ts';
 
 export interface Step<C> {
   readonly name: string;
   run(ctx: C): Promise<void>;
+  /**
+   * Runs at the same time as the adjacent steps that say so (independent work, e.g. a clone's
+   * drive copies and its network namespace). The batch ends when all of them settled; the
+   * first failure is reported, after every step of the batch registered what it made.
+   */
+  readonly concurrent?: boolean;
 }
 
 export class StepList<C> {
@@ -77,8 +83,8 @@ export class StepList<C> {
   }
 }
 
-// The cleanup stack is kiln's shared one; re-exported for the boot steps.
-export { CleanupStack } from '../../util/cleanup-stack.ts';
+// The cleanup stack steps register their undo on; re-exported for step lists.
+export { CleanupStack } from './cleanup-stack.ts';
 
 export interface StepEvent {
   step: string;
@@ -86,23 +92,46 @@ export interface StepEvent {
   error?: unknown;
 }
 
+/** Consecutive concurrent steps form one batch; every other step is a batch of its own. */
+export function batches<C>(steps: readonly Step<C>[]): Step<C>[][] {
+  const out: Step<C>[][] = [];
+  for (const s of steps) {
+    const last = out.at(-1);
+    if (s.concurrent && last?.[0]?.concurrent) last.push(s);
+    else out.push([s]);
+  }
+  return out;
+}
+
+/** Wraps each step's run (a timeline's phase, a failpoint); default: runs it. */
+export type StepAround = (name: string, run: () => Promise<void>) => Promise<void>;
+
 /** Runs the steps in order; stops at the first failure or when `signal` aborts. */
 export async function runSteps<C>(
   list: StepList<C>,
   ctx: C,
-  opts: { signal?: AbortSignal; onStep?: (e: StepEvent) => void } = {},
+  opts: { signal?: AbortSignal; onStep?: (e: StepEvent) => void; around?: StepAround } = {},
 ): Promise<void> {
-  for (const step of list.steps) {
-    if (opts.signal?.aborted) {
-      throw new KilnError('KILN_ERR_VMM_FAILED', `aborted before ${step.name}: ${String(opts.signal.reason ?? 'aborted')}`, { step: step.name });
-    }
+  const around: StepAround = opts.around ?? ((_name, run) => run());
+  const one = async (step: Step<C>): Promise<void> => {
     const t0 = performance.now();
     try {
-      await step.run(ctx);
+      await around(step.name, () => step.run(ctx));
     } catch (error) {
       opts.onStep?.({ step: step.name, ms: performance.now() - t0, error });
       throw error;
     }
     opts.onStep?.({ step: step.name, ms: performance.now() - t0 });
+  };
+  for (const batch of batches(list.steps)) {
+    if (opts.signal?.aborted) {
+      throw new KilnError('KILN_ERR_VMM_FAILED', `aborted before ${batch[0]!.name}: ${String(opts.signal.reason ?? 'aborted')}`, { step: batch[0]!.name });
+    }
+    if (batch.length === 1) {
+      await one(batch[0]!);
+      continue;
+    }
+    const settled = await Promise.allSettled(batch.map(one));
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
   }
 }
