@@ -154,10 +154,12 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
     for (let i = 0; i < 50; i++) {
       for (const [tag, c] of [['api', api.client], ['node', direct]] as const) {
         const t0 = process.hrtime.bigint();
-        const res = await c.request('POST', '/v1/vms', { body: { name: `hop-${i}`, not_a_field: 1 } });
+        const status = await c.request('POST', '/v1/vms', { body: { name: `hop-${i}`, not_a_field: 1 } }).then(
+          (r) => r.status,
+          (e: { status?: number }) => e.status ?? 0,
+        );
         hop[tag].push(ms(t0));
-        if (res.status !== 400) throw new Error(`expected the node's 400, got ${res.status}`);
-        await res.arrayBuffer();
+        if (status !== 400) throw new Error(`expected the node's 400, got ${status}`);
       }
     }
     const one = await burst(api.client, 'one');
