@@ -55,6 +55,9 @@ done
 # The default image needs a *static* busybox (the dynamic one would not run in the guest).
 if ! { [ -x /bin/busybox ] && ! grep -q /lib64/ld-linux /bin/busybox; }; then missing+=(busybox-static); fi
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
+# kiln clusters keep their state in PostgreSQL (`kiln serve --store postgres://…`); the store
+# tests start a throwaway server with its initdb/pg_ctl, which Debian keeps off PATH.
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql-15)
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "kiln setup: installing Debian packages: ${missing[*]}" >&2

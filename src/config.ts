@@ -8,6 +8,13 @@ import type { BackendName } from './vmm/driver.ts';
 export interface KilnConfig {
   /** Where the SQLite file, VM runtime dirs and images live. */
   stateDir: string;
+  /**
+   * The store (--store, KILN_STORE): null or 'sqlite' for `<stateDir>/kiln.db`, or a
+   * postgres:// URL for a cluster's shared PostgreSQL (src/store/open-store.ts).
+   */
+  store: string | null;
+  /** Cluster membership (src/cluster/), in force when the store is PostgreSQL. */
+  cluster: ClusterConfig;
   /** Kernel, initramfs and default image cache; shareable between state dirs. */
   assetsDir: string;
   listenHost: string;
@@ -51,6 +58,22 @@ export interface KilnConfig {
   unpack: UnpackLimits;
   /** How each VMM process is confined (docs/security.md, "VMM confinement"). */
   vmm: VmmConfinementConfig;
+}
+
+export interface ClusterConfig {
+  /**
+   * --role: 'all' (the default) or 'node' run VMs and, on a shared store, register as a node;
+   * 'api' (src/cluster/api-role.ts) runs no VMs: it places creates on nodes and forwards to them.
+   */
+  role: 'all' | 'node' | 'api';
+  /** --node-name (KILN_NODE_NAME); default the host name. */
+  nodeName: string;
+  /** --advertise-url (KILN_ADVERTISE_URL): where other kiln processes reach this one; default the listen URL. */
+  advertiseUrl: string | null;
+  /** KILN_NODE_HEARTBEAT_MS: how often a node heartbeats (and sweeps for lost nodes). */
+  heartbeatMs: number;
+  /** KILN_NODE_LOST_AFTER_MS: a node silent this long is lost, and its VMs with it. */
+  lostAfterMs: number;
 }
 
 export interface VmmConfinementConfig {
@@ -124,6 +147,14 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
   const stateDir = path.resolve(env.KILN_STATE_DIR ?? '/var/lib/kiln');
   return {
     stateDir,
+    store: env.KILN_STORE || null,
+    cluster: {
+      role: 'all',
+      nodeName: env.KILN_NODE_NAME || os.hostname(),
+      advertiseUrl: env.KILN_ADVERTISE_URL || null,
+      heartbeatMs: positive(env, 'KILN_NODE_HEARTBEAT_MS', 2_000),
+      lostAfterMs: positive(env, 'KILN_NODE_LOST_AFTER_MS', 15_000),
+    },
     assetsDir: path.resolve(env.KILN_ASSETS_DIR ?? path.join(stateDir, 'assets')),
     listenHost: '127.0.0.1',
     listenPort: 18080,

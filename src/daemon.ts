@@ -22,8 +22,12 @@ import { NetworkManager } from './net/network-manager.ts';
 import { NeighbourWatch } from './net/neighbour-watch.ts';
 import { AgentListener } from './guest/agent/listener.ts';
 import type { AgentHub } from './vm/agent-link.ts';
-import { SqliteStore } from './store/sqlite-store.ts';
-import { secureDatabaseFiles, secureStateDir } from './store/state-permissions.ts';
+import { openStore, parseStoreSpec, redactStoreUrl } from './store/open-store.ts';
+import { nodeCapacity } from './cluster/capacity.ts';
+import { loadNodeId } from './cluster/node-id.ts';
+import { NodeMember } from './cluster/node-member.ts';
+import { scopeStoreToNode } from './cluster/node-scoped-store.ts';
+import { secureStateDir } from './store/state-permissions.ts';
 import type { Store } from './store/store.ts';
 import { prepareGuestAssets, type GuestAssets } from './vm/guest-assets.ts';
 import { Admission } from './vm/admission.ts';
@@ -43,6 +47,8 @@ export class Daemon {
   readonly version = KILN_VERSION;
   private app: FastifyInstance | null = null;
   private closed = false;
+  /** Cluster membership when the store is shared (PostgreSQL); null on a single host. */
+  cluster: NodeMember | null = null;
 
   private constructor(
     readonly config: KilnConfig,
@@ -79,9 +85,12 @@ export class Daemon {
     const apiToken = config.auth === 'none' ? undefined : await ensureApiToken(config.stateDir, config.apiToken);
     config = { ...config, apiToken };
     if (config.auth === 'none') log.warn(NO_AUTH_WARNING);
-    const dbFile = path.join(config.stateDir, 'kiln.db');
-    await secureDatabaseFiles(dbFile);
-    const store = new SqliteStore(dbFile);
+    // SQLite in the state dir unless --store names a PostgreSQL database (src/store/open-store.ts).
+    const shared = await openStore(config.store, config.stateDir);
+    log.info({ store: config.store ? redactStoreUrl(config.store) : 'sqlite' }, 'store opened');
+    // On a shared (PostgreSQL) store this kilnd is a cluster node: its services see its own VMs.
+    const nodeId = parseStoreSpec(config.store).kind === 'postgres' ? await loadNodeId(config.stateDir) : null;
+    const store = nodeId ? scopeStoreToNode(shared, nodeId) : shared;
     let agents: AgentHub | null = null;
     try {
       const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
@@ -162,10 +171,18 @@ export class Daemon {
       await functions.start();
       // /healthz's backend_reason says how Firecracker is confined, too.
       const chosen = jail ? { ...backend, reason: `${backend.reason}; ${jail.reason}` } : backend;
-      return new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
+      const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
+      if (nodeId) {
+        daemon.cluster = new NodeMember({
+          store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
+          capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe() }),
+          publish: (type, vmId, data) => bus.publish(type, vmId, data),
+        });
+      }
+      return daemon;
     } catch (e) {
       await closeAgentHub(agents);
-      await store.close();
+      await shared.close();
       throw e;
     }
   }
@@ -176,6 +193,8 @@ export class Daemon {
     const addr = this.app.server.address();
     const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
     this.log.info({ url }, 'kilnd listening');
+    // A cluster node registers once it can be reached.
+    await this.cluster?.start(this.config.cluster.advertiseUrl ?? url);
     return url;
   }
 
@@ -183,6 +202,7 @@ export class Daemon {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.cluster?.stop();
     await this.functions.close();
     // Pooled clones are kilnd's own, not the users': a clean stop deletes them.
     await this.snapshots.pool.close();

@@ -478,7 +478,7 @@ export const CreateContainerBody = Type.Object(
 );
 export type CreateContainerBody = Static<typeof CreateContainerBody>;
 
-export const CONTAINER_STATES = ['starting', 'running', 'paused', 'stopping', 'restarting', 'exited', 'failed'] as const;
+export const CONTAINER_STATES = ['starting', 'running', 'paused', 'stopping', 'restarting', 'exited', 'failed', 'lost'] as const;
 
 export const Container = Type.Object({
   id: Type.String({ description: 'Also the id of the VM it runs in' }),

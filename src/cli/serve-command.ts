@@ -1,7 +1,13 @@
 import { Command } from 'commander';
 import path from 'node:path';
-import { defaultConfig, isLoopback, parseListen } from '../config.ts';
+import { defaultConfig, isLoopback, parseListen, type KilnConfig } from '../config.ts';
 import { Daemon } from '../daemon.ts';
+import pino from 'pino';
+import { ApiRole } from '../cluster/api-role.ts';
+import { ensureApiToken } from '../api/auth/token-file.ts';
+import { PgStore } from '../store/pg/pg-store.ts';
+import { parseStoreSpec, redactStoreUrl } from '../store/open-store.ts';
+import { secureStateDir } from '../store/state-permissions.ts';
 import { NO_AUTH_WARNING } from '../api/auth/no-auth.ts';
 import { apiTokenPath } from '../sdk/api-token.ts';
 import { E2B_KEY_FILE } from '../e2b/api-key.ts';
@@ -11,6 +17,10 @@ export function serveCommand(): Command {
   return new Command('serve')
     .description('run kilnd in the foreground (VMs keep running when it stops)')
     .option('--state-dir <dir>', 'state directory (SQLite, VMs, images)', process.env.KILN_STATE_DIR ?? '/var/lib/kiln')
+    .option('--store <sqlite|postgres://…>', 'state store: SQLite in the state dir (default) or a PostgreSQL URL (a cluster)', process.env.KILN_STORE)
+    .option('--role <all|node|api>', 'cluster role on a PostgreSQL store: all (default) or node run VMs and register as a node; api places creates on nodes and forwards to them', 'all')
+    .option('--node-name <name>', 'this node\'s name in the cluster (default: host name)')
+    .option('--advertise-url <url>', 'where other kiln processes reach this one (default: the listen URL)')
     .option('--assets-dir <dir>', 'guest kernel/initramfs cache (default: <state-dir>/assets)')
     .option('--listen <host:port>', 'API address', '127.0.0.1:18080')
     .option('--accel <auto|kvm|tcg>', 'CPU accelerator', process.env.KILN_ACCEL ?? 'auto')
@@ -25,8 +35,13 @@ export function serveCommand(): Command {
       const { host, port } = parseListen(o.listen);
       if (!['auto', 'kvm', 'tcg'].includes(o.accel)) throw new Error('--accel must be auto, kvm or tcg');
       if (!['auto', 'qemu', 'firecracker'].includes(o.backend)) throw new Error('--backend must be auto, qemu or firecracker');
+      const store = parseStoreSpec(o.store);
+      if (!['all', 'node', 'api'].includes(o.role)) throw new Error('--role must be all, node or api');
+      if (o.role !== 'all' && store.kind !== 'postgres') throw new Error(`--role ${o.role} needs a shared store: --store postgres://…`);
       const config = {
         ...base,
+        store: o.store ?? null,
+        cluster: { ...base.cluster, role: o.role, nodeName: o.nodeName ?? base.cluster.nodeName, advertiseUrl: o.advertiseUrl ?? base.cluster.advertiseUrl },
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : base.assetsDir,
         listenHost: host,
         listenPort: port,
@@ -36,6 +51,11 @@ export function serveCommand(): Command {
         allowedHosts: [...base.allowedHosts, ...o.allowedHost],
         auth: o.auth === false ? ('none' as const) : ('token' as const),
       };
+      if (o.role === 'api') {
+        if (config.auth === 'none') throw new Error('--role api serves other hosts: it needs the API token (no --no-auth)');
+        await serveApiRole(config, (store as { url: string }).url);
+        return;
+      }
       if (config.auth === 'none') process.stderr.write(`WARNING: ${NO_AUTH_WARNING}\n`);
       const e2bListen = o.e2bListen ? parseListen(o.e2bListen) : null;
       // Without a token any E2B API key is taken: like the API itself, loopback only then.
@@ -58,4 +78,19 @@ export function serveCommand(): Command {
       process.once('SIGTERM', () => stop('SIGTERM'));
       process.once('SIGINT', () => stop('SIGINT'));
     });
+}
+
+/** `--role api`: no VMM, no host setup; the store, the token and an HTTP listener. */
+async function serveApiRole(config: KilnConfig, storeUrl: string): Promise<void> {
+  const log = pino({ level: config.logLevel });
+  await secureStateDir(config.stateDir);
+  const token = await ensureApiToken(config.stateDir, config.apiToken);
+  const store = await PgStore.open(storeUrl);
+  const k = Number(process.env.KILN_PLACEMENT_K ?? 2);
+  if (!Number.isInteger(k) || k < 1) throw new Error('KILN_PLACEMENT_K must be a positive integer');
+  const api = await ApiRole.start({ store, token, listenHost: config.listenHost, listenPort: config.listenPort, log, k });
+  process.stderr.write(`kilnd ready on ${api.url} (role api; store ${redactStoreUrl(storeUrl)}; token in ${apiTokenPath(config.stateDir)})\n`);
+  const stop = () => void api.close().then(() => store.close()).then(() => process.exit(0));
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
 }

@@ -44,7 +44,7 @@ export interface CreateContainerInput {
 }
 
 /** Docker-like container states, derived from the VM's and the restart policy's. */
-export type ContainerState = 'starting' | 'running' | 'paused' | 'stopping' | 'restarting' | 'exited' | 'failed';
+export type ContainerState = 'starting' | 'running' | 'paused' | 'stopping' | 'restarting' | 'exited' | 'failed' | 'lost';
 
 export interface ContainerInfo {
   container: ContainerRecord;
@@ -214,6 +214,9 @@ export class ContainerService {
         return 'stopping';
       case 'failed':
         return 'failed';
+      case 'lost':
+        // Its node stopped heartbeating (a cluster): whether it still runs is unknown.
+        return 'lost';
       case 'stopped':
         // Exited, unless the policy is about to start it again (or has not decided yet).
         return this.timers.has(c.id) || c.restartAt !== null || this.undecided(c, vm) ? 'restarting' : 'exited';

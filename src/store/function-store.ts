@@ -1,6 +1,7 @@
 // Functions in the store: a function (its name and current version), its versions (code
 // and configuration are immutable per version: a PUT makes a new one), and its invocations.
 // SQLite implementation beside the interface; it shares SqliteStore's database handle.
+// PostgreSQL's is pg/function-repo.ts, with the same row codecs (exported here).
 import type Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
 
@@ -120,7 +121,7 @@ export const FUNCTIONS_MIGRATION = `
 
 type Row = Record<string, unknown>;
 
-function versionFromRow(r: Row): FunctionVersion {
+export function versionFromRow(r: Row): FunctionVersion {
   return {
     ...(JSON.parse(r.config as string) as FunctionConfig),
     function: r.function as string,
@@ -133,18 +134,18 @@ function versionFromRow(r: Row): FunctionVersion {
   };
 }
 
-function configOf(v: FunctionVersion): FunctionConfig {
+export function configOf(v: FunctionVersion): FunctionConfig {
   const { runtime, image, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize } = v;
   return { runtime, image: image ?? null, handler, vcpus, memoryMib, env, timeoutMs, minInstances, maxInstances, concurrency, idleTimeoutS, queueSize };
 }
 
-function invocationFromRow(r: Row): InvocationRecord {
+export function invocationFromRow(r: Row): InvocationRecord {
   return {
     id: r.id as string,
     function: r.function as string,
     version: r.version as number,
     status: r.status as InvocationStatus,
-    cold: r.cold === 1,
+    cold: r.cold === 1 || r.cold === true,
     source: (r.source as InvocationRecord['source']) ?? null,
     instance: (r.instance as string | null) ?? null,
     startedAt: r.started_at as number,

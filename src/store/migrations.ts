@@ -147,4 +147,21 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE vms ADD COLUMN egress TEXT;
   `,
+  // v9 (cluster, issue #17): which node runs a VM, and the nodes themselves (registration,
+  // heartbeat, capacity report). A single host leaves node_id NULL and the table empty.
+  `
+  ALTER TABLE vms ADD COLUMN node_id TEXT;
+  CREATE INDEX vms_node ON vms(node_id);
+  CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    incarnation INTEGER NOT NULL,
+    capacity TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,
+    lost_at REAL
+  );
+  `,
 ];

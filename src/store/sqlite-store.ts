@@ -4,183 +4,11 @@ import Database from 'better-sqlite3';
 import { KilnError } from '../errors.ts';
 import { SqliteFunctionStore, type FunctionStore } from './function-store.ts';
 import { MIGRATIONS } from './migrations.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VolumeRecord } from './store.ts';
-
-type Row = Record<string, unknown>;
-
-function vmFromRow(r: Row): VmRecord {
-  return {
-    id: r.id as string,
-    name: r.name as string,
-    state: r.state as VmRecord['state'],
-    stateReason: (r.state_reason as string | null) ?? null,
-    imageId: r.image_id as string,
-    vcpus: r.vcpus as number,
-    memoryMib: r.memory_mib as number,
-    kernelArgs: JSON.parse(r.kernel_args as string),
-    cmd: r.cmd === null ? null : JSON.parse(r.cmd as string),
-    env: JSON.parse(r.env as string),
-    network: r.network as VmRecord['network'],
-    ip: (r.ip as string | null) ?? null,
-    ports: JSON.parse(r.ports as string),
-    readiness: r.readiness as VmRecord['readiness'],
-    agentToken: (r.agent_token as string | null) ?? null,
-    agent: r.agent === null || r.agent === undefined ? null : JSON.parse(r.agent as string),
-    health: r.health as VmRecord['health'],
-    healthReason: (r.health_reason as string | null) ?? null,
-    backend: r.backend as VmRecord['backend'],
-    accelerator: r.accelerator as VmRecord['accelerator'],
-    pid: (r.pid as number | null) ?? null,
-    bootCount: r.boot_count as number,
-    consoleOffset: r.console_offset as number,
-    exitCode: (r.exit_code as number | null) ?? null,
-    volumes: JSON.parse((r.volumes as string | undefined) ?? '[]'),
-    process: r.process === null || r.process === undefined ? null : JSON.parse(r.process as string),
-    classic: r.classic === null || r.classic === undefined ? null : JSON.parse(r.classic as string),
-    egress: r.egress === null || r.egress === undefined ? null : JSON.parse(r.egress as string),
-    createdAt: r.created_at as number,
-    updatedAt: r.updated_at as number,
-  };
-}
-
-function vmToRow(vm: VmRecord): Row {
-  return {
-    id: vm.id,
-    name: vm.name,
-    state: vm.state,
-    state_reason: vm.stateReason,
-    image_id: vm.imageId,
-    vcpus: vm.vcpus,
-    memory_mib: vm.memoryMib,
-    kernel_args: JSON.stringify(vm.kernelArgs),
-    cmd: vm.cmd === null ? null : JSON.stringify(vm.cmd),
-    env: JSON.stringify(vm.env),
-    network: vm.network,
-    ip: vm.ip,
-    ports: JSON.stringify(vm.ports),
-    readiness: vm.readiness,
-    agent_token: vm.agentToken,
-    agent: vm.agent === null ? null : JSON.stringify(vm.agent),
-    health: vm.health,
-    health_reason: vm.healthReason,
-    backend: vm.backend,
-    accelerator: vm.accelerator,
-    pid: vm.pid,
-    boot_count: vm.bootCount,
-    console_offset: vm.consoleOffset,
-    exit_code: vm.exitCode,
-    volumes: JSON.stringify(vm.volumes ?? []),
-    process: vm.process ? JSON.stringify(vm.process) : null,
-    classic: vm.classic ? JSON.stringify(vm.classic) : null,
-    egress: vm.egress ? JSON.stringify(vm.egress) : null,
-    created_at: vm.createdAt,
-    updated_at: vm.updatedAt,
-  };
-}
-
-function imageFromRow(r: Row): ImageRecord {
-  return {
-    id: r.id as string,
-    name: r.name as string,
-    digest: r.digest as string,
-    format: r.format as ImageRecord['format'],
-    path: r.path as string,
-    sizeBytes: r.size_bytes as number,
-    config: JSON.parse(r.config as string),
-    createdAt: r.created_at as number,
-    state: (r.state as ImageRecord['state'] | undefined) ?? 'ready',
-    source: (r.source as string | null) ?? null,
-    manifestDigest: (r.manifest_digest as string | null) ?? null,
-    layers: JSON.parse((r.layers as string | undefined) ?? '[]'),
-    builder: (r.builder as string | null) ?? null,
-  };
-}
-
-function imageToRow(image: ImageRecord): Row {
-  return {
-    id: image.id,
-    name: image.name,
-    digest: image.digest,
-    format: image.format,
-    path: image.path,
-    size_bytes: image.sizeBytes,
-    config: JSON.stringify(image.config),
-    created_at: image.createdAt,
-    state: image.state ?? 'ready',
-    source: image.source ?? null,
-    manifest_digest: image.manifestDigest ?? null,
-    layers: JSON.stringify(image.layers ?? []),
-    builder: image.builder ?? null,
-  };
-}
-
-function volumeFromRow(r: Row): VolumeRecord {
-  return { id: r.id as string, name: r.name as string, sizeMib: r.size_mib as number, path: r.path as string, createdAt: r.created_at as number };
-}
-
-function containerFromRow(r: Row): ContainerRecord {
-  return {
-    id: r.id as string,
-    image: r.image as string,
-    restart: JSON.parse(r.restart as string),
-    autoRemove: r.auto_remove === 1,
-    restartCount: r.restart_count as number,
-    backoffStep: r.backoff_step as number,
-    userStopped: r.user_stopped === 1,
-    handledBoot: r.handled_boot as number,
-    restartAt: (r.restart_at as number | null) ?? null,
-    createdAt: r.created_at as number,
-  };
-}
-
-function snapshotFromRow(r: Row): SnapshotRecord {
-  return {
-    id: r.id as string,
-    sourceVmId: (r.source_vm_id as string | null) ?? null,
-    templateId: (r.template_id as string | null) ?? null,
-    path: r.path as string,
-    meta: JSON.parse(r.meta as string),
-    sizeBytes: r.size_bytes as number,
-    createdAt: r.created_at as number,
-  };
-}
-
-function containerToRow(c: ContainerRecord): Row {
-  return {
-    id: c.id,
-    image: c.image,
-    restart: JSON.stringify(c.restart),
-    auto_remove: c.autoRemove ? 1 : 0,
-    restart_count: c.restartCount,
-    backoff_step: c.backoffStep,
-    user_stopped: c.userStopped ? 1 : 0,
-    handled_boot: c.handledBoot,
-    restart_at: c.restartAt,
-    created_at: c.createdAt,
-  };
-}
-
-function templateFromRow(r: Row): TemplateRecord {
-  return {
-    id: r.id as string,
-    imageId: r.image_id as string,
-    vcpus: r.vcpus as number,
-    memoryMib: r.memory_mib as number,
-    key: r.key as string,
-    state: r.state as TemplateRecord['state'],
-    stateReason: (r.state_reason as string | null) ?? null,
-    snapshotId: (r.snapshot_id as string | null) ?? null,
-    createdAt: r.created_at as number,
-    updatedAt: r.updated_at as number,
-  };
-}
-
-function templateToRow(t: TemplateRecord): Row {
-  return {
-    id: t.id, image_id: t.imageId, vcpus: t.vcpus, memory_mib: t.memoryMib, key: t.key, state: t.state,
-    state_reason: t.stateReason, snapshot_id: t.snapshotId, created_at: t.createdAt, updated_at: t.updatedAt,
-  };
-}
+import {
+  LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
+  vmFromRow, vmToRow, volumeFromRow, type Row,
+} from './rows.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -208,13 +36,9 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, node_id, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
         @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @volumes, @process, @classic, @egress, @created_at, @updated_at)`),
-      updateVm: p(`UPDATE vms SET name=@name, state=@state, state_reason=@state_reason, image_id=@image_id, vcpus=@vcpus,
-        memory_mib=@memory_mib, kernel_args=@kernel_args, cmd=@cmd, env=@env, network=@network, ip=@ip, ports=@ports, readiness=@readiness,
-        agent_token=@agent_token, agent=@agent, health=@health, health_reason=@health_reason, backend=@backend, accelerator=@accelerator,
-        pid=@pid, boot_count=@boot_count, console_offset=@console_offset, exit_code=@exit_code, volumes=@volumes, process=@process, classic=@classic, egress=@egress, updated_at=@updated_at WHERE id=@id`),
+        @volumes, @process, @classic, @egress, @node_id, @created_at, @updated_at)`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),
@@ -224,16 +48,12 @@ export class SqliteStore implements Store {
       countVmsUsingImage: p('SELECT COUNT(*) AS n FROM vms WHERE image_id = ?'),
       insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at, state, source, manifest_digest, layers, builder)
         VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at, @state, @source, @manifest_digest, @layers, @builder)`),
-      updateImage: p(`UPDATE images SET name=@name, digest=@digest, format=@format, path=@path, size_bytes=@size_bytes, config=@config,
-        state=@state, source=@source, manifest_digest=@manifest_digest, layers=@layers, builder=@builder WHERE id=@id`),
       insertVolume: p('INSERT INTO volumes (id, name, size_mib, path, created_at) VALUES (@id, @name, @size_mib, @path, @created_at)'),
       getVolume: p('SELECT * FROM volumes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVolumes: p('SELECT * FROM volumes ORDER BY created_at, id'),
       deleteVolume: p('DELETE FROM volumes WHERE id = ?'),
       insertContainer: p(`INSERT INTO containers (id, image, restart, auto_remove, restart_count, backoff_step, user_stopped, handled_boot, restart_at, created_at)
         VALUES (@id, @image, @restart, @auto_remove, @restart_count, @backoff_step, @user_stopped, @handled_boot, @restart_at, @created_at)`),
-      updateContainer: p(`UPDATE containers SET image=@image, restart=@restart, auto_remove=@auto_remove, restart_count=@restart_count,
-        backoff_step=@backoff_step, user_stopped=@user_stopped, handled_boot=@handled_boot, restart_at=@restart_at WHERE id=@id`),
       getContainer: p('SELECT * FROM containers WHERE id = ?'),
       listContainers: p('SELECT * FROM containers ORDER BY created_at, id'),
       getImage: p('SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
@@ -294,12 +114,37 @@ export class SqliteStore implements Store {
   }
 
   async updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord> {
-    const row = this.stmt.getVm.get(id, id, id) as Row | undefined;
+    const row = this.updateColumns('vms', this.vmIdOf(id), patchColumns(patch, vmToRow, ['id', 'createdAt']), { updated_at: Date.now() });
     if (!row) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${id}`);
-    const next: VmRecord = { ...vmFromRow(row), ...patch, updatedAt: Date.now() };
-    this.stmt.updateVm.run(vmToRow(next));
-    return next;
+    return vmFromRow(row);
   }
+
+  async transitionVm(id: string, from: readonly VmState[], patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord | null> {
+    const row = this.updateColumns('vms', id, patchColumns(patch, vmToRow, ['id', 'createdAt']), { updated_at: Date.now() }, from);
+    return row ? vmFromRow(row) : null;
+  }
+
+  /** The id of the VM named or identified by `idOrName` (updates accept either, as getVm does). */
+  private vmIdOf(idOrName: string): string {
+    return ((this.stmt.getVm.get(idOrName, idOrName, idOrName) as Row | undefined)?.id as string | undefined) ?? idOrName;
+  }
+
+  /**
+   * One UPDATE of only the given columns, optionally only while `state` is one of `states`
+   * (compare-and-set); the row as written, or null when no row matched. Statements are
+   * prepared once per column set.
+   */
+  private updateColumns(table: string, id: string, cols: [string, unknown][], extra: Row = {}, states?: readonly string[]): Row | null {
+    const all = [...cols.filter(([c]) => !(c in extra)), ...Object.entries(extra)];
+    const guard = states ? ` AND state IN (${states.map(() => '?').join(', ') || 'NULL'})` : '';
+    const set = all.length ? all.map(([c]) => `${c} = ?`).join(', ') : 'id = id';
+    const sql = `UPDATE ${table} SET ${set} WHERE id = ?${guard} RETURNING *`;
+    let stmt = this.updates.get(sql);
+    if (!stmt) this.updates.set(sql, (stmt = this.db.prepare(sql)));
+    return (stmt.get(...all.map(([, v]) => v), id, ...(states ?? [])) as Row | undefined) ?? null;
+  }
+
+  private readonly updates = new Map<string, Database.Statement>();
 
   async getVm(idOrName: string): Promise<VmRecord | null> {
     const row = this.stmt.getVm.get(idOrName, idOrName, idOrName) as Row | undefined;
@@ -323,11 +168,10 @@ export class SqliteStore implements Store {
   }
 
   async updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord> {
-    const row = this.stmt.getImage.get(id, id, id) as Row | undefined;
+    const target = ((this.stmt.getImage.get(id, id, id) as Row | undefined)?.id as string | undefined) ?? id;
+    const row = this.updateColumns('images', target, patchColumns(patch, imageToRow, ['id']));
     if (!row) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${id}`);
-    const next: ImageRecord = { ...imageFromRow(row), ...patch };
-    this.stmt.updateImage.run(imageToRow(next));
-    return next;
+    return imageFromRow(row);
   }
 
   async insertVolume(v: VolumeRecord): Promise<void> {
@@ -355,11 +199,9 @@ export class SqliteStore implements Store {
   }
 
   async updateContainer(id: string, patch: Partial<Omit<ContainerRecord, 'id' | 'createdAt'>>): Promise<ContainerRecord> {
-    const row = this.stmt.getContainer.get(id) as Row | undefined;
+    const row = this.updateColumns('containers', id, patchColumns(patch, containerToRow, ['id', 'createdAt']));
     if (!row) throw new KilnError('KILN_ERR_CONTAINER_NOT_FOUND', `no container ${id}`);
-    const next: ContainerRecord = { ...containerFromRow(row), ...patch };
-    this.stmt.updateContainer.run(containerToRow(next));
-    return next;
+    return containerFromRow(row);
   }
 
   async getContainer(id: string): Promise<ContainerRecord | null> {
@@ -452,8 +294,6 @@ export class SqliteStore implements Store {
       snapshotOfVm: p('SELECT snapshot_id FROM vm_snapshots WHERE vm_id = ?'),
       insertTemplate: p(`INSERT INTO templates (id, image_id, vcpus, memory_mib, key, state, state_reason, snapshot_id, created_at, updated_at)
         VALUES (@id, @image_id, @vcpus, @memory_mib, @key, @state, @state_reason, @snapshot_id, @created_at, @updated_at)`),
-      updateTemplate: p(`UPDATE templates SET image_id=@image_id, vcpus=@vcpus, memory_mib=@memory_mib, key=@key, state=@state,
-        state_reason=@state_reason, snapshot_id=@snapshot_id, updated_at=@updated_at WHERE id=@id`),
       getTemplate: p('SELECT * FROM templates WHERE id = ?'),
       getTemplateByKey: p('SELECT * FROM templates WHERE key = ?'),
       listTemplates: p('SELECT * FROM templates ORDER BY created_at, id'),
@@ -498,7 +338,7 @@ export class SqliteStore implements Store {
   }
 
   async insertTemplate(t: TemplateRecord): Promise<void> {
-    this.snap.insertTemplate.run(templateToRow(t));
+    uniqueName(() => this.snap.insertTemplate.run(templateToRow(t)), `a template with key ${t.key} already exists`);
   }
 
   async getTemplate(id: string): Promise<TemplateRecord | null> {
@@ -516,15 +356,66 @@ export class SqliteStore implements Store {
   }
 
   async updateTemplate(id: string, patch: Partial<Omit<TemplateRecord, 'id' | 'createdAt'>>): Promise<TemplateRecord> {
-    const cur = await this.getTemplate(id);
-    if (!cur) throw new KilnError('KILN_ERR_TEMPLATE_NOT_FOUND', `no template ${id}`);
-    const next = { ...cur, ...patch, updatedAt: Date.now() };
-    this.snap.updateTemplate.run(templateToRow(next));
-    return next;
+    const row = this.updateColumns('templates', id, patchColumns(patch, templateToRow, ['id', 'createdAt']), { updated_at: Date.now() });
+    if (!row) throw new KilnError('KILN_ERR_TEMPLATE_NOT_FOUND', `no template ${id}`);
+    return templateFromRow(row);
   }
 
   async deleteTemplate(id: string): Promise<void> {
     this.snap.deleteTemplate.run(id);
+  }
+
+  // ---- cluster nodes (v9); a single host never registers one ----
+
+  async registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord> {
+    let row: Row | undefined;
+    uniqueName(() => {
+      row = this.db
+        .prepare(
+          `INSERT INTO nodes (id, name, url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
+           VALUES (?, ?, ?, 'ready', 1, ?, ?, ?, NULL)
+           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, state = 'ready', incarnation = nodes.incarnation + 1,
+             capacity = excluded.capacity, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at, lost_at = NULL
+           RETURNING *`,
+        )
+        .get(n.id, n.name, n.url, JSON.stringify(n.capacity), now, now) as Row;
+    }, `a node named ${JSON.stringify(n.name)} is already registered`);
+    return nodeFromRow(row!);
+  }
+
+  async heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null> {
+    const row = this.db
+      .prepare(`UPDATE nodes SET heartbeat_at = ?, capacity = ? WHERE id = ? AND state = 'ready' AND incarnation = ? RETURNING *`)
+      .get(now, JSON.stringify(capacity), id, incarnation) as Row | undefined;
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async getNode(id: string): Promise<NodeRecord | null> {
+    const row = this.db.prepare('SELECT * FROM nodes WHERE id = ?').get(id) as Row | undefined;
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async listNodes(): Promise<NodeRecord[]> {
+    return (this.db.prepare('SELECT * FROM nodes ORDER BY name').all() as Row[]).map(nodeFromRow);
+  }
+
+  async deleteNode(id: string): Promise<void> {
+    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+  }
+
+  async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {
+    return this.db.transaction(() => {
+      const lost = this.db
+        .prepare(`UPDATE nodes SET state = 'lost', lost_at = ? WHERE state = 'ready' AND heartbeat_at < ? RETURNING id`)
+        .all(now, heartbeatBefore) as { id: string }[];
+      const markVms = this.db.prepare(
+        `UPDATE vms SET state = 'lost', state_reason = ?, updated_at = ? WHERE node_id = ? AND state IN (${LOSABLE_STATES.map(() => '?').join(', ')}) RETURNING id`,
+      );
+      return lost.map(({ id }) => ({
+        node: id,
+        vms: (markVms.all(`node ${id} stopped heartbeating`, now, id, ...LOSABLE_STATES) as { id: string }[]).map((r) => r.id).sort(),
+      }));
+    })();
   }
 
   async close(): Promise<void> {

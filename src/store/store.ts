@@ -1,12 +1,15 @@
-// The store interface. SQLite implements it today (sqlite-store.ts); a PostgreSQL
-// implementation for multi-host is an addition behind this interface, which is why every
-// method is async even though better-sqlite3 is synchronous.
+// The store interface. SQLite implements it for the single-host install (sqlite-store.ts),
+// PostgreSQL for a cluster (pg/pg-store.ts); one conformance suite (conformance.ts) runs on
+// both. Every method is async because PostgreSQL's is, even though better-sqlite3 is not.
+// Updates are column-level in both: a patch writes only its own fields, never a stale copy
+// of the rest of the row (another host may be writing those).
 import type { Accelerator, BackendName } from '../vmm/driver.ts';
 import type { FunctionStore } from './function-store.ts';
 import type { SnapshotMeta } from '../snapshot/meta.ts';
 import type { EgressPolicy } from '../net/egress.ts';
 
-export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed'] as const;
+/** 'lost': its node stopped heartbeating (a cluster, src/cluster/): kiln does not know whether it runs. */
+export const VM_STATES = ['creating', 'booting', 'ready', 'paused', 'stopping', 'stopped', 'failed', 'lost'] as const;
 export type VmState = (typeof VM_STATES)[number];
 
 export type NetworkMode = 'bridge' | 'none';
@@ -73,6 +76,8 @@ export interface VmRecord {
   classic?: ClassicVm | null;
   /** Where the guest may connect beyond the host (src/net/egress.ts); null/absent: the default. */
   egress?: EgressPolicy | null;
+  /** The cluster node that runs it (src/cluster/); null/absent on a single host. */
+  nodeId?: string | null;
   createdAt: number;
   updatedAt: number;
 }
@@ -246,9 +251,65 @@ export interface SnapshotStore {
   deleteTemplate(id: string): Promise<void>;
 }
 
-export interface Store extends SnapshotStore {
+export type NodeState = 'ready' | 'lost';
+
+/** What a node reports with every heartbeat: its capacity, what it has committed, what it caches. */
+export interface NodeCapacity {
+  vcpus: number;
+  memoryMib: number;
+  committedVcpus: number;
+  committedMemoryMib: number;
+  vms: number;
+  /** Free bytes on the filesystem of its state dir (images, disks, snapshots). */
+  diskFreeBytes: number;
+  /** Images present on the node (ids): placement prefers a node that has the image. */
+  images: string[];
+  /** Warm function instances by pool key (runtime/size). */
+  warm: Record<string, number>;
+}
+
+/** A VM host of a cluster (`kiln serve --role node`), as it registered and last heartbeat. */
+export interface NodeRecord {
+  id: string;
+  name: string;
+  /** Where the API role reaches this node's kilnd. */
+  url: string;
+  state: NodeState;
+  /** Bumped by every registration: a heartbeat from an older incarnation is refused. */
+  incarnation: number;
+  capacity: NodeCapacity;
+  registeredAt: number;
+  heartbeatAt: number;
+  lostAt: number | null;
+}
+
+/** Cluster membership (src/cluster/): registration, heartbeats, the lost-node sweep. */
+export interface NodeStore {
+  /** Registers (or re-registers) a node: state ready, incarnation + 1, heartbeat now. */
+  registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord>;
+  /**
+   * Compare-and-set heartbeat: only while the node is ready at `incarnation`. Null when it was
+   * marked lost (or re-registered) meanwhile: the node must register again and reconcile.
+   */
+  heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null>;
+  getNode(id: string): Promise<NodeRecord | null>;
+  listNodes(): Promise<NodeRecord[]>;
+  deleteNode(id: string): Promise<void>;
+  /**
+   * Marks every ready node whose last heartbeat is older than `heartbeatBefore` lost, and
+   * its VMs in a live state `lost`, in one transaction; what it marked.
+   */
+  markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]>;
+}
+
+export interface Store extends SnapshotStore, NodeStore {
   insertVm(vm: VmRecord): Promise<void>;
   updateVm(id: string, patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord>;
+  /**
+   * Compare-and-set: applies `patch` only while the VM's state is one of `from`, atomically.
+   * The VM as written, or null when it is gone or in another state (someone else moved it).
+   */
+  transitionVm(id: string, from: readonly VmState[], patch: Partial<Omit<VmRecord, 'id' | 'createdAt'>>): Promise<VmRecord | null>;
   getVm(idOrName: string): Promise<VmRecord | null>;
   listVms(): Promise<VmRecord[]>;
   deleteVm(id: string): Promise<void>;

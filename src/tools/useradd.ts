@@ -19,12 +19,12 @@ export async function lookupUser(name: string): Promise<UserIds | null> {
 const NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 
 /** Creates `name` as a system user (own group, no home, no login shell) unless it exists. */
-export async function ensureSystemUser(name: string): Promise<UserIds> {
+export async function ensureSystemUser(name: string, comment = 'kiln VMM (QEMU runs as this user)'): Promise<UserIds> {
   if (!NAME.test(name)) throw new KilnError('KILN_ERR_VALIDATION', `not a valid user name: ${JSON.stringify(name)}`);
   const found = await lookupUser(name);
   if (found) return found;
   // Exit code 9: created meanwhile by someone else (another kilnd, setup-host.sh).
-  await run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--comment', 'kiln VMM (QEMU runs as this user)', name], {
+  await run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', '--comment', comment, name], {
     okCodes: [0, 9],
   });
   const made = await lookupUser(name);

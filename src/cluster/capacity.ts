@@ -1,0 +1,33 @@
+// What a node reports with each heartbeat, from the sources of truth it already has:
+// admission (committed vs capacity, read from the store), the state dir's filesystem, the
+// images it holds and its warm function pools.
+import fs from 'node:fs/promises';
+import type { Admission } from '../vm/admission.ts';
+import type { NodeCapacity, Store } from '../store/store.ts';
+
+export interface CapacitySources {
+  admission: Admission;
+  /** The node-scoped store. */
+  store: Store;
+  stateDir: string;
+  /** Warm pool contents (FunctionService.pool.describe()). */
+  warm?: () => { runtime: string; vcpus: number; memory_mib: number; ready: number }[];
+}
+
+export async function nodeCapacity(s: CapacitySources): Promise<NodeCapacity> {
+  const r = await s.admission.report();
+  const fsStat = await fs.statfs(s.stateDir);
+  const images = (await s.store.listImages()).filter((i) => i.state === 'ready').map((i) => i.id);
+  const warm: Record<string, number> = {};
+  for (const p of s.warm?.() ?? []) warm[`${p.runtime}/${p.vcpus}x${p.memory_mib}`] = p.ready;
+  return {
+    vcpus: r.vcpus.capacity,
+    memoryMib: r.memory_mib.capacity,
+    committedVcpus: r.vcpus.committed,
+    committedMemoryMib: r.memory_mib.committed,
+    vms: r.vms,
+    diskFreeBytes: Number(fsStat.bavail) * Number(fsStat.bsize),
+    images,
+    warm,
+  };
+}

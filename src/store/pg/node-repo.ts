@@ -1,0 +1,69 @@
+// Cluster membership on PostgreSQL: node registration, compare-and-set heartbeats, and the
+// lost-node sweep that moves a silent node's VMs to `lost` in the same transaction.
+import { LOSABLE_STATES, nodeFromRow } from '../rows.ts';
+import type { NodeCapacity, NodeRecord, NodeStore } from '../store.ts';
+import { mapUnique, type PgDb } from './db.ts';
+
+export class PgNodeRepo implements NodeStore {
+  constructor(private readonly db: PgDb) {}
+
+  async registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord> {
+    const row = await mapUnique(
+      () =>
+        this.db.row(
+          `INSERT INTO nodes (id, name, url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
+           VALUES ($1, $2, $3, 'ready', 1, $4, $5, $5, NULL)
+           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, state = 'ready', incarnation = nodes.incarnation + 1,
+             capacity = excluded.capacity, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at, lost_at = NULL
+           RETURNING *`,
+          [n.id, n.name, n.url, JSON.stringify(n.capacity), now],
+        ),
+      { nodes_name_key: ['KILN_ERR_NAME_CONFLICT', `a node named ${JSON.stringify(n.name)} is already registered`] },
+    );
+    return nodeFromRow(row!);
+  }
+
+  async heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null> {
+    const row = await this.db.row(
+      `UPDATE nodes SET heartbeat_at = $1, capacity = $2 WHERE id = $3 AND state = 'ready' AND incarnation = $4 RETURNING *`,
+      [now, JSON.stringify(capacity), id, incarnation],
+    );
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async getNode(id: string): Promise<NodeRecord | null> {
+    const row = await this.db.row('SELECT * FROM nodes WHERE id = $1', [id]);
+    return row ? nodeFromRow(row) : null;
+  }
+
+  async listNodes(): Promise<NodeRecord[]> {
+    return (await this.db.rows('SELECT * FROM nodes ORDER BY name')).map(nodeFromRow);
+  }
+
+  async deleteNode(id: string): Promise<void> {
+    await this.db.exec('DELETE FROM nodes WHERE id = $1', [id]);
+  }
+
+  async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {
+    return this.db.tx(async (c) => {
+      // SKIP LOCKED: two API instances sweeping at once split the work instead of waiting.
+      const lost = await this.db.rows(
+        `UPDATE nodes SET state = 'lost', lost_at = $1 WHERE id IN (
+           SELECT id FROM nodes WHERE state = 'ready' AND heartbeat_at < $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id`,
+        [now, heartbeatBefore],
+        c,
+      );
+      const out: { node: string; vms: string[] }[] = [];
+      for (const { id } of lost) {
+        const vms = await this.db.rows(
+          `UPDATE vms SET state = 'lost', state_reason = $1, updated_at = $2 WHERE node_id = $3 AND state = ANY($4::text[]) RETURNING id`,
+          [`node ${id} stopped heartbeating`, now, id, [...LOSABLE_STATES]],
+          c,
+        );
+        out.push({ node: id as string, vms: vms.map((r) => r.id as string).sort() });
+      }
+      return out.sort((a, b) => a.node.localeCompare(b.node));
+    });
+  }
+}

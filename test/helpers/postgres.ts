@@ -1,0 +1,93 @@
+// A throwaway PostgreSQL server for tests and benches: Debian's PostgreSQL 15, a cluster made by
+// initdb in a temp dir, run by pg_ctl as the unprivileged `kiln-pg` system user (postgres
+// refuses root; created once, idempotently), reachable over a unix socket in that dir (and
+// on TCP when asked). dispose() stops it and removes the dir; a test process that dies first
+// still takes its server down (exit hook).
+import { chownSync, readFileSync, rmSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { initdb, pgCtlStart, pgCtlStop } from '../../src/tools/postgres.ts';
+import { ensureSystemUser } from '../../src/tools/useradd.ts';
+
+export interface TestPostgres {
+  /** Directory holding the unix socket (and the data dir). */
+  readonly socketDir: string;
+  readonly port: number;
+  /** Connection URL of database `db`, over the unix socket, or TCP when `tcpHost` is given. */
+  url(db: string, tcpHost?: string): string;
+  /** Creates a fresh database; returns its URL. */
+  createDatabase(name?: string): Promise<string>;
+  dispose(): Promise<void>;
+}
+
+const OS_USER = process.env.KILN_TEST_PG_USER ?? 'kiln-pg';
+const SUPERUSER = 'kiln';
+let dbCounter = 0;
+
+export async function startPostgres(opts: { listen?: string; port?: number } = {}): Promise<TestPostgres> {
+  const root = process.getuid?.() === 0;
+  const ids = root ? await ensureSystemUser(OS_USER, 'kiln test PostgreSQL (postgres refuses root)') : null;
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-pg-'));
+  if (ids) chownSync(dir, ids.uid, ids.gid);
+  const dataDir = path.join(dir, 'data');
+  const runAs = root ? OS_USER : undefined;
+  const port = opts.port ?? 5432;
+  let stopped = false;
+  const emergencyStop = () => {
+    // Synchronous on purpose (process 'exit'): SIGQUIT is postgres's immediate shutdown.
+    if (stopped) return;
+    try {
+      const pid = Number(readFileSync(path.join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      if (pid > 0) process.kill(pid, 'SIGQUIT');
+    } catch {
+      // not running
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', emergencyStop);
+  try {
+    await initdb(dataDir, { superuser: SUPERUSER, auth: 'trust', runAs, noSync: true });
+    await pgCtlStart(dataDir, {
+      listenAddresses: opts.listen ?? '',
+      port,
+      socketDir: dir,
+      logFile: path.join(dir, 'server.log'),
+      runAs,
+      // A throwaway server: durability is not what is tested, speed of the suite is.
+      settings: { fsync: 'off', synchronous_commit: 'off', full_page_writes: 'off', max_connections: '300' },
+    });
+  } catch (e) {
+    emergencyStop();
+    stopped = true;
+    throw e;
+  }
+  const url = (db: string, tcpHost?: string) =>
+    tcpHost ? `postgresql://${SUPERUSER}@${tcpHost}:${port}/${db}` : `postgresql://${SUPERUSER}@localhost:${port}/${db}?host=${encodeURIComponent(dir)}`;
+  return {
+    socketDir: dir,
+    port,
+    url,
+    async createDatabase(name = `kiln_test_${process.pid}_${++dbCounter}`) {
+      const c = new pg.Client({ connectionString: url('postgres') });
+      await c.connect();
+      try {
+        await c.query(`CREATE DATABASE "${name}"`);
+      } finally {
+        await c.end();
+      }
+      return url(name);
+    },
+    async dispose() {
+      if (stopped) return;
+      try {
+        await pgCtlStop(dataDir, { runAs });
+      } finally {
+        stopped = true;
+        process.removeListener('exit', emergencyStop);
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    },
+  };
+}
