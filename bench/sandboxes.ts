@@ -2,8 +2,10 @@
 // Sandbox.create('base') → the first commands.run answered, median and p95 over --runs one at
 // a time and over --runs in rounds of --concurrency at once; against the same template's cold
 // boot through kiln's API (create with ?wait=1, then the first exec answered), one at a time
-// and --concurrency at once.
-//   npm run bench -- sandboxes [--runs 20] [--concurrency 10] [--cold-runs 5]
+// and --concurrency at once. With --pool N, kilnd keeps N clones of each template ready
+// (KILN_CLONE_POOL_SIZE, src/snapshot/clone-pool.ts) and every run or round starts from a full
+// pool: the refill is background work, not the create's.
+//   npm run bench -- sandboxes [--runs 20] [--concurrency 10] [--cold-runs 5] [--pool 0]
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,14 +15,26 @@ import { startKilnd } from '../test/helpers/kilnd.ts';
 import { median, quantile, table } from './stats.ts';
 
 const { values } = parseArgs({
-  options: { runs: { type: 'string', default: '20' }, concurrency: { type: 'string', default: '10' }, 'cold-runs': { type: 'string', default: '5' } },
+  options: { runs: { type: 'string', default: '20' }, concurrency: { type: 'string', default: '10' }, 'cold-runs': { type: 'string', default: '5' }, pool: { type: 'string', default: '0' } },
   allowPositionals: true,
 });
 const RUNS = Number(values.runs);
 const CONCURRENCY = Number(values.concurrency);
 const COLD_RUNS = Number(values['cold-runs']);
+const POOL = Number(values.pool);
 
-const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu', serveArgs: ['--e2b-listen', '127.0.0.1:0'] });
+const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu', serveArgs: ['--e2b-listen', '127.0.0.1:0'], env: { KILN_CLONE_POOL_SIZE: String(POOL) } });
+
+/** With a pool: waits until every snapshot's pool is full again (deadline 10 min). */
+async function poolFull(): Promise<void> {
+  const deadline = Date.now() + 600_000;
+  for (;;) {
+    const c = (await d.client.health()).pools.clones;
+    if (c.size === 0 || (c.by_snapshot.length > 0 && c.by_snapshot.every((b) => b.ready >= c.size) && c.filling === 0)) return;
+    if (Date.now() > deadline) throw new Error(`the clone pool did not fill within 600 s: ${JSON.stringify(c)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
 try {
   const url = /kiln e2b server on (http:\/\/\S+)/.exec(d.output())![1]!;
   process.env.E2B_API_URL = url;
@@ -44,9 +58,13 @@ try {
   await sandboxStart();
   const load0 = os.loadavg()[0]!;
   const serial: number[] = [];
-  for (let i = 0; i < RUNS; i++) serial.push(await sandboxStart());
+  for (let i = 0; i < RUNS; i++) {
+    await poolFull();
+    serial.push(await sandboxStart());
+  }
   const concurrent: number[] = [];
   while (concurrent.length < RUNS) {
+    await poolFull();
     const n = Math.min(CONCURRENCY, RUNS - concurrent.length);
     concurrent.push(...(await Promise.all(Array.from({ length: n }, sandboxStart))));
   }
@@ -70,7 +88,7 @@ try {
   const coldConcurrent = await Promise.all(Array.from({ length: CONCURRENCY }, coldStart));
 
   const row = (name: string, xs: number[], base: number[]) => [name, xs.length, median(xs), quantile(xs, 0.95), median(xs) / median(base)];
-  console.log(`sandboxes bench (${health.backend}, ${health.accelerator}; load average ${load0.toFixed(1)}–${loadMax.toFixed(1)}, ${os.cpus().length} CPUs)`);
+  console.log(`sandboxes bench (${health.backend}, ${health.accelerator}; clone pool ${POOL} per template; load average ${load0.toFixed(1)}–${loadMax.toFixed(1)}, ${os.cpus().length} CPUs)`);
   console.log(table(['create → first command answered', 'runs', 'median ms', 'p95 ms', '÷ cold boot'], [
     row('Sandbox.create, one at a time', serial, cold),
     row('cold boot of the same template, one at a time', cold, cold),
