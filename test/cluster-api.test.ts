@@ -6,26 +6,18 @@
 // Boots seven VMs: run under `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import { KilnApiError } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
-import { startPostgres, type TestPostgres } from './helpers/postgres.ts';
+import { CLUSTER_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
 
-const HEARTBEAT_MS = 300;
-const LOST_AFTER_MS = 2_000;
-
-let server: TestPostgres;
-before(async () => {
-  server = await startPostgres();
-});
-after(async () => {
-  await server?.dispose();
-});
+const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = CLUSTER_TIMING;
+const newDatabase = postgresPerFile();
 
 test('through one API: creates spread over three nodes by capacity, exec and logs reach every node, a lost node is routed around', async () => {
-  const url = await server.createDatabase();
+  const url = await newDatabase();
   const store = await PgStore.open(url);
   const token = randomBytes(24).toString('hex');
   const env = { KILN_API_TOKEN: token, KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS) };

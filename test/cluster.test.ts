@@ -8,28 +8,20 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import pino from 'pino';
 import { capacity } from '../src/store/conformance.ts';
 import { NodeMember, REJOIN_REASON } from '../src/cluster/node-member.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { startKilnd, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
-import { startPostgres, type TestPostgres } from './helpers/postgres.ts';
+import { CLUSTER_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
 
-const HEARTBEAT_MS = 300;
-const LOST_AFTER_MS = 2_000;
-
-let server: TestPostgres;
-before(async () => {
-  server = await startPostgres();
-});
-after(async () => {
-  await server?.dispose();
-});
+const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = CLUSTER_TIMING;
+const newDatabase = postgresPerFile();
 
 test('a node registers with its capacity, is lost within the deadline when killed (its VM too), and rejoins without running it twice', async () => {
-  const url = await server.createDatabase();
+  const url = await newDatabase();
   const store = await PgStore.open(url);
   const stateDir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-'));
   const serveArgs = ['--store', url, '--role', 'node', '--node-name', 'n1', '--accel', process.env.KILN_ACCEL ?? 'tcg'];

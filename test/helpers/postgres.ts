@@ -7,6 +7,7 @@ import { chownSync, readFileSync, rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import pg from 'pg';
 import { initdb, pgCtlStart, pgCtlStop } from '../../src/tools/postgres.ts';
 import { ensureSystemUser } from '../../src/tools/useradd.ts';
@@ -90,4 +91,22 @@ export async function startPostgres(opts: { listen?: string; port?: number } = {
       }
     },
   };
+}
+
+/** Cluster tests: heartbeat every 300 ms, lost after 2 s (fast enough for a test to wait on). */
+export const CLUSTER_TIMING = { heartbeatMs: 300, lostAfterMs: 2_000 } as const;
+
+/**
+ * One PostgreSQL for a test file: started before its tests, removed after them. Returns a
+ * function that makes a fresh database on it (its URL).
+ */
+export function postgresPerFile(): () => Promise<string> {
+  let server: TestPostgres | null = null;
+  before(async () => {
+    server = await startPostgres();
+  });
+  after(async () => {
+    await server?.dispose();
+  });
+  return () => server!.createDatabase();
 }
