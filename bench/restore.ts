@@ -13,6 +13,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import type { CreateVmBody, Vm } from '../src/sdk/client.ts';
 import { startKilnd } from '../test/helpers/kilnd.ts';
+import { poolFull } from './pool.ts';
 import { median, quantile, table } from './stats.ts';
 
 const { values } = parseArgs({ options: { runs: { type: 'string', default: '20' }, clones: { type: 'string', default: '10' }, pool: { type: 'string', default: '10' } }, allowPositionals: true });
@@ -88,16 +89,6 @@ async function burst(body: CreateVmBody, n: number): Promise<Burst> {
   return out;
 }
 
-/** Waits until the pool of `snapshot` is full (the background refill is not what is measured). */
-async function poolFull(snapshot: string): Promise<void> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    const c = (await d.client.health()).pools.clones;
-    if ((c.by_snapshot.find((b) => b.snapshot === snapshot)?.ready ?? 0) >= c.size) return;
-    if (Date.now() > deadline) throw new Error(`the pool of ${snapshot} did not fill within 600 s: ${JSON.stringify(c)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 async function pssKib(pid: number): Promise<{ pss: number; rss: number }> {
   const text = await fs.readFile(`/proc/${pid}/smaps_rollup`, 'utf8');
@@ -186,11 +177,11 @@ try {
   phases.set('pooled', pooledRecord);
   const pooled: number[] = [];
   for (let i = 0; i < RUNS; i++) {
-    await poolFull(psnap);
+    await poolFull(d.client, psnap);
     pooled.push(await timed({ template: ptpl.id }, pooledRecord));
   }
   for (const n of BURSTS) {
-    await poolFull(psnap);
+    await poolFull(d.client, psnap);
     bursts.push([`pooled (${POOL} per snapshot)`, await burst({ template: ptpl.id }, n)]);
   }
   const pool = (await d.client.health()).pools.clones;

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { startKilnd } from '../test/helpers/kilnd.ts';
+import { poolFull } from './pool.ts';
 import { median, quantile, table } from './stats.ts';
 
 const { values } = parseArgs({
@@ -25,16 +26,6 @@ const POOL = Number(values.pool);
 
 const d = await startKilnd({ backend: process.env.KILN_BACKEND ?? 'qemu', serveArgs: ['--e2b-listen', '127.0.0.1:0'], env: { KILN_CLONE_POOL_SIZE: String(POOL) } });
 
-/** With a pool: waits until every snapshot's pool is full again (deadline 10 min). */
-async function poolFull(): Promise<void> {
-  const deadline = Date.now() + 600_000;
-  for (;;) {
-    const c = (await d.client.health()).pools.clones;
-    if (c.size === 0 || (c.by_snapshot.length > 0 && c.by_snapshot.every((b) => b.ready >= c.size) && c.filling === 0)) return;
-    if (Date.now() > deadline) throw new Error(`the clone pool did not fill within 600 s: ${JSON.stringify(c)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 try {
   const url = /kiln e2b server on (http:\/\/\S+)/.exec(d.output())![1]!;
   process.env.E2B_API_URL = url;
@@ -59,12 +50,12 @@ try {
   const load0 = os.loadavg()[0]!;
   const serial: number[] = [];
   for (let i = 0; i < RUNS; i++) {
-    await poolFull();
+    await poolFull(d.client);
     serial.push(await sandboxStart());
   }
   const concurrent: number[] = [];
   while (concurrent.length < RUNS) {
-    await poolFull();
+    await poolFull(d.client);
     const n = Math.min(CONCURRENCY, RUNS - concurrent.length);
     concurrent.push(...(await Promise.all(Array.from({ length: n }, sandboxStart))));
   }

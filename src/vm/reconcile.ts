@@ -73,10 +73,10 @@ export class Reconciler {
     }
     const jails = path.join(config.stateDir, 'jailer');
     const found = await processesUnder(core.vmsDir, jails).catch((e) => (log.error({ err: e }, 'VMM sweep failed'), []));
-    const byIntent = intents.filter((i) => i.pid !== null && !ownedVms.has(i.vmId) && found.some((p) => p.pid === i.pid));
+    const intentPids = new Set(intents.map((i) => i.pid));
     for (const p of found) {
       if (owned.has(p.pid)) continue;
-      const named = byIntent.some((i) => i.pid === p.pid) ? 'its spawn intent' : 'its command line';
+      const named = intentPids.has(p.pid) ? 'its spawn intent' : 'its command line';
       log.warn({ vm: p.vmId, pid: p.pid, by: named }, 'killing a VMM process no VM owns');
       if (!(await killAndWait(p.pid))) log.error({ vm: p.vmId, pid: p.pid }, 'a VMM process no VM owns did not die within 5 s of SIGKILL');
     }

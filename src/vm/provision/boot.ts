@@ -110,7 +110,7 @@ function spawnStep(p: StepParts): ProvisionStep {
 export async function spawnVmm({ core }: StepParts, ctx: ProvisionCtx, start: () => Promise<VmmInstance>): Promise<void> {
   const { vm, dir, undo } = ctx;
   const intent = { vmId: vm.id, backend: core.deps.driver.name, boot: vm.bootCount, cgroup: core.deps.driver.reap ? vm.id : null, pid: null, at: Date.now() };
-  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  // The runtime dir exists: every list's rootfs.prepare made it.
   await writeIntent(dir, intent);
   undo.push('spawn intent', () => removeIntent(dir));
   const instance = await start();
