@@ -11,12 +11,15 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 export const DRAIN_FACTOR = 4;
 /** …and at most this many, whatever the limit (the image upload's is 16 GiB). */
 export const DRAIN_MAX_BYTES = 64 * 1024 * 1024;
+/** Past the byte bound, how long a client gets to read its 413 before the connection is cut. */
+export const CUT_GRACE_MS = 2_000;
 /** A client that trickles the rest is cut off after this long. */
 export const DRAIN_MAX_MS = 30_000;
 
 /**
  * Called before the 413 is sent: lets Node keep the connection and discards what the client
- * still sends, up to the bounds; past them the connection is destroyed.
+ * still sends, up to the bounds; past them the connection is cut (after CUT_GRACE_MS
+ * past the byte bound).
  */
 export function drainOversizedBody(req: FastifyRequest, reply: FastifyReply): void {
   const raw = req.raw;
@@ -30,7 +33,13 @@ export function drainOversizedBody(req: FastifyRequest, reply: FastifyReply): vo
   };
   const onData = (chunk: Buffer) => {
     discarded += chunk.length;
-    if (discarded > bound) cut();
+    if (discarded <= bound) return;
+    // Past the bound: read no more (the client's writes stall on TCP's window, costing
+    // nothing here), and cut a moment later. A client that is merely slow to notice the 413
+    // (a busy host) reads it in that moment and stops; destroyed at once, it got a reset.
+    done();
+    raw.pause();
+    setTimeout(() => raw.socket?.destroy(), CUT_GRACE_MS).unref();
   };
   const timer = setTimeout(cut, DRAIN_MAX_MS).unref();
   const done = () => {
