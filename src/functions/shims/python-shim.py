@@ -209,12 +209,20 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
+        if self.close_connection:
+            # Said out loud: a client that pools connections must not reuse this one.
+            self.send_header("connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
     def _refuse(self):
-        n = int(self.headers.get("content-length") or 0)
-        if 0 < n <= MAX_BODY:
+        # A refused body is drained so the connection stays usable; one too large to drain (or
+        # of unknown length) ends the connection instead.
+        try:
+            n = int(self.headers.get("content-length") or 0)
+        except ValueError:
+            n = -1
+        if 0 <= n <= MAX_BODY:
             self.rfile.read(n)
         else:
             self.close_connection = True
