@@ -94,9 +94,12 @@ async function route() {
   for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', /** @type {HTMLElement} */ (a).dataset.page === name);
   unmount?.();
   unmount = null;
-  const root = $('#page');
-  root.className = `page-${name}`;
-  root.innerHTML = '';
+  // Each mount gets a root of its own: work an unmounted page still has in flight (a request
+  // that answers late, a timer) then finds its own, detached, elements instead of null or the
+  // next page's.
+  const root = document.createElement('div');
+  root.className = `page-root page-${name}`;
+  $('#page').replaceChildren(root);
   const mounted = await PAGES[name][1](root, ctx);
   unmount = typeof mounted === 'function' ? mounted : null;
 }
