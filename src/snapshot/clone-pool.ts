@@ -24,6 +24,7 @@ import { POOLED_PREFIX, isPooled, type VmManager } from '../vm/vm-manager.ts';
 export interface PoolRequest {
   name?: string;
   env: Record<string, string>;
+  labels?: Record<string, string>;
   /** A request with its own egress policy is not served from the pool (pooled clones have the default). */
   customEgress: boolean;
 }
@@ -91,7 +92,7 @@ export class ClonePool {
       return this.count('misses');
     }
     try {
-      const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env });
+      const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env, ...(req.labels ? { labels: req.labels } : {}) });
       this.count('hits');
       return vm;
     } catch (e) {
