@@ -160,7 +160,9 @@ export class SandboxService {
     }
     let vm: VmRecord | null = null;
     try {
-      const template = await this.daemon.templates.ensure(image, { vcpus: SANDBOX_VCPUS, memoryMib: SANDBOX_MEMORY_MIB }, { beforeSnapshot: (golden) => this.warm(golden) });
+      const template = await this.daemon.templates.ensure(image, { vcpus: SANDBOX_VCPUS, memoryMib: SANDBOX_MEMORY_MIB }, { beforeSnapshot: (golden) => this.warm(golden.id) });
+      // Pooled clones of it run the same before they are paused (src/snapshot/clone-pool.ts).
+      if (template.snapshotId) this.daemon.snapshots.pool.warmWith(template.snapshotId, (vmId) => this.warm(vmId));
       vm = await this.daemon.templates.clone(template.id, { name: id, labels, ...(input.egress ? { egress: input.egress } : {}) });
       vm = await this.daemon.vms.waitFor(vm.id, ['ready'], this.daemon.config.bootTimeoutMs);
     } catch (e) {
@@ -184,12 +186,14 @@ export class SandboxService {
   }
 
   /**
-   * Before a template's snapshot: runs what every sandbox's first calls run (a login bash as
-   * the sandbox user, find, getent), so their files are in the snapshot's page cache and no
-   * clone reads and decompresses them again. Best effort: an image without them still works.
+   * Runs what every sandbox's first calls run (a login bash as the sandbox user, find,
+   * getent). Before a template's snapshot, so their files are in the snapshot's page cache
+   * and no clone reads and decompresses them again; in a pooled clone before it is paused, so
+   * its emulator has translated that code before the SDK's first commands.run (under TCG the
+   * largest part of a pooled create). Best effort: an image without them still works.
    */
-  private async warm(golden: VmRecord): Promise<void> {
-    const agent = await this.daemon.vms.agent(golden.id);
+  private async warm(vmId: string): Promise<void> {
+    const agent = await this.daemon.vms.agent(vmId);
     const u = SANDBOX_USER;
     await agent.execCollect({
       argv: ['/bin/bash', '-l', '-c', `getent passwd ${u.name} >/dev/null; find / -maxdepth 0 -printf '' ; mkdir -p /tmp; true`],
@@ -199,7 +203,7 @@ export class SandboxService {
       gid: u.gid,
       timeoutMs: 60_000,
       maxOutputBytes: 4096,
-    }).catch((e) => this.daemon.log.info({ vm: golden.id, err: (e as Error).message }, 'template warm-up skipped'));
+    }).catch((e) => this.daemon.log.info({ vm: vmId, err: (e as Error).message }, 'sandbox warm-up skipped'));
   }
 
   get(id: string): SandboxRecord {

@@ -43,6 +43,7 @@ export interface ClonePoolReport {
 export class ClonePool {
   readonly #ready = new Map<string, string[]>();
   readonly #filling = new Map<string, Promise<void>>();
+  readonly #warmers = new Map<string, (vmId: string) => Promise<void>>();
   #closed = false;
   #stats = { hits: 0, misses: 0, refills: 0, refill_failures: 0 };
   readonly #counter: client.Counter<'event'>;
@@ -77,6 +78,17 @@ export class ClonePool {
 
   get size(): number {
     return this.deps.size;
+  }
+
+  /**
+   * What a pooled clone of `snapshotId` runs before it is paused, beyond the agent round
+   * trip: the first thing whoever takes it will run (an E2B sandbox's login shell, for
+   * instance). Under TCG a restored VM's emulator has translated none of the guest's code
+   * yet, and that first run is the slow part of a create served by the pool; run in the
+   * clone itself, its translations are there when the taker's own run comes.
+   */
+  warmWith(snapshotId: string, warm: (vmId: string) => Promise<void>): void {
+    this.#warmers.set(snapshotId, warm);
   }
 
   /**
@@ -127,6 +139,8 @@ export class ClonePool {
         // The session path's first use after a restore is the slow one (TCG's translation
         // cache is empty): spent here, not on the create that takes this clone.
         await (await this.deps.vms.agent(vm.id)).status({ timeoutMs: 10_000 });
+        const warm = this.#warmers.get(snapshotId);
+        if (warm) await warm(vm.id).catch((e) => this.deps.log.info({ vm: vm!.id, err: (e as Error).message }, 'pooled clone warm-up skipped'));
         await this.deps.vms.pause(vm.id);
         if (this.#closed) throw new Error('the pool is closing');
         this.#ready.set(snapshotId, [...(this.#ready.get(snapshotId) ?? []), vm.id]);
