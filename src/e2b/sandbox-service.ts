@@ -141,17 +141,17 @@ export class SandboxService {
       if (typeof v !== 'string') throw new E2bError(400, `metadata and envVars values must be strings (${JSON.stringify(k)})`);
     }
     const id = newSandboxId();
-    // E2B's life of a sandbox counts from the request; the labels carry its end from the start.
-    const startedAt = Date.now();
     const autoPause = input.autoPause ?? false;
     const metadata = input.metadata ?? {};
-    const endAt = startedAt + timeout * 1000;
+    // Checked before anything is made. The VM is created with them, and gets `e2b.end_at` once
+    // it runs: a sandbox's life counts from then (a first create may wait for a template build).
     let labels: Labels;
     try {
-      labels = validateLabels(sandboxLabels({ id, templateId: input.templateID, endAt, autoPause, metadata }), { allowReserved: true });
+      labels = validateLabels(sandboxLabels({ id, templateId: input.templateID, endAt: Date.now() + timeout * 1000, autoPause, metadata }), { allowReserved: true });
     } catch (e) {
       throw new E2bError(400, `metadata: ${(e as Error).message.replaceAll(META_LABEL_PREFIX, '')} (kiln keeps metadata as VM labels)`);
     }
+    delete labels['e2b.end_at'];
     let image: string;
     try {
       image = await this.imageFor(input.templateID);
@@ -174,12 +174,14 @@ export class SandboxService {
       }
       throw e;
     }
+    const now = Date.now();
     const rec: SandboxRecord = {
       id, vmId: vm.id, templateId: input.templateID, metadata, envVars: input.envVars ?? {},
       accessToken: randomBytes(24).toString('hex'), autoPause, state: 'running',
-      cpuCount: vm.vcpus, memoryMb: vm.memoryMib, startedAt, endAt,
+      cpuCount: vm.vcpus, memoryMb: vm.memoryMib, startedAt: now, endAt: now + timeout * 1000,
     };
     this.store.insert(rec);
+    await this.labelEnd(rec);
     this.daemon.bus.publish('sandbox.created', vm.id, { sandbox: id, template: input.templateID, metadata: rec.metadata, end_at: new Date(rec.endAt).toISOString() });
     this.arm(rec);
     return rec;
