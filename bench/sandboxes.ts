@@ -34,13 +34,24 @@ try {
   const { Sandbox } = await import('e2b');
   const health = await d.client.health();
 
-  /** One sandbox: create → first command answered (ms); killed afterwards, not timed. */
-  const sandboxStart = async (): Promise<number> => {
+  /** Where one start's time went: Sandbox.create answered, then the first command; the VM's own phases. */
+  interface Split {
+    create: number;
+    run: number;
+    phases: Record<string, number>;
+  }
+  const splits: Record<'serial' | 'concurrent', Split[]> = { serial: [], concurrent: [] };
+
+  /** One sandbox: create → first command answered (ms); its VM's timeline read and the sandbox killed afterwards, not timed. */
+  const sandboxStart = async (into?: Split[]): Promise<number> => {
     const t0 = performance.now();
     const sbx = await Sandbox.create('base');
+    const t1 = performance.now();
     const r = await sbx.commands.run('true');
     const ms = performance.now() - t0;
     if (r.exitCode !== 0) throw new Error(`first command exited ${r.exitCode}`);
+    const vm = await d.client.getVm(sbx.sandboxId);
+    into?.push({ create: t1 - t0, run: ms - (t1 - t0), phases: Object.fromEntries(vm.timeline.map((p) => [p.phase, p.duration_ms ?? NaN])) });
     await sbx.kill();
     return ms;
   };
@@ -51,13 +62,13 @@ try {
   const serial: number[] = [];
   for (let i = 0; i < RUNS; i++) {
     await poolFull(d.client);
-    serial.push(await sandboxStart());
+    serial.push(await sandboxStart(splits.serial));
   }
   const concurrent: number[] = [];
   while (concurrent.length < RUNS) {
     await poolFull(d.client);
     const n = Math.min(CONCURRENCY, RUNS - concurrent.length);
-    concurrent.push(...(await Promise.all(Array.from({ length: n }, sandboxStart))));
+    concurrent.push(...(await Promise.all(Array.from({ length: n }, () => sandboxStart(splits.concurrent)))));
   }
   const loadMax = Math.max(load0, os.loadavg()[0]!);
 
@@ -86,6 +97,16 @@ try {
     row(`Sandbox.create, ${CONCURRENCY} at once`, concurrent, coldConcurrent),
     row(`cold boot of the same template, ${CONCURRENCY} at once`, coldConcurrent, coldConcurrent),
   ]));
+  // Where a sandbox start's time goes: the create (its VM's phases are part of it) and the first command.
+  const phaseNames = [...new Set([...splits.serial, ...splits.concurrent].flatMap((x) => Object.keys(x.phases)))];
+  const parts: [string, (x: Split) => number | undefined][] = [
+    ['Sandbox.create answered', (x) => x.create],
+    ...phaseNames.map((n) => [`  its VM's phase ${n}`, (x: Split) => x.phases[n]] as [string, (x: Split) => number | undefined]),
+    ['then the first commands.run answered', (x) => x.run],
+  ];
+  const of = (xs: Split[], f: (x: Split) => number | undefined) => xs.map(f).filter((v): v is number => v !== undefined && Number.isFinite(v));
+  console.log(table(['where the time goes (ms)', 'one at a time: median', 'p95', `${CONCURRENCY} at once: median`, 'p95'],
+    parts.map(([name, f]) => [name, median(of(splits.serial, f)), quantile(of(splits.serial, f), 0.95), median(of(splits.concurrent, f)), quantile(of(splits.concurrent, f), 0.95)])));
 } finally {
   await d.dispose();
 }

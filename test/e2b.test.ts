@@ -9,6 +9,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, Sandbox, SandboxError, type FilesystemEvent } from 'e2b';
 import { BACKEND_SKIP } from './helpers/backend.ts';
+import { runKiln } from './helpers/kiln-cli.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
 import { until } from './helpers/until.ts';
 
@@ -71,6 +72,60 @@ describe('e2b SDK against kilnd', { skip }, () => {
     assert.ok(m.cpuUsedPct >= 0 && m.cpuUsedPct <= 100);
     // The sandbox is a kiln VM named by its id.
     assert.equal((await d.client.getVm(sbx.sandboxId)).state, 'ready');
+  });
+
+  test('the sandbox is a VM labelled as one: kiln vm ls, the API\'s label filter, the events', async () => {
+    const id = sbx.sandboxId;
+    const info = await Sandbox.getInfo(id);
+    const want = {
+      'kiln.kind': 'sandbox', 'e2b.sandbox': id, 'e2b.template': 'base', 'e2b.end_at': info.endAt.toISOString(), 'e2b.on_timeout': 'kill',
+      'e2b.meta.suite': 'e2b-test', 'e2b.meta.run': String(process.pid),
+    };
+    // The CLI as a user runs it: the table, then the JSON of the same filter.
+    const table = await runKiln(d, ['vm', 'ls', '--kind', 'sandbox'], { timeoutMs: 30_000 });
+    assert.equal(table.code, 0, table.stderr);
+    const row = table.stdout.split('\n').find((l) => l.includes(id));
+    assert.ok(row, table.stdout);
+    for (const cell of ['sandbox', 'ready', `e2b.end_at=${info.endAt.toISOString()}`, 'e2b.meta.suite=e2b-test', 'e2b.template=base']) {
+      assert.ok(row.includes(cell), `${cell} in:\n${table.stdout}`);
+    }
+    const listed = await runKiln(d, ['--json', 'vm', 'ls', '--label', `e2b.sandbox=${id}`], { timeoutMs: 30_000 });
+    assert.equal(listed.code, 0, listed.stderr);
+    const vms = JSON.parse(listed.stdout) as { name: string; kind: string; state: string; labels: Record<string, string> }[];
+    assert.deepEqual(vms.map((v) => [v.name, v.kind, v.state]), [[id, 'sandbox', 'ready']]);
+    assert.deepEqual(vms[0]!.labels, want);
+    // The API's filters: metadata as a label, and kinds (the sandbox is no plain VM).
+    assert.deepEqual((await d.client.listVms({ label: ['e2b.meta.suite=e2b-test', `e2b.meta.run=${process.pid}`] })).map((v) => v.name), [id]);
+    assert.deepEqual(await d.client.listVms({ label: ['e2b.meta.suite=another-suite'] }), []);
+    assert.ok(!(await d.client.listVms({ kind: 'vm' })).some((v) => v.name === id));
+    // The events: the VM's created event says what it is, with the labels.
+    const ac = new AbortController();
+    const deadline = setTimeout(() => ac.abort(), 15_000);
+    let created: Record<string, unknown> | undefined;
+    try {
+      for await (const e of d.client.events({ vm: id, since: 0, signal: ac.signal })) {
+        if (e.type === 'vm.created') {
+          created = e as unknown as Record<string, unknown>;
+          break;
+        }
+      }
+    } finally {
+      clearTimeout(deadline);
+      ac.abort();
+    }
+    assert.ok(created, 'a vm.created event for the sandbox');
+    assert.equal(created.kind, 'sandbox');
+    // Its end of life is labelled once it runs (a vm.labels event), the rest from the start.
+    const { 'e2b.end_at': _end, ...atCreate } = want;
+    assert.deepEqual(created.labels, atCreate);
+  });
+
+  test('metadata that cannot be kept as VM labels is refused with E2B\'s 400', async () => {
+    const e = await Sandbox.create('base', { metadata: { 'not a key': 'x' } }).catch((x) => x);
+    assert.ok(e instanceof SandboxError, String(e));
+    assert.equal(e.statusCode, 400);
+    assert.match(e.message, /metadata: label key "not a key"/);
+    assert.equal((await d.client.listVms({ kind: 'sandbox' })).length, 1, 'no sandbox VM was made for it');
   });
 
   test('commands.run: stdout, stderr, exit code, env, cwd, user', async () => {
@@ -204,10 +259,18 @@ describe('e2b SDK against kilnd', { skip }, () => {
     const secret = (await until('the secret', () => /secret ([0-9a-f]{16})/.exec(h.stdout)?.[1], 10_000))!;
     assert.equal(await sbx.pause(), true);
     assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, 'paused');
+    // kiln's view agrees: the sandbox's VM is paused, and still a sandbox.
+    const paused = await d.client.getVm(sbx.sandboxId);
+    assert.deepEqual([paused.kind, paused.state], ['sandbox', 'paused']);
     assert.equal(await sbx.pause(), false);
-    const again = await Sandbox.connect(sbx.sandboxId);
+    const again = await Sandbox.connect(sbx.sandboxId, { timeoutMs: 600_000 });
     assert.equal(again.sandboxId, sbx.sandboxId);
-    assert.equal((await Sandbox.getInfo(sbx.sandboxId)).state, 'running');
+    const resumed = await Sandbox.getInfo(sbx.sandboxId);
+    assert.equal(resumed.state, 'running');
+    // connect moved its end of life: the label says the same as the SDK.
+    const vm = await d.client.getVm(sbx.sandboxId);
+    assert.equal(vm.state, 'ready');
+    assert.equal(vm.labels['e2b.end_at'], resumed.endAt.toISOString());
     assert.equal(await again.files.read('/home/user/kept.txt'), 'still here');
     const h2 = await again.commands.connect(h.pid);
     await again.commands.sendStdin(h.pid, 'ping\n');
@@ -217,6 +280,9 @@ describe('e2b SDK against kilnd', { skip }, () => {
 
   test('setTimeout ends the sandbox when it expires', async () => {
     const short = await Sandbox.create('base', { timeoutMs: 60_000 });
+    await short.setTimeout(120_000);
+    const later = await Sandbox.getInfo(short.sandboxId);
+    assert.equal((await d.client.getVm(short.sandboxId)).labels['e2b.end_at'], later.endAt.toISOString(), 'setTimeout moves the VM\'s label too');
     await short.setTimeout(2_000);
     const info = await Sandbox.getInfo(short.sandboxId);
     assert.ok(info.endAt.getTime() - Date.now() < 3_000);

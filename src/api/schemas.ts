@@ -3,6 +3,7 @@
 import { Type, type Static } from 'typebox';
 import { ERRORS } from '../errors.ts';
 import { VM_STATES } from '../store/store.ts';
+import { VM_KINDS } from '../vm/labels.ts';
 
 export const Name = Type.String({
   pattern: '^[a-z0-9][a-z0-9_.-]{0,62}$',
@@ -14,6 +15,21 @@ export const KernelArg = Type.String({ pattern: '^[\\x21-\\x7e]{1,256}$', descri
 export const EnvMap = Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 32768 }), {
   description: 'Environment variables for the workload',
   maxProperties: 256,
+});
+
+/** A VM's labels (src/vm/labels.ts has the rules and checks them again, with the total size). */
+export const Labels = Type.Record(
+  Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$' }),
+  Type.String({ maxLength: 1024 }),
+  {
+    maxProperties: 64,
+    description: 'String labels: keys of letters, digits, ".", "_", "-", "/" (1–128, starting with a letter or digit), values up to 1024 printable characters, '
+      + 'at most 64 and 16384 characters in all. The prefixes "kiln." and "e2b." are set by kilnd only (`kiln.kind`; E2B sandboxes\' `e2b.*`)',
+  },
+);
+
+export const VmKind = Type.Enum([...VM_KINDS], {
+  description: 'What the VM is: a plain VM, a classic VM, a container, a function instance, an E2B sandbox, or a template\'s golden VM (from its `kiln.kind` label)',
 });
 
 export const PortProto = Type.Union([Type.Literal('tcp'), Type.Literal('udp')]);
@@ -81,6 +97,7 @@ export const CreateVmBody = Type.Object(
       Type.Union([Type.Literal('bridge'), Type.Literal('none')], { description: '"bridge" (default): an address on kiln’s bridge; "none": no NIC' }),
     ),
     egress: Type.Optional(Egress),
+    labels: Type.Optional(Labels),
     ports: Type.Optional(Type.Array(PortPublish, { maxItems: 64, description: 'Host ports published to the VM (DNAT)' })),
     readiness: Type.Optional(
       Type.Union([Type.Literal('auto'), Type.Literal('push'), Type.Literal('neighbour'), Type.Literal('poll')], {
@@ -90,9 +107,9 @@ export const CreateVmBody = Type.Object(
     ),
     volumes: Type.Optional(Type.Array(VolumeAttach, { maxItems: 8, description: 'Volumes and host directories mounted in the guest' })),
     classic: Type.Optional(ClassicVmOptions),
-    snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Restore from this snapshot instead of booting (only name and env apply)' })),
+    snapshot: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'Restore from this snapshot instead of booting (only name, env, egress and labels apply)' })),
     template: Type.Optional(
-      Type.String({ minLength: 1, maxLength: 255, description: 'Restore from this template (id), or from the template of this image, built on first use (name, env, vcpus, memory_mib apply)' }),
+      Type.String({ minLength: 1, maxLength: 255, description: 'Restore from this template (id), or from the template of this image, built on first use (name, env, egress, labels, vcpus, memory_mib apply)' }),
     ),
   },
   { additionalProperties: false },
@@ -154,6 +171,8 @@ export const Phase = Type.Object({
 export const Vm = Type.Object({
   id: Type.String(),
   name: Type.String(),
+  kind: VmKind,
+  labels: Labels,
   state: Type.Enum([...VM_STATES]),
   state_reason: Type.Union([Type.String(), Type.Null()]),
   image: Type.Object({ id: Type.String(), name: Type.Union([Type.String(), Type.Null()]) }),
@@ -217,6 +236,16 @@ export const ResizeDiskBody = Type.Object(
 );
 
 export const VmList = Type.Object({ vms: Type.Array(Vm) });
+
+export const VmListQuery = Type.Object(
+  {
+    label: Type.Optional(Type.Union([Type.String({ maxLength: 1200 }), Type.Array(Type.String({ maxLength: 1200 }), { maxItems: 16 })], {
+      description: '`KEY=VALUE` (that value) or `KEY` (any value); repeat it and every one must match',
+    })),
+    kind: Type.Optional(VmKind),
+  },
+  { additionalProperties: false },
+);
 
 export const ImageConfig = Type.Object({
   entrypoint: Type.Optional(Type.Array(Type.String(), { description: 'Kept when a VM overrides cmd (Docker semantics)' })),

@@ -4,6 +4,7 @@ import fs from 'node:fs/promises';
 import type { ClassicVm, ImageRecord, VmRecord } from '../store/store.ts';
 import { macFor } from '../net/ipv4.ts';
 import { DEFAULT_EGRESS, egressView } from '../net/egress.ts';
+import { vmKind } from '../vm/labels.ts';
 import { phaseView } from '../vm/timeline.ts';
 import type { Image, Vm } from './schemas.ts';
 
@@ -14,6 +15,8 @@ export async function vmView(daemon: Daemon, vm: VmRecord): Promise<Vm> {
   return {
     id: vm.id,
     name: vm.name,
+    kind: vmKind(vm),
+    labels: vm.labels ?? {},
     state: vm.state,
     state_reason: vm.stateReason,
     image: { id: vm.imageId, name: image?.name ?? null },

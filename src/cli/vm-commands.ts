@@ -6,7 +6,7 @@ import { age, printJson, printTable } from './output.ts';
 
 function printVm(vm: Vm): void {
   printTable(['field', 'value'], [
-    ['id', vm.id], ['name', vm.name], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
+    ['id', vm.id], ['name', vm.name], ['kind', vm.kind], ['labels', labelText(vm.labels) || null], ['state', vm.state], ['reason', vm.state_reason], ['image', vm.image.name ?? vm.image.id],
     ['vcpus', vm.vcpus], ['memory', `${vm.memory_mib} MiB`], ['network', vm.network === 'none' ? 'none' : `${vm.ip} (${vm.mac})`], ['egress', typeof vm.egress === 'string' ? vm.egress : `${vm.egress.allow.join(', ')}${vm.egress.internet ? ' + internet' : ''}`],
     ['ports', vm.ports.map(portText).join(', ') || null],
     ['agent', vm.agent ? `${vm.agent.channel}, ready by ${vm.agent.readiness}${vm.agent.latency_ms !== null ? ` (+${vm.agent.latency_ms.toFixed(1)} ms)` : ''}` : null],
@@ -24,6 +24,22 @@ function printVm(vm: Vm): void {
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
+
+/** `k=v, k2=v2`, without `kiln.kind` (the KIND column says it). */
+export function labelText(labels: Record<string, string>): string {
+  return Object.entries(labels).filter(([k]) => k !== 'kiln.kind').map(([k, v]) => `${k}=${v}`).join(', ');
+}
+
+/** `--label KEY=VALUE` flags → a label map (create). */
+export function parseLabelFlags(specs: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const s of specs) {
+    const i = s.indexOf('=');
+    if (i <= 0) throw new Error(`--label wants KEY=VALUE, got ${JSON.stringify(s)}`);
+    out[s.slice(0, i)] = s.slice(i + 1);
+  }
+  return out;
+}
 const portText = (p: Vm['ports'][number]) => `${p.host}→${p.guest}/${p.proto}`;
 
 /** Non-empty, non-comment lines of a public key file (authorized_keys style). */
@@ -69,12 +85,15 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
     .option('-p, --publish <host:guest[/proto]>', 'publish a host port to the VM (repeatable)', collect, [])
     .option('--network <mode>', '"bridge" (an address on kiln’s bridge) or "none"')
     .option('--egress <policy>', 'where the guest may connect: "internet" (default: public IPv4 only), "none", or CIDR[,CIDR…] (add "internet" to the list for both)', parseEgressFlag)
+    .option('-l, --label <KEY=VALUE>', 'a label on the VM (repeatable; "kiln." and "e2b." keys are kilnd\'s own)', collect, [])
     .option('--no-wait', 'return at once instead of waiting for ready')
     .option('--snapshot <id>', 'restore from a snapshot instead of booting (only --name and -e apply)')
     .option('--template <id|image>', 'clone a template (or the template of an image, built on first use)')
     .argument('[cmd...]', 'command to run instead of the image’s (put it after --)')
     .action(async (cmd: string[], o) => {
       const env = Object.fromEntries((o.env as string[]).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const labels = parseLabelFlags(o.label);
+      const labelled = Object.keys(labels).length ? { labels } : {};
       const classicFlags = o.sshKey.length || o.hostname || o.userData || o.diskSize;
       if (classicFlags && !o.classic) throw new Error('--ssh-key, --hostname, --user-data and --disk-size are for classic VMs: add --classic');
       if (o.snapshot || o.template) {
@@ -85,6 +104,7 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
           ...(o.template && o.vcpus ? { vcpus: o.vcpus } : {}),
           ...(o.template && o.memory ? { memory_mib: o.memory } : {}),
           ...(o.egress ? { egress: o.egress } : {}),
+          ...labelled,
         }, { wait: o.wait });
         show(restored);
         return;
@@ -102,16 +122,20 @@ export function vmCommands(client: () => KilnClient, json: () => boolean): Comma
         ...(o.egress ? { egress: o.egress } : {}),
         ...(o.publish.length ? { ports: (o.publish as string[]).map(parsePublish) } : {}),
         ...(o.volume.length ? { volumes: (o.volume as string[]).map(parseVolumeFlag) } : {}),
+        ...labelled,
       }, { wait: o.wait });
       show(created);
     });
 
-  vm.command('ls').alias('list').description('list VMs').action(async () => {
-    const vms = await client().listVms();
-    if (json()) return printJson(vms);
-    printTable(['ID', 'NAME', 'STATE', 'IMAGE', 'IP', 'PORTS', 'VCPUS', 'MEMORY', 'AGE'],
-      vms.map((v) => [v.id, v.name, v.state, v.image.name ?? v.image.id, v.ip ?? '-', v.ports.map(portText).join(', '), v.vcpus, `${v.memory_mib}M`, age(v.created_at)]));
-  });
+  vm.command('ls').alias('list').description('list VMs (KIND: vm, classic, container, function, sandbox, template)')
+    .option('-l, --label <KEY[=VALUE]>', 'only VMs with this label (any value without =VALUE); repeatable, all must match', collect, [])
+    .option('--kind <kind>', 'only VMs of this kind (e.g. sandbox)')
+    .action(async (o) => {
+      const vms = await client().listVms({ ...(o.label.length ? { label: o.label } : {}), ...(o.kind ? { kind: o.kind } : {}) });
+      if (json()) return printJson(vms);
+      printTable(['ID', 'NAME', 'KIND', 'STATE', 'IMAGE', 'IP', 'PORTS', 'VCPUS', 'MEMORY', 'AGE', 'LABELS'],
+        vms.map((v) => [v.id, v.name, v.kind, v.state, v.image.name ?? v.image.id, v.ip ?? '-', v.ports.map(portText).join(', '), v.vcpus, `${v.memory_mib}M`, age(v.created_at), labelText(v.labels)]));
+    });
 
   vm.command('get').alias('inspect').argument('<vm>', 'id or name').description('show a VM and its boot timeline')
     .action(async (id: string) => show(await client().getVm(id)));

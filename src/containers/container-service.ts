@@ -21,6 +21,7 @@ import { ContainerLog, DEFAULT_LOG_MAX_BYTES, type LogRecord } from './container
 import { mergeProcess } from './oci-process.ts';
 import { backoffDelay, parseRestartPolicy, shouldRestart, STABLE_RUN_MS } from './restart-policy.ts';
 import { statsFromSamples, type ContainerStatsValues } from './stats.ts';
+import { KIND_LABEL } from '../vm/labels.ts';
 
 /** Containers are small by default: a workload, not a machine. */
 export const DEFAULT_CONTAINER_MEMORY_MIB = 128;
@@ -147,6 +148,7 @@ export class ContainerService {
       ...(input.egress !== undefined ? { egress: input.egress } : {}),
       volumes: input.volumes,
       network: 'bridge',
+      labels: { [KIND_LABEL]: 'container' },
       process: {
         ...(input.entrypoint ? { entrypoint: input.entrypoint } : {}),
         ...(input.workdir ? { workdir: input.workdir } : {}),

@@ -204,7 +204,7 @@ export function registerControlPlane(app: FastifyInstance, sandboxes: SandboxSer
   app.post('/sandboxes/:id/timeout', async (req, reply) => {
     const t = timeoutOf(((req.body ?? {}) as { timeout?: unknown }).timeout);
     if (t === undefined) throw new E2bError(400, 'timeout is required');
-    sandboxes.setTimeout((req.params as { id: string }).id, t);
+    await sandboxes.setTimeout((req.params as { id: string }).id, t);
     return reply.status(204).send();
   });
 
@@ -213,7 +213,7 @@ export function registerControlPlane(app: FastifyInstance, sandboxes: SandboxSer
     const id = (req.params as { id: string }).id;
     const s = sandboxes.get(id);
     const extended = Math.max(s.endAt - Date.now(), (d ?? 60) * 1000);
-    sandboxes.setTimeout(id, Math.ceil(extended / 1000));
+    await sandboxes.setTimeout(id, Math.ceil(extended / 1000));
     return reply.status(204).send();
   });
 

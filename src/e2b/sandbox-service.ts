@@ -1,12 +1,16 @@
 // Sandboxes: E2B's lifecycle on kiln's VMs. A sandbox is a clone of its template's snapshot
-// (src/snapshot/templates.ts: restored, not booted) whose VM is named by the sandbox id, so
-// `kiln vm ls` shows it; what E2B adds (template id, metadata, env vars, access token, end of
-// life) is in SandboxStore. Pause keeps the id and everything in the guest: the VM's vCPUs
-// stop and its memory stays where it is; connect resumes it.
+// (src/snapshot/templates.ts: restored, not booted) whose VM is named by the sandbox id; what
+// E2B adds (template id, metadata, env vars, access token, end of life) is in SandboxStore.
+// The VM's labels say the same to kiln (sandboxLabels: kind, id, template, end of life,
+// metadata), so `kiln vm ls`, the dashboard and the events show a sandbox as what it is, and
+// every change the SDK can make to them (setTimeout, connect) is written to both. Pause keeps
+// the id and everything in the guest: the VM's vCPUs stop and its memory stays where it is;
+// connect resumes it.
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Daemon } from '../daemon.ts';
 import { isKilnError } from '../errors.ts';
+import { KIND_LABEL, validateLabels, type Labels } from '../vm/labels.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import type { EgressSpec } from '../net/egress.ts';
 import type { VmRecord } from '../store/store.ts';
@@ -49,6 +53,21 @@ export function newSandboxId(): string {
   return s;
 }
 
+/** Where a sandbox's E2B metadata goes in its VM's labels: `e2b.meta.<key>`. */
+export const META_LABEL_PREFIX = 'e2b.meta.';
+
+/** The labels of a sandbox's VM: what E2B's API says about it, as kiln shows it. */
+export function sandboxLabels(s: Pick<SandboxRecord, 'id' | 'templateId' | 'endAt' | 'autoPause' | 'metadata'>): Labels {
+  return {
+    [KIND_LABEL]: 'sandbox',
+    'e2b.sandbox': s.id,
+    'e2b.template': s.templateId,
+    'e2b.end_at': new Date(s.endAt).toISOString(),
+    'e2b.on_timeout': s.autoPause ? 'pause' : 'kill',
+    ...Object.fromEntries(Object.entries(s.metadata).map(([k, v]) => [`${META_LABEL_PREFIX}${k}`, v])),
+  };
+}
+
 type Listener = (sandboxId: string) => void;
 
 export class SandboxService {
@@ -85,6 +104,11 @@ export class SandboxService {
         this.store.delete(s.id);
         continue;
       }
+      // A sandbox made before its VM carried labels (or whose labels drifted) gets them now.
+      const want = sandboxLabels(s);
+      if (Object.entries(want).some(([k, v]) => vm.labels?.[k] !== v)) {
+        await this.daemon.vms.setLabels(vm.id, want).catch((e) => this.daemon.log.warn({ sandbox: s.id, err: (e as Error).message }, 'labelling a sandbox VM failed'));
+      }
       if (s.state === 'running') this.arm(s);
     }
   }
@@ -117,6 +141,17 @@ export class SandboxService {
       if (typeof v !== 'string') throw new E2bError(400, `metadata and envVars values must be strings (${JSON.stringify(k)})`);
     }
     const id = newSandboxId();
+    const autoPause = input.autoPause ?? false;
+    const metadata = input.metadata ?? {};
+    // Checked before anything is made. The VM is created with them, and gets `e2b.end_at` once
+    // it runs: a sandbox's life counts from then (a first create may wait for a template build).
+    let labels: Labels;
+    try {
+      labels = validateLabels(sandboxLabels({ id, templateId: input.templateID, endAt: Date.now() + timeout * 1000, autoPause, metadata }), { allowReserved: true });
+    } catch (e) {
+      throw new E2bError(400, `metadata: ${(e as Error).message.replaceAll(META_LABEL_PREFIX, '')} (kiln keeps metadata as VM labels)`);
+    }
+    delete labels['e2b.end_at'];
     let image: string;
     try {
       image = await this.imageFor(input.templateID);
@@ -125,8 +160,10 @@ export class SandboxService {
     }
     let vm: VmRecord | null = null;
     try {
-      const template = await this.daemon.templates.ensure(image, { vcpus: SANDBOX_VCPUS, memoryMib: SANDBOX_MEMORY_MIB }, { beforeSnapshot: (golden) => this.warm(golden) });
-      vm = await this.daemon.templates.clone(template.id, { name: id, ...(input.egress ? { egress: input.egress } : {}) });
+      const template = await this.daemon.templates.ensure(image, { vcpus: SANDBOX_VCPUS, memoryMib: SANDBOX_MEMORY_MIB }, { beforeSnapshot: (golden) => this.warm(golden.id) });
+      // Pooled clones of it run the same before they are paused (src/snapshot/clone-pool.ts).
+      if (template.snapshotId) this.daemon.snapshots.pool.warmWith(template.snapshotId, (vmId) => this.warm(vmId));
+      vm = await this.daemon.templates.clone(template.id, { name: id, labels, ...(input.egress ? { egress: input.egress } : {}) });
       vm = await this.daemon.vms.waitFor(vm.id, ['ready'], this.daemon.config.bootTimeoutMs);
     } catch (e) {
       // Never a half-made sandbox: a clone that did not get ready is removed.
@@ -139,23 +176,26 @@ export class SandboxService {
     }
     const now = Date.now();
     const rec: SandboxRecord = {
-      id, vmId: vm.id, templateId: input.templateID, metadata: input.metadata ?? {}, envVars: input.envVars ?? {},
-      accessToken: randomBytes(24).toString('hex'), autoPause: input.autoPause ?? false, state: 'running',
+      id, vmId: vm.id, templateId: input.templateID, metadata, envVars: input.envVars ?? {},
+      accessToken: randomBytes(24).toString('hex'), autoPause, state: 'running',
       cpuCount: vm.vcpus, memoryMb: vm.memoryMib, startedAt: now, endAt: now + timeout * 1000,
     };
     this.store.insert(rec);
+    await this.labelEnd(rec);
     this.daemon.bus.publish('sandbox.created', vm.id, { sandbox: id, template: input.templateID, metadata: rec.metadata, end_at: new Date(rec.endAt).toISOString() });
     this.arm(rec);
     return rec;
   }
 
   /**
-   * Before a template's snapshot: runs what every sandbox's first calls run (a login bash as
-   * the sandbox user, find, getent), so their files are in the snapshot's page cache and no
-   * clone reads and decompresses them again. Best effort: an image without them still works.
+   * Runs what every sandbox's first calls run (a login bash as the sandbox user, find,
+   * getent). Before a template's snapshot, so their files are in the snapshot's page cache
+   * and no clone reads and decompresses them again; in a pooled clone before it is paused, so
+   * its emulator has translated that code before the SDK's first commands.run (under TCG the
+   * largest part of a pooled create). Best effort: an image without them still works.
    */
-  private async warm(golden: VmRecord): Promise<void> {
-    const agent = await this.daemon.vms.agent(golden.id);
+  private async warm(vmId: string): Promise<void> {
+    const agent = await this.daemon.vms.agent(vmId);
     const u = SANDBOX_USER;
     await agent.execCollect({
       argv: ['/bin/bash', '-l', '-c', `getent passwd ${u.name} >/dev/null; find / -maxdepth 0 -printf '' ; mkdir -p /tmp; true`],
@@ -165,7 +205,7 @@ export class SandboxService {
       gid: u.gid,
       timeoutMs: 60_000,
       maxOutputBytes: 4096,
-    }).catch((e) => this.daemon.log.info({ vm: golden.id, err: (e as Error).message }, 'template warm-up skipped'));
+    }).catch((e) => this.daemon.log.info({ vm: vmId, err: (e as Error).message }, 'sandbox warm-up skipped'));
   }
 
   get(id: string): SandboxRecord {
@@ -190,13 +230,19 @@ export class SandboxService {
     this.daemon.bus.publish('sandbox.killed', null, { sandbox: id });
   }
 
-  setTimeout(id: string, seconds: number): void {
+  async setTimeout(id: string, seconds: number): Promise<void> {
     if (!Number.isInteger(seconds) || seconds < 0 || seconds > MAX_TIMEOUT_S) throw new E2bError(400, `timeout must be an integer between 0 and ${MAX_TIMEOUT_S} seconds`);
     const s = this.get(id);
     if (s.state !== 'running') throw new E2bError(409, `sandbox "${id}" is paused`);
     s.endAt = Date.now() + seconds * 1000;
     this.store.update(id, { endAt: s.endAt });
     this.arm(s);
+    await this.labelEnd(s);
+  }
+
+  /** The VM's `e2b.end_at` label follows the sandbox's end of life. */
+  private async labelEnd(s: SandboxRecord): Promise<void> {
+    await this.daemon.vms.setLabels(s.vmId, { 'e2b.end_at': new Date(s.endAt).toISOString() });
   }
 
   /** 409 when it is paused already (the SDK's pause() then returns false). */
@@ -221,6 +267,7 @@ export class SandboxService {
         s.endAt = endAt;
         this.store.update(id, { endAt });
         this.arm(s);
+        await this.labelEnd(s);
       }
       return { resumed: false, sandbox: s };
     }
@@ -229,6 +276,7 @@ export class SandboxService {
     s.endAt = endAt;
     this.store.update(id, { state: 'running', endAt });
     this.arm(s);
+    await this.labelEnd(s);
     this.daemon.bus.publish('sandbox.resumed', s.vmId, { sandbox: id });
     return { resumed: true, sandbox: s };
   }

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SHIM_PORT, runtimeSpec, type RuntimeName } from './runtimes.ts';
 import { ShimClient } from './shim-client.ts';
+import { KIND_LABEL } from '../vm/labels.ts';
 
 export interface InstanceShape {
   vcpus: number;
@@ -132,6 +133,7 @@ export class BootSource implements InstanceSource {
       vcpus: shape.vcpus,
       memory_mib: shape.memoryMib,
       network: 'bridge',
+      labels: { [KIND_LABEL]: 'function', 'kiln.runtime': runtime },
       ...(shape.image ? await customRuntimeWorkload(runtime, shape) : { env: runtimeEnv(runtime, shape) }),
     });
     try {

@@ -10,6 +10,7 @@ import type { VmRecord } from '../store/store.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import { FUNCTION_VM_PREFIX, connectShim, runtimeEnv, shapeKey, type BlankInstance, type InstanceShape, type InstanceSource } from './instance-source.ts';
 import type { RuntimeName } from './runtimes.ts';
+import { KIND_LABEL } from '../vm/labels.ts';
 
 /** What this source needs from the snapshot layer (src/snapshot/templates.ts provides it). */
 export interface TemplateProvider {
@@ -20,7 +21,7 @@ export interface TemplateProvider {
    * the booted golden VM first.
    */
   build(image: string, spec: TemplateShape, beforeSnapshot: (vmId: string) => Promise<void>): Promise<void>;
-  restore(snapshotId: string, input: { name: string }): Promise<VmRecord>;
+  restore(snapshotId: string, input: { name: string; labels?: Record<string, string> }): Promise<VmRecord>;
 }
 
 export interface TemplateShape {
@@ -91,7 +92,10 @@ export class RestoreSource implements InstanceSource {
   }
 
   private async restore(snapshotId: string, runtime: RuntimeName, shape: InstanceShape, t0: number): Promise<BlankInstance> {
-    const vm = await this.o.templates.restore(snapshotId, { name: `${FUNCTION_VM_PREFIX}${runtime}-${randomBytes(4).toString('hex')}` });
+    const vm = await this.o.templates.restore(snapshotId, {
+      name: `${FUNCTION_VM_PREFIX}${runtime}-${randomBytes(4).toString('hex')}`,
+      labels: { [KIND_LABEL]: 'function', 'kiln.runtime': runtime },
+    });
     try {
       // The shim was listening when the template was taken (see buildInBackground).
       const shim = await connectShim(this.o.vms, vm.id, this.o.bootTimeoutMs, this.o.connections);

@@ -60,7 +60,7 @@ export class KilnApiError extends Error {
   }
 }
 
-type Query = Record<string, string | number | boolean | undefined>;
+type Query = Record<string, string | number | boolean | readonly string[] | undefined>;
 
 export interface ExecOptions {
   cmd: string[];
@@ -109,7 +109,10 @@ export class KilnClient {
 
   private href(path: string, query?: Query): string {
     const u = new URL(this.url + path);
-    for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
+    for (const [k, v] of Object.entries(query ?? {})) {
+      if (Array.isArray(v)) for (const x of v) u.searchParams.append(k, String(x));
+      else if (v !== undefined) u.searchParams.set(k, String(v));
+    }
     return u.toString();
   }
 
@@ -157,8 +160,9 @@ export class KilnClient {
   createVm(body: CreateVmBody = {}, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<Vm> {
     return this.json('POST', '/v1/vms', { body, query: { wait: opts.wait ? 1 : undefined, timeout_ms: opts.timeoutMs } });
   }
-  async listVms(): Promise<Vm[]> {
-    return (await this.json<{ vms: Vm[] }>('GET', '/v1/vms')).vms;
+  /** `label`: KEY or KEY=VALUE, all must match; `kind`: sandbox, function, container, … */
+  async listVms(filter: { label?: string[]; kind?: string } = {}): Promise<Vm[]> {
+    return (await this.json<{ vms: Vm[] }>('GET', '/v1/vms', { query: { label: filter.label, kind: filter.kind } })).vms;
   }
   getVm(id: string): Promise<Vm> {
     return this.json('GET', `/v1/vms/${encodeURIComponent(id)}`);

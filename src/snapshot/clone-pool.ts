@@ -24,6 +24,7 @@ import { POOLED_PREFIX, isPooled, type VmManager } from '../vm/vm-manager.ts';
 export interface PoolRequest {
   name?: string;
   env: Record<string, string>;
+  labels?: Record<string, string>;
   /** A request with its own egress policy is not served from the pool (pooled clones have the default). */
   customEgress: boolean;
 }
@@ -42,6 +43,7 @@ export interface ClonePoolReport {
 export class ClonePool {
   readonly #ready = new Map<string, string[]>();
   readonly #filling = new Map<string, Promise<void>>();
+  readonly #warmers = new Map<string, (vmId: string) => Promise<void>>();
   #closed = false;
   #stats = { hits: 0, misses: 0, refills: 0, refill_failures: 0 };
   readonly #counter: client.Counter<'event'>;
@@ -79,6 +81,17 @@ export class ClonePool {
   }
 
   /**
+   * What a pooled clone of `snapshotId` runs before it is paused, beyond the agent round
+   * trip: the first thing whoever takes it will run (an E2B sandbox's login shell, for
+   * instance). Under TCG a restored VM's emulator has translated none of the guest's code
+   * yet, and that first run is the slow part of a create served by the pool; run in the
+   * clone itself, its translations are there when the taker's own run comes.
+   */
+  warmWith(snapshotId: string, warm: (vmId: string) => Promise<void>): void {
+    this.#warmers.set(snapshotId, warm);
+  }
+
+  /**
    * A pooled clone of `snapshotId` made the caller's VM, or null (a miss: the caller restores
    * one itself). Either way the pool is refilled for next time.
    */
@@ -91,7 +104,7 @@ export class ClonePool {
       return this.count('misses');
     }
     try {
-      const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env });
+      const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env, ...(req.labels ? { labels: req.labels } : {}) });
       this.count('hits');
       return vm;
     } catch (e) {
@@ -126,6 +139,8 @@ export class ClonePool {
         // The session path's first use after a restore is the slow one (TCG's translation
         // cache is empty): spent here, not on the create that takes this clone.
         await (await this.deps.vms.agent(vm.id)).status({ timeoutMs: 10_000 });
+        const warm = this.#warmers.get(snapshotId);
+        if (warm) await warm(vm.id).catch((e) => this.deps.log.info({ vm: vm!.id, err: (e as Error).message }, 'pooled clone warm-up skipped'));
         await this.deps.vms.pause(vm.id);
         if (this.#closed) throw new Error('the pool is closing');
         this.#ready.set(snapshotId, [...(this.#ready.get(snapshotId) ?? []), vm.id]);

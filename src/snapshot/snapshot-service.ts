@@ -38,6 +38,8 @@ export interface RestoreInput {
   env?: Record<string, string>;
   /** The clone's egress policy (src/net/egress.ts); default: the public internet only. */
   egress?: EgressSpec;
+  /** The clone's labels (src/vm/labels.ts). */
+  labels?: Record<string, string>;
 }
 
 export class SnapshotService {
@@ -261,7 +263,7 @@ export class SnapshotService {
     if (this.pool.size > 0) {
       const s = await this.get(id);
       if (input.name && (await this.deps.store.getVm(input.name))) throw new KilnError('KILN_ERR_NAME_CONFLICT', `a VM named ${JSON.stringify(input.name)} already exists`);
-      const taken = await this.pool.take(id, { ...(input.name ? { name: input.name } : {}), env: { ...s.meta.guest.env, ...input.env }, customEgress: input.egress !== undefined });
+      const taken = await this.pool.take(id, { ...(input.name ? { name: input.name } : {}), env: { ...s.meta.guest.env, ...input.env }, ...(input.labels ? { labels: input.labels } : {}), customEgress: input.egress !== undefined });
       if (taken) return taken;
     }
     return this.restoreCold(id, input);
@@ -292,6 +294,7 @@ export class SnapshotService {
       cmd: g.cmd,
       readiness: g.readiness as VmRecord['readiness'],
       egress: normalizeEgress(input.egress),
+      ...(input.labels ? { labels: input.labels } : {}),
       guestToken: g.agentToken ?? '',
       vmm,
       guestNet: g.guestIp && g.tap && g.gatewayMac ? { ip: g.guestIp, tap: g.tap, gatewayMac: g.gatewayMac, ...(g.mac ? { mac: g.mac } : {}) } : null,

@@ -18,6 +18,7 @@ import type { ImageRecord, Store, TemplateRecord, VmRecord } from '../store/stor
 import { KeyedLock } from '../util/keyed-lock.ts';
 import type { VmManager } from '../vm/vm-manager.ts';
 import type { RestoreInput, SnapshotService } from './snapshot-service.ts';
+import { KIND_LABEL } from '../vm/labels.ts';
 
 export interface TemplateSpec {
   vcpus?: number;
@@ -128,7 +129,7 @@ export class TemplateService {
     this.deps.bus.publish('template.building', null, { template: t.id, image: image.name });
     let golden: VmRecord | null = null;
     try {
-      golden = await this.deps.vms.create({ image: image.id, vcpus, memory_mib: memoryMib, name: `${t.id}-golden`, network: 'bridge', ...(Object.keys(env).length ? { env } : {}) }, { fileBackedMemory: true });
+      golden = await this.deps.vms.create({ image: image.id, vcpus, memory_mib: memoryMib, name: `${t.id}-golden`, network: 'bridge', labels: { [KIND_LABEL]: 'template', 'kiln.template': t.id }, ...(Object.keys(env).length ? { env } : {}) }, { fileBackedMemory: true });
       await this.deps.vms.waitFor(golden.id, ['ready'], this.deps.config.bootTimeoutMs + 10_000);
       // Agent-ready is when the workload was forked; a caller whose workload must be serving
       // (a function runtime's shim) waits for that here, so clones resume it already serving.

@@ -56,6 +56,22 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
       }
     });
 
+  c('VM labels round-trip, default to none, and a patch replaces only them', async (s) => {
+    await s.insertImage(image);
+    await s.insertVm(vm('vm-plain'));
+    assert.deepEqual((await s.getVm('vm-plain'))?.labels, {}, 'a VM made without labels has none');
+    const labels = { 'kiln.kind': 'sandbox', 'e2b.sandbox': 'iabc', 'e2b.meta.userId': 'ü ✓ "quoted"' };
+    await s.insertVm({ ...vm('vm-l', 'labelled'), labels, createdAt: 2 });
+    assert.deepEqual((await s.getVm('labelled'))?.labels, labels);
+    await s.updateVm('vm-l', { state: 'ready' });
+    assert.deepEqual((await s.getVm('vm-l'))?.labels, labels, 'an update of other columns keeps them');
+    const next = { ...labels, 'e2b.end_at': '2026-01-01T00:00:00.000Z' };
+    const updated = await s.updateVm('vm-l', { labels: next });
+    assert.deepEqual(updated.labels, next);
+    assert.equal(updated.state, 'ready', 'a labels patch writes only the labels');
+    assert.deepEqual((await s.listVms()).map((v) => [v.id, v.labels]), [['vm-plain', {}], ['vm-l', next]]);
+  });
+
   c('VMs and images round-trip; phases cascade with their VM', async (s) => {
     await s.insertImage(image);
     await s.insertVm({ ...vm('vm-1', 'one'), cmd: ['/bin/echo', 'hi'], agent: { channel: 'tcp', readiness: 'push', version: '1', latencyMs: 1.5, clockErrorMs: 0.25 } });

@@ -164,4 +164,9 @@ export const MIGRATIONS: readonly string[] = [
     lost_at REAL
   );
   `,
+  // v10 (E2B sandboxes visible as what they are, issue #15): the VM's labels (src/vm/labels.ts)
+  // as a JSON object; '{}' for every VM made before.
+  `
+  ALTER TABLE vms ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+  `,
 ];

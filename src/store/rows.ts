@@ -38,6 +38,7 @@ export function vmFromRow(r: Row): VmRecord {
     classic: r.classic === null || r.classic === undefined ? null : JSON.parse(r.classic as string),
     egress: r.egress === null || r.egress === undefined ? null : JSON.parse(r.egress as string),
     nodeId: (r.node_id as string | null | undefined) ?? null,
+    labels: r.labels === null || r.labels === undefined ? {} : JSON.parse(r.labels as string),
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
   };
@@ -74,6 +75,7 @@ export function vmToRow(vm: VmRecord): Row {
     classic: vm.classic ? JSON.stringify(vm.classic) : null,
     egress: vm.egress ? JSON.stringify(vm.egress) : null,
     node_id: vm.nodeId ?? null,
+    labels: JSON.stringify(vm.labels ?? {}),
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };

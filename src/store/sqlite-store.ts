@@ -36,9 +36,9 @@ export class SqliteStore implements Store {
     const p = (sql: string) => this.db.prepare(sql);
     this.stmt = {
       insertVm: p(`INSERT INTO vms (id, name, state, state_reason, image_id, vcpus, memory_mib, kernel_args, cmd, env,
-        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, node_id, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
+        network, ip, ports, readiness, agent_token, agent, health, health_reason, backend, accelerator, pid, boot_count, console_offset, exit_code, volumes, process, classic, egress, node_id, labels, created_at, updated_at) VALUES (@id, @name, @state, @state_reason,
         @image_id, @vcpus, @memory_mib, @kernel_args, @cmd, @env, @network, @ip, @ports, @readiness, @agent_token, @agent, @health, @health_reason, @backend, @accelerator, @pid, @boot_count, @console_offset, @exit_code,
-        @volumes, @process, @classic, @egress, @node_id, @created_at, @updated_at)`),
+        @volumes, @process, @classic, @egress, @node_id, @labels, @created_at, @updated_at)`),
       getVm: p('SELECT * FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVms: p('SELECT * FROM vms ORDER BY created_at, id'),
       deleteVm: p('DELETE FROM vms WHERE id = ?'),

@@ -78,6 +78,8 @@ export interface VmRecord {
   egress?: EgressPolicy | null;
   /** The cluster node that runs it (src/cluster/); null/absent on a single host. */
   nodeId?: string | null;
+  /** What its maker says it is (src/vm/labels.ts: bounded, validated); absent: none. */
+  labels?: Record<string, string>;
   createdAt: number;
   updatedAt: number;
 }

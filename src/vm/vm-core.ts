@@ -27,6 +27,7 @@ import type { Admission } from './admission.ts';
 import type { AgentHub, AgentLink } from './agent-link.ts';
 import type { ConsoleMux } from './console-mux.ts';
 import type { GuestAssets } from './guest-assets.ts';
+import { vmKind } from './labels.ts';
 import { Timeline } from './timeline.ts';
 
 export interface VmDeps {
@@ -135,7 +136,7 @@ export class VmCore {
     const prev = await this.deps.store.getVm(id);
     const vm = await this.deps.store.updateVm(id, { ...patch, state: to, stateReason: reason });
     this.deps.metrics.vmTransitions.inc({ to });
-    this.deps.bus.publish('vm.state', id, { from: prev?.state ?? null, to, reason, ...extra });
+    this.deps.bus.publish('vm.state', id, { from: prev?.state ?? null, to, reason, kind: vmKind(vm), ...extra });
     this.deps.log.info({ vm: id, from: prev?.state, to, reason }, 'vm state');
     this.states.emit(id, vm);
     return vm;

@@ -16,6 +16,7 @@ import { awaitReady } from './await-ready.ts';
 import { CLASSIC_STOP_GRACE_MS } from './classic.ts';
 import { resizeClassicDisk } from './classic-disk.ts';
 import type { ConsoleClient } from './console-mux.ts';
+import { mergeLabels, validateLabels, vmKind, type Labels } from './labels.ts';
 import { LiveVms } from './live-vm.ts';
 import { bootSteps, classicSteps } from './provision/boot.ts';
 import { provision, type ProvisionCtx, type ProvisionSteps } from './provision/pipeline.ts';
@@ -78,7 +79,7 @@ export class VmManager {
     const { vm, image } = await newVmRecord(this.core, input);
     const timeline = await acceptVm(this.core, vm);
     if (internal.fileBackedMemory) this.core.fileBackedMemory.add(vm.id);
-    this.deps.bus.publish('vm.created', vm.id, { name: vm.name, image: image.name });
+    this.deps.bus.publish('vm.created', vm.id, { name: vm.name, image: image.name, kind: vmKind(vm), labels: vm.labels ?? {} });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
     void this.queueBoot(vm, timeline).catch((e) => this.deps.log.warn({ vm: vm.id, err: e }, 'boot failed'));
     return vm;
@@ -118,7 +119,7 @@ export class VmManager {
     this.assertOpen();
     const vm = await cloneRecord(this.core, req);
     const timeline = await acceptVm(this.core, vm, { snapshotId: req.snapshotId, preferIps: [req.guestNet!.ip] });
-    this.deps.bus.publish('vm.created', vm.id, { name: vm.name, snapshot: req.snapshotId });
+    this.deps.bus.publish('vm.created', vm.id, { name: vm.name, snapshot: req.snapshotId, kind: vmKind(vm), labels: vm.labels ?? {} });
     this.deps.metrics.vmTransitions.inc({ to: 'creating' });
     await this.core.lock.run(vm.id, () =>
       this.run(this.steps.restore, vm, timeline, req, () => {}, (err) => this.core.forget(vm.id, `${err.code}: ${err.message}`)),
@@ -132,7 +133,7 @@ export class VmManager {
    * (hostname, env, RNG reseed, clock, ARP flush), whose answer is its readiness; the
    * record's timeline is a new boot with those phases.
    */
-  async adopt(id: string, as: { name?: string; env: Record<string, string> }): Promise<VmRecord> {
+  async adopt(id: string, as: { name?: string; env: Record<string, string>; labels?: Labels }): Promise<VmRecord> {
     this.assertOpen();
     return this.core.lock.run(id, async () => {
       const cur = await this.get(id);
@@ -142,12 +143,13 @@ export class VmManager {
       }
       const t0 = preciseNow();
       const name = as.name ?? id;
-      const vm = { ...cur, name, env: as.env, bootCount: cur.bootCount + 1 };
+      const labels = validateLabels(as.labels ?? {}, { allowReserved: true });
+      const vm = { ...cur, name, env: as.env, labels, bootCount: cur.bootCount + 1 };
       const timeline = this.core.timeline(vm);
       timeline.begin('api.accept', t0);
-      await this.deps.store.updateVm(id, { name, env: as.env, bootCount: vm.bootCount });
+      await this.deps.store.updateVm(id, { name, env: as.env, labels, bootCount: vm.bootCount });
       await timeline.end('api.accept');
-      this.deps.bus.publish('vm.created', id, { name, pooled: true });
+      this.deps.bus.publish('vm.created', id, { name, pooled: true, kind: vmKind(vm), labels });
       try {
         if (cur.state === 'paused') await timeline.step('vmm.resume', () => live.instance.resume());
         await timeline.step('guest.identity', () => giveIdentity(this.core, vm, cur.agentToken!, cur.ip!));
@@ -284,6 +286,21 @@ export class VmManager {
     return this.withLive(idOrName, 'paused', async (live, id) => {
       await live.instance.resume();
       return this.core.transition(id, 'ready');
+    });
+  }
+
+  /**
+   * Changes some of a VM's labels (a null value removes one), under the VM's lock so two
+   * changes never lose each other's keys; a `vm.labels` event carries the whole new map.
+   */
+  async setLabels(idOrName: string, patch: Record<string, string | null>): Promise<VmRecord> {
+    const { id } = await this.get(idOrName);
+    return this.core.lock.run(id, async () => {
+      const cur = await this.get(id);
+      const labels = mergeLabels(cur.labels ?? {}, patch);
+      const vm = await this.deps.store.updateVm(id, { labels });
+      this.deps.bus.publish('vm.labels', id, { kind: vmKind(vm), labels });
+      return vm;
     });
   }
 

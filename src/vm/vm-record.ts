@@ -12,6 +12,7 @@ import { normalizeEgress, type EgressPolicy, type EgressSpec } from '../net/egre
 import type { ImageRecord, NetworkMode, PortMapping, ReadinessMode, VmProcess, VmRecord } from '../store/store.ts';
 import type { VmmSnapshot, VmSpec } from '../vmm/driver.ts';
 import { DEFAULT_DISK_GIB, GIB, checkClassicInput, checkDiskSize, classicDiskPath, newClassicVm, type ClassicInput } from './classic.ts';
+import { validateLabels, type Labels } from './labels.ts';
 import type { Timeline } from './timeline.ts';
 import { preciseNow } from './timeline.ts';
 import type { VmCore } from './vm-core.ts';
@@ -44,6 +45,8 @@ export interface CreateVmInput {
   classic?: ClassicInput;
   /** Container-style process overrides (entrypoint, workdir, user, tagged stdio). */
   process?: VmProcess;
+  /** What the VM is (src/vm/labels.ts); the API refuses kiln's own prefixes before this. */
+  labels?: Labels;
 }
 
 /** kilnd-internal create options (not in the API). */
@@ -65,6 +68,7 @@ export interface CloneRequest {
   egress: EgressPolicy;
   /** The token the guest holds (the snapshotted VM's): authenticates the identity op. */
   guestToken: string;
+  labels?: Labels;
   /** Copies the snapshot's scratch and config drives into the clone's runtime dir. */
   prepareFiles(runtimeDir: string, scratch: string, config: string): Promise<void>;
   /** The clone's VmSpec from the generic one: the snapshot's command line, NIC, memory file. */
@@ -94,6 +98,7 @@ export async function newVmRecord(core: VmCore, input: CreateVmInput): Promise<{
   }
   const egress = normalizeEgress(input.egress);
   if (input.egress !== undefined && network === 'none') throw new KilnError('KILN_ERR_VALIDATION', 'egress needs a network: drop "egress" or use "network": "bridge"');
+  const labels = validateLabels(input.labels ?? {}, { allowReserved: true });
   const ports = portMappings(input.ports ?? []);
   if (ports.length && network === 'none') throw new KilnError('KILN_ERR_VALIDATION', 'ports need a network: drop "ports" or use "network": "bridge"');
   for (const p of ports) await assertHostPortFree(p.proto, p.hostPort);
@@ -124,13 +129,14 @@ export async function newVmRecord(core: VmCore, input: CreateVmInput): Promise<{
     agentToken: network === 'bridge' || deps.driver.name === 'firecracker' ? randomBytes(16).toString('hex') : null,
     agent: null, health: 'unknown', healthReason: null, backend: deps.driver.name, accelerator: deps.accelerator, pid: null,
     bootCount: 1, consoleOffset: 0, exitCode: null, volumes, process: input.process ?? null, classic,
-    egress: network === 'bridge' ? egress : null, createdAt: now, updatedAt: now,
+    egress: network === 'bridge' ? egress : null, labels, createdAt: now, updatedAt: now,
   };
   return { vm, image };
 }
 
 /** A clone's record: the snapshot's shape, its own id, name, token and address. */
 export async function cloneRecord(core: VmCore, req: CloneRequest): Promise<VmRecord> {
+  const labels = validateLabels(req.labels ?? {}, { allowReserved: true });
   if (!req.guestNet) throw new KilnError('KILN_ERR_VALIDATION', 'the snapshot is of a VM without a network: its clones could not get an identity or an agent');
   const id = newId();
   const name = req.name ?? id;
@@ -141,7 +147,7 @@ export async function cloneRecord(core: VmCore, req: CloneRequest): Promise<VmRe
     kernelArgs: [], cmd: req.cmd, env: req.env ?? {}, network: 'bridge', ip: null, ports: [], readiness: req.readiness,
     agentToken: randomBytes(16).toString('hex'), agent: null, health: 'unknown', healthReason: null,
     backend: core.deps.driver.name, accelerator: core.deps.accelerator, pid: null, bootCount: 1, consoleOffset: 0,
-    exitCode: null, volumes: [], egress: req.egress, createdAt: now, updatedAt: now,
+    exitCode: null, volumes: [], egress: req.egress, labels, createdAt: now, updatedAt: now,
   };
 }
 

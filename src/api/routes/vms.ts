@@ -5,7 +5,8 @@ import type { Daemon } from '../../daemon.ts';
 import { BoundedStream } from '../bounded-stream.ts';
 import type { VmState } from '../../store/store.ts';
 import { KilnError } from '../../errors.ts';
-import { CreateVmBody, ErrorBody, IdParams, LogsQuery, ResizeDiskBody, StopQuery, Vm, VmList, WaitQuery, truthy } from '../schemas.ts';
+import { CreateVmBody, ErrorBody, IdParams, LogsQuery, ResizeDiskBody, StopQuery, Vm, VmList, VmListQuery, WaitQuery, truthy } from '../schemas.ts';
+import { matchesLabels, parseLabelSelector, validateLabels, vmKind } from '../../vm/labels.ts';
 import { vmView } from '../views.ts';
 
 const errors = { 400: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 422: ErrorBody, 500: ErrorBody, 502: ErrorBody, 504: ErrorBody, 507: ErrorBody };
@@ -30,9 +31,14 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
     return reply.status(201).send(await vmView(daemon, out));
   });
 
-  app.get('/v1/vms', { schema: { summary: 'List VMs', tags: ['vms'], response: { 200: VmList } } }, async () => ({
-    vms: await Promise.all((await vms.list()).map((vm) => vmView(daemon, vm))),
-  }));
+  app.get('/v1/vms', {
+    schema: { summary: 'List VMs, optionally only those with some labels or of one kind', tags: ['vms'], querystring: VmListQuery, response: { 200: VmList, 400: ErrorBody } },
+  }, async (req) => {
+    const q = req.query;
+    const selectors = (q.label === undefined ? [] : Array.isArray(q.label) ? q.label : [q.label]).map(parseLabelSelector);
+    const listed = (await vms.list()).filter((vm) => matchesLabels(vm.labels, selectors) && (!q.kind || vmKind(vm) === q.kind));
+    return { vms: await Promise.all(listed.map((vm) => vmView(daemon, vm))) };
+  });
 
   app.get('/v1/vms/:id', {
     schema: { summary: 'Get a VM by id or name, with its timeline', tags: ['vms'], params: IdParams, response: { 200: Vm, ...errors } },
@@ -111,12 +117,14 @@ export function registerVmRoutes(root: FastifyInstance, daemon: Daemon): void {
 /** A boot, or a restore when the body names a snapshot or a template (src/snapshot). */
 function createVm(daemon: Daemon, body: CreateVmBody) {
   const { snapshot, template, ...boot } = body;
+  // kiln's own prefixes (`kiln.kind`, E2B's `e2b.*`) say what kilnd made: a client cannot claim them.
+  if (boot.labels) validateLabels(boot.labels);
   if (snapshot && template) throw new KilnError('KILN_ERR_VALIDATION', 'give "snapshot" or "template", not both');
   if (snapshot || template) {
-    const extra = Object.keys(boot).filter((k) => !['name', 'env', 'egress', ...(template ? ['vcpus', 'memory_mib'] : [])].includes(k));
+    const extra = Object.keys(boot).filter((k) => !['name', 'env', 'egress', 'labels', ...(template ? ['vcpus', 'memory_mib'] : [])].includes(k));
     if (extra.length) throw new KilnError('KILN_ERR_VALIDATION', `a restored VM is the snapshot's machine: ${extra.join(', ')} cannot be set`);
   }
-  if (snapshot) return daemon.snapshots.restore(snapshot, { name: boot.name, env: boot.env, egress: boot.egress });
-  if (template) return daemon.templates.clone(template, { name: boot.name, env: boot.env, egress: boot.egress, vcpus: boot.vcpus, memoryMib: boot.memory_mib });
+  if (snapshot) return daemon.snapshots.restore(snapshot, { name: boot.name, env: boot.env, egress: boot.egress, labels: boot.labels });
+  if (template) return daemon.templates.clone(template, { name: boot.name, env: boot.env, egress: boot.egress, labels: boot.labels, vcpus: boot.vcpus, memoryMib: boot.memory_mib });
   return daemon.vms.create(boot);
 }

@@ -177,4 +177,8 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX nodes_heartbeat ON nodes (state, heartbeat_at);
   `,
+  // v3 (E2B sandboxes visible as what they are, issue #15): the VM's labels (src/vm/labels.ts).
+  `
+  ALTER TABLE vms ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
+  `,
 ];

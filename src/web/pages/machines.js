@@ -75,7 +75,7 @@ export function mountMachines(root, ctx) {
     // The state is in the event: shown at once; the rest (timeline, ip) follows from a GET.
     const known = vms.get(e.vm);
     if (!known && e.type === 'vm.created') {
-      vms.set(e.vm, { id: e.vm, name: e.name, state: 'creating', image: { name: e.image ?? null }, created_at: e.ts, timeline: [] });
+      vms.set(e.vm, { id: e.vm, name: e.name, kind: e.kind, labels: e.labels ?? {}, state: 'creating', image: { name: e.image ?? null }, created_at: e.ts, timeline: [] });
       draw();
     }
     if (known && e.type === 'vm.state') {

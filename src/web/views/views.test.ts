@@ -43,6 +43,18 @@ test('vm row: state badge, ports, size; header offers the ops of its state', () 
   assert.deepEqual(ops('paused'), ['resume', 'snapshot', 'delete']);
 });
 
+test('vm row and header: the kind, and labels as escaped chips without kiln.kind', () => {
+  const v = vm({ kind: 'sandbox', labels: { 'kiln.kind': 'sandbox', 'e2b.sandbox': 'iabc', 'e2b.meta.note': '<b>x</b>' } });
+  for (const out of [String(vmRow(v)), String(vmHeader(v))]) {
+    assert.match(out, /sandbox/);
+    assert.match(out, /e2b\.sandbox=iabc/);
+    assert.match(out, /e2b\.meta\.note=&lt;b&gt;x&lt;\/b&gt;/);
+    assert.doesNotMatch(out, /kiln\.kind=/);
+  }
+  assert.match(String(vmRow(v)), /<span class="kind kind-sandbox">sandbox<\/span>/);
+  assert.doesNotMatch(String(vmHeader(vm({ kind: 'vm', labels: {} }))), /vm-labels/, 'no labels line for a VM without labels');
+});
+
 test('timeline → waterfall: bars placed at their start, sized by duration; a running phase shown as such', () => {
   const t0 = Date.parse('2026-01-01T00:00:00.000Z');
   const at = (ms: number) => new Date(t0 + ms).toISOString();

@@ -16,17 +16,23 @@ export const VM_OPS = /** @type {const} */ ({
 /** Ops that take something away: asked to confirm first. */
 export const CONFIRM_OPS = new Set(['stop', 'delete', 'pause']);
 
+/** A VM's labels as `key=value` chips, without `kiln.kind` (the kind says it). @param {Record<string, string>|undefined} labels */
+export function labelChips(labels) {
+  const shown = Object.entries(labels ?? {}).filter(([k]) => k !== 'kiln.kind');
+  return shown.length ? html`<span class="labels">${shown.map(([k, v]) => html`<span class="label" title="${k}=${v}">${k}=${v.length > 48 ? `${v.slice(0, 48)}…` : v}</span>`)}</span>` : '';
+}
+
 /** @param {any} v */
 export function vmRow(v) {
   return html`<tr class="row" data-id="${v.id}">
-    <td class="name">${v.name}</td><td class="state">${stateBadge(v.state)}</td><td>${v.ip ?? ''}</td>
+    <td class="name">${v.name}</td><td><span class="kind kind-${v.kind ?? 'vm'}">${v.kind ?? ''}</span></td><td class="state">${stateBadge(v.state)}</td><td>${v.ip ?? ''}</td>
     <td>${v.image?.name ?? v.image?.id ?? ''}</td><td>${v.vcpus ? `${v.vcpus} × ${v.memory_mib} MiB` : ''}</td>
     <td>${v.ports?.map((p) => `${p.host}→${p.guest}${p.proto === 'udp' ? '/udp' : ''}`).join(' ') ?? ''}</td>
-    <td class="muted">${ago(v.created_at)}</td></tr>`;
+    <td class="muted">${ago(v.created_at)}</td><td>${labelChips(v.labels)}</td></tr>`;
 }
 
 export function vmTable() {
-  return html`<table class="list"><thead><tr><th>name</th><th>state</th><th>ip</th><th>image</th><th>size</th><th>ports</th><th>created</th></tr></thead><tbody id="vm-rows"></tbody></table>`;
+  return html`<table class="list"><thead><tr><th>name</th><th>kind</th><th>state</th><th>ip</th><th>image</th><th>size</th><th>ports</th><th>created</th><th>labels</th></tr></thead><tbody id="vm-rows"></tbody></table>`;
 }
 
 /** The API's timeline (ISO start/end per phase) → waterfall phases relative to the first. */
@@ -40,8 +46,9 @@ export function timelinePhases(timeline) {
 export function vmHeader(vm) {
   const ops = VM_OPS[vm.state] ?? ['delete'];
   return html`<h3><span class="vm-name">${vm.name}</span> ${stateBadge(vm.state)}</h3>
-    <p class="muted">${vm.id} · ${vm.backend}/${vm.accelerator} · ${vm.vcpus} vCPU · ${vm.memory_mib} MiB · ${vm.ip ?? 'no network'}${vm.exit_code !== null && vm.exit_code !== undefined ? ` · exit ${vm.exit_code}` : ''}</p>
+    <p class="muted">${vm.kind ?? 'vm'} · ${vm.id} · ${vm.backend}/${vm.accelerator} · ${vm.vcpus} vCPU · ${vm.memory_mib} MiB · ${vm.ip ?? 'no network'}${vm.exit_code !== null && vm.exit_code !== undefined ? ` · exit ${vm.exit_code}` : ''}</p>
     ${vm.state_reason ? html`<p class="reason">${vm.state_reason}</p>` : ''}
+    ${Object.keys(vm.labels ?? {}).some((k) => k !== 'kiln.kind') ? html`<p class="vm-labels">${labelChips(vm.labels)}</p>` : ''}
     <p class="ops">${ops.map((op) => html`<button data-op="${op}" class="${op === 'delete' ? 'danger' : ''}">${op}</button>`)}</p>`;
 }
 
