@@ -57,6 +57,24 @@ async function assertOnlyListed(what: string): Promise<void> {
   for (const dir of dirs) assert.ok(ours.has(cloneNetnsName(dir)) || !namespaces.includes(cloneNetnsName(dir)));
 }
 
+/**
+ * A VMM's CPU share under contention as its cgroup says: 'background' (cpu.shares 2 / cpu.weight
+ * 1) or 'normal' (1024 / 100); read from /proc/<pid>/cgroup and the mounted hierarchies.
+ */
+async function cpuPriority(pid: number): Promise<string> {
+  const lines = (await fs.readFile(`/proc/${pid}/cgroup`, 'utf8')).trim().split('\n').map((l) => l.split(':'));
+  const mounts = (await fs.readFile('/proc/mounts', 'utf8')).trim().split('\n').map((l) => l.split(' '));
+  const v1 = lines.find(([, ctrls]) => ctrls!.split(',').includes('cpu'));
+  if (v1) {
+    const mount = mounts.find((m) => m[2] === 'cgroup' && m[3]!.split(',').includes('cpu'))![1]!;
+    const shares = (await fs.readFile(path.join(mount, v1[2]!, 'cpu.shares'), 'utf8')).trim();
+    return ({ '2': 'background', '1024': 'normal' } as Record<string, string>)[shares] ?? `cpu.shares ${shares}`;
+  }
+  const mount = mounts.find((m) => m[2] === 'cgroup2')![1]!;
+  const weight = (await fs.readFile(path.join(mount, lines.find(([h]) => h === '0')![2]!, 'cpu.weight'), 'utf8')).trim();
+  return ({ '1': 'background', '100': 'normal' } as Record<string, string>)[weight] ?? `cpu.weight ${weight}`;
+}
+
 describe('clone pool', { skip }, () => {
   let template: string;
   let snapshot: string;
@@ -67,10 +85,14 @@ describe('clone pool', { skip }, () => {
     snapshot = t.snapshot!;
     await poolHolds(snapshot, POOL);
     assert.deepEqual(await d.client.listVms(), [], 'pooled clones are not the users\' VMs');
+    const pooled = await vmmPids(path.join(stateDir, 'vms'));
+    assert.equal(pooled.length, POOL);
+    for (const pid of pooled) assert.equal(await cpuPriority(pid), 'background', 'a clone made ahead yields the CPU to VMs in use');
 
     const vm = await d.client.createVm({ template, name: 'from-pool', env: { POOLED: 'yes' } });
     assert.equal(vm.state, 'ready', 'a pool hit is ready when the create returns');
     assert.equal(vm.name, 'from-pool');
+    assert.equal(await cpuPriority(vm.pid!), 'normal', 'taken into use, it competes like any VM');
     const r = await d.client.exec(vm.id, { cmd: ['/bin/sh', '-c', 'hostname; echo "$POOLED"'] });
     assert.deepEqual(r.stdout.trim().split('\n'), ['from-pool', 'yes'], 'its hostname and env are its own');
     const phases = (await d.client.getVm(vm.id)).timeline.map((p) => p.phase);

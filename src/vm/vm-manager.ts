@@ -151,7 +151,11 @@ export class VmManager {
       await timeline.end('api.accept');
       this.deps.bus.publish('vm.created', id, { name, pooled: true, kind: vmKind(vm), labels });
       try {
-        if (cur.state === 'paused') await timeline.step('vmm.resume', () => live.instance.resume());
+        await timeline.step('vmm.resume', async () => {
+          // Made at background CPU priority (vm-spec.ts): from now on it serves a request.
+          await live.instance.setCpuPriority?.('normal');
+          if (cur.state === 'paused') await live.instance.resume();
+        });
         await timeline.step('guest.identity', () => giveIdentity(this.core, vm, cur.agentToken!, cur.ip!));
       } catch (e) {
         live.failReason = `${(e as KilnError).code ?? 'KILN_ERR_GUEST_FAILED'}: ${(e as Error).message}`;

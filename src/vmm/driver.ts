@@ -1,6 +1,9 @@
 // The interface every VMM backend implements. The rest of kiln sees only this file;
 // src/vmm/registry.ts is the one module that imports a backend's folder.
 
+import type { CpuPriority } from './cgroup/cgroup.ts';
+
+export type { CpuPriority };
 export type BackendName = 'qemu' | 'firecracker';
 export type Accelerator = 'kvm' | 'tcg';
 
@@ -82,6 +85,8 @@ export interface VmSpec {
   memoryFile?: MemoryFileSpec;
   /** `ip netns` name (or a path) of the namespace the VMM runs in (a clone: the template's tap name inside it). */
   netns?: string;
+  /** Its CPU share when the host is busy (default normal): a pooled clone starts `background`. */
+  cpuPriority?: CpuPriority;
 }
 
 export interface VmmExit {
@@ -112,6 +117,11 @@ export interface VmmInstance {
   powerdown?(): Promise<void>;
   pause(): Promise<void>;
   resume(): Promise<void>;
+  /**
+   * Changes its CPU share when the host is busy, where the backend can (QEMU: its cgroup; a
+   * backend without one leaves VMs at normal and never starts one at background).
+   */
+  setCpuPriority?(priority: CpuPriority): Promise<void>;
   /**
    * Pauses the guest and writes its state into `dir` (which exists and is empty). With
    * `resume` the guest runs on afterwards; without, it stays paused. A VM whose RAM is a

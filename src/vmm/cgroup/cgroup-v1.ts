@@ -4,8 +4,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
-  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
-  type CgroupLimits, type CgroupManager, type VmCgroup,
+  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, CPU_SHARES, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
+  type CgroupLimits, type CgroupManager, type CpuPriority, type VmCgroup,
 } from './cgroup.ts';
 
 export const V1_REQUIRED = ['memory', 'cpu', 'pids'] as const;
@@ -68,6 +68,10 @@ class V1Cgroup implements VmCgroup {
   async remove(): Promise<void> {
     for (const dir of Object.values(this.dirs)) await rmdirCgroup(dir);
   }
+
+  setCpuPriority(priority: CpuPriority): Promise<void> {
+    return writeControl(path.join(this.dirs.cpu!, 'cpu.shares'), String(CPU_SHARES[priority]));
+  }
 }
 
 export class CgroupV1 implements CgroupManager {
@@ -100,6 +104,7 @@ export class CgroupV1 implements CgroupManager {
       await writeControl(path.join(dirs.memory!, 'memory.limit_in_bytes'), String(limits.memoryBytes));
       await writeControl(path.join(dirs.cpu!, 'cpu.cfs_period_us'), String(CPU_PERIOD_US));
       await writeControl(path.join(dirs.cpu!, 'cpu.cfs_quota_us'), String(cpuQuotaUs(limits.cpus)));
+      if (limits.priority && limits.priority !== 'normal') await cg.setCpuPriority(limits.priority);
       await writeControl(path.join(dirs.pids!, 'pids.max'), String(limits.pids));
     } catch (e) {
       await cg.remove().catch(() => {});

@@ -3,8 +3,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import {
-  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
-  type CgroupLimits, type CgroupManager, type VmCgroup,
+  addToCgroup, assertCgroupName, cpuQuotaUs, CPU_PERIOD_US, CPU_WEIGHT, killAll, listChildren, readPids, rmdirCgroup, waitFor, writeControl,
+  type CgroupLimits, type CgroupManager, type CpuPriority, type VmCgroup,
 } from './cgroup.ts';
 
 export const V2_CONTROLLERS = ['memory', 'cpu', 'pids'] as const;
@@ -61,6 +61,10 @@ class V2Cgroup implements VmCgroup {
   remove(): Promise<void> {
     return rmdirCgroup(this.dir);
   }
+
+  setCpuPriority(priority: CpuPriority): Promise<void> {
+    return writeControl(path.join(this.dir, 'cpu.weight'), String(CPU_WEIGHT[priority]));
+  }
 }
 
 export class CgroupV2 implements CgroupManager {
@@ -103,6 +107,7 @@ export class CgroupV2 implements CgroupManager {
       // No swap: the cap is on what the VM really holds, not on what it pushed out.
       if (await exists(path.join(dir, 'memory.swap.max'))) await writeControl(path.join(dir, 'memory.swap.max'), '0');
       await writeControl(path.join(dir, 'cpu.max'), `${cpuQuotaUs(limits.cpus)} ${CPU_PERIOD_US}`);
+      if (limits.priority && limits.priority !== 'normal') await cg.setCpuPriority(limits.priority);
       await writeControl(path.join(dir, 'pids.max'), String(limits.pids));
     } catch (e) {
       await cg.remove().catch(() => {});

@@ -79,6 +79,31 @@ test('unified host: v2, controllers enabled down the tree, memory/cpu/pids in on
   }
 });
 
+test('a background VM gets the least CPU share at creation and the normal one when it is taken into use', async () => {
+  const v1 = await fakeTree({ 'sys/fs/cgroup/unified/cgroup.controllers': '\n', 'sys/fs/cgroup/memory/': '', 'sys/fs/cgroup/pids/': '' });
+  const v2 = await fakeTree({ 'sys/fs/cgroup/cgroup.controllers': 'cpu memory pids\n', 'sys/fs/cgroup/cgroup.subtree_control': '\n' });
+  try {
+    const m1 = (await detectCgroups({ parent: 'kiln-t', mounts: V1_MOUNTS, root: v1 })).manager!;
+    const shares = 'sys/fs/cgroup/cpu,cpuacct/kiln-t/vm-bg/cpu.shares';
+    const c1 = await m1.create('vm-bg', { ...limits, priority: 'background' });
+    assert.equal(await read(v1, shares), '2');
+    await c1.setCpuPriority('normal');
+    assert.equal(await read(v1, shares), '1024');
+    // A normal VM leaves the kernel's default alone.
+    await m1.create('vm-fg', limits);
+    await assert.rejects(read(v1, 'sys/fs/cgroup/cpu,cpuacct/kiln-t/vm-fg/cpu.shares'), { code: 'ENOENT' });
+
+    const m2 = (await detectCgroups({ parent: 'kiln-t', mounts: 'cgroup2 /sys/fs/cgroup cgroup2 rw 0 0', root: v2 })).manager!;
+    const c2 = await m2.create('vm-bg', { ...limits, priority: 'background' });
+    assert.equal(await read(v2, 'sys/fs/cgroup/kiln-t/vm-bg/cpu.weight'), '1');
+    await c2.setCpuPriority('normal');
+    assert.equal(await read(v2, 'sys/fs/cgroup/kiln-t/vm-bg/cpu.weight'), '100');
+  } finally {
+    await fs.rm(v1, { recursive: true, force: true });
+    await fs.rm(v2, { recursive: true, force: true });
+  }
+});
+
 test('no usable hierarchy: no manager, and the reason names what is missing', async () => {
   const d = await detectCgroups({ parent: 'kiln-t', mounts: 'cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0', root: '/nonexistent' });
   assert.equal(d.manager, null);

@@ -12,7 +12,21 @@ export interface CgroupLimits {
   cpus: number;
   /** pids.max: threads and processes together. */
   pids: number;
+  /** The CPU share under contention (default normal). */
+  priority?: CpuPriority;
 }
+
+/**
+ * How a VM's cgroup competes for CPU with the others when the host is busy. `background`: work
+ * done ahead for a VM nobody uses yet (a pooled clone restoring and warming up) takes what the
+ * VMs serving requests leave over, instead of an equal share of it. The quota (cpu.max) is
+ * unchanged either way: an idle host gives a background VM all of its vCPUs.
+ */
+export type CpuPriority = 'normal' | 'background';
+/** cgroup v1 cpu.shares (kernel default 1024; minimum 2). */
+export const CPU_SHARES: Record<CpuPriority, number> = { normal: 1024, background: 2 };
+/** cgroup v2 cpu.weight (kernel default 100; minimum 1). */
+export const CPU_WEIGHT: Record<CpuPriority, number> = { normal: 100, background: 1 };
 
 export interface VmCgroup {
   readonly name: string;
@@ -29,6 +43,8 @@ export interface VmCgroup {
   kill(): Promise<void>;
   /** Removes the cgroup's directories (it must be empty: kill() first if in doubt). */
   remove(): Promise<void>;
+  /** Its share of the CPU when the host is busy (a pooled clone taken into use goes normal). */
+  setCpuPriority(priority: CpuPriority): Promise<void>;
 }
 
 export interface CgroupManager {

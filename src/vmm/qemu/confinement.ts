@@ -45,9 +45,9 @@ export const UNCONFINED: QemuConfinement = {
  */
 export const PIDS_BASE = 96;
 
-export function cgroupLimits(spec: Pick<VmSpec, 'memoryMib' | 'vcpus' | 'accelerator'>, overheadMib?: number): CgroupLimits {
+export function cgroupLimits(spec: Pick<VmSpec, 'memoryMib' | 'vcpus' | 'accelerator' | 'cpuPriority'>, overheadMib?: number): CgroupLimits {
   const overhead = vmmMemoryOverheadMib(spec.accelerator, overheadMib);
-  return { memoryBytes: (spec.memoryMib + overhead) * 1024 * 1024, cpus: spec.vcpus, pids: PIDS_BASE + spec.vcpus };
+  return { memoryBytes: (spec.memoryMib + overhead) * 1024 * 1024, cpus: spec.vcpus, pids: PIDS_BASE + spec.vcpus, priority: spec.cpuPriority ?? 'normal' };
 }
 
 export const defaultCgroupParent = (stateDir: string) => `kiln-${createHash('sha256').update(stateDir).digest('hex').slice(0, 10)}`;

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { KilnError } from '../../errors.ts';
 import { pidAlive } from '../../util/process.ts';
 import { QEMU_BINARY, spawnQemu, qemuVersion } from '../../tools/qemu-system.ts';
-import { removeParentIfEmpty, type VmCgroup } from '../cgroup/cgroup.ts';
+import { removeParentIfEmpty, type CpuPriority, type VmCgroup } from '../cgroup/cgroup.ts';
 import { untimed, type Accelerator, type ConfinementReport, type StepTimer, type VmmDriver, type VmmExit, type VmmInstance, type VmmSnapshot, type VmSpec } from '../driver.ts';
 import { cgroupLimits, UNCONFINED, type QemuConfinement } from './confinement.ts';
 import { kernelCmdline, qemuArgs, qemuPaths, type DriveFds } from './qemu-args.ts';
@@ -135,6 +135,11 @@ class QemuInstance implements VmmInstance {
   async resume(): Promise<void> {
     if (this.frozen) throw new KilnError('KILN_ERR_INVALID_STATE', `this VM's memory is now snapshot ${this.frozen}'s; it cannot run again`);
     await (await this.control()).execute('cont');
+  }
+
+  async setCpuPriority(priority: CpuPriority): Promise<void> {
+    // Unconfined (no cgroup on this host): every VM is at normal anyway.
+    await this.cgroup?.setCpuPriority(priority);
   }
 
   async snapshot(dir: string, opts: { resume: boolean }): Promise<VmmSnapshot> {
