@@ -77,6 +77,7 @@ export class PgStore implements Store {
   appendEvent(e: Omit<EventRecord, 'seq'>) { return this.events.appendEvent(e); }
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }) { return this.events.listEvents(opts); }
   firstEventSeq() { return this.events.firstEventSeq(); }
+  lastEventSeq() { return this.events.lastEventSeq(); }
   pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }) { return this.events.pruneEvents(opts); }
 
   // ---- snapshots and templates ----
