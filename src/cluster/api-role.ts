@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { errorBody } from '../api/server.ts';
+import { errorBody, toKilnError } from '../api/server.ts';
 import { registerEventStream } from '../api/routes/events.ts';
 import { imageView } from '../api/views.ts';
 import { tokenMatches } from '../api/auth/token-file.ts';
@@ -56,14 +56,19 @@ export class ApiRole {
   ) {}
 
   static async start(o: ApiRoleOptions): Promise<ApiRole> {
-    const app: FastifyInstance = Fastify({ loggerInstance: o.log as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 1024 ** 3 });
+    const app: FastifyInstance = Fastify({
+      loggerInstance: o.log as FastifyBaseLogger,
+      bodyLimit: o.bodyLimit ?? 1024 ** 3,
+      // The node's validation rules for the routes served here (events): unknown fields are errors.
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true } },
+    });
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
     app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     app.setErrorHandler((err, req, reply) => {
-      const ke = isKilnError(err) ? err : (err as { validation?: unknown }).validation ? new KilnError('KILN_ERR_VALIDATION', (err as Error).message) : new KilnError('KILN_ERR_INTERNAL', (err as Error).message);
+      const ke = toKilnError(err as Error);
       if (ke.status >= 500) req.log.error({ err }, 'request failed');
       void reply.status(ke.status).send(errorBody(ke));
     });

@@ -33,8 +33,8 @@ export class PgStore implements Store {
   }
 
   /** Connects and brings the schema up to date; a database from a newer kiln is refused. */
-  static async open(url: string, opts: { maxConnections?: number } = {}): Promise<PgStore> {
-    const db = new PgDb(url, { max: opts.maxConnections });
+  static async open(url: string, opts: { maxConnections?: number; minConnections?: number } = {}): Promise<PgStore> {
+    const db = new PgDb(url, { max: opts.maxConnections, min: opts.minConnections });
     try {
       await migrate(db);
     } catch (e) {
