@@ -94,7 +94,7 @@ export class NodeForwarder {
     const headers: Record<string, string | string[]> = {};
     // Host is the node's; Origin was the API's to judge (the node would refuse the API's host as foreign).
     for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && k !== 'host' && k !== 'origin') headers[k] = v;
-    const up = http.request({ host: target.hostname, port: target.port, path: target.pathname + target.search, method: req.method, headers, timeout: 10_000 });
+    const up = http.request({ host: target.hostname, port: target.port, path: target.pathname + target.search, method: req.method, headers, timeout: 10_000, agent: false });
     const fail = (e: Error) => onUnavailable(unavailable(node, e));
     up.once('timeout', () => up.destroy(new Error('no answer to the upgrade within 10 s')));
     up.once('error', fail);
