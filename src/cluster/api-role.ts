@@ -96,12 +96,13 @@ export class ApiRole {
     app.post('/v1/vms', async (req, reply) => {
       const t0 = performance.now();
       const body = parseJson(req.body);
+      // The three store reads at once (each its own pooled connection): one round trip's wait.
+      const [image, nodes] = await Promise.all([o.store.getImage(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
       const demand = {
         vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
         memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId: (await o.store.getImage(typeof body.image === 'string' ? body.image : 'default'))?.id,
+        imageId: image?.id,
       };
-      const nodes = await freshNodes(o.store);
       const t1 = performance.now();
       const node = place(nodes, demand, { k: o.k });
       const t2 = performance.now();
