@@ -70,6 +70,51 @@ async function storeCost(s: Store): Promise<number[]> {
   return out.slice(Math.min(20, RUNS >> 2)); // warm-up (prepared statements, caches) not counted
 }
 
+/**
+ * The store reads of an API role's create (VMs and nodes, together) after `idleMs` without a
+ * query, `n` times: with pg's default pool (idle connections closed after 10 s: a reconnect
+ * each time) and with kiln's (three connections kept).
+ */
+async function afterIdle(url: string, idleMs: number, n: number): Promise<{ pgDefault: number[]; kiln: number[] }> {
+  const pgDefault = await PgStore.open(url, { minConnections: 0 });
+  const kiln = await PgStore.open(url);
+  const out = { pgDefault: [] as number[], kiln: [] as number[] };
+  try {
+    const reads = (s: Store) => Promise.all([s.listVms(), s.listNodes()]);
+    await Promise.all([reads(pgDefault), reads(kiln)]);
+    for (let i = 0; i < n; i++) {
+      await new Promise((r) => setTimeout(r, idleMs));
+      for (const [s, into] of [[pgDefault, out.pgDefault], [kiln, out.kiln]] as const) {
+        const t0 = process.hrtime.bigint();
+        await reads(s);
+        into.push(ms(t0));
+      }
+    }
+  } finally {
+    await pgDefault.close();
+    await kiln.close();
+  }
+  return out;
+}
+
+/** The store reads of an API role's create (every VM row and the nodes) with `n` VMs in the table. */
+async function readsWith(url: string, n: number): Promise<number[]> {
+  const s = await PgStore.open(url);
+  try {
+    await s.insertImage(image);
+    for (let i = 0; i < n; i++) await s.insertVm({ ...vm(`vm-r${i}`, `r${i}`), nodeId: `node-${i % 3}` });
+    const out: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const t0 = process.hrtime.bigint();
+      await Promise.all([s.listVms(), s.listNodes()]);
+      out.push(ms(t0));
+    }
+    return out.slice(5);
+  } finally {
+    await s.close();
+  }
+}
+
 async function main(): Promise<void> {
   const pg = await startPostgres();
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-bench-'));
@@ -96,14 +141,28 @@ async function main(): Promise<void> {
     const sqlite = new SqliteStore(path.join(dir, 'kiln.db'));
     const onSqlite = await storeCost(sqlite);
     await sqlite.close();
-    const pgStore = await PgStore.open(await pg.createDatabase());
+    const pgUrl = await pg.createDatabase();
+    const pgStore = await PgStore.open(pgUrl);
     const onPg = await storeCost(pgStore);
     await pgStore.close();
+    const idle = await afterIdle(pgUrl, 11_000, 3);
+    const rows: (string | number)[][] = [];
+    for (const n of [12, 1000]) {
+      const r = await readsWith(await pg.createDatabase(), n);
+      rows.push([`${n} VMs in the table`, median(r), quantile(r, 0.95)]);
+    }
 
     console.log(`\nbench/cluster: ${RUNS} runs each; PostgreSQL 15 on a unix socket, same host (${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(2)})\n`);
     console.log(table(['placement (listNodes + best of 2)', 'median ms', 'p95 ms', 'place() alone µs'], placementRows));
     console.log('');
     console.log(table(['store calls of one create', 'median ms', 'p95 ms'], [['SQLite', median(onSqlite), quantile(onSqlite, 0.95)], ['PostgreSQL', median(onPg), quantile(onPg, 0.95)]]));
+    console.log('');
+    console.log(table(['store reads of an API create after 11 s idle (3 runs)', 'median ms', 'max ms'], [
+      ['pg default pool (idle connections closed after 10 s)', median(idle.pgDefault), Math.max(...idle.pgDefault)],
+      ['kiln pool (3 connections kept)', median(idle.kiln), Math.max(...idle.kiln)],
+    ]));
+    console.log('');
+    console.log(table(['store reads of an API create (all VM rows + nodes)', 'median ms', 'p95 ms'], rows));
     const extra = median(onPg) - median(onSqlite) + (placementRows[0]![1] as number);
     console.log(`\ncluster overhead per create (PostgreSQL store − SQLite store + placement over 3 nodes): ${extra.toFixed(2)} ms median (target ≤ 5 ms)`);
     if (VMS > 0) await withProcesses(pg);
@@ -113,18 +172,30 @@ async function main(): Promise<void> {
   }
 }
 
+/** The API role's Server-Timing of a create: its store reads, placement, the node's answer. */
+type Timing = Partial<Record<'store' | 'place' | 'node', number>>;
+
+function serverTiming(h: string | null): Timing {
+  const out: Timing = {};
+  for (const part of (h ?? '').split(',')) {
+    const m = /^\s*(store|place|node);dur=([\d.]+)/.exec(part);
+    if (m) out[m[1] as keyof Timing] = Number(m[2]);
+  }
+  return out;
+}
+
 /** POST /v1/vms answered (not ready), ms; the VM id and the answer's placement header. */
-async function timedCreate(c: KilnClient, name: string): Promise<{ ms: number; id: string; placeMs: number | null }> {
+async function timedCreate(c: KilnClient, name: string): Promise<{ ms: number; id: string; placeMs: number | null; timing: Timing }> {
   const t0 = process.hrtime.bigint();
   const res = await c.request('POST', '/v1/vms', { body: { name, memory_mib: 128 } });
   const took = ms(t0);
   if (res.status !== 201) throw new Error(`create ${name}: ${res.status} ${await res.text()}`);
   const vm = (await res.json()) as { id: string };
   const place = res.headers.get('x-kiln-placement-ms');
-  return { ms: took, id: vm.id, placeMs: place === null ? null : Number(place) };
+  return { ms: took, id: vm.id, placeMs: place === null ? null : Number(place), timing: serverTiming(res.headers.get('server-timing')) };
 }
 
-/** Polls (the API role forwards no event stream) until the VM is ready. */
+/** Polls until the VM is ready (no event stream in the way of the timed creates). */
 const ready = (c: KilnClient, id: string) => until(`VM ${id} ready`, async () => ((await c.getVm(id)).state === 'ready' ? true : null), 600_000, 100);
 
 async function burst(c: KilnClient, tag: string): Promise<{ answeredPerS: number; readyPerS: number }> {
@@ -168,17 +239,25 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
     const viaApi: number[] = [];
     const straight: number[] = [];
     const placement: number[] = [];
+    const phases: Record<keyof Timing, number[]> = { store: [], place: [], node: [] };
     for (let i = 0; i < VMS; i++) {
       for (const [c, into, tag] of [[api.client, viaApi, 'api'], [direct, straight, 'node']] as const) {
         const m = await timedCreate(c, `${tag}-${i}`);
         into.push(m.ms);
         if (m.placeMs !== null) placement.push(m.placeMs);
+        for (const k of ['store', 'place', 'node'] as const) if (m.timing[k] !== undefined) phases[k].push(m.timing[k]!);
         await ready(c, m.id);
         await c.deleteVm(m.id);
       }
     }
     console.log(`\nwith real kilnd processes (3 nodes + API on this machine, ${VMS} creates each, 128 MiB guests, load ${os.loadavg()[0]!.toFixed(2)})\n`);
-    console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [['straight to a node', median(straight), quantile(straight, 0.95)], ['through the API role', median(viaApi), quantile(viaApi, 0.95)], ['  of which placement', median(placement), quantile(placement, 0.95)]]));
+    console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [
+      ['straight to a node', median(straight), quantile(straight, 0.95)],
+      ['through the API role', median(viaApi), quantile(viaApi, 0.95)],
+      ['  API: store reads (image, VMs, nodes)', median(phases.store), quantile(phases.store, 0.95)],
+      ['  API: place()', median(phases.place), quantile(phases.place, 0.95)],
+      ['  API: node answered (forward → headers)', median(phases.node), quantile(phases.node, 0.95)],
+    ]));
     console.log(`\nAPI → node overhead per create: ${(median(viaApi) - median(straight)).toFixed(2)} ms median (target ≤ 5 ms)`);
     console.log(`the hop alone (a create refused by the node at validation, 50 each): ${median(hop.api).toFixed(2)} ms through the API vs ${median(hop.node).toFixed(2)} ms straight: +${(median(hop.api) - median(hop.node)).toFixed(2)} ms\n`);
     console.log(table([`burst of ${VMS} creates through the API`, 'answered/s', 'ready/s'], [['1 node', one.answeredPerS, one.readyPerS], ['3 nodes', three.answeredPerS, three.readyPerS]]));

@@ -167,6 +167,7 @@ export class Daemon {
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
+        shared: nodeId !== null,
       });
       await functions.start();
       // /healthz's backend_reason says how Firecracker is confined, too.
@@ -175,7 +176,7 @@ export class Daemon {
       if (nodeId) {
         daemon.cluster = new NodeMember({
           store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
-          capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe() }),
+          capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
           publish: (type, vmId, data) => bus.publish(type, vmId, data),
         });
       }

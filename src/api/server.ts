@@ -43,7 +43,7 @@ export function errorBody(err: KilnError) {
   };
 }
 
-function toKilnError(err: FastifyError | Error): KilnError {
+export function toKilnError(err: FastifyError | Error): KilnError {
   if (isKilnError(err)) return err;
   const fe = err as FastifyError;
   if (fe.validation) {

@@ -1,17 +1,27 @@
 // `kiln serve --role api`: the cluster's front door. Stateless (everything it knows is in the
 // shared store), so more than one may run. It places each VM create on a node (best of K by
-// free capacity, image locality: placement.ts) and forwards it there; requests about one VM go
-// to the node that runs it; the VM list is every ready node's. It runs no VMM and needs no
-// host setup. Node-local state (images, volumes, functions) is reached on the nodes themselves.
+// free capacity, image locality: placement.ts) and forwards it there; requests about one VM
+// (exec, files, logs, the console WebSocket, …) go to the node that runs it; the VM list is
+// every ready node's. Events and images are read from the store (cluster-wide tables);
+// functions are deployed on every node and invoked where they are warm (api-functions.ts).
+// It runs no VMM and needs no host setup. What it does not forward yet answers
+// KILN_ERR_NOT_ROUTED, naming where to go instead.
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
-import { request } from 'undici';
-import { errorBody } from '../api/server.ts';
-import { KilnError, isKilnError } from '../errors.ts';
-import type { NodeRecord, Store } from '../store/store.ts';
-import { COMMITTING_STATES } from '../vm/admission.ts';
-import { place } from './placement.ts';
+import { errorBody, toKilnError } from '../api/server.ts';
+import { registerEventStream } from '../api/routes/events.ts';
+import { imageView } from '../api/views.ts';
 import { tokenMatches } from '../api/auth/token-file.ts';
+import { KilnError, isKilnError } from '../errors.ts';
+import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
+import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
+import { COMMITTING_STATES } from '../vm/admission.ts';
+import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { NodeForwarder } from './node-forward.ts';
+import { place } from './placement.ts';
+import { StoreEventFollower } from './store-events.ts';
 
 export interface ApiRoleOptions {
   /** The shared (unscoped) store. */
@@ -26,37 +36,55 @@ export interface ApiRoleOptions {
   bodyLimit?: number;
 }
 
-/** Headers that describe one hop, not the message. */
-const HOP = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade', 'proxy-connection', 'te', 'trailer']);
 const DEFAULT_MEMORY_MIB = 256;
+
+/** Node routes the API role does not forward yet, and where to reach them instead. */
+const NOT_ROUTED: [RegExp, string][] = [
+  [/^\/v1\/(volumes|snapshots|templates)(\/|$)/, 'volumes, snapshots and templates are per node: call the node that holds them (GET /v1/nodes lists their URLs)'],
+  [/^\/v1\/containers(\/|$)/, 'containers are created on a node: call it directly (its VMs are reachable here under /v1/vms)'],
+  [/^\/v1\/images\/(gc|import|upload)$/, 'image files are per node: import, upload and collect garbage on each node'],
+  [/^\/(v2\/)?sandboxes(\/|$)/, 'the E2B-compatible API is served by each node, not by the API role'],
+  [/^\/(metrics|openapi\.json|ui)(\/|$)/, 'metrics, the OpenAPI document and the dashboard are served by each node'],
+];
 
 export class ApiRole {
   private constructor(
     private readonly app: FastifyInstance,
+    private readonly fwd: NodeForwarder,
+    private readonly events: StoreEventFollower,
     readonly url: string,
   ) {}
 
   static async start(o: ApiRoleOptions): Promise<ApiRole> {
-    const app: FastifyInstance = Fastify({ loggerInstance: o.log as FastifyBaseLogger, bodyLimit: o.bodyLimit ?? 1024 ** 3 });
+    const app: FastifyInstance = Fastify({
+      loggerInstance: o.log as FastifyBaseLogger,
+      bodyLimit: o.bodyLimit ?? 1024 ** 3,
+      // The node's validation rules for the routes served here (events): unknown fields are errors.
+      ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true } },
+    });
+    const fwd = new NodeForwarder(o.token);
+    const events = new StoreEventFollower(o.store, o.log);
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
     app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
     app.setErrorHandler((err, req, reply) => {
-      const ke = isKilnError(err) ? err : new KilnError('KILN_ERR_INTERNAL', (err as Error).message);
+      const ke = toKilnError(err as Error);
       if (ke.status >= 500) req.log.error({ err }, 'request failed');
       void reply.status(ke.status).send(errorBody(ke));
     });
     app.setNotFoundHandler((req, reply) => {
-      const ke = new KilnError('KILN_ERR_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]} on the API role (it serves VMs and nodes; images, volumes and functions are served by each node)`);
-      void reply.status(404).send(errorBody(ke));
+      const path = req.url.split('?')[0]!;
+      const routed = NOT_ROUTED.find(([re]) => re.test(path));
+      const ke = routed
+        ? new KilnError('KILN_ERR_NOT_ROUTED', `${req.method} ${path}: ${routed[1]}`, { path })
+        : new KilnError('KILN_ERR_NOT_FOUND', `no route ${req.method} ${path}`);
+      void reply.status(ke.status).send(errorBody(ke));
     });
     app.addHook('onRequest', async (req) => {
       if (req.url.split('?')[0] === '/healthz') return;
       const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
       if (!m || !tokenMatches(m[1]!, o.token)) throw new KilnError('KILN_ERR_UNAUTHORIZED', 'missing or wrong API token');
     });
-
-    const auth = { authorization: `Bearer ${o.token}` };
 
     app.get('/healthz', async () => {
       const nodes = await o.store.listNodes();
@@ -66,55 +94,124 @@ export class ApiRole {
     app.get('/v1/nodes', async () => (await o.store.listNodes()).map(nodeView));
 
     app.post('/v1/vms', async (req, reply) => {
+      const t0 = performance.now();
       const body = parseJson(req.body);
+      // The three store reads at once (each its own pooled connection): one round trip's wait.
+      const [image, nodes] = await Promise.all([o.store.getImage(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
       const demand = {
         vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
         memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId: (await o.store.getImage(typeof body.image === 'string' ? body.image : 'default'))?.id,
+        imageId: image?.id,
       };
-      const t0 = performance.now();
-      const node = place(await freshNodes(o.store), demand, { k: o.k });
-      const placeMs = performance.now() - t0;
+      const t1 = performance.now();
+      const node = place(nodes, demand, { k: o.k });
+      const t2 = performance.now();
       if (!node) throw new KilnError('KILN_ERR_CAPACITY', `no ready node has ${demand.vcpus} vCPUs and ${demand.memoryMib} MiB free`);
-      void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', placeMs.toFixed(3));
-      return forward(req, reply, node, JSON.stringify(body));
+      // Where the time went, for bench/cluster (Server-Timing: a standard header, no body change).
+      void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
+      return fwd.forward(req, reply, node, req.body as Buffer, {}, (upstreamMs) =>
+        `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
     });
 
     app.get('/v1/vms', async () => {
       const nodes = (await o.store.listNodes()).filter((n) => n.state === 'ready');
       const lists = await Promise.all(
         nodes.map(async (n) => {
-          const r = await request(new URL('/v1/vms', n.url), { headers: auth });
-          if (r.statusCode !== 200) throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `node ${n.name} answered ${r.statusCode} to GET /v1/vms`);
-          return ((await r.body.json()) as { vms: { created_at?: string }[] }).vms.map((vm) => ({ ...vm, node: n.name }));
+          const r = await fwd.json<{ vms: { created_at?: string }[] }>(n, 'GET', '/v1/vms');
+          if (r.status !== 200) throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `node ${n.name} answered ${r.status} to GET /v1/vms`, { node: n.id });
+          return r.body.vms.map((vm) => ({ ...vm, node: n.name }));
         }),
       );
       // The node's own list shape ({ vms }), each VM tagged with its node.
       return { vms: lists.flat().sort((a, b) => String(a.created_at ?? '').localeCompare(String(b.created_at ?? ''))) };
     });
 
-    const toOwner = async (req: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply) => {
-      const vm = await o.store.getVm(req.params.id);
-      if (!vm) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${JSON.stringify(req.params.id)}`);
+    const ownerOf = async (id: string): Promise<{ vm: VmRecord; node: NodeRecord }> => {
+      const vm = await o.store.getVm(id);
+      if (!vm) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
       const node = vm.nodeId ? await o.store.getNode(vm.nodeId) : null;
       if (!node || node.state !== 'ready') {
         throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `VM ${vm.id} is on node ${node?.name ?? vm.nodeId ?? '(none)'}, which is ${node?.state ?? 'not registered'}`, { vm: vm.id, node: vm.nodeId ?? null });
       }
+      return { vm, node };
+    };
+    const toOwner = async (req: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply) => {
+      const { node } = await ownerOf(req.params.id);
       void reply.header('x-kiln-node', node.name);
-      return forward(req, reply, node, req.body as Buffer | undefined);
+      return fwd.forward(req, reply, node, req.body as Buffer | undefined);
     };
     app.all('/v1/vms/:id', toOwner);
     app.all('/v1/vms/:id/*', toOwner);
 
+    // The console: a WebSocket upgrade never reaches Fastify's routes; it is authorised here,
+    // its VM's owner looked up, and the upgrade piped to that node (node-forward.ts).
+    app.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const refuse = (e: KilnError) => {
+        const body = JSON.stringify(errorBody(e));
+        socket.end(`HTTP/1.1 ${e.status} ${e.code}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+      };
+      socket.on('error', () => socket.destroy());
+      const m = /^\/v1\/vms\/([^/?]+)\/console(\?|$)/.exec(req.url ?? '');
+      if (!m) return refuse(new KilnError('KILN_ERR_NOT_FOUND', `no WebSocket route ${(req.url ?? '').split('?')[0]} on the API role (it serves /v1/vms/{id}/console)`));
+      const given = upgradeToken(req);
+      if (given === null || !tokenMatches(given, o.token)) return refuse(new KilnError('KILN_ERR_UNAUTHORIZED', 'missing or wrong API token'));
+      ownerOf(decodeURIComponent(m[1]!)).then(
+        ({ node }) => fwd.upgrade(req, socket, head, node, refuse),
+        (e) => refuse(isKilnError(e) ? e : new KilnError('KILN_ERR_INTERNAL', (e as Error).message)),
+      );
+    });
+
+    // Events: every node appends to the one table; the node's own route, over the store.
+    registerEventStream(app, {
+      store: o.store,
+      subscribe: (fn) => events.subscribe(fn),
+      vmId: async (id) => {
+        const vm = await o.store.getVm(id);
+        if (!vm) throw new KilnError('KILN_ERR_VM_NOT_FOUND', `no VM ${JSON.stringify(id)}`);
+        return vm.id;
+      },
+    });
+
+    // Images: the catalogue is cluster-wide (the store); a pull goes to the node with the most
+    // free disk, whose files other nodes on the same disk reuse (docs/cluster.md, known limits).
+    app.get('/v1/images', async () => ({ images: (await o.store.listImages()).map(imageView) }));
+    app.get<{ Params: { id: string } }>('/v1/images/:id', async (req) => {
+      const img = await o.store.getImage(req.params.id);
+      if (!img) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${JSON.stringify(req.params.id)}`);
+      return imageView(img);
+    });
+    app.post('/v1/images', async (req, reply) => {
+      const nodes = (await o.store.listNodes()).filter((n) => n.state === 'ready').sort((a, b) => b.capacity.diskFreeBytes - a.capacity.diskFreeBytes);
+      if (!nodes[0]) throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', 'no ready node to pull the image on');
+      void reply.header('x-kiln-node', nodes[0].name);
+      return fwd.forward(req, reply, nodes[0], req.body as Buffer | undefined);
+    });
+    app.delete('/v1/images/:id', async () => {
+      throw new KilnError('KILN_ERR_NOT_ROUTED', 'image files are per node: delete the image on each node that holds it', { path: '/v1/images/{id}' });
+    });
+
+    registerClusterFunctionRoutes(app, { store: o.store, fwd });
+
     await app.listen({ host: o.listenHost, port: o.listenPort });
     const addr = app.server.address();
     const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
-    return new ApiRole(app, url);
+    return new ApiRole(app, fwd, events, url);
   }
 
   async close(): Promise<void> {
+    this.events.close();
     await this.app.close();
+    await this.fwd.close();
   }
+}
+
+/** The token of a WebSocket upgrade: the Authorization header, or (browsers) a subprotocol. */
+function upgradeToken(req: IncomingMessage): string | null {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
+  if (m) return m[1]!;
+  const protos = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+  const p = protos.find((x) => x.startsWith(WS_TOKEN_PREFIX));
+  return p ? p.slice(WS_TOKEN_PREFIX.length) : null;
 }
 
 function parseJson(body: unknown): Record<string, unknown> {
@@ -134,54 +231,29 @@ function parseJson(body: unknown): Record<string, unknown> {
  * counted before the node's next heartbeat reports it.
  */
 async function freshNodes(store: Store): Promise<NodeRecord[]> {
+  const [vms, nodes] = await Promise.all([store.listVms(), store.listNodes()]);
   const committed = new Map<string, { vcpus: number; memoryMib: number }>();
-  for (const vm of await store.listVms()) {
+  for (const vm of vms) {
     if (!vm.nodeId || !COMMITTING_STATES.includes(vm.state)) continue;
     const c = committed.get(vm.nodeId) ?? { vcpus: 0, memoryMib: 0 };
     c.vcpus += vm.vcpus;
     c.memoryMib += vm.memoryMib;
     committed.set(vm.nodeId, c);
   }
-  return (await store.listNodes()).map((n) => {
+  return nodes.map((n) => {
     const c = committed.get(n.id);
     if (!c) return n;
     return { ...n, capacity: { ...n.capacity, committedVcpus: Math.max(n.capacity.committedVcpus, c.vcpus), committedMemoryMib: Math.max(n.capacity.committedMemoryMib, c.memoryMib) } };
   });
 }
 
-/** Sends the request on to `node` and streams its answer back (status, headers, body). */
-async function forward(req: FastifyRequest, reply: FastifyReply, node: NodeRecord, body: Buffer | string | undefined): Promise<FastifyReply> {
-  const headers: Record<string, string> = {};
-  for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP.has(k)) headers[k] = Array.isArray(v) ? v.join(', ') : v;
-  const ac = new AbortController();
-  // A client that goes away (a followed log, an exec stream) ends the upstream request too.
-  reply.raw.on('close', () => ac.abort());
-  let res;
-  try {
-    res = await request(new URL(req.url, node.url), {
-      method: req.method as 'GET',
-      headers,
-      body: req.method === 'GET' || req.method === 'HEAD' ? undefined : body,
-      signal: ac.signal,
-      // Creates with ?wait=1, execs and followed logs last as long as they last.
-      headersTimeout: 0,
-      bodyTimeout: 0,
-    });
-  } catch (e) {
-    throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `node ${node.name} (${node.url}) did not answer: ${(e as Error).message}`, { node: node.id });
-  }
-  void reply.code(res.statusCode);
-  for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
-  return reply.send(res.body);
-}
-
-function nodeView(n: NodeRecord) {
+export function nodeView(n: NodeRecord) {
   return {
     id: n.id, name: n.name, url: n.url, state: n.state, incarnation: n.incarnation,
     capacity: {
       vcpus: n.capacity.vcpus, memory_mib: n.capacity.memoryMib, committed_vcpus: n.capacity.committedVcpus,
       committed_memory_mib: n.capacity.committedMemoryMib, vms: n.capacity.vms, disk_free_bytes: n.capacity.diskFreeBytes,
-      images: n.capacity.images, warm: n.capacity.warm,
+      images: n.capacity.images, warm: n.capacity.warm, functions: n.capacity.functions ?? {},
     },
     registered_at: new Date(n.registeredAt).toISOString(),
     heartbeat_at: new Date(n.heartbeatAt).toISOString(),

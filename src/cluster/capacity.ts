@@ -12,6 +12,8 @@ export interface CapacitySources {
   stateDir: string;
   /** Warm pool contents (FunctionService.pool.describe()). */
   warm?: () => { runtime: string; vcpus: number; memory_mib: number; ready: number }[];
+  /** Functions served here → ready instances (FunctionService.served()). */
+  functions?: () => Record<string, number>;
 }
 
 export async function nodeCapacity(s: CapacitySources): Promise<NodeCapacity> {
@@ -29,5 +31,6 @@ export async function nodeCapacity(s: CapacitySources): Promise<NodeCapacity> {
     diskFreeBytes: Number(fsStat.bavail) * Number(fsStat.bsize),
     images,
     warm,
+    ...(s.functions ? { functions: s.functions() } : {}),
   };
 }

@@ -81,6 +81,11 @@ export interface FunctionServiceOptions {
   source?: InstanceSource;
   /** Snapshot templates: instances are restored clones once a runtime's template exists. */
   templates?: TemplateProvider;
+  /**
+   * A cluster node (the store is shared): a function whose code this node does not hold was
+   * deployed on other nodes only, and is not served here (see replicate()).
+   */
+  shared?: boolean;
 }
 
 export class FunctionService {
@@ -122,7 +127,12 @@ export class FunctionService {
     }
     for (const f of await this.o.store.listFunctions()) {
       const v = await this.o.store.getVersion(f.name, f.version);
-      if (v) this.track(v);
+      if (!v) continue;
+      if (this.o.shared && !(await fs.stat(this.codeFile(f.name, f.version)).catch(() => null))) {
+        this.o.log.info({ function: f.name, version: f.version }, 'function not replicated to this node: not served here');
+        continue;
+      }
+      this.track(v);
     }
     this.reaper = setInterval(() => {
       for (const e of this.fns.values()) e.scheduler.reap();
@@ -192,6 +202,45 @@ export class FunctionService {
     this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
     await this.forgetUnusedShape(prev);
     return v;
+  }
+
+  /**
+   * A cluster's API role deploys a function on every node: one node creates the version in
+   * the shared store (create/update), then each other node gets the same request as a
+   * replica: it builds the package from the same input, checks it is the version the store
+   * holds (sha256), keeps the code in its own state dir and serves the function from then on.
+   * Idempotent: a node that already serves that version answers it unchanged.
+   */
+  async replicate(nameIn: string, input: DeployInput): Promise<FunctionVersion> {
+    const name = checkName(nameIn);
+    const rec = await this.o.store.getFunction(name);
+    if (!rec) throw new KilnError('KILN_ERR_FUNCTION_NOT_FOUND', `no function ${JSON.stringify(name)} in the store to replicate`);
+    const v = await this.getVersion(name, rec.version);
+    const e = this.fns.get(name);
+    if (e && e.current.version >= v.version) return e.current;
+    const { pkg, raw } = await this.prepare(input, e?.current ?? null);
+    if (pkg.sha256 !== v.codeSha256) {
+      throw new KilnError('KILN_ERR_INVALID_STATE', `function ${name} version ${v.version} in the store has other code than this replica request`, { function: name, version: v.version });
+    }
+    await this.saveCode(name, v.version, raw ?? (await this.readCode(name, e!.current.version)));
+    this.packages.set(`${name}@${v.version}`, pkg);
+    if (!e) {
+      this.track(v);
+      return v;
+    }
+    const prev = e.current;
+    e.current = v;
+    e.scheduler.setVersion(v.version, limitsOf(v));
+    this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
+    await this.forgetUnusedShape(prev);
+    return v;
+  }
+
+  /** Functions served here → their ready instances (a cluster node's capacity report). */
+  served(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const e of this.fns.values()) out[e.name] = e.scheduler.snapshot().instances.filter((m) => m.state === 'ready').length;
+    return out;
   }
 
   async delete(nameIn: string): Promise<void> {

@@ -204,10 +204,12 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
 
   c('events get increasing sequence numbers and filter by VM and cursor', async (s) => {
     assert.equal(await s.firstEventSeq(), null);
+    assert.equal(await s.lastEventSeq(), null);
     const a = await s.appendEvent({ ts: 1, type: 'vm.created', vmId: 'vm-1', data: {} });
     const b = await s.appendEvent({ ts: 2, type: 'vm.created', vmId: 'vm-2', data: { x: 1, nested: { y: [1, 2] } } });
     assert.ok(b.seq > a.seq);
     assert.equal(await s.firstEventSeq(), a.seq);
+    assert.equal(await s.lastEventSeq(), b.seq);
     assert.deepEqual((await s.listEvents({ vmId: 'vm-2' })).map((e) => e.data), [{ x: 1, nested: { y: [1, 2] } }]);
     assert.deepEqual((await s.listEvents({ afterSeq: a.seq })).map((e) => e.seq), [b.seq]);
     assert.deepEqual((await s.listEvents({ limit: 1 })).map((e) => e.seq), [a.seq]);

@@ -71,6 +71,7 @@ export class SqliteStore implements Store {
       listEvents: p(`SELECT * FROM events WHERE seq > @after AND (@vm IS NULL OR vm_id = @vm)
         ORDER BY seq ASC LIMIT @limit`),
       firstEventSeq: p('SELECT MIN(seq) AS seq FROM events'),
+      lastEventSeq: p('SELECT MAX(seq) AS seq FROM events'),
     };
   }
 
@@ -252,6 +253,10 @@ export class SqliteStore implements Store {
 
   async firstEventSeq(): Promise<number | null> {
     return ((this.stmt.firstEventSeq.get() as { seq: number | null }).seq) ?? null;
+  }
+
+  async lastEventSeq(): Promise<number | null> {
+    return ((this.stmt.lastEventSeq.get() as { seq: number | null }).seq) ?? null;
   }
 
   async pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number> {

@@ -268,6 +268,8 @@ export interface NodeCapacity {
   images: string[];
   /** Warm function instances by pool key (runtime/size). */
   warm: Record<string, number>;
+  /** Functions this node serves (holds the code of) → its ready instances of each; absent from older nodes. */
+  functions?: Record<string, number>;
 }
 
 /** A VM host of a cluster (`kiln serve --role node`), as it registered and last heartbeat. */
@@ -347,6 +349,8 @@ export interface Store extends SnapshotStore, NodeStore {
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }): Promise<EventRecord[]>;
   /** The oldest event still stored (retention removes older ones); null when there is none. */
   firstEventSeq(): Promise<number | null>;
+  /** The newest event stored; null when there is none (a cluster's API role follows the table from here). */
+  lastEventSeq(): Promise<number | null>;
   /**
    * Retention: drops events older than `beforeTs`, all but the newest `keepPerVm` of `vmId`'s
    * (when given), and all but the newest `keepTotal` overall. Returns how many went.

@@ -55,13 +55,21 @@ export async function removeTestNetwork(n: TestNetwork): Promise<void> {
 
 /** `backend`: default KILN_BACKEND (so the whole suite runs against one backend), else auto. */
 export async function startKilnd(
-  opts: { stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string; serveArgs?: string[] } = {},
+  opts: {
+    stateDir?: string; network?: TestNetwork; env?: Record<string, string>; backend?: string; serveArgs?: string[];
+    /** Run kilnd inside this network namespace (`ip netns exec`; test/helpers/netns.ts). */
+    netns?: string;
+    /** Listen address (default 127.0.0.1:0): inside a namespace, its own address. */
+    listen?: string;
+  } = {},
 ): Promise<TestDaemon> {
   const stateDir = opts.stateDir ?? (await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-test-')));
   const network = opts.network ?? testNetwork();
   const backend = opts.backend ?? process.env.KILN_BACKEND ?? 'auto';
-  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', '127.0.0.1:0', '--backend', backend, ...(opts.serveArgs ?? [])];
-  const proc = spawn(process.execPath, serve, {
+  const serve = [path.join(ROOT, 'bin/kiln.js'), 'serve', '--state-dir', stateDir, '--listen', opts.listen ?? '127.0.0.1:0', '--backend', backend, ...(opts.serveArgs ?? [])];
+  // `ip netns exec` execs the command in place: the child's pid is kilnd's, SIGKILL reaches it.
+  const [cmd, argv] = opts.netns ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...serve]] : [process.execPath, serve];
+  const proc = spawn(cmd, argv, {
     env: {
       ...process.env,
       KILN_ASSETS_DIR: TEST_ASSETS_DIR,

@@ -5,10 +5,12 @@
 // removed events the client asked for, it gets an explicit `gap` event saying which sequence
 // numbers are gone instead of a silent hole. A client that stops reading is cut off once its
 // queue passes the stream cap (src/api/bounded-stream.ts) and resumes from its last id.
+// The stream is written once, over an EventSource: kilnd's is its own bus and store; a
+// cluster's API role follows the cluster-wide events table (src/cluster/store-events.ts).
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import type { Daemon } from '../../daemon.ts';
-import type { EventRecord } from '../../store/store.ts';
+import type { EventRecord, Store } from '../../store/store.ts';
 import { BoundedStream } from '../bounded-stream.ts';
 import { EventsQuery } from '../schemas.ts';
 
@@ -16,7 +18,20 @@ const HEARTBEAT_MS = 15_000;
 /** Stored events read per replay page. */
 const REPLAY_PAGE = 500;
 
+/** Where /v1/events reads from: stored events (replay) and live ones. */
+export interface EventSource {
+  store: Pick<Store, 'firstEventSeq' | 'listEvents'>;
+  /** Live events, in sequence order; returns (or resolves, once following) the unsubscribe. */
+  subscribe(fn: (e: EventRecord) => void): (() => void) | Promise<() => void>;
+  /** A `?vm=` id or name → the VM's id; throws KILN_ERR_VM_NOT_FOUND. */
+  vmId(idOrName: string): Promise<string>;
+}
+
 export function registerEventRoutes(root: FastifyInstance, daemon: Daemon): void {
+  registerEventStream(root, { store: daemon.store, subscribe: (fn) => daemon.bus.subscribe(fn), vmId: async (id) => (await daemon.vms.get(id)).id });
+}
+
+export function registerEventStream(root: FastifyInstance, source: EventSource): void {
   const app = root.withTypeProvider<TypeBoxTypeProvider>();
   app.get('/v1/events', {
     schema: {
@@ -28,9 +43,19 @@ export function registerEventRoutes(root: FastifyInstance, daemon: Daemon): void
       tags: ['events'], querystring: EventsQuery,
     },
   }, async (req, reply) => {
-    const vmFilter = req.query.vm ? (await daemon.vms.get(req.query.vm)).id : undefined;
+    const vmFilter = req.query.vm ? await source.vmId(req.query.vm) : undefined;
     const lastEventId = req.headers['last-event-id'];
     const resumeFrom = req.query.since ?? (typeof lastEventId === 'string' && /^\d{1,15}$/.test(lastEventId) ? lastEventId : undefined);
+    // Subscribed before the replay so nothing falls between the two; live events queue until
+    // the replay has caught up, and duplicates are dropped by sequence number.
+    const live: EventRecord[] = [];
+    let replaying = true;
+    const unsubscribe = await source.subscribe((e) => (replaying ? live.push(e) : send(e)));
+    if (req.raw.destroyed) {
+      // Gone while the subscription was made (a cluster's follower reads the store first).
+      unsubscribe();
+      return reply.hijack();
+    }
     reply.raw.writeHead(200, {
       'content-type': 'text/event-stream',
       'cache-control': 'no-store',
@@ -44,11 +69,6 @@ export function registerEventRoutes(root: FastifyInstance, daemon: Daemon): void
       if (vmFilter && e.vmId !== vmFilter) return;
       out.write(`id: ${e.seq}\nevent: ${e.type}\ndata: ${JSON.stringify({ seq: e.seq, ts: new Date(e.ts).toISOString(), type: e.type, vm: e.vmId, ...e.data })}\n\n`);
     };
-    // Subscribed before the replay so nothing falls between the two; live events queue until
-    // the replay has caught up, and duplicates are dropped by sequence number.
-    const live: EventRecord[] = [];
-    let replaying = true;
-    const unsubscribe = daemon.bus.subscribe((e) => (replaying ? live.push(e) : send(e)));
     const beat = setInterval(() => out.write(': keep-alive\n\n'), HEARTBEAT_MS);
     out.onClose(() => {
       clearInterval(beat);
@@ -56,13 +76,13 @@ export function registerEventRoutes(root: FastifyInstance, daemon: Daemon): void
     });
     if (resumeFrom !== undefined) {
       const since = Number(resumeFrom);
-      const first = await daemon.store.firstEventSeq();
+      const first = await source.store.firstEventSeq();
       if (first !== null && since + 1 < first) {
         out.write(`event: gap\ndata: ${JSON.stringify({ type: 'gap', from: since + 1, to: first - 1, reason: 'removed by retention' })}\n\n`);
       }
       lastSeq = since;
       for (;;) {
-        const page = await daemon.store.listEvents({ afterSeq: lastSeq, vmId: vmFilter, limit: REPLAY_PAGE });
+        const page = await source.store.listEvents({ afterSeq: lastSeq, vmId: vmFilter, limit: REPLAY_PAGE });
         // A filtered page advances the cursor past its last event, matching or not.
         for (const e of page) send(e);
         if (page.length < REPLAY_PAGE || out.closed) break;

@@ -37,8 +37,13 @@ export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;
 export class PgDb {
   readonly pool: pg.Pool;
 
-  constructor(url: string, opts: { max?: number } = {}) {
-    this.pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, types, application_name: 'kiln' });
+  constructor(url: string, opts: { max?: number; min?: number } = {}) {
+    // `min`: connections kept open however long they are idle (pg closes idle ones after 10 s);
+    // three, the most one request reads at once (the API role's create: image, VMs, nodes).
+    // An API role between creates, or a node between heartbeats' bursts, otherwise reconnects
+    // (a new PostgreSQL backend process, and its authentication) on the next request
+    // (bench/cluster: a store read after 11 s idle, with and without).
+    this.pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, min: opts.min ?? 3, types, application_name: 'kiln' });
     // An idle client's error (server restart) must not crash kilnd: the next query reconnects.
     this.pool.on('error', () => {});
   }

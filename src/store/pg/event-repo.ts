@@ -37,6 +37,10 @@ export class PgEventRepo {
     return ((await this.db.row('SELECT MIN(seq) AS seq FROM events'))?.seq as number | null) ?? null;
   }
 
+  async lastEventSeq(): Promise<number | null> {
+    return ((await this.db.row('SELECT MAX(seq) AS seq FROM events'))?.seq as number | null) ?? null;
+  }
+
   async pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }): Promise<number> {
     let n = 0;
     if (opts.beforeTs !== undefined) n += await this.db.exec('DELETE FROM events WHERE ts < $1', [opts.beforeTs]);

@@ -33,8 +33,8 @@ export class PgStore implements Store {
   }
 
   /** Connects and brings the schema up to date; a database from a newer kiln is refused. */
-  static async open(url: string, opts: { maxConnections?: number } = {}): Promise<PgStore> {
-    const db = new PgDb(url, { max: opts.maxConnections });
+  static async open(url: string, opts: { maxConnections?: number; minConnections?: number } = {}): Promise<PgStore> {
+    const db = new PgDb(url, { max: opts.maxConnections, min: opts.minConnections });
     try {
       await migrate(db);
     } catch (e) {
@@ -77,6 +77,7 @@ export class PgStore implements Store {
   appendEvent(e: Omit<EventRecord, 'seq'>) { return this.events.appendEvent(e); }
   listEvents(opts: { vmId?: string; afterSeq?: number; limit?: number }) { return this.events.listEvents(opts); }
   firstEventSeq() { return this.events.firstEventSeq(); }
+  lastEventSeq() { return this.events.lastEventSeq(); }
   pruneEvents(opts: { beforeTs?: number; vmId?: string; keepPerVm?: number; keepTotal?: number }) { return this.events.pruneEvents(opts); }
 
   // ---- snapshots and templates ----

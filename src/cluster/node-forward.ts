@@ -1,0 +1,149 @@
+// How the API role talks to nodes: plain requests (JSON), requests forwarded as they came
+// (bodies and answers streamed both ways), and WebSocket upgrades (the console) piped as raw
+// bytes once the node has switched protocols.
+//
+// HTTP goes through one undici Agent for the API process: a keep-alive pool of connections per
+// node, kept for a minute between requests, so a forwarded create does not open a connection
+// (and wait for the node's accept) every time. The console is not re-framed: the upgrade is
+// sent on to the node with node:http, and after its 101 the two sockets are piped. Frames,
+// pings and close codes pass untouched, the node's refusals (404, 409 before the upgrade) reach
+// the client as the node wrote them, and no second WebSocket implementation has to agree with
+// the node's on anything (a `ws` server + client pair would re-encode every frame and map close
+// codes by hand).
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { Agent, request, type Dispatcher } from 'undici';
+import { KilnError } from '../errors.ts';
+import type { NodeRecord } from '../store/store.ts';
+
+/** Headers that describe one hop, not the message. */
+const HOP = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade', 'proxy-connection', 'te', 'trailer']);
+
+export class NodeForwarder {
+  private readonly agent: Dispatcher;
+
+  constructor(private readonly token: string) {
+    this.agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connect: { timeout: 5_000 } });
+  }
+
+  /** A request of the API role's own (not a client's), answered as parsed JSON with its status. */
+  async json<T>(node: NodeRecord, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: T; headers: Record<string, string | string[] | undefined> }> {
+    let res;
+    try {
+      res = await request(new URL(path, node.url), {
+        dispatcher: this.agent,
+        method,
+        headers: { authorization: `Bearer ${this.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+        body: body === undefined ? undefined : JSON.stringify(body),
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      });
+    } catch (e) {
+      throw unavailable(node, e);
+    }
+    const text = await res.body.text();
+    return { status: res.statusCode, body: (text ? JSON.parse(text) : null) as T, headers: res.headers };
+  }
+
+  /** Sends the client's request on to `node` and streams the answer back (status, headers, body). */
+  async forward(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    node: NodeRecord,
+    body: Buffer | string | undefined,
+    extraHeaders: Record<string, string> = {},
+    /** A Server-Timing value from the time until the node's answer came (headers). */
+    timing?: (upstreamMs: number) => string,
+  ): Promise<FastifyReply> {
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP.has(k)) headers[k] = Array.isArray(v) ? v.join(', ') : v;
+    Object.assign(headers, extraHeaders);
+    const ac = new AbortController();
+    // A client that goes away (a followed log, an exec stream) ends the upstream request too.
+    reply.raw.on('close', () => ac.abort());
+    let res;
+    const t0 = performance.now();
+    try {
+      res = await request(new URL(req.url, node.url), {
+        dispatcher: this.agent,
+        method: req.method as 'GET',
+        headers,
+        body: req.method === 'GET' || req.method === 'HEAD' ? undefined : body,
+        signal: ac.signal,
+        // Creates with ?wait=1, execs and followed logs last as long as they last.
+        headersTimeout: 0,
+        bodyTimeout: 0,
+      });
+    } catch (e) {
+      throw unavailable(node, e);
+    }
+    void reply.code(res.statusCode);
+    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
+    if (timing) void reply.header('server-timing', timing(performance.now() - t0));
+    return reply.send(res.body);
+  }
+
+  /**
+   * A WebSocket upgrade (already authorised, its owner found) sent on to `node`. After the
+   * node's 101 the sockets are piped; any other answer is relayed as it came and the socket
+   * closed. A node that cannot be reached gets `onUnavailable`'s answer.
+   */
+  upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, node: NodeRecord, onUnavailable: (e: KilnError) => void): void {
+    const target = new URL(req.url ?? '/', node.url);
+    const headers: Record<string, string | string[]> = {};
+    // Host is the node's; Origin was the API's to judge (the node would refuse the API's host as foreign).
+    for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && k !== 'host' && k !== 'origin') headers[k] = v;
+    const up = http.request({ host: target.hostname, port: target.port, path: target.pathname + target.search, method: req.method, headers, timeout: 10_000, agent: false });
+    const fail = (e: Error) => onUnavailable(unavailable(node, e));
+    up.once('timeout', () => up.destroy(new Error('no answer to the upgrade within 10 s')));
+    up.once('error', fail);
+    socket.once('error', () => up.destroy());
+    up.once('upgrade', (res, upstream, upHead) => {
+      up.off('error', fail);
+      socket.write(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}\r\n${rawHeaders(res.rawHeaders)}\r\n`);
+      if (upHead.length) socket.write(upHead);
+      if (head.length) upstream.write(head);
+      upstream.setTimeout(0);
+      upstream.on('error', () => socket.destroy());
+      socket.on('error', () => upstream.destroy());
+      upstream.pipe(socket).on('close', () => upstream.destroy());
+      socket.pipe(upstream).on('close', () => socket.destroy());
+      upstream.once('close', () => socket.destroy());
+      socket.once('close', () => upstream.destroy());
+    });
+    up.once('response', (res) => {
+      up.off('error', fail);
+      // A refusal before the upgrade (no such VM, not running): the node's JSON error as it is.
+      socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ''}\r\n${rawHeaders(res.rawHeaders, true)}connection: close\r\n\r\n`);
+      res.pipe(socket);
+      res.once('error', () => socket.destroy());
+    });
+    up.end();
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
+  }
+}
+
+function rawHeaders(raw: string[], dropHop = false): string {
+  let out = '';
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    if (dropHop && HOP.has(raw[i]!.toLowerCase())) continue;
+    out += `${raw[i]}: ${raw[i + 1]}\r\n`;
+  }
+  return out;
+}
+
+export function unavailable(node: NodeRecord, e: unknown): KilnError {
+  const err = e as { code?: string; cause?: { code?: string } };
+  const cause = err.code ?? err.cause?.code ?? null;
+  return new KilnError('KILN_ERR_NODE_UNAVAILABLE', `node ${node.name} (${node.url}) did not answer: ${(e as Error).message}`, { node: node.id, cause });
+}
+
+/** A connection the node never accepted: nothing was delivered, so the request may go elsewhere. */
+export function notDelivered(e: unknown): boolean {
+  const code = (e as { details?: { cause?: string } }).details?.cause;
+  return code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'UND_ERR_CONNECT_TIMEOUT';
+}
