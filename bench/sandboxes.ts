@@ -89,7 +89,7 @@ try {
   // The concurrent rows' fair comparison: as many cold boots at once.
   const coldConcurrent = await Promise.all(Array.from({ length: CONCURRENCY }, coldStart));
 
-  const row = (name: string, xs: number[], base: number[]) => [name, xs.length, median(xs), quantile(xs, 0.95), median(xs) / median(base)];
+  const row = (name: string, xs: number[], base: number[]) => [name, String(xs.length), median(xs), quantile(xs, 0.95), `${(median(xs) / median(base)).toFixed(3)}×`];
   console.log(`sandboxes bench (${health.backend}, ${health.accelerator}; clone pool ${POOL} per template; load average ${load0.toFixed(1)}–${loadMax.toFixed(1)}, ${os.cpus().length} CPUs)`);
   console.log(table(['create → first command answered', 'runs', 'median ms', 'p95 ms', '÷ cold boot'], [
     row('Sandbox.create, one at a time', serial, cold),
