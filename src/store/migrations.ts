@@ -164,4 +164,13 @@ export const MIGRATIONS: readonly string[] = [
     lost_at REAL
   );
   `,
+  // v10 (cluster, issue #17): each node's VM subnet leased from the cluster range. Only a
+  // cluster's PostgreSQL uses it; here it keeps the two engines' interfaces alike.
+  `
+  CREATE TABLE node_subnets (
+    subnet TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL UNIQUE,
+    leased_at REAL NOT NULL
+  );
+  `,
 ];

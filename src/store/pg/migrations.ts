@@ -177,4 +177,13 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX nodes_heartbeat ON nodes (state, heartbeat_at);
   `,
+  // v3 (cluster, issue #17): each node's VM subnet, leased from the cluster range at its
+  // registration (src/cluster/node-subnet.ts); unique per subnet and per node.
+  `
+  CREATE TABLE node_subnets (
+    subnet text CONSTRAINT node_subnets_pkey PRIMARY KEY,
+    node_id text NOT NULL CONSTRAINT node_subnets_node_key UNIQUE,
+    leased_at double precision NOT NULL
+  );
+  `,
 ];
