@@ -317,6 +317,24 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual(await f.listInvocations('hello', 10), [], 'invocations go with their function');
   });
 
+  c('function code bytes: stored with their version, read back exactly, gone with the function', async (s) => {
+    const f = s.functions;
+    const one = Buffer.from([0, 1, 2, 255, 0x50, 0x4b]);
+    const two = Buffer.from('def handler(e, c):\n    return 2\n');
+    await f.createFunction(fnVersion('coded', 1), one);
+    await f.addVersion(fnVersion('coded', 2), two);
+    await f.addVersion(fnVersion('coded', 3));
+    assert.deepEqual(await f.getCode('coded', 1), one);
+    assert.deepEqual(await f.getCode('coded', 2), two);
+    assert.equal(await f.getCode('coded', 3), null, 'a version deployed without code in the store');
+    await assert.rejects(f.createFunction(fnVersion('coded', 1), two), isCode('KILN_ERR_NAME_CONFLICT'));
+    assert.deepEqual(await f.getCode('coded', 1), one, 'a refused create stores nothing');
+    await f.deleteFunction('coded');
+    assert.equal(await f.getCode('coded', 1), null);
+    await f.createFunction(fnVersion('coded', 1), two);
+    assert.deepEqual(await f.getCode('coded', 1), two, 'a new function of the same name has its own code');
+  });
+
   c('nodes: register, compare-and-set heartbeats, the lost sweep takes their live VMs, re-registration', async (s) => {
     await s.insertImage(image);
     const a = await s.registerNode({ id: 'node-a', name: 'a', url: 'http://10.0.0.1:18080', capacity: capacity() }, 1000);

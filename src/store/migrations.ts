@@ -173,4 +173,15 @@ export const MIGRATIONS: readonly string[] = [
     leased_at REAL NOT NULL
   );
   `,
+  // v11 (cluster, issue #17): function code bytes in the store. Only a cluster's PostgreSQL
+  // fills it (a single host keeps code in its state dir); here it keeps the engines alike.
+  `
+  CREATE TABLE function_code (
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    code BLOB NOT NULL,
+    PRIMARY KEY (function, version),
+    FOREIGN KEY (function, version) REFERENCES function_versions(function, version) ON DELETE CASCADE
+  );
+  `,
 ];

@@ -186,4 +186,15 @@ export const PG_MIGRATIONS: readonly string[] = [
     leased_at double precision NOT NULL
   );
   `,
+  // v4 (cluster, issue #17): each function version's code bytes, so that any node can run any
+  // function (a node's state dir has only what was deployed through it).
+  `
+  CREATE TABLE function_code (
+    function text NOT NULL,
+    version integer NOT NULL,
+    code bytea NOT NULL,
+    PRIMARY KEY (function, version),
+    FOREIGN KEY (function, version) REFERENCES function_versions (function, version) ON DELETE CASCADE
+  );
+  `,
 ];
