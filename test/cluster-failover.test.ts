@@ -3,8 +3,9 @@
 // reaches the database through a path the test can cut: cut, it fences itself (kills its
 // VMMs) before the cluster's deadline; n2 marks it lost, starts n1's restart-policy container
 // (no volumes) itself with an address from its own subnet, and leaves the one with a volume
-// lost with the reason. The path restored, n1 rejoins: its lost VMs are recorded stopped, the
-// moved container stays on n2 only, and n1 boots again.
+// lost with the reason. A function deployed through n1 is served by n2 meanwhile (n2 loads
+// its code from the store). The path restored, n1 rejoins: its lost VMs are recorded stopped,
+// the moved container stays on n2 only, and n1 boots and serves the function again.
 // Boots VMs: run under `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -21,6 +22,7 @@ import { until } from './helpers/until.ts';
 
 const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = FENCE_TIMING;
 const FENCE_AFTER_MS = fenceAfterMs(HEARTBEAT_MS, LOST_AFTER_MS);
+const FUNCTION_CODE = 'def handler(event, context):\n    return {"echo": event}\n';
 let pg: TestPostgres;
 
 before(async () => {
@@ -49,6 +51,8 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
   const args = (name: string, storeUrl: string) => ['--store', storeUrl, '--role', 'node', '--node-name', name, '--cluster-cidr', range, '--accel', process.env.KILN_ACCEL ?? 'tcg'];
   const env = {
     KILN_CIDR: '', KILN_NODE_SUBNET_PREFIX: '26', KILN_LOG_LEVEL: 'warn',
+    // Function instances boot on demand only (no pool, no template builds): the VMM counts below are exact.
+    KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0',
     KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS),
   };
   let n1: TestDaemon | null = null;
@@ -76,7 +80,9 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     );
     assert.equal(mover.state, 'running');
     assert.equal(pinned.state, 'running');
-    assert.equal((await vmmPids(n1.stateDir)).length, 3);
+    await n1.client.createFunction({ name: 'echo', runtime: 'python', code: FUNCTION_CODE, handler: 'handler', memory_mb: 128 });
+    assert.deepEqual((await n1.client.invoke('echo', { on: 'n1' })).result, { echo: { on: 'n1' } });
+    assert.equal((await vmmPids(n1.stateDir)).length, 4, 'three VMs and a function instance');
     const beforeCut = (await store.getNode(id1))!;
 
     cutPath.cut();
@@ -110,6 +116,10 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     assert.equal(stuck.nodeId, id1);
     await until('the reason it stays lost', async () => (await store.getVm(pinned.id))?.stateReason === STAYS_LOST_VOLUMES, 10_000, 50);
     assert.deepEqual(await vmmPids(n1.stateDir), [], 'n1 runs nothing while cut off');
+    // n1's function, served by n2 (which never saw its deploy) while n1 is gone.
+    assert.deepEqual((await n2.client.invoke('echo', { on: 'n2' })).result, { echo: { on: 'n2' } });
+    assert.ok(await fs.stat(path.join(n2.stateDir, 'functions/echo/v1.code')), "n2 loaded the code from the store");
+    assert.equal((await vmmPids(n2.stateDir)).length, 2, 'the moved container and a function instance');
 
     cutPath.restore();
     const back = await until('n1 rejoined', async () => {
@@ -129,12 +139,16 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     assert.equal(still.state, 'ready');
     await expectApiError(n1.client.getVm(mover.id), 404, 'KILN_ERR_VM_NOT_FOUND');
     assert.deepEqual(await vmmPids(n1.stateDir), [], 'nothing runs twice on n1');
-    assert.equal((await vmmPids(n2.stateDir)).length, 1);
+    assert.equal((await vmmPids(n2.stateDir)).length, 2);
     // Unfenced: n1 boots again.
     const again = await n1.client.startVm(plain.id, { wait: true });
     assert.equal(again.state, 'ready');
     assert.equal(again.ip, plain.ip, 'its address is kept on its node');
     assert.equal((await vmmPids(n1.stateDir)).length, 1);
+    // Its function instance died with the fence: the next call starts a new one.
+    const rerun = await n1.client.invoke('echo', { on: 'n1 again' });
+    assert.deepEqual(rerun.result, { echo: { on: 'n1 again' } });
+    assert.equal(rerun.cold, true);
     await until('heartbeats resume', async () => ((await store.getNode(id1))!.heartbeatAt > back.heartbeatAt ? true : null), 5_000, 50);
   } finally {
     await n2?.dispose();
