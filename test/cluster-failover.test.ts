@@ -14,6 +14,7 @@ import path from 'node:path';
 import { REJOIN_REASON, fenceAfterMs } from '../src/cluster/node-member.ts';
 import { STAYS_LOST_VOLUMES } from '../src/cluster/takeover.ts';
 import { contains, parseSubnet } from '../src/net/ipv4.ts';
+import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, testNetwork, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
@@ -31,6 +32,19 @@ before(async () => {
 after(async () => {
   await pg?.dispose();
 });
+
+/** Starts the VM, retrying only while the node still says it is fenced (the moment between its settling and unfencing). */
+async function startWhenUnfenced(client: KilnClient, id: string) {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    try {
+      return await client.startVm(id, { wait: true });
+    } catch (e) {
+      if (!(e instanceof KilnApiError && e.code === 'KILN_ERR_NODE_UNAVAILABLE') || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
 
 /** The time of kilnd's "fencing" log line (pino's epoch ms: the decision, before the kills), or null. */
 function fencedAt(output: string): number | null {
@@ -129,7 +143,11 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     assert.equal(back.incarnation, beforeCut.incarnation + 1);
     assert.equal(await store.leaseNodeSubnet(id1, none), sub1, 'n1 keeps its subnet');
     for (const id of [plain.id, pinned.id]) {
-      const vm = (await store.getVm(id))!;
+      // The rejoin registers first, then settles its VMs.
+      const vm = await until(`${id} settled`, async () => {
+        const v = await store.getVm(id);
+        return v?.state === 'stopped' ? v : null;
+      }, 10_000, 50);
       assert.equal(vm.state, 'stopped', `${vm.name} recorded stopped`);
       assert.equal(vm.stateReason, REJOIN_REASON);
       assert.equal(vm.nodeId, id1);
@@ -140,8 +158,8 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     await expectApiError(n1.client.getVm(mover.id), 404, 'KILN_ERR_VM_NOT_FOUND');
     assert.deepEqual(await vmmPids(n1.stateDir), [], 'nothing runs twice on n1');
     assert.equal((await vmmPids(n2.stateDir)).length, 2);
-    // Unfenced: n1 boots again.
-    const again = await n1.client.startVm(plain.id, { wait: true });
+    // Unfenced (right after the settling): n1 boots again.
+    const again = await startWhenUnfenced(n1.client, plain.id);
     assert.equal(again.state, 'ready');
     assert.equal(again.ip, plain.ip, 'its address is kept on its node');
     assert.equal((await vmmPids(n1.stateDir)).length, 1);

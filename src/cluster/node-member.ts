@@ -103,7 +103,8 @@ export class NodeMember {
     if (this.fenced) {
       const killed = [...this.fenced];
       this.fenced = null;
-      await this.o.fence!.release(killed);
+      // Not awaited: the cleanup (taps, function instances) must not hold up the heartbeats.
+      void this.o.fence!.release(killed).catch((e) => this.o.log.error({ err: e }, 'cleanup after fencing failed'));
     }
     return node;
   }

@@ -38,6 +38,8 @@ export class Takeover {
   /** One pass: every lost container this node may take. The ones it started. */
   async sweep(): Promise<string[]> {
     const { store } = this.d;
+    // Cheap when nothing is lost (the usual case): the nodes table is small.
+    if (!(await store.listNodes()).some((n) => n.state === 'lost')) return [];
     const containers = new Map((await store.listContainers()).map((c) => [c.id, c]));
     if (containers.size === 0) return [];
     const moved: string[] = [];

@@ -400,13 +400,22 @@ export class VmManager {
     return killed;
   }
 
-  /** After the rejoin: boots may start again; the fenced VMs' taps and rules go (their runtime dirs stay, as a stop's do). */
+  /**
+   * After the rejoin: boots may start again; the fenced VMs' taps and rules go (a stopped one
+   * keeps its runtime dir, as a stop does; one another node took over meanwhile is not this
+   * node's any more: its runtime dir goes too).
+   */
   async unfence(vmIds: readonly string[]): Promise<void> {
     this.core.fenced = null;
     for (const id of vmIds) {
       const vm = await this.deps.store.getVm(id);
-      if (vm && vm.state === 'stopped') await this.core.detachNetwork(vm);
+      if (vm?.state === 'stopped') await this.core.detachNetwork(vm);
+      else if (!vm) {
+        await this.deps.network.unplug(id).catch((e) => this.deps.log.error({ vm: id, err: e }, 'removing tap failed'));
+        await fs.rm(this.core.runtimeDir(id), { recursive: true, force: true });
+      }
     }
+    await this.deps.network.sync().catch((e) => this.deps.log.error({ err: e }, 'updating nftables failed'));
   }
 
   /** Daemon shutdown: let go of every VMM without stopping it. */
