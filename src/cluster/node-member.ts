@@ -67,6 +67,8 @@ export class NodeMember {
   /** Non-null while fenced: the VMs the fence killed, recorded stopped at the rejoin. */
   private fenced: Set<string> | null = null;
   private fencing: Promise<void> = Promise.resolve();
+  /** The takeover pass in flight, if any. */
+  private sweeping: Promise<void> | null = null;
   readonly fenceAfterMs: number;
 
   constructor(private readonly o: NodeMemberOptions) {
@@ -166,10 +168,17 @@ export class NodeMember {
       this.o.publish?.('node.lost', null, { node, vms });
       for (const vm of vms) this.o.publish?.('vm.lost', vm, { node });
     }
-    // Only a node whose heartbeat just counted takes work over; never a fenced one.
-    if (this.o.takeover && !this.fenced) {
-      const moved = await this.o.takeover.sweep();
-      if (moved.length) this.o.log.warn({ containers: moved }, 'started restart-policy containers of lost nodes here');
+    // Only a node whose heartbeat just counted takes work over; never a fenced one. In the
+    // background, one pass at a time: booting what it takes must not delay the next heartbeat.
+    if (this.o.takeover && !this.fenced && !this.sweeping) {
+      this.sweeping = this.o.takeover.sweep()
+        .then((moved) => {
+          if (moved.length) this.o.log.warn({ containers: moved }, 'started restart-policy containers of lost nodes here');
+        })
+        .catch((e) => this.o.log.warn({ err: e }, 'taking over lost containers failed'))
+        .finally(() => {
+          this.sweeping = null;
+        });
     }
   }
 
@@ -201,6 +210,7 @@ export class NodeMember {
     if (this.watchdog) clearInterval(this.watchdog);
     await this.running;
     await this.fencing;
+    await this.sweeping;
   }
 }
 
