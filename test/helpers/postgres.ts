@@ -136,16 +136,20 @@ export interface PgPath {
 export async function pgPath(server: TestPostgres): Promise<PgPath> {
   const socketPath = path.join(server.socketDir, `.s.PGSQL.${server.port}`);
   const open = new Set<net.Socket>();
+  /** The node's (TCP) ends of `open`. */
+  const clients = new Set<net.Socket>();
   let cut = false;
   const proxy = net.createServer((client) => {
     if (cut) return void client.destroy();
     const upstream = net.connect({ path: socketPath });
     open.add(client).add(upstream);
+    clients.add(client);
     const drop = () => {
       client.destroy();
       upstream.destroy();
       open.delete(client);
       open.delete(upstream);
+      clients.delete(client);
     };
     client.on('error', drop).on('close', drop);
     upstream.on('error', drop).on('close', drop);
@@ -155,7 +159,9 @@ export async function pgPath(server: TestPostgres): Promise<PgPath> {
   const port = (proxy.address() as net.AddressInfo).port;
   const cutAll = () => {
     cut = true;
-    for (const s of open) s.resetAndDestroy();
+    // The node's side is TCP: it sees a reset. The server's side is a unix socket: closed.
+    for (const s of open) (clients.has(s) ? s.resetAndDestroy() : s.destroy());
+    clients.clear();
     open.clear();
   };
   return {
