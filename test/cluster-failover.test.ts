@@ -118,7 +118,10 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     const moved = await until('the container started on n2', async () => {
       const vm = await store.getVm(mover.id);
       return vm?.nodeId === id2 && vm.state === 'ready' ? vm : null;
-    }, 180_000, 100);
+    }, 180_000, 100).catch(async (e) => {
+      const row = await store.getVm(mover.id);
+      throw new Error(`${(e as Error).message}; the row: ${JSON.stringify({ state: row?.state, node: row?.nodeId, reason: row?.stateReason, ip: row?.ip })}; n2:\n${n2!.output().slice(-3000)}`);
+    });
     assert.ok(moved.ip && contains(parseSubnet(sub2!), moved.ip), `${moved.ip} is in n2's ${sub2}`);
     assert.match(moved.stateReason ?? '', new RegExp(`its node ${id1} was lost`));
     const onN2 = await n2.client.getContainer(mover.id);
