@@ -397,6 +397,7 @@ export class VmManager {
       await live.instance.kill().catch((e) => this.deps.log.error({ vm: id, err: e }, 'fencing: could not kill the VMM'));
       killed.push(id);
     }
+    if (killed.length) await this.deps.network.takeDown(killed);
     return killed;
   }
 
