@@ -1,6 +1,7 @@
 // Daemon configuration: embedded defaults, overridden by environment, then by CLI flags.
 import os from 'node:os';
 import path from 'node:path';
+import { DEFAULT_CLUSTER_CIDR, DEFAULT_NODE_SUBNET_PREFIX } from './cluster/node-subnet.ts';
 import type { UnpackLimits } from './image/flatten/root-writer.ts';
 import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
@@ -74,6 +75,13 @@ export interface ClusterConfig {
   heartbeatMs: number;
   /** KILN_NODE_LOST_AFTER_MS: a node silent this long is lost, and its VMs with it. */
   lostAfterMs: number;
+  /**
+   * --cluster-cidr (KILN_CLUSTER_CIDR): the range every node leases its VM subnet from
+   * (src/cluster/node-subnet.ts); default 10.118.0.0/16. Unused on a single host.
+   */
+  cidr: string;
+  /** KILN_NODE_SUBNET_PREFIX: the size of each node's subnet in that range; default /24. */
+  nodeSubnetPrefix: number;
 }
 
 export interface VmmConfinementConfig {
@@ -137,6 +145,11 @@ export interface NetworkConfig {
   bridge: string;
   /** IPv4 range VMs get addresses from; the first host address is the bridge (gateway). */
   cidr: string;
+  /**
+   * KILN_CIDR was given. On a cluster node it then wins over the subnet leased from the
+   * cluster range (which is not leased at all); on a single host it changes nothing.
+   */
+  cidrGiven?: boolean;
   /** TCP port the guest agent connects back to, on the bridge address (push readiness). */
   agentPort: number;
   /** Taps are made openable by this uid/gid (set by kilnd when Firecracker runs jailed). */
@@ -154,6 +167,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       advertiseUrl: env.KILN_ADVERTISE_URL || null,
       heartbeatMs: positive(env, 'KILN_NODE_HEARTBEAT_MS', 2_000),
       lostAfterMs: positive(env, 'KILN_NODE_LOST_AFTER_MS', 15_000),
+      cidr: env.KILN_CLUSTER_CIDR || DEFAULT_CLUSTER_CIDR,
+      nodeSubnetPrefix: positive(env, 'KILN_NODE_SUBNET_PREFIX', DEFAULT_NODE_SUBNET_PREFIX),
     },
     assetsDir: path.resolve(env.KILN_ASSETS_DIR ?? path.join(stateDir, 'assets')),
     listenHost: '127.0.0.1',
@@ -171,7 +186,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
     logLevel: env.KILN_LOG_LEVEL ?? 'info',
     network: {
       bridge: env.KILN_BRIDGE ?? 'kilnbr0',
-      cidr: env.KILN_CIDR ?? '10.118.0.0/24',
+      cidr: env.KILN_CIDR || '10.118.0.0/24',
+      cidrGiven: !!env.KILN_CIDR,
       agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
     },
     debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',

@@ -26,6 +26,8 @@ import { openStore, parseStoreSpec, redactStoreUrl } from './store/open-store.ts
 import { nodeCapacity } from './cluster/capacity.ts';
 import { loadNodeId } from './cluster/node-id.ts';
 import { NodeMember } from './cluster/node-member.ts';
+import { leaseNodeSubnet } from './cluster/node-subnet.ts';
+import { Takeover } from './cluster/takeover.ts';
 import { scopeStoreToNode } from './cluster/node-scoped-store.ts';
 import { secureStateDir } from './store/state-permissions.ts';
 import type { Store } from './store/store.ts';
@@ -93,6 +95,7 @@ export class Daemon {
     const store = nodeId ? scopeStoreToNode(shared, nodeId) : shared;
     let agents: AgentHub | null = null;
     try {
+      if (nodeId) config = await nodeNetwork(config, shared, nodeId, log);
       const assets = await prepareGuestAssets(config.assetsDir, (msg) => log.info(msg), { kernelPath: config.kernelPath });
       if (assets.kernel.source === 'user') log.info({ kernel: assets.kernel.path, format: assets.kernel.format }, 'user-supplied guest kernel');
       const accel = await decideAccelerator({
@@ -167,7 +170,8 @@ export class Daemon {
         store: store.functions, vms, recipes, stateDir: config.stateDir, poolSize: config.functions.poolSize,
         bootTimeoutMs: config.bootTimeoutMs, metrics: new FunctionMetrics(metrics), log, resolveImage: (ref) => images.resolveForVm(ref),
         ...(config.functions.restore ? { templates: templateProvider(templates, snapshots) } : {}),
-        shared: nodeId !== null,
+        // A cluster node serves every function in the shared store (code included).
+        ...(nodeId ? { cluster: { syncMs: config.cluster.heartbeatMs } } : {}),
       });
       await functions.start();
       // /healthz's backend_reason says how Firecracker is confined, too.
@@ -178,6 +182,19 @@ export class Daemon {
           store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
           capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
           publish: (type, vmId, data) => bus.publish(type, vmId, data),
+          fence: {
+            kill: (reason) => vms.fence(reason),
+            release: async (ids) => {
+              await vms.unfence(ids);
+              await functions.afterFence();
+            },
+          },
+          takeover: new Takeover({
+            store: shared, nodeId, log,
+            leaseAddress: async (id) => (await network.lease(id))?.ip ?? null,
+            start: (id) => containers.startMoved(id),
+            publish: (type, vmId, data) => bus.publish(type, vmId, data),
+          }),
         });
       }
       return daemon;
@@ -216,6 +233,21 @@ export class Daemon {
     await this.bus.flush();
     await this.store.close();
   }
+}
+
+/**
+ * A cluster node's VM subnet: its lease from the cluster range (the same one across restarts),
+ * unless KILN_CIDR names one explicitly, which wins (and is not leased: keep it outside the
+ * cluster range, or another node may lease it too).
+ */
+async function nodeNetwork(config: KilnConfig, store: Store, nodeId: string, log: Logger): Promise<KilnConfig> {
+  if (config.network.cidrGiven) {
+    log.info({ cidr: config.network.cidr }, 'VM subnet from KILN_CIDR (not leased from the cluster range)');
+    return config;
+  }
+  const cidr = await leaseNodeSubnet(store, nodeId, config.cluster.cidr, config.cluster.nodeSubnetPrefix);
+  log.info({ cidr, range: config.cluster.cidr }, 'VM subnet leased from the cluster range');
+  return { ...config, network: { ...config.network, cidr } };
 }
 
 /** The functions layer's view of templates: find a ready one, build one, restore a clone. */

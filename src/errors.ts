@@ -38,6 +38,7 @@ export const ERRORS = {
   KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
   KILN_ERR_NODE_UNAVAILABLE: { status: 503, summary: 'The cluster node that runs the VM is lost or did not answer' },
   KILN_ERR_NOT_ROUTED: { status: 501, summary: 'The cluster API role does not forward this route: call the node that holds the resource' },
+  KILN_ERR_CLUSTER_RANGE_FULL: { status: 503, summary: 'Every VM subnet of the cluster range is leased to a node' },
   KILN_ERR_AGENT_UNAVAILABLE: { status: 503, summary: 'The guest agent cannot be reached (VM not running, no agent channel)' },
   KILN_ERR_AGENT_PROTOCOL: { status: 502, summary: 'The guest agent sent something invalid' },
   KILN_ERR_AGENT_TIMEOUT: { status: 504, summary: 'The guest agent did not answer before the deadline' },

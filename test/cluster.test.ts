@@ -39,6 +39,7 @@ test('a node registers with its capacity, is lost within the deadline when kille
     assert.equal(n1.url, d.url, 'registered where it listens');
     assert.ok(n1.capacity.vcpus >= os.cpus().length && n1.capacity.memoryMib > 0, JSON.stringify(n1.capacity));
     assert.ok(n1.capacity.diskFreeBytes > 0);
+    assert.equal(await store.leaseNodeSubnet(nodeId, () => null), null, 'an explicit KILN_CIDR wins: no subnet leased from the cluster range');
     const images = await d.client.listImages();
     assert.ok(images.some((i) => n1.capacity.images.includes(i.id)), 'reports the images it holds');
     const beat = await until('a later heartbeat', async () => {

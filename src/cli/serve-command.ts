@@ -20,6 +20,7 @@ export function serveCommand(): Command {
     .option('--store <sqlite|postgres://…>', 'state store: SQLite in the state dir (default) or a PostgreSQL URL (a cluster)', process.env.KILN_STORE)
     .option('--role <all|node|api>', 'cluster role on a PostgreSQL store: all (default) or node run VMs and register as a node; api places creates on nodes and forwards to them', 'all')
     .option('--node-name <name>', 'this node\'s name in the cluster (default: host name)')
+    .option('--cluster-cidr <cidr>', 'cluster range each node leases its VM subnet from (a /24 each; KILN_CIDR on a node wins)', process.env.KILN_CLUSTER_CIDR)
     .option('--advertise-url <url>', 'where other kiln processes reach this one (default: the listen URL)')
     .option('--assets-dir <dir>', 'guest kernel/initramfs cache (default: <state-dir>/assets)')
     .option('--listen <host:port>', 'API address', '127.0.0.1:18080')
@@ -41,7 +42,7 @@ export function serveCommand(): Command {
       const config = {
         ...base,
         store: o.store ?? null,
-        cluster: { ...base.cluster, role: o.role, nodeName: o.nodeName ?? base.cluster.nodeName, advertiseUrl: o.advertiseUrl ?? base.cluster.advertiseUrl },
+        cluster: { ...base.cluster, role: o.role, nodeName: o.nodeName ?? base.cluster.nodeName, advertiseUrl: o.advertiseUrl ?? base.cluster.advertiseUrl, cidr: o.clusterCidr || base.cluster.cidr },
         assetsDir: o.assetsDir ? path.resolve(o.assetsDir) : base.assetsDir,
         listenHost: host,
         listenPort: port,

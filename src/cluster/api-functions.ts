@@ -1,14 +1,12 @@
-// Functions through the API role. A node serves a function only if it holds its code, which
-// lives in the node's state dir (the store has the versions, not the bytes). So a deploy here
-// goes to every ready node: one creates the version in the shared store, the others get the
-// same request as a replica (FunctionService.replicate: same code, checked by sha256), and
-// from then on each of them can run it. Invokes go to a ready node with a ready instance of
+// Functions through the API role. Every node serves every function: a version's code is in
+// the shared store with it, and nodes follow deploys made through others (FunctionService's
+// cluster sync). So a deploy goes to one ready node (the first that accepts it); a delete goes
+// to every ready node, so none keeps serving it until its next sync. Invokes go to a ready node with a ready instance of
 // the function (its heartbeat's `functions` report), else to the node with the most free
 // memory among those that serve it; one that cannot be connected to is skipped, so a lost or
 // dying node's calls are answered by the others. `x-kiln-node` on an invoke pins it to one
 // node (and names, on the answer, the node that ran it).
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { REPLICA_HEADER } from '../api/routes/functions.ts';
 import { KilnError, isKilnError } from '../errors.ts';
 import type { NodeRecord, Store } from '../store/store.ts';
 import { notDelivered, type NodeForwarder } from './node-forward.ts';
@@ -47,7 +45,7 @@ export function registerClusterFunctionRoutes(app: FastifyInstance, c: Ctx): voi
     return reply.status(r.status).send(r.body);
   };
 
-  /** POST/PUT: the first node that accepts makes the version; every other ready node replicates it. */
+  /** POST/PUT: the first node that accepts makes the version (code included) in the store; the others follow it. */
   const deploy = async (req: FastifyRequest, reply: FastifyReply, method: 'POST' | 'PUT', path: string) => {
     const body = parseBody(req.body);
     const nodes = await readyNodes(c.store);
@@ -62,21 +60,7 @@ export function registerClusterFunctionRoutes(app: FastifyInstance, c: Ctx): voi
         if (!(isKilnError(e) && notDelivered(e)) || n === nodes.at(-1)) throw e;
       }
     }
-    if (!primary || !first || first.status >= 300) return relay(reply, first!, primary ?? undefined);
-    const replicas = await Promise.all(
-      nodes.filter((n) => n !== primary).map(async (n) => {
-        try {
-          const r = await c.fwd.json<{ code?: string; message?: string }>(n, method, path, body, { [REPLICA_HEADER]: '1' });
-          return r.status < 300 ? { node: n.name, ok: true } : { node: n.name, ok: false, code: r.body?.code, message: r.body?.message };
-        } catch (e) {
-          return { node: n.name, ok: false, code: isKilnError(e) ? e.code : 'KILN_ERR_INTERNAL', message: (e as Error).message };
-        }
-      }),
-    );
-    void reply.header('x-kiln-nodes', [primary.name, ...replicas.filter((r) => r.ok).map((r) => r.node)].join(','));
-    const failed = replicas.filter((r) => !r.ok);
-    // The version exists and runs where it was replicated: a node that refused is named, not hidden.
-    return reply.status(first.status).send({ ...(first.body as Json), ...(failed.length ? { replica_errors: failed } : {}) });
+    return relay(reply, first!, primary ?? undefined);
   };
 
   app.post('/v1/functions', (req, reply) => deploy(req, reply, 'POST', '/v1/functions'));

@@ -260,6 +260,21 @@ export class ContainerService {
     return this.get(c.id);
   }
 
+  /**
+   * A container this node took over from a lost node (src/cluster/takeover.ts), already
+   * claimed (stopped, this node's, a new address): booted here, counted as one restart of its
+   * policy.
+   */
+  async startMoved(id: string): Promise<void> {
+    await this.lock.run(id, async () => {
+      const c = await this.deps.store.getContainer(id);
+      if (!c) throw new KilnError('KILN_ERR_CONTAINER_NOT_FOUND', `no container ${id}`);
+      this.cancelRestart(id);
+      await this.deps.store.updateContainer(id, { restartCount: c.restartCount + 1, restartAt: null });
+      await this.deps.vms.start(id);
+    });
+  }
+
   async pause(idOrName: string): Promise<ContainerInfo> {
     const { container: c } = await this.get(idOrName);
     await this.deps.vms.pause(c.id);

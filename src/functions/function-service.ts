@@ -82,10 +82,12 @@ export interface FunctionServiceOptions {
   /** Snapshot templates: instances are restored clones once a runtime's template exists. */
   templates?: TemplateProvider;
   /**
-   * A cluster node (the store is shared): a function whose code this node does not hold was
-   * deployed on other nodes only, and is not served here (see replicate()).
+   * A cluster node (the store is shared): every node serves every function. Code bytes are
+   * stored with each version so any node can load them, and the node follows deploys made
+   * through other nodes: at each invoke or update for that function, and every `syncMs` for
+   * all (so each node keeps its own warm pool and min_instances of every function).
    */
-  shared?: boolean;
+  cluster?: { syncMs: number };
 }
 
 export class FunctionService {
@@ -94,6 +96,9 @@ export class FunctionService {
   private readonly images = new Map<RuntimeName, Promise<string>>();
   readonly pool: WarmPool;
   private reaper: NodeJS.Timeout | null = null;
+  private syncer: NodeJS.Timeout | null = null;
+  /** Syncs with the store, one at a time (a function must not be tracked twice). */
+  private syncing: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: FunctionServiceOptions) {
     const boot = new BootSource({
@@ -127,21 +132,22 @@ export class FunctionService {
     }
     for (const f of await this.o.store.listFunctions()) {
       const v = await this.o.store.getVersion(f.name, f.version);
-      if (!v) continue;
-      if (this.o.shared && !(await fs.stat(this.codeFile(f.name, f.version)).catch(() => null))) {
-        this.o.log.info({ function: f.name, version: f.version }, 'function not replicated to this node: not served here');
-        continue;
-      }
-      this.track(v);
+      if (v) this.track(v);
     }
     this.reaper = setInterval(() => {
       for (const e of this.fns.values()) e.scheduler.reap();
     }, 500);
     this.reaper.unref();
+    if (this.o.cluster) {
+      this.syncer = setInterval(() => void this.sync().catch((e) => this.o.log.warn({ err: e }, 'function sync with the cluster store failed')), this.o.cluster.syncMs);
+      this.syncer.unref();
+    }
   }
 
   async close(): Promise<void> {
     if (this.reaper) clearInterval(this.reaper);
+    if (this.syncer) clearInterval(this.syncer);
+    await this.syncing.catch(() => {});
     await this.pool.close(false);
   }
 
@@ -179,7 +185,7 @@ export class FunctionService {
     const { config, pkg, raw } = await this.prepare(input, null);
     const v = this.versionRecord(name, 1, config, pkg);
     await this.saveCode(name, 1, raw!);
-    await this.o.store.createFunction(v);
+    await this.o.store.createFunction(v, this.o.cluster ? raw! : undefined);
     this.packages.set(`${name}@1`, pkg);
     this.track(v);
     return v;
@@ -189,48 +195,19 @@ export class FunctionService {
   async update(nameIn: string, input: DeployInput): Promise<FunctionVersion> {
     const name = checkName(nameIn);
     if (input.name !== undefined && input.name !== name) throw new KilnError('KILN_ERR_VALIDATION', `body name ${JSON.stringify(input.name)} differs from the path's ${JSON.stringify(name)}`, { field: 'name' });
+    // A cluster node builds on the newest version, wherever it was deployed.
+    if (this.o.cluster) await this.syncOne(name);
     const e = this.entry(name);
     const { config, pkg, raw } = await this.prepare(input, e.current);
     const version = e.current.version + 1;
     const v = this.versionRecord(name, version, config, pkg);
-    await this.saveCode(name, version, raw ?? (await this.readCode(name, e.current.version)));
-    await this.o.store.addVersion(v);
+    const bytes = raw ?? (await this.readCode(name, e.current.version));
+    await this.saveCode(name, version, bytes);
+    await this.o.store.addVersion(v, this.o.cluster ? bytes : undefined);
     this.packages.set(`${name}@${version}`, pkg);
     const prev = e.current;
     e.current = v;
     e.scheduler.setVersion(version, limitsOf(v));
-    this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
-    await this.forgetUnusedShape(prev);
-    return v;
-  }
-
-  /**
-   * A cluster's API role deploys a function on every node: one node creates the version in
-   * the shared store (create/update), then each other node gets the same request as a
-   * replica: it builds the package from the same input, checks it is the version the store
-   * holds (sha256), keeps the code in its own state dir and serves the function from then on.
-   * Idempotent: a node that already serves that version answers it unchanged.
-   */
-  async replicate(nameIn: string, input: DeployInput): Promise<FunctionVersion> {
-    const name = checkName(nameIn);
-    const rec = await this.o.store.getFunction(name);
-    if (!rec) throw new KilnError('KILN_ERR_FUNCTION_NOT_FOUND', `no function ${JSON.stringify(name)} in the store to replicate`);
-    const v = await this.getVersion(name, rec.version);
-    const e = this.fns.get(name);
-    if (e && e.current.version >= v.version) return e.current;
-    const { pkg, raw } = await this.prepare(input, e?.current ?? null);
-    if (pkg.sha256 !== v.codeSha256) {
-      throw new KilnError('KILN_ERR_INVALID_STATE', `function ${name} version ${v.version} in the store has other code than this replica request`, { function: name, version: v.version });
-    }
-    await this.saveCode(name, v.version, raw ?? (await this.readCode(name, e!.current.version)));
-    this.packages.set(`${name}@${v.version}`, pkg);
-    if (!e) {
-      this.track(v);
-      return v;
-    }
-    const prev = e.current;
-    e.current = v;
-    e.scheduler.setVersion(v.version, limitsOf(v));
     this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
     await this.forgetUnusedShape(prev);
     return v;
@@ -244,13 +221,68 @@ export class FunctionService {
   }
 
   async delete(nameIn: string): Promise<void> {
-    const e = this.entry(checkName(nameIn));
-    this.fns.delete(e.name);
+    const name = checkName(nameIn);
+    if (this.o.cluster) await this.syncOne(name);
+    const e = this.entry(name);
     await this.o.store.deleteFunction(e.name);
+    await this.untrack(e);
+  }
+
+  /** Stops serving a function here: its instances, its cached code, its pool shape if unused. */
+  private async untrack(e: FnEntry): Promise<void> {
+    this.fns.delete(e.name);
     for (const k of [...this.packages.keys()]) if (k.startsWith(`${e.name}@`)) this.packages.delete(k);
     await e.scheduler.close();
     await fs.rm(path.join(this.dir, e.name), { recursive: true, force: true });
     await this.forgetUnusedShape(e.current);
+  }
+
+  // ---- cluster: following the shared store -------------------------------------------------
+
+  /** After a fence killed this node's VMs: every function instance is gone; new ones start on demand. */
+  async afterFence(): Promise<void> {
+    for (const e of this.fns.values()) await e.scheduler.retireAll('its node was fenced (the VM was killed)');
+  }
+
+  /** Every function in the store, at its current version, is served here; no other. */
+  sync(): Promise<void> {
+    const run = this.syncing.then(async () => {
+      const rows = await this.o.store.listFunctions();
+      const names = new Set(rows.map((r) => r.name));
+      for (const r of rows) await this.follow(r.name, r.version);
+      for (const e of [...this.fns.values()]) if (!names.has(e.name)) await this.untrack(e);
+    });
+    this.syncing = run.catch(() => {});
+    return run;
+  }
+
+  /** One function brought up to the store's state (deployed, updated or deleted elsewhere). */
+  private syncOne(name: string): Promise<void> {
+    const run = this.syncing.then(async () => {
+      const row = await this.o.store.getFunction(name);
+      if (row) await this.follow(name, row.version);
+      else if (this.fns.has(name)) await this.untrack(this.fns.get(name)!);
+    });
+    this.syncing = run.catch(() => {});
+    return run;
+  }
+
+  /** Under `syncing`: track the function, or move it to a newer version deployed elsewhere. */
+  private async follow(name: string, version: number): Promise<void> {
+    const e = this.fns.get(name);
+    if (e && e.current.version >= version) return;
+    const v = await this.o.store.getVersion(name, version);
+    if (!v) return;
+    if (!e) {
+      this.o.log.info({ function: name, version }, 'serving a function deployed through another node');
+      this.track(v);
+      return;
+    }
+    const prev = e.current;
+    e.current = v;
+    e.scheduler.setVersion(version, limitsOf(v));
+    this.pool.warm(v.runtime as RuntimeName, shapeOf(v));
+    await this.forgetUnusedShape(prev);
   }
 
   /** The pool keeps a shape only while some function has it. */
@@ -340,8 +372,17 @@ export class FunctionService {
     await writeFileAtomic(this.codeFile(name, version), raw);
   }
 
-  private readCode(name: string, version: number): Promise<Buffer> {
-    return fs.readFile(this.codeFile(name, version));
+  /** The version's code: the local copy, else (a cluster node) the store's, kept locally from then on. */
+  private async readCode(name: string, version: number): Promise<Buffer> {
+    try {
+      return await fs.readFile(this.codeFile(name, version));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || !this.o.cluster) throw e;
+    }
+    const code = await this.o.store.getCode(name, version);
+    if (!code) throw new KilnError('KILN_ERR_FUNCTION_LOAD', `the code of ${name} v${version} is not in the cluster store (deployed before this node's kiln stored code there: deploy a new version)`);
+    await this.saveCode(name, version, code);
+    return code;
   }
 
   private async codePackage(name: string, version: number): Promise<CodePackage> {
@@ -426,6 +467,8 @@ export class FunctionService {
 
   async invoke(nameIn: string, event: unknown): Promise<InvokeOutcome> {
     const t0 = performance.now();
+    // A cluster node serves the version current in the store, whichever node deployed it.
+    if (this.o.cluster) await this.syncOne(checkName(nameIn));
     const e = this.entry(checkName(nameIn));
     const v = e.current;
     const inv: InvocationRecord = {

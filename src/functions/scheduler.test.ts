@@ -157,3 +157,20 @@ test('deleting the function fails queued calls and stops its instances', async (
   await tick();
   assert.equal(layer.live.size, 0);
 });
+
+test('retireAll (its node fenced every VM): each instance is stopped once, min_instances come back, the next call is cold on a new one', async () => {
+  const layer = new FakeLayer();
+  const s = new FunctionScheduler('f', layer, 1, limits({ minInstances: 2 }));
+  s.ensureMinInstances();
+  for (let i = 0; i < 5 && layer.live.size < 2; i++) await tick();
+  assert.deepEqual([...layer.live].sort(), [1, 2]);
+  await s.retireAll('fenced');
+  assert.deepEqual(layer.stopped.map((x) => x.id).sort(), [1, 2]);
+  assert.ok(layer.stopped.every((x) => x.why === 'fenced'));
+  for (let i = 0; i < 5 && layer.live.size < 2; i++) await tick();
+  assert.deepEqual([...layer.live].sort(), [3, 4], 'min_instances started again');
+  await tick();
+  const slot = await s.acquire();
+  assert.ok([3, 4].includes(slot.instance.id), 'served by a new instance');
+  slot.release();
+});

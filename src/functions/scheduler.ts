@@ -117,6 +117,15 @@ export class FunctionScheduler<I> {
     await Promise.all(this.instances.filter((m) => m.state === 'ready').map((m) => this.retire(m, 'function deleted')));
   }
 
+  /**
+   * Every instance died at once (its node fenced its VMs, src/cluster/node-member.ts): each is
+   * retired (its VM removed); calls from now on start new ones, min_instances is restored.
+   */
+  async retireAll(why: string): Promise<void> {
+    await Promise.all(this.instances.filter((m) => m.state === 'ready').map((m) => this.retire(m, why)));
+    this.ensureMin();
+  }
+
   private freeInstance(): Managed<I> | undefined {
     // The least loaded ready instance of the current version (spreads calls at concurrency > 1).
     let best: Managed<I> | undefined;

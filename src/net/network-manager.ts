@@ -193,6 +193,24 @@ export class NetworkManager {
     return { tap, mac: macFor(vm.ip) };
   }
 
+  /**
+   * Cluster fencing (VmManager.fence): this node runs no VM any more and may not reach the
+   * store, so its VM network comes off the host without it: the killed VMs' taps and kiln's
+   * nftables table (its per-port rules would still claim those tap names, with the old
+   * addresses, if another kilnd on this host's network made them again). The next sync()
+   * renders the table from the store.
+   */
+  async takeDown(vmIds: readonly string[]): Promise<void> {
+    for (const id of vmIds) {
+      this.#attached.delete(id);
+      const tap = tapName(id);
+      if (await ip.linkExists(tap)) await ip.deleteLink(tap).catch((e) => this.deps.log.error({ vm: id, err: e }, 'removing tap failed'));
+    }
+    for (const [family, table] of tablesFor(this.config.bridge)) {
+      await nftDeleteTable(family, table).catch((e) => this.deps.log.error({ table, err: e }, 'removing the nftables table failed'));
+    }
+  }
+
   /** `lease`: the VM's address, when its row may be gone already (delete). */
   async unplug(vmId: string, lease?: string | null): Promise<void> {
     this.#attached.delete(vmId);

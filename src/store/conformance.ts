@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import type { KilnError } from '../errors.ts';
 import type { SnapshotMeta } from '../snapshot/meta.ts';
 import type { FunctionVersion, InvocationRecord } from './function-store.ts';
+import { leaseNodeSubnet } from '../cluster/node-subnet.ts';
 import type { ImageRecord, NodeCapacity, Store, VmRecord } from './store.ts';
 
 export interface StoreFactory {
@@ -334,6 +335,24 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual(await f.listInvocations('hello', 10), [], 'invocations go with their function');
   });
 
+  c('function code bytes: stored with their version, read back exactly, gone with the function', async (s) => {
+    const f = s.functions;
+    const one = Buffer.from([0, 1, 2, 255, 0x50, 0x4b]);
+    const two = Buffer.from('def handler(e, c):\n    return 2\n');
+    await f.createFunction(fnVersion('coded', 1), one);
+    await f.addVersion(fnVersion('coded', 2), two);
+    await f.addVersion(fnVersion('coded', 3));
+    assert.deepEqual(await f.getCode('coded', 1), one);
+    assert.deepEqual(await f.getCode('coded', 2), two);
+    assert.equal(await f.getCode('coded', 3), null, 'a version deployed without code in the store');
+    await assert.rejects(f.createFunction(fnVersion('coded', 1), two), isCode('KILN_ERR_NAME_CONFLICT'));
+    assert.deepEqual(await f.getCode('coded', 1), one, 'a refused create stores nothing');
+    await f.deleteFunction('coded');
+    assert.equal(await f.getCode('coded', 1), null);
+    await f.createFunction(fnVersion('coded', 1), two);
+    assert.deepEqual(await f.getCode('coded', 1), two, 'a new function of the same name has its own code');
+  });
+
   c('nodes: register, compare-and-set heartbeats, the lost sweep takes their live VMs, re-registration', async (s) => {
     await s.insertImage(image);
     const a = await s.registerNode({ id: 'node-a', name: 'a', url: 'http://10.0.0.1:18080', capacity: capacity() }, 1000);
@@ -368,5 +387,26 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual((await s.listNodes()).map((n) => [n.name, n.state]), [['a', 'ready'], ['b', 'ready']]);
     await s.deleteNode('node-b');
     assert.equal(await s.getNode('node-b'), null);
+  });
+
+  c('node subnets: racing nodes lease different ones, a lease is kept until the node is removed, a full range is refused', async (s) => {
+    // Eight nodes at once for the four /26s of a /24: four get one each, four are refused.
+    const range = '10.200.0.0/24';
+    const ids = Array.from({ length: 8 }, (_, i) => `node-${i}`);
+    const got = await Promise.allSettled(ids.map((id) => leaseNodeSubnet(s, id, range, 26)));
+    const leased = got.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    assert.deepEqual([...leased].sort(), ['10.200.0.0/26', '10.200.0.128/26', '10.200.0.192/26', '10.200.0.64/26'], 'four different subnets');
+    for (const r of got) {
+      if (r.status === 'rejected') assert.equal((r.reason as KilnError).code, 'KILN_ERR_CLUSTER_RANGE_FULL');
+    }
+    const holder = ids[got.findIndex((r) => r.status === 'fulfilled')]!;
+    const held = (got.find((r) => r.status === 'fulfilled') as PromiseFulfilledResult<string>).value;
+    assert.equal(await leaseNodeSubnet(s, holder, range, 26), held, 'a restarted node keeps its subnet');
+    const refused = ids[got.findIndex((r) => r.status === 'rejected')]!;
+    await assert.rejects(leaseNodeSubnet(s, refused, range, 26), isCode('KILN_ERR_CLUSTER_RANGE_FULL'));
+    await s.registerNode({ id: holder, name: 'holder', url: 'http://x', capacity: capacity() }, 1000);
+    await s.deleteNode(holder);
+    assert.equal(await leaseNodeSubnet(s, refused, range, 26), held, "a removed node's subnet is free again");
+    assert.equal(await leaseNodeSubnet(s, 'node-x', '10.201.0.0/16', 24), '10.201.0.0/24', 'other ranges are independent');
   });
 }

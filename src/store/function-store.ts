@@ -67,9 +67,16 @@ export interface InvocationRecord {
 }
 
 export interface FunctionStore {
-  createFunction(v: FunctionVersion): Promise<void>;
-  /** Adds a version and makes it current, atomically. */
-  addVersion(v: FunctionVersion): Promise<void>;
+  /**
+   * `code`: the version's code bytes, stored with it in the same transaction. A cluster's
+   * nodes do (any node may run any function: src/functions/function-service.ts); a single
+   * host keeps code in its state dir only.
+   */
+  createFunction(v: FunctionVersion, code?: Buffer): Promise<void>;
+  /** Adds a version (and its code, when given) and makes it current, atomically. */
+  addVersion(v: FunctionVersion, code?: Buffer): Promise<void>;
+  /** A version's code bytes as stored by createFunction/addVersion; null when not stored. */
+  getCode(name: string, version: number): Promise<Buffer | null>;
   getFunction(name: string): Promise<FunctionRecord | null>;
   listFunctions(): Promise<FunctionRecord[]>;
   deleteFunction(name: string): Promise<void>;
@@ -171,6 +178,8 @@ export class SqliteFunctionStore implements FunctionStore {
       listFn: p('SELECT * FROM functions ORDER BY name'),
       deleteFn: p('DELETE FROM functions WHERE name = ?'),
       getVersion: p('SELECT * FROM function_versions WHERE function = ? AND version = ?'),
+      insertCode: p('INSERT INTO function_code (function, version, code) VALUES (?, ?, ?)'),
+      getCode: p('SELECT code FROM function_code WHERE function = ? AND version = ?'),
       setLoadError: p('UPDATE function_versions SET load_error = ? WHERE function = ? AND version = ?'),
       upsertInv: p(`INSERT INTO invocations (id, function, version, status, cold, source, instance, started_at, duration_ms, guest_ms, timeline, error, logs)
         VALUES (@id, @function, @version, @status, @cold, @source, @instance, @started_at, @duration_ms, @guest_ms, @timeline, @error, @logs)
@@ -195,11 +204,12 @@ export class SqliteFunctionStore implements FunctionStore {
     };
   }
 
-  async createFunction(v: FunctionVersion): Promise<void> {
+  async createFunction(v: FunctionVersion, code?: Buffer): Promise<void> {
     try {
       this.db.transaction(() => {
         this.s.insertFn.run(v.function, v.version, v.createdAt, v.createdAt);
         this.s.insertVersion.run(this.versionRow(v));
+        if (code) this.s.insertCode.run(v.function, v.version, code);
       })();
     } catch (e) {
       if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
@@ -209,11 +219,16 @@ export class SqliteFunctionStore implements FunctionStore {
     }
   }
 
-  async addVersion(v: FunctionVersion): Promise<void> {
+  async addVersion(v: FunctionVersion, code?: Buffer): Promise<void> {
     this.db.transaction(() => {
       this.s.insertVersion.run(this.versionRow(v));
+      if (code) this.s.insertCode.run(v.function, v.version, code);
       this.s.setCurrent.run(v.version, v.createdAt, v.function);
     })();
+  }
+
+  async getCode(name: string, version: number): Promise<Buffer | null> {
+    return ((this.s.getCode.get(name, version) as { code: Buffer } | undefined)?.code) ?? null;
   }
 
   async getFunction(name: string): Promise<FunctionRecord | null> {

@@ -169,4 +169,24 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE vms ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
   `,
+  // v11 (cluster, issue #17): each node's VM subnet leased from the cluster range. Only a
+  // cluster's PostgreSQL uses it; here it keeps the two engines' interfaces alike.
+  `
+  CREATE TABLE node_subnets (
+    subnet TEXT PRIMARY KEY,
+    node_id TEXT NOT NULL UNIQUE,
+    leased_at REAL NOT NULL
+  );
+  `,
+  // v12 (cluster, issue #17): function code bytes in the store. Only a cluster's PostgreSQL
+  // fills it (a single host keeps code in its state dir); here it keeps the engines alike.
+  `
+  CREATE TABLE function_code (
+    function TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    code BLOB NOT NULL,
+    PRIMARY KEY (function, version),
+    FOREIGN KEY (function, version) REFERENCES function_versions(function, version) ON DELETE CASCADE
+  );
+  `,
 ];

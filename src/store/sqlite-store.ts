@@ -405,7 +405,21 @@ export class SqliteStore implements Store {
   }
 
   async deleteNode(id: string): Promise<void> {
-    this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+    this.db.transaction(() => {
+      this.db.prepare('DELETE FROM node_subnets WHERE node_id = ?').run(id);
+      this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id);
+    })();
+  }
+
+  async leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null> {
+    return this.db.transaction(() => {
+      const held = this.db.prepare('SELECT subnet FROM node_subnets WHERE node_id = ?').get(nodeId) as { subnet: string } | undefined;
+      if (held) return held.subnet;
+      const taken = new Set((this.db.prepare('SELECT subnet FROM node_subnets').all() as { subnet: string }[]).map((r) => r.subnet));
+      const subnet = pick(taken);
+      if (subnet !== null) this.db.prepare('INSERT INTO node_subnets (subnet, node_id, leased_at) VALUES (?, ?, ?)').run(subnet, nodeId, Date.now());
+      return subnet;
+    }).immediate();
   }
 
   async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {

@@ -298,7 +298,15 @@ export interface NodeStore {
   heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null>;
   getNode(id: string): Promise<NodeRecord | null>;
   listNodes(): Promise<NodeRecord[]>;
+  /** Removes the node and releases its VM subnet lease. */
   deleteNode(id: string): Promise<void>;
+  /**
+   * The node's VM subnet (src/cluster/node-subnet.ts): the one it already holds (kept across
+   * its restarts), else `pick` gets every subnet leased now and returns a free one, leased to
+   * the node atomically (of racing nodes each gets a different one). Null when `pick` finds
+   * none (the cluster range is full). A lease is released only by deleteNode.
+   */
+  leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null>;
   /**
    * Marks every ready node whose last heartbeat is older than `heartbeatBefore` lost, and
    * its VMs in a live state `lost`, in one transaction; what it marked.

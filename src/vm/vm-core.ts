@@ -106,6 +106,8 @@ export class VmCore {
   /** VMs booted with their RAM in a shared file (template golden VMs); kilnd-internal. */
   readonly fileBackedMemory = new Set<string>();
   closing = false;
+  /** Cluster fencing (src/cluster/node-member.ts): why this node may run no VMM now; null: it may. */
+  fenced: string | null = null;
   /** Cold boots in flight (KILN_MAX_CONCURRENT_BOOTS): held from the first step to ready or failed. */
   readonly bootSlots: Slots;
 

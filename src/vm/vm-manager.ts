@@ -195,6 +195,7 @@ export class VmManager {
 
   private assertOpen(): void {
     if (this.core.closing) throw new KilnError('KILN_ERR_SHUTTING_DOWN', 'kilnd is shutting down');
+    if (this.core.fenced) throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `this node is fenced: ${this.core.fenced}`);
   }
 
   waitFor(idOrName: string, targets: VmState[], timeoutMs: number): Promise<VmRecord> {
@@ -254,6 +255,7 @@ export class VmManager {
   }
 
   async start(idOrName: string): Promise<VmRecord> {
+    this.assertOpen();
     const { id } = await this.get(idOrName);
     const slot = await this.core.bootSlots.acquire();
     try {
@@ -396,6 +398,46 @@ export class VmManager {
   /** On daemon start (reconcile.ts). */
   reconcile(): Promise<void> {
     return this.reconciler.reconcile();
+  }
+
+  // ---- cluster fencing -------------------------------------------------------------------
+
+  /**
+   * A cluster node cut off from the store past the deadline (src/cluster/node-member.ts): the
+   * others have marked its VMs lost and may start its containers elsewhere, so every VMM it
+   * runs is killed now, and no boot starts until unfence(). Nothing is written to the store
+   * (it may be unreachable; the rejoin records these VMs stopped). Called again while fenced,
+   * it kills what a boot in flight spawned meanwhile. The VMs it killed.
+   */
+  async fence(reason: string): Promise<string[]> {
+    this.core.fenced = reason;
+    const killed: string[] = [];
+    for (const [id, live] of [...this.core.live]) {
+      // Released first: the exit handler then finds it gone and records nothing.
+      this.core.release(id, live, `this node is fenced: ${reason}`);
+      await live.instance.kill().catch((e) => this.deps.log.error({ vm: id, err: e }, 'fencing: could not kill the VMM'));
+      killed.push(id);
+    }
+    if (killed.length) await this.deps.network.takeDown(killed);
+    return killed;
+  }
+
+  /**
+   * After the rejoin: boots may start again; the fenced VMs' taps and rules go (a stopped one
+   * keeps its runtime dir, as a stop does; one another node took over meanwhile is not this
+   * node's any more: its runtime dir goes too).
+   */
+  async unfence(vmIds: readonly string[]): Promise<void> {
+    this.core.fenced = null;
+    for (const id of vmIds) {
+      const vm = await this.deps.store.getVm(id);
+      if (vm?.state === 'stopped') await this.core.detachNetwork(vm);
+      else if (!vm) {
+        await this.deps.network.unplug(id).catch((e) => this.deps.log.error({ vm: id, err: e }, 'removing tap failed'));
+        await fs.rm(this.core.runtimeDir(id), { recursive: true, force: true });
+      }
+    }
+    await this.deps.network.sync().catch((e) => this.deps.log.error({ err: e }, 'updating nftables failed'));
   }
 
   /** Daemon shutdown: let go of every VMM without stopping it. */

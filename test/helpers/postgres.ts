@@ -5,6 +5,7 @@
 // still takes its server down (exit hook).
 import { chownSync, readFileSync, rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before } from 'node:test';
@@ -97,6 +98,13 @@ export async function startPostgres(opts: { listen?: string; port?: number } = {
 export const CLUSTER_TIMING = { heartbeatMs: 300, lostAfterMs: 2_000 } as const;
 
 /**
+ * Fencing tests: a node fences two heartbeats before the deadline (src/cluster/node-member.ts);
+ * at 1 s heartbeats that is 2 s of margin between a node's fence and the others' sweep, which
+ * a loaded test machine's timer lag does not eat.
+ */
+export const FENCE_TIMING = { heartbeatMs: 1_000, lostAfterMs: 6_000 } as const;
+
+/**
  * One PostgreSQL for a test file: started before its tests, removed after them. Returns a
  * function that makes a fresh database on it (its URL).
  */
@@ -109,4 +117,62 @@ export function postgresPerFile(): () => Promise<string> {
     await server?.dispose();
   });
   return () => server!.createDatabase();
+}
+
+/**
+ * A TCP path from one node to the PostgreSQL server that the test can cut: `cut()` resets every
+ * connection through it and refuses new ones (the node sees the database go away, as when a
+ * network partition or a database restart resets its connections, while the other nodes
+ * keep theirs); `restore()` lets connections through again.
+ */
+export interface PgPath {
+  /** URL of database `db` through this path. */
+  url(db: string): string;
+  cut(): void;
+  restore(): void;
+  close(): Promise<void>;
+}
+
+export async function pgPath(server: TestPostgres): Promise<PgPath> {
+  const socketPath = path.join(server.socketDir, `.s.PGSQL.${server.port}`);
+  const open = new Set<net.Socket>();
+  /** The node's (TCP) ends of `open`. */
+  const clients = new Set<net.Socket>();
+  let cut = false;
+  const proxy = net.createServer((client) => {
+    if (cut) return void client.destroy();
+    const upstream = net.connect({ path: socketPath });
+    open.add(client).add(upstream);
+    clients.add(client);
+    const drop = () => {
+      client.destroy();
+      upstream.destroy();
+      open.delete(client);
+      open.delete(upstream);
+      clients.delete(client);
+    };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+    client.pipe(upstream).pipe(client);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  const port = (proxy.address() as net.AddressInfo).port;
+  const cutAll = () => {
+    cut = true;
+    // The node's side is TCP: it sees a reset. The server's side is a unix socket: closed.
+    for (const s of open) (clients.has(s) ? s.resetAndDestroy() : s.destroy());
+    clients.clear();
+    open.clear();
+  };
+  return {
+    url: (db) => `postgresql://${SUPERUSER}@127.0.0.1:${port}/${db}`,
+    cut: cutAll,
+    restore() {
+      cut = false;
+    },
+    async close() {
+      cutAll();
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    },
+  };
 }

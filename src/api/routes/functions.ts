@@ -15,8 +15,6 @@ const errors = { 400: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody,
 const DEPLOY_BODY_LIMIT = Math.ceil(MAX_ARCHIVE_BYTES / 3) * 4 + 1024 * 1024;
 const INVOKE_BODY_LIMIT = 6 * 1024 * 1024;
 const iso = (ms: number) => new Date(ms).toISOString();
-/** Set by a cluster's API role on the deploys it copies to the other nodes (FunctionService.replicate). */
-export const REPLICA_HEADER = 'x-kiln-replica';
 
 async function functionView(fns: FunctionService, name: string, createdAt?: number): Promise<FunctionView> {
   const e = fns.get(name);
@@ -82,10 +80,6 @@ export function registerFunctionRoutes(root: FastifyInstance, daemon: Daemon): v
       tags: ['functions'], body: CreateFunctionBody, response: { 201: FunctionView, ...errors },
     },
   }, async (req, reply) => {
-    if (req.headers[REPLICA_HEADER]) {
-      const r = await fns.replicate(req.body.name ?? '', req.body);
-      return reply.status(201).send(await functionView(fns, r.function));
-    }
     const v = await fns.create(req.body);
     return reply.status(201).send(await functionView(fns, v.function, v.createdAt));
   });
@@ -109,7 +103,6 @@ export function registerFunctionRoutes(root: FastifyInstance, daemon: Daemon): v
       tags: ['functions'], params: FunctionParams, body: UpdateFunctionBody, response: { 200: FunctionView, ...errors },
     },
   }, async (req) => {
-    if (req.headers[REPLICA_HEADER]) return functionView(fns, (await fns.replicate(req.params.name, req.body)).function);
     const v = await fns.update(req.params.name, req.body);
     return functionView(fns, v.function);
   });

@@ -30,6 +30,8 @@ export const LOCKS = {
   migrate: 0x6b696c6e_03,
   /** Placement: one API decides at a time, against capacity that includes the last decision. */
   placement: 0x6b696c6e_04,
+  /** Node subnet leases: one node picks at a time, seeing every lease. */
+  subnetLease: 0x6b696c6e_05,
 } as const;
 
 export type Queryable = Pick<pg.Pool | pg.PoolClient, 'query'>;

@@ -17,12 +17,17 @@ export class PgFunctionRepo implements FunctionStore {
     );
   }
 
-  async createFunction(v: FunctionVersion): Promise<void> {
+  private async insertCode(v: FunctionVersion, code: Buffer | undefined, q: Queryable): Promise<void> {
+    if (code) await this.db.exec('INSERT INTO function_code (function, version, code) VALUES ($1, $2, $3)', [v.function, v.version, code], q);
+  }
+
+  async createFunction(v: FunctionVersion, code?: Buffer): Promise<void> {
     await mapUnique(
       () =>
         this.db.tx(async (c) => {
           await this.db.exec('INSERT INTO functions (name, version, created_at, updated_at) VALUES ($1, $2, $3, $3)', [v.function, v.version, v.createdAt], c);
           await this.insertVersion(v, c);
+          await this.insertCode(v, code, c);
         }),
       {
         functions_pkey: ['KILN_ERR_NAME_CONFLICT', `a function named ${JSON.stringify(v.function)} already exists (PUT /v1/functions/${v.function} deploys a new version)`],
@@ -30,9 +35,10 @@ export class PgFunctionRepo implements FunctionStore {
     );
   }
 
-  async addVersion(v: FunctionVersion): Promise<void> {
+  async addVersion(v: FunctionVersion, code?: Buffer): Promise<void> {
     await this.db.tx(async (c) => {
       await this.insertVersion(v, c);
+      await this.insertCode(v, code, c);
       await this.db.exec('UPDATE functions SET version = $1, updated_at = $2 WHERE name = $3', [v.version, v.createdAt, v.function], c);
     });
   }
@@ -48,6 +54,10 @@ export class PgFunctionRepo implements FunctionStore {
 
   async deleteFunction(name: string): Promise<void> {
     await this.db.exec('DELETE FROM functions WHERE name = $1', [name]);
+  }
+
+  async getCode(name: string, version: number): Promise<Buffer | null> {
+    return ((await this.db.row('SELECT code FROM function_code WHERE function = $1 AND version = $2', [name, version]))?.code as Buffer | undefined) ?? null;
   }
 
   async getVersion(name: string, version: number): Promise<FunctionVersion | null> {

@@ -181,4 +181,24 @@ export const PG_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE vms ADD COLUMN labels jsonb NOT NULL DEFAULT '{}';
   `,
+  // v4 (cluster, issue #17): each node's VM subnet, leased from the cluster range at its
+  // registration (src/cluster/node-subnet.ts); unique per subnet and per node.
+  `
+  CREATE TABLE node_subnets (
+    subnet text CONSTRAINT node_subnets_pkey PRIMARY KEY,
+    node_id text NOT NULL CONSTRAINT node_subnets_node_key UNIQUE,
+    leased_at double precision NOT NULL
+  );
+  `,
+  // v5 (cluster, issue #17): each function version's code bytes, so that any node can run any
+  // function (a node's state dir has only what was deployed through it).
+  `
+  CREATE TABLE function_code (
+    function text NOT NULL,
+    version integer NOT NULL,
+    code bytea NOT NULL,
+    PRIMARY KEY (function, version),
+    FOREIGN KEY (function, version) REFERENCES function_versions (function, version) ON DELETE CASCADE
+  );
+  `,
 ];

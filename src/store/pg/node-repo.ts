@@ -2,7 +2,7 @@
 // lost-node sweep that moves a silent node's VMs to `lost` in the same transaction.
 import { LOSABLE_STATES, nodeFromRow } from '../rows.ts';
 import type { NodeCapacity, NodeRecord, NodeStore } from '../store.ts';
-import { mapUnique, type PgDb } from './db.ts';
+import { LOCKS, mapUnique, type PgDb } from './db.ts';
 
 export class PgNodeRepo implements NodeStore {
   constructor(private readonly db: PgDb) {}
@@ -41,7 +41,23 @@ export class PgNodeRepo implements NodeStore {
   }
 
   async deleteNode(id: string): Promise<void> {
-    await this.db.exec('DELETE FROM nodes WHERE id = $1', [id]);
+    await this.db.tx(async (c) => {
+      await this.db.exec('DELETE FROM node_subnets WHERE node_id = $1', [id], c);
+      await this.db.exec('DELETE FROM nodes WHERE id = $1', [id], c);
+    });
+  }
+
+  async leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null> {
+    return this.db.tx(async (c) => {
+      // One picker at a time sees every lease; the primary key on subnet is the backstop.
+      await c.query('SELECT pg_advisory_xact_lock($1)', [LOCKS.subnetLease]);
+      const held = await this.db.row('SELECT subnet FROM node_subnets WHERE node_id = $1', [nodeId], c);
+      if (held) return held.subnet as string;
+      const taken = new Set((await this.db.rows('SELECT subnet FROM node_subnets', [], c)).map((r) => r.subnet as string));
+      const subnet = pick(taken);
+      if (subnet !== null) await this.db.exec('INSERT INTO node_subnets (subnet, node_id, leased_at) VALUES ($1, $2, $3)', [subnet, nodeId, Date.now()], c);
+      return subnet;
+    });
   }
 
   async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {

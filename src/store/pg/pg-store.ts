@@ -102,6 +102,7 @@ export class PgStore implements Store {
   listNodes() { return this.nodes.listNodes(); }
   deleteNode(id: string) { return this.nodes.deleteNode(id); }
   markNodesLost(heartbeatBefore: number, now: number) { return this.nodes.markNodesLost(heartbeatBefore, now); }
+  leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null) { return this.nodes.leaseNodeSubnet(nodeId, pick); }
 
   async close(): Promise<void> {
     await this.db.close();
