@@ -22,6 +22,7 @@ import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { CLUSTER_TIMING, postgresPerFile } from './helpers/postgres.ts';
+import { freePort } from './helpers/ports.ts';
 import { until } from './helpers/until.ts';
 
 const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = CLUSTER_TIMING;
@@ -110,7 +111,9 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     // 12 creates, answered one after the other (each placement sees the last), booting together.
     const tCreate = Date.now();
     const made = [];
-    for (let i = 0; i < VMS; i++) made.push(await c.createVm({ name: `c${i}`, memory_mib: 128 }));
+    // The last one publishes a port: reached below through the API's address, not its node's.
+    const published = await freePort();
+    for (let i = 0; i < VMS; i++) made.push(await c.createVm({ name: `c${i}`, memory_mib: 128, ...(i === VMS - 1 ? { ports: [{ host: published, guest: 80 }] } : {}) }));
     const vms = await Promise.all(made.map((v) => waitForState(c, v.id, ['ready', 'failed'], 300_000)));
     assert.deepEqual(vms.filter((v) => v.state !== 'ready').map((v) => [v.name, v.state, v.state_reason]), [], 'every VM ready');
     t.diagnostic(`${VMS} VMs ready through the API: ${stamp(tCreate)}`);
@@ -122,6 +125,18 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     assert.equal((await c.listVms()).length, VMS, 'the list is every node’s');
     assert.ok((await c.listImages()).some((i) => i.name === 'default'), 'images from the cluster catalogue');
     await expectApiError(c.request('GET', '/v1/volumes'), 501, 'KILN_ERR_NOT_ROUTED');
+
+    // A published port through the API process: it listens on the port and pipes to the node.
+    const web = vms[VMS - 1]!;
+    await c.exec(web.id, { cmd: ['/bin/sh', '-c', 'mkdir -p /www && echo published-$(hostname) > /www/id && httpd -p 80 -h /www'] });
+    const apiHost = new URL(apiUrl).hostname;
+    const body = await until('the published port answers through the API', async () => {
+      const r = await fetch(`http://${apiHost}:${published}/id`, { signal: AbortSignal.timeout(3000) }).catch(() => null);
+      return r?.ok ? (await r.text()).trim() : null;
+    }, 15_000, 200);
+    assert.equal(body, `published-${web.name}`);
+    const health = (await (await fetch(`${apiUrl}/healthz`)).json()) as { ports: { port: number; vm: string; state: string }[] };
+    assert.deepEqual(health.ports.map((p) => [p.port, p.vm, p.state]), [[published, web.id, 'listening']]);
 
     // Events: the replay through the API has every node's creates.
     const replay: string[] = [];

@@ -3,7 +3,8 @@
 // free capacity, image locality: placement.ts) and forwards it there; requests about one VM
 // (exec, files, logs, the console WebSocket, …) go to the node that runs it; the VM list is
 // every ready node's. Events and images are read from the store (cluster-wide tables);
-// functions are deployed on every node and invoked where they are warm (api-functions.ts).
+// functions are deployed through one node and invoked where they are warm (api-functions.ts);
+// published TCP ports of VMs are listened on here and piped to their node (port-proxy.ts).
 // It runs no VMM and needs no host setup. What it does not forward yet answers
 // KILN_ERR_NOT_ROUTED, naming where to go instead.
 import type { IncomingMessage } from 'node:http';
@@ -19,6 +20,7 @@ import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
 import { COMMITTING_STATES } from '../vm/admission.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { PortProxy } from './port-proxy.ts';
 import { NodeForwarder } from './node-forward.ts';
 import { place } from './placement.ts';
 import { StoreEventFollower } from './store-events.ts';
@@ -34,6 +36,8 @@ export interface ApiRoleOptions {
   k?: number;
   /** Largest request body forwarded (file uploads go through here). */
   bodyLimit?: number;
+  /** How often the published ports proxied here are read from the store (default 1 s). */
+  portSyncMs?: number;
 }
 
 const DEFAULT_MEMORY_MIB = 256;
@@ -52,6 +56,7 @@ export class ApiRole {
     private readonly app: FastifyInstance,
     private readonly fwd: NodeForwarder,
     private readonly events: StoreEventFollower,
+    private readonly ports: PortProxy,
     readonly url: string,
   ) {}
 
@@ -64,6 +69,7 @@ export class ApiRole {
     });
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
+    const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
     app.addContentTypeParser('*', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
@@ -88,7 +94,12 @@ export class ApiRole {
 
     app.get('/healthz', async () => {
       const nodes = await o.store.listNodes();
-      return { status: 'ok', role: 'api', nodes: { ready: nodes.filter((n) => n.state === 'ready').length, lost: nodes.filter((n) => n.state === 'lost').length } };
+      return {
+        status: 'ok', role: 'api',
+        nodes: { ready: nodes.filter((n) => n.state === 'ready').length, lost: nodes.filter((n) => n.state === 'lost').length },
+        // Published TCP ports of VMs on ready nodes, proxied by this API process.
+        ports: ports.report(),
+      };
     });
 
     app.get('/v1/nodes', async () => (await o.store.listNodes()).map(nodeView));
@@ -193,13 +204,15 @@ export class ApiRole {
     registerClusterFunctionRoutes(app, { store: o.store, fwd });
 
     await app.listen({ host: o.listenHost, port: o.listenPort });
+    await ports.start();
     const addr = app.server.address();
     const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
-    return new ApiRole(app, fwd, events, url);
+    return new ApiRole(app, fwd, events, ports, url);
   }
 
   async close(): Promise<void> {
     this.events.close();
+    await this.ports.close();
     await this.app.close();
     await this.fwd.close();
   }
