@@ -48,7 +48,9 @@ export async function createNetns(): Promise<TestNetns> {
     disposed = true;
     try {
       if ((await listNetns()).includes(name)) await deleteNetns(name);
-      if (await linkExists(hostVeth)) await deleteLink(hostVeth);
+      // Deleting the namespace deletes the veth's peer end, and with it this end, a moment
+      // later: gone between the check and the delete is fine, still there is not.
+      if (await linkExists(hostVeth)) await deleteLink(hostVeth).catch(async (e) => { if (await linkExists(hostVeth)) throw e; });
     } finally {
       process.removeListener('exit', emergency);
     }
