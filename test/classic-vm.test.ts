@@ -9,7 +9,6 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type WebSocket from 'ws';
 import type { CreateVmBody, Vm } from '../src/api/schemas.ts';
 import { tapName } from '../src/net/network-manager.ts';
 import { linkExists } from '../src/tools/ip.ts';
@@ -18,6 +17,7 @@ import { expectApiError } from './helpers/api-errors.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { runKiln } from './helpers/kiln-cli.ts';
+import { readUntil } from './helpers/console-ws.ts';
 import { until } from './helpers/until.ts';
 
 // Firecracker on x86 has no ACPI power-off and its serial console is the VMM's stdio: the
@@ -69,24 +69,6 @@ async function sh(id: string, script: string): Promise<string> {
   return r.stdout;
 }
 
-/** Reads the console WebSocket until `re` matches what arrived; bounded by `ms`. */
-function readUntil(ws: WebSocket, re: RegExp, ms = 60_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const onData = (b: Buffer) => {
-      text += b.toString('utf8');
-      if (re.test(text)) done(null);
-    };
-    const done = (err: Error | null) => {
-      clearTimeout(t);
-      ws.off('message', onData);
-      if (err) reject(err);
-      else resolve(text);
-    };
-    const t = setTimeout(() => done(new Error(`console: no ${re} within ${ms} ms; got ${JSON.stringify(text.slice(-500))}`)), ms);
-    ws.on('message', onData);
-  });
-}
 
 describe('classic VM', { skip }, () => {
   test('boots systemd as PID 1 from its own cloned disk, with its hostname', async () => {

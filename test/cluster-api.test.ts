@@ -13,7 +13,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { test } from 'node:test';
-import type WebSocket from 'ws';
 import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { REJOIN_REASON } from '../src/cluster/node-member.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
@@ -23,6 +22,7 @@ import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/ki
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { freePort } from './helpers/ports.ts';
+import { readUntil } from './helpers/console-ws.ts';
 import { until } from './helpers/until.ts';
 
 // Fencing's timing, not the fastest: twelve TCG guests booting on two cores delay a node's
@@ -45,24 +45,6 @@ async function vmmsOf(id: string): Promise<number> {
   return n;
 }
 
-/** Resolves with what the WebSocket received once `re` matches it. */
-function readUntil(ws: WebSocket, re: RegExp, ms = 60_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let text = '';
-    const onData = (b: Buffer) => {
-      text += b.toString('utf8');
-      if (re.test(text)) done(null);
-    };
-    const done = (err: Error | null) => {
-      clearTimeout(t);
-      ws.off('message', onData);
-      if (err) reject(err);
-      else resolve(text);
-    };
-    const t = setTimeout(() => done(new Error(`console: no ${re} within ${ms} ms; got ${JSON.stringify(text.slice(-500))}`)), ms);
-    ws.on('message', onData);
-  });
-}
 
 const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 

@@ -12,17 +12,10 @@ import { test } from 'node:test';
 import pino from 'pino';
 import { capacity, image, vm } from '../store/conformance.ts';
 import { SqliteStore } from '../store/sqlite-store.ts';
+import { freePort } from '../../test/helpers/ports.ts';
 import { nodeHost, PortProxy } from './port-proxy.ts';
 
 const NODE_HOST = '127.0.0.2';
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 /** Sends `msg` to 127.0.0.1:port and reads the answer; null when nothing listens. */
 async function roundTrip(port: number, msg: string): Promise<string | null> {

@@ -6,23 +6,15 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
+import { freePort } from '../../test/helpers/ports.ts';
 import { ShimClient } from './shim-client.ts';
 
 const SHIMS = fileURLToPath(new URL('./shims/', import.meta.url));
 const hasPython = spawnSync('python3', ['--version']).status === 0;
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const { port } = s.address() as net.AddressInfo;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 for (const runtime of ['node', 'python'] as const) {
   test(`the ${runtime} shim refuses requests without this instance's key`, { skip: runtime === 'python' && !hasPython ? 'no python3' : false }, async () => {

@@ -7,7 +7,7 @@ import type { ImageRecord, VmRecord } from '../store/store.ts';
 import type { NicSpec, VmmDriver, VmSpec } from '../vmm/driver.ts';
 import type { GuestAssets } from './guest-assets.ts';
 import { guestClassicConfig } from './classic.ts';
-import { POOLED_PREFIX } from './vm-record.ts';
+import { isPooled } from './vm-record.ts';
 
 /** Kernel arguments of a classic VM: eth0 keeps the name kiln-init configured it under. */
 export const CLASSIC_KERNEL_ARGS = ['net.ifnames=0'];
@@ -58,7 +58,7 @@ export function vmSpec(
     ],
     nics: net ? [net.nic] : [],
     // A clone made ahead for the pool yields the CPU to VMs in use until it is taken (adopt).
-    cpuPriority: vm.name.startsWith(POOLED_PREFIX) ? 'background' : 'normal',
+    cpuPriority: isPooled(vm) ? 'background' : 'normal',
   };
 }
 
