@@ -10,8 +10,9 @@
 // than every host-side step together; only a clone that has run holds a warm translation
 // cache. On KVM the same pool takes the VMM start and state load off the path as well.
 //
-// Bounded: at most `size` per snapshot, refilled one restore at a time in the background,
-// each refill admitted like any create (a full host gets no refill: the pool shrinks, the
+// Bounded: at most `size` per snapshot, refilled one restore at a time in the background once
+// the takes have gone quiet (REFILL_QUIET_MS after the last one: a burst of creates is not
+// slowed by restores competing with it for the CPU), each refill admitted like any create (a full host gets no refill: the pool shrinks, the
 // host does not overcommit). A kilnd crash leaves pooled VMs that reconcile re-attaches and
 // sweep() then deletes; delete of the snapshot or its template drains its pool first.
 import { randomBytes } from 'node:crypto';
@@ -20,6 +21,9 @@ import client from 'prom-client';
 import type { Metrics } from '../metrics/metrics.ts';
 import type { Store, VmRecord } from '../store/store.ts';
 import { POOLED_PREFIX, isPooled, type VmManager } from '../vm/vm-manager.ts';
+
+/** A refill starts this long after the last take of its snapshot finished. */
+export const REFILL_QUIET_MS = 250;
 
 export interface PoolRequest {
   name?: string;
@@ -44,6 +48,9 @@ export class ClonePool {
   readonly #ready = new Map<string, string[]>();
   readonly #filling = new Map<string, Promise<void>>();
   readonly #warmers = new Map<string, (vmId: string) => Promise<void>>();
+  /** Takes in progress per snapshot, and the refill each quiet period will start. */
+  readonly #taking = new Map<string, number>();
+  readonly #quiet = new Map<string, NodeJS.Timeout>();
   #closed = false;
   #stats = { hits: 0, misses: 0, refills: 0, refill_failures: 0 };
   readonly #counter: client.Counter<'event'>;
@@ -100,9 +107,11 @@ export class ClonePool {
     const ids = this.#ready.get(snapshotId) ?? [];
     const id = req.customEgress ? undefined : ids.shift();
     if (!id) {
-      this.refill(snapshotId);
+      this.refillWhenQuiet(snapshotId);
       return this.count('misses');
     }
+    this.#taking.set(snapshotId, (this.#taking.get(snapshotId) ?? 0) + 1);
+    clearTimeout(this.#quiet.get(snapshotId));
     try {
       const vm = await this.deps.vms.adopt(id, { ...(req.name ? { name: req.name } : {}), env: req.env, ...(req.labels ? { labels: req.labels } : {}) });
       this.count('hits');
@@ -112,9 +121,25 @@ export class ClonePool {
       await this.deps.vms.delete(id).catch(() => {});
       return this.count('misses');
     } finally {
-      // After the take: a refill is a whole restore, and would compete with it for the CPU.
-      this.refill(snapshotId);
+      this.#taking.set(snapshotId, this.#taking.get(snapshotId)! - 1);
+      this.refillWhenQuiet(snapshotId);
     }
+  }
+
+  /**
+   * A refill is a whole restore (a VMM start, a guest's first run) and would compete for the
+   * CPU with the takes it follows: it starts once no take of this snapshot has been running
+   * for REFILL_QUIET_MS, so ten creates at once are all served before the pool refills.
+   */
+  private refillWhenQuiet(snapshotId: string): void {
+    if (this.#closed || (this.#taking.get(snapshotId) ?? 0) > 0) return;
+    clearTimeout(this.#quiet.get(snapshotId));
+    const t = setTimeout(() => {
+      this.#quiet.delete(snapshotId);
+      if ((this.#taking.get(snapshotId) ?? 0) === 0) this.refill(snapshotId);
+    }, REFILL_QUIET_MS);
+    t.unref();
+    this.#quiet.set(snapshotId, t);
   }
 
   private count(what: 'hits' | 'misses'): null {
@@ -160,6 +185,10 @@ export class ClonePool {
   /** Deletes the pooled clones of `snapshotId` (all snapshots when omitted): their snapshot is going away, or kilnd is. */
   async drain(snapshotId?: string): Promise<void> {
     const keys = snapshotId ? [snapshotId] : [...this.#ready.keys()];
+    for (const k of keys) {
+      clearTimeout(this.#quiet.get(k));
+      this.#quiet.delete(k);
+    }
     for (const k of keys) await this.#filling.get(k)?.catch(() => {});
     for (const k of keys) {
       const ids = this.#ready.get(k) ?? [];
@@ -183,6 +212,8 @@ export class ClonePool {
   /** kilnd stops: no new refills; the pooled VMs stay (like every VM) and the next start sweeps them. */
   async close(): Promise<void> {
     this.#closed = true;
+    for (const t of this.#quiet.values()) clearTimeout(t);
+    this.#quiet.clear();
     await Promise.allSettled(this.#filling.values());
   }
 
