@@ -141,3 +141,45 @@ test('cold boots beyond the boot slots wait in creating, and go on when a slot f
     await one.dispose();
   }
 });
+
+test('stop: a VM still booting has no guest to ask: its VMM is killed at once', async () => {
+  const f = await vmLayer();
+  f.driver.script = 'hang';
+  try {
+    const vm = await f.manager.create({ name: 'stop-booting', network: 'none', memory_mib: 128 });
+    const booting = await f.manager.waitFor(vm.id, ['booting'], 5000);
+    assert.ok(booting.pid && f.driver.running().some((i) => i.pid === booting.pid));
+    const t0 = performance.now();
+    const stopped = await f.manager.stop(vm.id, 60_000);
+    assert.equal(stopped.state, 'stopped');
+    assert.ok(performance.now() - t0 < 5000, 'not after the 60 s grace period');
+    assert.ok(!f.driver.running().some((i) => i.pid === booting.pid), 'the VMM is gone');
+    await assert.rejects(f.manager.stop(vm.id + 'x'), /not found|no VM/i);
+    await f.manager.delete(vm.id);
+  } finally {
+    await f.dispose();
+  }
+});
+
+test('fencing kills every VMM without writing to the store, refuses boots, and unfencing lets them in again', async () => {
+  const f = await vmLayer();
+  try {
+    const vm = await f.manager.create({ name: 'fenced', network: 'none', memory_mib: 128 });
+    const ready = await f.manager.waitFor(vm.id, ['ready'], 5000);
+    const killed = await f.manager.fence('the store is unreachable');
+    assert.deepEqual(killed, [vm.id]);
+    assert.ok(!f.driver.running().some((i) => i.pid === ready.pid), 'the VMM was killed');
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal((await f.store.getVm(vm.id))?.state, 'ready', 'nothing written: the rejoin records it');
+    await assert.rejects(f.manager.create({ name: 'refused', network: 'none', memory_mib: 128 }), (e: { code?: string }) => e.code === 'KILN_ERR_NODE_UNAVAILABLE');
+    // The rejoin records the fenced VM stopped, then unfences.
+    await f.store.updateVm(vm.id, { state: 'stopped', pid: null });
+    await f.manager.unfence([vm.id]);
+    const again = await f.manager.create({ name: 'after-rejoin', network: 'none', memory_mib: 128 });
+    await f.manager.waitFor(again.id, ['ready'], 5000);
+    await f.manager.delete(again.id);
+    await f.manager.delete(vm.id);
+  } finally {
+    await f.dispose();
+  }
+});

@@ -3,17 +3,16 @@
 // (persisted, published, counted); operations on one VM are serialised by a per-VM lock, and
 // the VMM's exit is handled under the same lock. The parts: the record (vm-record.ts), the
 // provisioning pipeline (provision/), the live VM (live-vm.ts), readiness (await-ready.ts),
-// the console (vm-console.ts) and restart safety (reconcile.ts).
+// the console (vm-console.ts), stopping (vm-stop.ts), restart safety (reconcile.ts) and
+// cluster fencing (fencing.ts).
 import fs from 'node:fs/promises';
 import { KilnError } from '../errors.ts';
 import type { AgentClient } from '../guest/agent/client.ts';
 import type { ConsoleFollower } from '../guest/console-follower.ts';
-import { stopCommand } from '../guest/console-protocol.ts';
 import type { VmRecord, VmState } from '../store/store.ts';
 import { CleanupStack } from '../util/cleanup-stack.ts';
 import type { VmmInstance } from '../vmm/driver.ts';
 import { awaitReady } from './await-ready.ts';
-import { CLASSIC_STOP_GRACE_MS } from './classic.ts';
 import { resizeClassicDisk } from './classic-disk.ts';
 import type { ConsoleClient } from './console-mux.ts';
 import { mergeLabels, validateLabels, vmKind, type Labels } from './labels.ts';
@@ -23,8 +22,10 @@ import { provision, type ProvisionCtx, type ProvisionSteps } from './provision/p
 import { giveIdentity, restoreSteps } from './provision/restore.ts';
 import { Reconciler } from './reconcile.ts';
 import { preciseNow, type Timeline } from './timeline.ts';
-import { ACTIVE, VmCore, type LiveVm, type VmDeps, type WorkloadOutput } from './vm-core.ts';
+import { VmCore, type LiveVm, type VmDeps, type WorkloadOutput } from './vm-core.ts';
 import { VmConsole } from './vm-console.ts';
+import { stopVm } from './vm-stop.ts';
+import { fenceNode, unfenceNode } from './fencing.ts';
 import { acceptVm, assertClassicBackend, cloneRecord, isPooled, newVmRecord, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
 
 export { DEFAULT_IMAGE, MIN_MEMORY_MIB, POOLED_PREFIX, isPooled, type CloneRequest, type CreateVmInput, type CreateVmInternal } from './vm-record.ts';
@@ -204,49 +205,9 @@ export class VmManager {
 
   // ---- operations --------------------------------------------------------------------------
 
-  async stop(idOrName: string, graceMsIn?: number): Promise<VmRecord> {
-    const { id, classic } = await this.get(idOrName);
-    const graceMs = graceMsIn ?? (classic ? CLASSIC_STOP_GRACE_MS : this.deps.config.stopGraceMs);
-    const live = await this.core.lock.run(id, async () => {
-      const vm = await this.get(id);
-      if (vm.state === 'stopped') return null;
-      if (!ACTIVE.includes(vm.state) || vm.state === 'stopping') {
-        throw new KilnError('KILN_ERR_INVALID_STATE', `cannot stop a VM that is ${vm.state}`);
-      }
-      const l = this.core.live.get(id);
-      if (!l) throw new KilnError('KILN_ERR_INVALID_STATE', `VM ${id} has no running VMM`);
-      if (vm.state === 'paused') await l.instance.resume();
-      await this.core.transition(id, 'stopping');
-      if (vm.state === 'booting') await l.instance.kill();
-      else if (vm.classic) await this.powerOffClassic(vm, l);
-      else await this.console.write(l, stopCommand(graceMs)).catch(() => l.instance.kill());
-      return l;
-    });
-    if (live) {
-      // kiln-init gets `graceMs` to stop the workload; past that plus a margin, pull the plug.
-      const stopped = await Promise.race([
-        live.instance.exited.then(() => true),
-        new Promise<boolean>((r) => setTimeout(() => r(false), graceMs + 5000).unref()),
-      ]);
-      if (!stopped) await live.instance.kill();
-    }
-    return this.waitFor(id, ['stopped'], 10_000).catch(() => this.get(id));
-  }
-
-  /**
-   * systemd shuts a classic VM down: asked by the agent (SIGRTMIN+4 to PID 1, systemd's
-   * poweroff), else by the ACPI power button (QMP system_powerdown), else it is killed.
-   */
-  private async powerOffClassic(vm: VmRecord, l: LiveVm): Promise<void> {
-    try {
-      if (!l.agent) throw new Error('no agent');
-      await l.agent.client.shutdown(undefined, { timeoutMs: 5000 });
-      this.deps.log.info({ vm: vm.id }, 'classic VM: poweroff requested through the agent');
-    } catch (e) {
-      this.deps.log.warn({ vm: vm.id, err: (e as Error).message }, 'classic VM: agent shutdown failed; pressing the ACPI power button');
-      if (l.instance.powerdown) await l.instance.powerdown().catch(() => l.instance.kill());
-      else await l.instance.kill();
-    }
+  /** Asks the guest to stop (kiln-init, or systemd for a classic VM) and pulls the plug past the grace period (vm-stop.ts). */
+  stop(idOrName: string, graceMs?: number): Promise<VmRecord> {
+    return stopVm(this.core, this.console, idOrName, graceMs);
   }
 
   /** Resizes a stopped classic VM's disk (grow only; offline: truncate, e2fsck, resize2fs). */
@@ -400,44 +361,16 @@ export class VmManager {
     return this.reconciler.reconcile();
   }
 
-  // ---- cluster fencing -------------------------------------------------------------------
+  // ---- cluster fencing (fencing.ts) ---------------------------------------------------------
 
-  /**
-   * A cluster node cut off from the store past the deadline (src/cluster/node-member.ts): the
-   * others have marked its VMs lost and may start its containers elsewhere, so every VMM it
-   * runs is killed now, and no boot starts until unfence(). Nothing is written to the store
-   * (it may be unreachable; the rejoin records these VMs stopped). Called again while fenced,
-   * it kills what a boot in flight spawned meanwhile. The VMs it killed.
-   */
-  async fence(reason: string): Promise<string[]> {
-    this.core.fenced = reason;
-    const killed: string[] = [];
-    for (const [id, live] of [...this.core.live]) {
-      // Released first: the exit handler then finds it gone and records nothing.
-      this.core.release(id, live, `this node is fenced: ${reason}`);
-      await live.instance.kill().catch((e) => this.deps.log.error({ vm: id, err: e }, 'fencing: could not kill the VMM'));
-      killed.push(id);
-    }
-    if (killed.length) await this.deps.network.takeDown(killed);
-    return killed;
+  /** Kills every VMM of a fenced node; no boot starts until unfence(). The VMs it killed. */
+  fence(reason: string): Promise<string[]> {
+    return fenceNode(this.core, reason);
   }
 
-  /**
-   * After the rejoin: boots may start again; the fenced VMs' taps and rules go (a stopped one
-   * keeps its runtime dir, as a stop does; one another node took over meanwhile is not this
-   * node's any more: its runtime dir goes too).
-   */
-  async unfence(vmIds: readonly string[]): Promise<void> {
-    this.core.fenced = null;
-    for (const id of vmIds) {
-      const vm = await this.deps.store.getVm(id);
-      if (vm?.state === 'stopped') await this.core.detachNetwork(vm);
-      else if (!vm) {
-        await this.deps.network.unplug(id).catch((e) => this.deps.log.error({ vm: id, err: e }, 'removing tap failed'));
-        await fs.rm(this.core.runtimeDir(id), { recursive: true, force: true });
-      }
-    }
-    await this.deps.network.sync().catch((e) => this.deps.log.error({ err: e }, 'updating nftables failed'));
+  /** After the rejoin: boots may start again; the fenced VMs' leftovers go. */
+  unfence(vmIds: readonly string[]): Promise<void> {
+    return unfenceNode(this.core, vmIds);
   }
 
   /** Daemon shutdown: let go of every VMM without stopping it. */

@@ -151,6 +151,11 @@ export class FakeNetwork {
     this.taps.delete(id);
   }
 
+  /** Fencing: the taps of VMs whose VMMs were killed. */
+  async takeDown(ids: readonly string[]): Promise<void> {
+    for (const id of ids) this.taps.delete(id);
+  }
+
   async sync(): Promise<void> {}
   async sweep(): Promise<void> {}
 
