@@ -94,6 +94,8 @@ export async function watch(c: WatchdogConfig, host: WatchdogHost): Promise<void
       fenced = false;
     } else {
       const silentMs = o.leaseAt === null ? null : Math.round(o.now - o.leaseAt);
+      // The decision's time, before the kills (which take a while): when this node stopped running VMs.
+      if (!fenced) host.log('fencing: the lease is past the deadline; killing this node\'s VMMs', { silentMs, ownerAlive: o.ownerAlive, fenceAfterMs: c.fenceAfterMs });
       const killed = await host.fence(`no accepted heartbeat for ${silentMs} ms (fence after ${c.fenceAfterMs} ms, kilnd ${o.ownerAlive ? 'alive' : 'gone'})`);
       if (!fenced || killed.length) host.log('fenced: killed this node\'s VMMs and took its VM network down', { killed, silentMs, ownerAlive: o.ownerAlive, fenceAfterMs: c.fenceAfterMs });
       fenced = true;
