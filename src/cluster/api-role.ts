@@ -20,6 +20,7 @@ import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
 import { COMMITTING_STATES } from '../vm/admission.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { ImageIds } from './image-ids.ts';
 import { PortProxy } from './port-proxy.ts';
 import { NodeForwarder } from './node-forward.ts';
 import { place } from './placement.ts';
@@ -69,6 +70,7 @@ export class ApiRole {
     });
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
+    const imageIds = new ImageIds(o.store);
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
@@ -107,12 +109,12 @@ export class ApiRole {
     app.post('/v1/vms', async (req, reply) => {
       const t0 = performance.now();
       const body = parseJson(req.body);
-      // The two store reads at once (each its own pooled connection): one round trip's wait.
-      const [image, nodes] = await Promise.all([o.store.getImage(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
+      // One store read per create (the image's id is remembered a few seconds: image-ids.ts).
+      const [imageId, nodes] = await Promise.all([imageIds.resolve(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
       const demand = {
         vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
         memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId: image?.id,
+        imageId,
       };
       const t1 = performance.now();
       const node = place(nodes, demand, { k: o.k });
