@@ -38,8 +38,8 @@ function fakeHost(script: Omit<Observation, 'fenced'>[], kills: string[][]): Wat
       h.seen.push(o);
       return o;
     },
-    async fence(reason: string) {
-      h.fences.push(reason);
+    async fence(reason: string, network: boolean) {
+      h.fences.push(`${network ? 'network' : 'vmms'}: ${reason}`);
       return kills.shift() ?? [];
     },
     async sleep() {},
@@ -58,7 +58,7 @@ test('watch: kilnd dies → one fence at the deadline, then exit', async () => {
   ], [['vm-a', 'vm-b']]);
   await watch({ ...C, pollMs: 250 } as WatchdogConfig, host);
   assert.equal(host.fences.length, 1);
-  assert.match(host.fences[0]!, /no accepted heartbeat for 11500 ms .*kilnd gone/);
+  assert.match(host.fences[0]!, /^network: no accepted heartbeat for 11500 ms .*kilnd gone/, 'kilnd gone: its network taken down too');
   assert.deepEqual(host.seen.map((o) => o.fenced), [false, false, false, true]);
 });
 
@@ -74,6 +74,7 @@ test('watch: kilnd alive but silent → fences past the grace, again while stale
   ], [['vm-a'], [], ['vm-c']]);
   await watch({ ...C, pollMs: 250 } as WatchdogConfig, host);
   assert.equal(host.fences.length, 3, 'past the grace, once more while stale, and again after the fresh lease went stale');
+  assert.ok(host.fences.every((f) => f.startsWith('vmms: ')), 'kilnd alive: VMMs only, its network is its own');
   assert.deepEqual(host.seen.map((o) => o.fenced), [false, false, true, true, false, true]);
 });
 

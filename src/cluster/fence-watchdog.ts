@@ -11,7 +11,9 @@
 //
 // While kilnd is alive the watchdog waits one heartbeat longer (still before the others'
 // deadline): kilnd's own fence goes first and records what it killed; the watchdog is the
-// backstop for a kilnd whose event loop is stuck.
+// backstop for a kilnd whose event loop is stuck, and then kills VMMs only: the network is
+// kilnd's (its own fence takes it down, its rejoin renders it again), and a watchdog deleting
+// the nftables table just as kilnd rejoined would leave running VMs without their rules.
 //
 // Exactly one per state dir: the watchdog writes its pid file at start and exits when the file
 // names another process (a newer kilnd replaced it), or when the state dir or the lease is gone
@@ -74,8 +76,8 @@ export function decide(o: Observation, c: Pick<WatchdogConfig, 'fenceAfterMs' | 
 /** What the watchdog does to the host; fakes in the unit test, fenceHost() for real. */
 export interface WatchdogHost {
   observe(fenced: boolean): Promise<Observation>;
-  /** Kills the node's VMMs and takes its VM network down; the VM ids whose VMM it killed. */
-  fence(reason: string): Promise<string[]>;
+  /** Kills the node's VMMs and (`network`) takes its VM network down; the VM ids whose VMM it killed. */
+  fence(reason: string, network: boolean): Promise<string[]>;
   sleep(ms: number): Promise<void>;
   log(msg: string, fields?: Record<string, unknown>): void;
 }
@@ -96,7 +98,7 @@ export async function watch(c: WatchdogConfig, host: WatchdogHost): Promise<void
       const silentMs = o.leaseAt === null ? null : Math.round(o.now - o.leaseAt);
       // The decision's time, before the kills (which take a while): when this node stopped running VMs.
       if (!fenced) host.log('fencing: the lease is past the deadline; killing this node\'s VMMs', { silentMs, ownerAlive: o.ownerAlive, fenceAfterMs: c.fenceAfterMs });
-      const killed = await host.fence(`no accepted heartbeat for ${silentMs} ms (fence after ${c.fenceAfterMs} ms, kilnd ${o.ownerAlive ? 'alive' : 'gone'})`);
+      const killed = await host.fence(`no accepted heartbeat for ${silentMs} ms (fence after ${c.fenceAfterMs} ms, kilnd ${o.ownerAlive ? 'alive' : 'gone'})`, !o.ownerAlive);
       if (!fenced || killed.length) host.log('fenced: killed this node\'s VMMs and took its VM network down', { killed, silentMs, ownerAlive: o.ownerAlive, fenceAfterMs: c.fenceAfterMs });
       fenced = true;
     }
@@ -123,7 +125,7 @@ export function realHost(c: WatchdogConfig): WatchdogHost {
       ]);
       return { now: Date.now(), leaseAt: lease ? lease.mtimeMs : null, stateDirExists: dir !== null, current: pid.trim() === String(process.pid), ownerAlive: ppid === c.ownerPid, fenced };
     },
-    fence: (reason) => fenceHost(c, reason, (msg, fields) => appendLog(logFile, msg, fields)),
+    fence: (reason, network) => fenceHost(c, reason, network, (msg, fields) => appendLog(logFile, msg, fields)),
     sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
     log: (msg, fields) => appendLog(logFile, msg, fields),
   };
@@ -140,17 +142,18 @@ function appendLog(file: string, msg: string, fields: Record<string, unknown> = 
 }
 
 /**
- * What kilnd's fence does, without kilnd: every VMM under the state dir killed, their taps (or
- * clone namespaces) and any other kiln tap on the bridge removed, kiln's nftables tables for the
- * bridge deleted (their DNAT rules name the dead VMs' addresses).
+ * What kilnd's fence does, without kilnd: every VMM under the state dir killed; with `network`,
+ * their taps (or clone namespaces) and any other kiln tap on the bridge removed, and kiln's
+ * nftables tables for the bridge deleted (their DNAT rules name the dead VMs' addresses).
  */
-export async function fenceHost(c: Pick<WatchdogConfig, 'stateDir' | 'bridge'>, reason: string, log: (msg: string, fields?: Record<string, unknown>) => void): Promise<string[]> {
+export async function fenceHost(c: Pick<WatchdogConfig, 'stateDir' | 'bridge'>, reason: string, network: boolean, log: (msg: string, fields?: Record<string, unknown>) => void): Promise<string[]> {
   const found = await processesUnder(path.join(c.stateDir, 'vms'), path.join(c.stateDir, 'jailer'));
   const killed: string[] = [];
   for (const p of found) {
     if (!(await killAndWait(p.pid).catch(() => false))) log('a VMM did not die within 5 s of SIGKILL', { vm: p.vmId, pid: p.pid, reason });
     if (!killed.includes(p.vmId)) killed.push(p.vmId);
   }
+  if (!network) return killed;
   for (const id of killed) await removeCloneNetwork(cloneNetnsName(id), tapName(id)).catch((e) => log('removing the VM network failed', { vm: id, err: String(e) }));
   for (const link of await ip.listLinks({ master: c.bridge }).catch(() => [])) {
     if (link.ifname.startsWith('kiln')) await ip.deleteLink(link.ifname).catch((e) => log('removing a tap failed', { tap: link.ifname, err: String(e) }));
