@@ -183,12 +183,12 @@ async function main(): Promise<void> {
 }
 
 /** The API role's Server-Timing of a create: its store reads, placement, the node's answer. */
-type Timing = Partial<Record<'store' | 'place' | 'node', number>>;
+type Timing = Partial<Record<'store' | 'place' | 'node' | 'app', number>>;
 
 function serverTiming(h: string | null): Timing {
   const out: Timing = {};
   for (const part of (h ?? '').split(',')) {
-    const m = /^\s*(store|place|node);dur=([\d.]+)/.exec(part);
+    const m = /^\s*(store|place|node|app);dur=([\d.]+)/.exec(part);
     if (m) out[m[1] as keyof Timing] = Number(m[2]);
   }
   return out;
@@ -249,7 +249,12 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
     const viaApi: number[] = [];
     const straight: number[] = [];
     const placement: number[] = [];
-    const phases: Record<keyof Timing, number[]> = { store: [], place: [], node: [] };
+    const phases: Record<keyof Timing, number[]> = { store: [], place: [], node: [], app: [] };
+    // The node's own handling (its Server-Timing `app`) taken out of both creates of a pair: what
+    // is left of the straight one is the client ↔ node path, of the other the path through the API.
+    const appStraight: number[] = [];
+    const appVia: number[] = [];
+    const netOverhead: number[] = [];
     // Per create through the API: its answer time less the node's part of that same request
     // (Server-Timing `node`): the API's own share, free of the spread between two creates.
     const ownShare: number[] = [];
@@ -264,12 +269,14 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
         const m = await timedCreate(c, `${tag}-${i}`);
         (tag === 'api' ? viaApi : straight).push(m.ms);
         if (tag === 'api' && m.timing.node !== undefined) ownShare.push(m.ms - m.timing.node);
+        if (m.timing.app !== undefined) (tag === 'api' ? appVia : appStraight).push(m.ms - m.timing.app);
         if (tag === 'api') target = byName.get(m.node ?? '') ?? direct;
         if (m.placeMs !== null) placement.push(m.placeMs);
-        for (const k of ['store', 'place', 'node'] as const) if (m.timing[k] !== undefined) phases[k].push(m.timing[k]!);
+        for (const k of ['store', 'place', 'node', 'app'] as const) if (m.timing[k] !== undefined) phases[k].push(m.timing[k]!);
         await ready(c, m.id);
         await c.deleteVm(m.id);
       }
+      if (appVia.length === i + 1 && appStraight.length === i + 1) netOverhead.push(appVia[i]! - appStraight[i]!);
     }
     console.log(`\nwith real kilnd processes (3 nodes + API on this machine, ${VMS} creates each, 128 MiB guests, load ${os.loadavg()[0]!.toFixed(2)})\n`);
     console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [
@@ -278,10 +285,14 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
       ['  API: store reads (nodes with committed sums; image id cached)', median(phases.store), quantile(phases.store, 0.95)],
       ['  API: place()', median(phases.place), quantile(phases.place, 0.95)],
       ['  API: node answered (forward → headers)', median(phases.node), quantile(phases.node, 0.95)],
+      ['node handler time (its Server-Timing app), both kinds', median(phases.app), quantile(phases.app, 0.95)],
+      ['straight: answer − node handler (client ↔ node)', median(appStraight), quantile(appStraight, 0.95)],
+      ['through the API: answer − node handler', median(appVia), quantile(appVia, 0.95)],
     ]));
     const paired = viaApi.map((v, i) => v - straight[i]!);
     console.log(`\nAPI → node overhead per create: ${(median(viaApi) - median(straight)).toFixed(2)} ms (difference of the medians; target ≤ 5 ms)`);
     console.log(`  paired (each create through the API − the straight one after it): ${median(paired).toFixed(2)} ms median`);
+    console.log(`  with the node's handling taken out of both (paired, Server-Timing app): ${median(netOverhead).toFixed(2)} ms median, p95 ${quantile(netOverhead, 0.95).toFixed(2)} ms`);
     console.log(`  the API's own share of a create through it (answer − the node's part of the same request): ${median(ownShare).toFixed(2)} ms median, p95 ${quantile(ownShare, 0.95).toFixed(2)} ms`);
     console.log(`the hop alone (a create refused by the node at validation, 50 each): ${median(hop.api).toFixed(2)} ms through the API vs ${median(hop.node).toFixed(2)} ms straight: +${(median(hop.api) - median(hop.node)).toFixed(2)} ms\n`);
     console.log(table([`burst of ${VMS} creates through the API`, 'answered/s', 'ready/s'], [['1 node', one.answeredPerS, one.readyPerS], ['3 nodes', three.answeredPerS, three.readyPerS]]));
