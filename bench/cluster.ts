@@ -16,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { place } from '../src/cluster/placement.ts';
+import { COMMITTING_STATES } from '../src/vm/admission.ts';
 import { capacity, image, vm } from '../src/store/conformance.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { SqliteStore } from '../src/store/sqlite-store.ts';
@@ -97,19 +98,27 @@ async function afterIdle(url: string, idleMs: number, n: number): Promise<{ pgDe
   return out;
 }
 
-/** The store reads of an API role's create (every VM row and the nodes) with `n` VMs in the table. */
-async function readsWith(url: string, n: number): Promise<number[]> {
+/**
+ * The store reads of an API role's create with `n` VMs in the table: before (every VM row and
+ * the nodes, summed here) and now (the image and the nodes with their committed sums, computed
+ * by the database in one query).
+ */
+async function readsWith(url: string, n: number): Promise<{ allRows: number[]; aggregate: number[] }> {
   const s = await PgStore.open(url);
   try {
     await s.insertImage(image);
-    for (let i = 0; i < n; i++) await s.insertVm({ ...vm(`vm-r${i}`, `r${i}`), nodeId: `node-${i % 3}` });
-    const out: number[] = [];
+    for (let i = 0; i < 3; i++) await s.registerNode({ id: `node-${i}`, name: `n${i}`, url: `http://10.1.0.${i}:18080`, capacity: capacity() }, Date.now());
+    for (let i = 0; i < n; i++) await s.insertVm({ ...vm(`vm-r${i}`, `r${i}`), nodeId: `node-${i % 3}`, state: i % 2 ? 'ready' : 'stopped' });
+    const out = { allRows: [] as number[], aggregate: [] as number[] };
     for (let i = 0; i < 50; i++) {
-      const t0 = process.hrtime.bigint();
-      await Promise.all([s.listVms(), s.listNodes()]);
-      out.push(ms(t0));
+      let t0 = process.hrtime.bigint();
+      await Promise.all([s.getImage('default'), s.listVms(), s.listNodes()]);
+      out.allRows.push(ms(t0));
+      t0 = process.hrtime.bigint();
+      await Promise.all([s.getImage('default'), s.listNodesWithCommitted(COMMITTING_STATES)]);
+      out.aggregate.push(ms(t0));
     }
-    return out.slice(5);
+    return { allRows: out.allRows.slice(5), aggregate: out.aggregate.slice(5) };
   } finally {
     await s.close();
   }
@@ -149,7 +158,8 @@ async function main(): Promise<void> {
     const rows: (string | number)[][] = [];
     for (const n of [12, 1000]) {
       const r = await readsWith(await pg.createDatabase(), n);
-      rows.push([`${n} VMs in the table`, median(r), quantile(r, 0.95)]);
+      rows.push([`${n} VMs: image + every VM row + nodes (before)`, median(r.allRows), quantile(r.allRows, 0.95)]);
+      rows.push([`${n} VMs: image + nodes with SQL sums (now)`, median(r.aggregate), quantile(r.aggregate, 0.95)]);
     }
 
     console.log(`\nbench/cluster: ${RUNS} runs each; PostgreSQL 15 on a unix socket, same host (${os.cpus().length} CPUs, load ${os.loadavg()[0]!.toFixed(2)})\n`);
@@ -162,7 +172,7 @@ async function main(): Promise<void> {
       ['kiln pool (3 connections kept)', median(idle.kiln), Math.max(...idle.kiln)],
     ]));
     console.log('');
-    console.log(table(['store reads of an API create (all VM rows + nodes)', 'median ms', 'p95 ms'], rows));
+    console.log(table(['store reads of an API create', 'median ms', 'p95 ms'], rows));
     const extra = median(onPg) - median(onSqlite) + (placementRows[0]![1] as number);
     console.log(`\ncluster overhead per create (PostgreSQL store − SQLite store + placement over 3 nodes): ${extra.toFixed(2)} ms median (target ≤ 5 ms)`);
     if (VMS > 0) await withProcesses(pg);
@@ -173,12 +183,12 @@ async function main(): Promise<void> {
 }
 
 /** The API role's Server-Timing of a create: its store reads, placement, the node's answer. */
-type Timing = Partial<Record<'store' | 'place' | 'node', number>>;
+type Timing = Partial<Record<'store' | 'place' | 'node' | 'app', number>>;
 
 function serverTiming(h: string | null): Timing {
   const out: Timing = {};
   for (const part of (h ?? '').split(',')) {
-    const m = /^\s*(store|place|node);dur=([\d.]+)/.exec(part);
+    const m = /^\s*(store|place|node|app);dur=([\d.]+)/.exec(part);
     if (m) out[m[1] as keyof Timing] = Number(m[2]);
   }
   return out;
@@ -239,7 +249,15 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
     const viaApi: number[] = [];
     const straight: number[] = [];
     const placement: number[] = [];
-    const phases: Record<keyof Timing, number[]> = { store: [], place: [], node: [] };
+    const phases: Record<keyof Timing, number[]> = { store: [], place: [], node: [], app: [] };
+    // The node's own handling (its Server-Timing `app`) taken out of both creates of a pair: what
+    // is left of the straight one is the client ↔ node path, of the other the path through the API.
+    const appStraight: number[] = [];
+    const appVia: number[] = [];
+    const netOverhead: number[] = [];
+    // Per create through the API: its answer time less the node's part of that same request
+    // (Server-Timing `node`): the API's own share, free of the spread between two creates.
+    const ownShare: number[] = [];
     // Each pair: a create through the API, then one straight to the node the API placed it on
     // (the same kilnd process, as warm: nodes started later have run less code, and a
     // comparison against one node only would count that as the API's).
@@ -250,22 +268,32 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
         const c = tag === 'api' ? api.client : target;
         const m = await timedCreate(c, `${tag}-${i}`);
         (tag === 'api' ? viaApi : straight).push(m.ms);
+        if (tag === 'api' && m.timing.node !== undefined) ownShare.push(m.ms - m.timing.node);
+        if (m.timing.app !== undefined) (tag === 'api' ? appVia : appStraight).push(m.ms - m.timing.app);
         if (tag === 'api') target = byName.get(m.node ?? '') ?? direct;
         if (m.placeMs !== null) placement.push(m.placeMs);
-        for (const k of ['store', 'place', 'node'] as const) if (m.timing[k] !== undefined) phases[k].push(m.timing[k]!);
+        for (const k of ['store', 'place', 'node', 'app'] as const) if (m.timing[k] !== undefined) phases[k].push(m.timing[k]!);
         await ready(c, m.id);
         await c.deleteVm(m.id);
       }
+      if (appVia.length === i + 1 && appStraight.length === i + 1) netOverhead.push(appVia[i]! - appStraight[i]!);
     }
     console.log(`\nwith real kilnd processes (3 nodes + API on this machine, ${VMS} creates each, 128 MiB guests, load ${os.loadavg()[0]!.toFixed(2)})\n`);
     console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [
       ['straight to a node', median(straight), quantile(straight, 0.95)],
       ['through the API role', median(viaApi), quantile(viaApi, 0.95)],
-      ['  API: store reads (image, VMs, nodes)', median(phases.store), quantile(phases.store, 0.95)],
+      ['  API: store reads (nodes with committed sums; image id cached)', median(phases.store), quantile(phases.store, 0.95)],
       ['  API: place()', median(phases.place), quantile(phases.place, 0.95)],
       ['  API: node answered (forward → headers)', median(phases.node), quantile(phases.node, 0.95)],
+      ['node handler time (its Server-Timing app), both kinds', median(phases.app), quantile(phases.app, 0.95)],
+      ['straight: answer − node handler (client ↔ node)', median(appStraight), quantile(appStraight, 0.95)],
+      ['through the API: answer − node handler', median(appVia), quantile(appVia, 0.95)],
     ]));
-    console.log(`\nAPI → node overhead per create: ${(median(viaApi) - median(straight)).toFixed(2)} ms median (target ≤ 5 ms)`);
+    const paired = viaApi.map((v, i) => v - straight[i]!);
+    console.log(`\nAPI → node overhead per create: ${(median(viaApi) - median(straight)).toFixed(2)} ms (difference of the medians; target ≤ 5 ms)`);
+    console.log(`  paired (each create through the API − the straight one after it): ${median(paired).toFixed(2)} ms median`);
+    console.log(`  with the node's handling taken out of both (paired, Server-Timing app): ${median(netOverhead).toFixed(2)} ms median, p95 ${quantile(netOverhead, 0.95).toFixed(2)} ms`);
+    console.log(`  the API's own share of a create through it (answer − the node's part of the same request): ${median(ownShare).toFixed(2)} ms median, p95 ${quantile(ownShare, 0.95).toFixed(2)} ms`);
     console.log(`the hop alone (a create refused by the node at validation, 50 each): ${median(hop.api).toFixed(2)} ms through the API vs ${median(hop.node).toFixed(2)} ms straight: +${(median(hop.api) - median(hop.node)).toFixed(2)} ms\n`);
     console.log(table([`burst of ${VMS} creates through the API`, 'answered/s', 'ready/s'], [['1 node', one.answeredPerS, one.readyPerS], ['3 nodes', three.answeredPerS, three.readyPerS]]));
   } finally {

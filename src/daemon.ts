@@ -26,6 +26,7 @@ import { openStore, parseStoreSpec, redactStoreUrl } from './store/open-store.ts
 import { nodeCapacity } from './cluster/capacity.ts';
 import { loadNodeId } from './cluster/node-id.ts';
 import { NodeMember } from './cluster/node-member.ts';
+import { FenceLease } from './cluster/fence-lease.ts';
 import { leaseNodeSubnet } from './cluster/node-subnet.ts';
 import { Takeover } from './cluster/takeover.ts';
 import { scopeStoreToNode } from './cluster/node-scoped-store.ts';
@@ -51,6 +52,8 @@ export class Daemon {
   private closed = false;
   /** Cluster membership when the store is shared (PostgreSQL); null on a single host. */
   cluster: NodeMember | null = null;
+  /** A cluster node's fence lease, renewed at each accepted heartbeat (src/cluster/fence-lease.ts). */
+  fenceLease: FenceLease | null = null;
 
   private constructor(
     readonly config: KilnConfig,
@@ -178,10 +181,12 @@ export class Daemon {
       const chosen = jail ? { ...backend, reason: `${backend.reason}; ${jail.reason}` } : backend;
       const daemon = new Daemon(config, log, store, bus, metrics, assets, accel, chosen, driver, images, volumes, network, agents, vms, recipes, containers, functions, snapshots, templates, admission);
       if (nodeId) {
+        daemon.fenceLease = new FenceLease(config.stateDir);
         daemon.cluster = new NodeMember({
           store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
           capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
           publish: (type, vmId, data) => bus.publish(type, vmId, data),
+          onBeat: (at) => daemon.fenceLease!.renew(at),
           fence: {
             kill: (reason) => vms.fence(reason),
             release: async (ids) => {
@@ -213,7 +218,29 @@ export class Daemon {
     this.log.info({ url }, 'kilnd listening');
     // A cluster node registers once it can be reached.
     await this.cluster?.start(this.config.cluster.advertiseUrl ?? url);
+    if (this.cluster && this.fenceLease) await this.startFenceWatchdog(this.cluster.fenceAfterMs);
     return url;
+  }
+
+  /**
+   * The fence watchdog (src/cluster/fence-watchdog.ts): started once registration stamped the
+   * lease, replacing a previous kilnd's. Left running at close: a node whose kilnd stays down
+   * past the fence deadline is one the cluster counts lost, so its VMMs must go either way.
+   */
+  private async startFenceWatchdog(fenceAfterMs: number): Promise<void> {
+    const { heartbeatMs, lostAfterMs } = this.config.cluster;
+    try {
+      const pid = await this.fenceLease!.startWatchdog({
+        bridge: this.config.network.bridge, fenceAfterMs,
+        // kilnd's own fence first while it lives; still before the others' deadline.
+        aliveGraceMs: Math.min(heartbeatMs, (lostAfterMs - fenceAfterMs) / 2),
+        pollMs: Math.min(heartbeatMs / 2, 250),
+      }, this.log);
+      this.log.info({ pid, fenceAfterMs }, 'fence watchdog started');
+    } catch (e) {
+      // kilnd still fences itself while it runs; only a crash would go unfenced.
+      this.log.error({ err: e }, 'the fence watchdog did not start: VMMs of this node outlive a crash of kilnd');
+    }
   }
 
   /** Stops serving; running VMs keep running and are re-attached by the next start. */

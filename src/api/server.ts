@@ -107,6 +107,11 @@ export async function buildServer(daemon: Daemon, log: Logger): Promise<FastifyI
     allowedHosts: daemon.config.allowedHosts,
     isPublic: (url) => url.split('?')[0] === '/healthz' || isPublicWebPath(url),
   });
+  // How long kilnd took to answer (Server-Timing, a standard header): the cluster's API role adds
+  // its own entries after it, so a client can tell the node's time from the forwarding's.
+  app.addHook('onSend', async (_req, reply) => {
+    if (!reply.hasHeader('server-timing')) void reply.header('server-timing', `app;dur=${reply.elapsedTime.toFixed(3)}`);
+  });
   registerSystemRoutes(app, daemon);
   registerVmRoutes(app, daemon);
   registerVmStatsRoutes(app, daemon);

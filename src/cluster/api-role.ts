@@ -20,6 +20,7 @@ import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
 import { COMMITTING_STATES } from '../vm/admission.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { ImageIds } from './image-ids.ts';
 import { PortProxy } from './port-proxy.ts';
 import { NodeForwarder } from './node-forward.ts';
 import { place } from './placement.ts';
@@ -69,6 +70,7 @@ export class ApiRole {
     });
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
+    const imageIds = new ImageIds(o.store);
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
@@ -107,12 +109,12 @@ export class ApiRole {
     app.post('/v1/vms', async (req, reply) => {
       const t0 = performance.now();
       const body = parseJson(req.body);
-      // The three store reads at once (each its own pooled connection): one round trip's wait.
-      const [image, nodes] = await Promise.all([o.store.getImage(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
+      // One store read per create (the image's id is remembered a few seconds: image-ids.ts).
+      const [imageId, nodes] = await Promise.all([imageIds.resolve(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
       const demand = {
         vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
         memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId: image?.id,
+        imageId,
       };
       const t1 = performance.now();
       const node = place(nodes, demand, { k: o.k });
@@ -239,25 +241,15 @@ function parseJson(body: unknown): Record<string, unknown> {
 }
 
 /**
- * Ready nodes with what they have committed as the store says now (VM rows in committing
- * states), or as their last heartbeat said, whichever is more: a create placed a moment ago is
- * counted before the node's next heartbeat reports it.
+ * Nodes with what they have committed as the store says now (the sum of their VM rows in
+ * committing states, computed by the database), or as their last heartbeat said, whichever is
+ * more: a create placed a moment ago is counted before the node's next heartbeat reports it.
  */
 async function freshNodes(store: Store): Promise<NodeRecord[]> {
-  const [vms, nodes] = await Promise.all([store.listVms(), store.listNodes()]);
-  const committed = new Map<string, { vcpus: number; memoryMib: number }>();
-  for (const vm of vms) {
-    if (!vm.nodeId || !COMMITTING_STATES.includes(vm.state)) continue;
-    const c = committed.get(vm.nodeId) ?? { vcpus: 0, memoryMib: 0 };
-    c.vcpus += vm.vcpus;
-    c.memoryMib += vm.memoryMib;
-    committed.set(vm.nodeId, c);
-  }
-  return nodes.map((n) => {
-    const c = committed.get(n.id);
-    if (!c) return n;
-    return { ...n, capacity: { ...n.capacity, committedVcpus: Math.max(n.capacity.committedVcpus, c.vcpus), committedMemoryMib: Math.max(n.capacity.committedMemoryMib, c.memoryMib) } };
-  });
+  return (await store.listNodesWithCommitted(COMMITTING_STATES)).map(({ node: n, committed: c }) => ({
+    ...n,
+    capacity: { ...n.capacity, committedVcpus: Math.max(n.capacity.committedVcpus, c.vcpus), committedMemoryMib: Math.max(n.capacity.committedMemoryMib, c.memoryMib) },
+  }));
 }
 
 export function nodeView(n: NodeRecord) {

@@ -80,7 +80,8 @@ export class NodeForwarder {
     }
     void reply.code(res.statusCode);
     for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
-    if (timing) void reply.header('server-timing', timing(performance.now() - t0));
+    // The node's own entry (its handler's time) first, then the API's.
+    if (timing) void reply.header('server-timing', [res.headers['server-timing'], timing(performance.now() - t0)].flat().filter(Boolean).join(', '));
     return reply.send(res.body);
   }
 

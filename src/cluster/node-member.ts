@@ -45,6 +45,11 @@ export interface NodeMemberOptions {
   fence?: NodeFence;
   /** Takes over lost nodes' restart-policy containers after each sweep. */
   takeover?: Takeover;
+  /**
+   * After each registration and heartbeat the store accepted, with its time: renews the fence
+   * watchdog's lease (fence-lease.ts), which kills this node's VMMs if kilnd dies.
+   */
+  onBeat?: (at: number) => Promise<void>;
 }
 
 export const REJOIN_REASON = 'its node was lost and rejoined: the VM was stopped, not resumed, so that it cannot run twice';
@@ -98,6 +103,7 @@ export class NodeMember {
     const node = await this.o.store.registerNode({ id: this.o.nodeId, name: this.o.name, url: this.url, capacity: await this.o.capacity() }, now);
     this.node = node;
     this.lastBeatAt = now;
+    await this.beat(now);
     const settled = await this.settleLostVms();
     const fenced = this.fenced ? await this.settleFencedVms([...this.fenced]) : [];
     this.o.log.info({ node: node.id, name: node.name, incarnation: node.incarnation, settled, fenced }, event === 'node.rejoined' ? 'node rejoined the cluster' : 'node registered');
@@ -109,6 +115,11 @@ export class NodeMember {
       void this.o.fence!.release(killed).catch((e) => this.o.log.error({ err: e }, 'cleanup after fencing failed'));
     }
     return node;
+  }
+
+  /** The accepted beat's hook; its failure is logged, never the heartbeat's (the watchdog fences late rather than never). */
+  private async beat(at: number): Promise<void> {
+    await this.o.onBeat?.(at).catch((e) => this.o.log.error({ err: e }, 'renewing the fence lease failed'));
   }
 
   /** This node's VMs the cluster marked lost: recorded stopped (their VMMs are not tracked). */
@@ -158,6 +169,7 @@ export class NodeMember {
       if (beat) {
         this.node = beat;
         this.lastBeatAt = now;
+        await this.beat(now);
       } else {
         this.o.log.warn({ node: this.o.nodeId }, 'heartbeat refused: this node was declared lost; registering again');
         await this.register('node.rejoined');

@@ -389,6 +389,24 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.equal(await s.getNode('node-b'), null);
   });
 
+  c('nodes with committed resources: the sum of each node\'s VM rows in the asked states, in one query', async (s) => {
+    for (const [id, name] of [['node-a', 'a'], ['node-b', 'b'], ['node-c', 'c']]) {
+      await s.registerNode({ id: id!, name: name!, url: `http://${name}:18080`, capacity: capacity({ committedVcpus: 1 }) }, 1000);
+    }
+    await s.insertImage(image);
+    const rows: [string, string | null, VmRecord['state'], number, number][] = [
+      ['v1', 'node-a', 'ready', 2, 512], ['v2', 'node-a', 'booting', 1, 256], ['v3', 'node-a', 'stopped', 4, 4096],
+      ['v4', 'node-a', 'lost', 4, 4096], ['v5', 'node-b', 'creating', 3, 128], ['v6', null, 'ready', 8, 8192],
+    ];
+    for (const [id, nodeId, state, vcpus, memoryMib] of rows) await s.insertVm({ ...vm(id), nodeId, state, vcpus, memoryMib });
+    const got = await s.listNodesWithCommitted(['creating', 'booting', 'ready', 'paused', 'stopping']);
+    assert.deepEqual(got.map((r) => [r.node.name, r.committed.vcpus, r.committed.memoryMib]), [['a', 3, 768], ['b', 3, 128], ['c', 0, 0]], 'stopped, lost and node-less VMs do not count; a node without VMs has none');
+    assert.equal(got[0]!.node.capacity.committedVcpus, 1, 'the node record is as listNodes returns it (its heartbeat\'s own figure)');
+    assert.deepEqual(got.map((r) => r.node), await s.listNodes());
+    assert.deepEqual((await s.listNodesWithCommitted(['stopped'])).map((r) => r.committed.vcpus), [4, 0, 0]);
+    assert.deepEqual((await s.listNodesWithCommitted([])).map((r) => r.committed.vcpus), [0, 0, 0]);
+  });
+
   c('node subnets: racing nodes lease different ones, a lease is kept until the node is removed, a full range is refused', async (s) => {
     // Eight nodes at once for the four /26s of a /24: four get one each, four are refused.
     const range = '10.200.0.0/24';

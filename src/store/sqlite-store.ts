@@ -8,7 +8,7 @@ import {
   LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
   vmFromRow, vmToRow, volumeFromRow, type Row,
 } from './rows.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -402,6 +402,18 @@ export class SqliteStore implements Store {
 
   async listNodes(): Promise<NodeRecord[]> {
     return (this.db.prepare('SELECT * FROM nodes ORDER BY name').all() as Row[]).map(nodeFromRow);
+  }
+
+  async listNodesWithCommitted(states: readonly VmState[]): Promise<NodeCommitted[]> {
+    const rows = this.db
+      .prepare(
+        `SELECT n.*, COALESCE(c.vcpus, 0) AS committed_vcpus, COALESCE(c.memory_mib, 0) AS committed_memory_mib FROM nodes n
+         LEFT JOIN (SELECT node_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib FROM vms
+                    WHERE node_id IS NOT NULL AND state IN (SELECT value FROM json_each(?)) GROUP BY node_id) c ON c.node_id = n.id
+         ORDER BY n.name`,
+      )
+      .all(JSON.stringify(states)) as Row[];
+    return rows.map((r) => ({ node: nodeFromRow(r), committed: { vcpus: r.committed_vcpus as number, memoryMib: r.committed_memory_mib as number } }));
   }
 
   async deleteNode(id: string): Promise<void> {

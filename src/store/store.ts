@@ -287,6 +287,12 @@ export interface NodeRecord {
   lostAt: number | null;
 }
 
+/** A node and what its VM rows in the asked states add up to (NodeStore.listNodesWithCommitted). */
+export interface NodeCommitted {
+  node: NodeRecord;
+  committed: { vcpus: number; memoryMib: number };
+}
+
 /** Cluster membership (src/cluster/): registration, heartbeats, the lost-node sweep. */
 export interface NodeStore {
   /** Registers (or re-registers) a node: state ready, incarnation + 1, heartbeat now. */
@@ -298,6 +304,12 @@ export interface NodeStore {
   heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number): Promise<NodeRecord | null>;
   getNode(id: string): Promise<NodeRecord | null>;
   listNodes(): Promise<NodeRecord[]>;
+  /**
+   * The nodes (as listNodes), each with the vCPUs and memory of its VM rows in `states`, summed
+   * per node by the database in the same query: the API role's placement counts a VM placed a
+   * moment ago before the node's next heartbeat reports it, without reading every VM row.
+   */
+  listNodesWithCommitted(states: readonly VmState[]): Promise<NodeCommitted[]>;
   /** Removes the node and releases its VM subnet lease. */
   deleteNode(id: string): Promise<void>;
   /**

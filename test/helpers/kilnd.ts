@@ -130,6 +130,8 @@ export async function startKilnd(
         for (const vm of await client.listVms().catch(() => [])) await client.deleteVm(vm.id).catch(() => {});
       }
       await stop();
+      // A cluster node's fence watchdog outlives kilnd by design; the test's is stopped here.
+      await killFenceWatchdog(stateDir);
       for (const pid of await qemuPids(stateDir)) process.kill(pid, 'SIGKILL');
       await removeTestNetwork(network);
       await fs.rm(stateDir, { recursive: true, force: true });
@@ -192,6 +194,29 @@ export async function waitForLog(client: KilnClient, id: string, re: RegExp, tim
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new Error(`console of ${id} never matched ${re}; got:\n${whole.slice(-2000)}`);
+}
+
+/** The fence watchdog of a cluster node's state dir (src/cluster/fence-watchdog.ts), if one runs: its pid. */
+export async function fenceWatchdogPid(stateDir: string): Promise<number | null> {
+  const pid = Number((await fs.readFile(path.join(stateDir, 'fence-watchdog.pid'), 'utf8').catch(() => '')).trim());
+  if (!(pid > 0)) return null;
+  const cmd = await fs.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+  return cmd.includes('kiln-fence-watchdog') && cmd.includes(stateDir) ? pid : null;
+}
+
+/** SIGKILLs the state dir's fence watchdog, if one runs, and waits (bounded) until it is gone. */
+export async function killFenceWatchdog(stateDir: string): Promise<void> {
+  const pid = await fenceWatchdogPid(stateDir);
+  if (pid === null) return;
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    return;
+  }
+  const deadline = Date.now() + 5000;
+  while (Date.now() < deadline && (await fs.readFile(`/proc/${pid}/stat`, 'utf8').then((s) => s.slice(s.lastIndexOf(')') + 2, s.lastIndexOf(')') + 3) !== 'Z', () => false))) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** Live VMM processes (QEMU or Firecracker) whose command line names `stateDir`. */

@@ -14,6 +14,7 @@ test('dashboard: page and assets are served without the token, the API still nee
     const page = await app.inject('/');
     assert.equal(page.statusCode, 200);
     assert.match(page.headers['content-type'] as string, /text\/html/);
+    assert.match(page.headers['server-timing'] as string, /^app;dur=\d+\.\d{3}$/, 'kilnd says how long it took (the API role adds its entries after it)');
     assert.match(page.body, /<script type="module" src="\/ui\/app.js">/);
     const js = await app.inject('/ui/app.js');
     assert.equal(js.statusCode, 200);

@@ -1,7 +1,7 @@
 // Cluster membership on PostgreSQL: node registration, compare-and-set heartbeats, and the
 // lost-node sweep that moves a silent node's VMs to `lost` in the same transaction.
 import { LOSABLE_STATES, nodeFromRow } from '../rows.ts';
-import type { NodeCapacity, NodeRecord, NodeStore } from '../store.ts';
+import type { NodeCapacity, NodeCommitted, NodeRecord, NodeStore, VmState } from '../store.ts';
 import { LOCKS, mapUnique, type PgDb } from './db.ts';
 
 export class PgNodeRepo implements NodeStore {
@@ -38,6 +38,18 @@ export class PgNodeRepo implements NodeStore {
 
   async listNodes(): Promise<NodeRecord[]> {
     return (await this.db.rows('SELECT * FROM nodes ORDER BY name')).map(nodeFromRow);
+  }
+
+  async listNodesWithCommitted(states: readonly VmState[]): Promise<NodeCommitted[]> {
+    // SUM of integer is bigint (int8): read back as a number (db.ts).
+    const rows = await this.db.rows(
+      `SELECT n.*, COALESCE(c.vcpus, 0) AS committed_vcpus, COALESCE(c.memory_mib, 0) AS committed_memory_mib FROM nodes n
+       LEFT JOIN (SELECT node_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib FROM vms
+                  WHERE node_id IS NOT NULL AND state = ANY($1::text[]) GROUP BY node_id) c ON c.node_id = n.id
+       ORDER BY n.name`,
+      [[...states]],
+    );
+    return rows.map((r) => ({ node: nodeFromRow(r), committed: { vcpus: r.committed_vcpus as number, memoryMib: r.committed_memory_mib as number } }));
   }
 
   async deleteNode(id: string): Promise<void> {

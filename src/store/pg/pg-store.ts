@@ -100,6 +100,7 @@ export class PgStore implements Store {
   heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number) { return this.nodes.heartbeatNode(id, incarnation, capacity, now); }
   getNode(id: string) { return this.nodes.getNode(id); }
   listNodes() { return this.nodes.listNodes(); }
+  listNodesWithCommitted(states: readonly VmState[]) { return this.nodes.listNodesWithCommitted(states); }
   deleteNode(id: string) { return this.nodes.deleteNode(id); }
   markNodesLost(heartbeatBefore: number, now: number) { return this.nodes.markNodesLost(heartbeatBefore, now); }
   leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null) { return this.nodes.leaseNodeSubnet(nodeId, pick); }
