@@ -22,7 +22,8 @@ import { COMMITTING_STATES } from '../vm/admission.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
 import { ImageIds } from './image-ids.ts';
 import { PortProxy } from './port-proxy.ts';
-import { NodeForwarder } from './node-forward.ts';
+import { NodeForwarder, notDelivered } from './node-forward.ts';
+import { NodeLedger } from './node-ledger.ts';
 import { place } from './placement.ts';
 import { StoreEventFollower } from './store-events.ts';
 
@@ -71,6 +72,7 @@ export class ApiRole {
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
     const imageIds = new ImageIds(o.store);
+    const ledger = new NodeLedger(o.store, COMMITTING_STATES);
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
@@ -109,21 +111,39 @@ export class ApiRole {
     app.post('/v1/vms', async (req, reply) => {
       const t0 = performance.now();
       const body = parseJson(req.body);
-      // One store read per create (the image's id is remembered a few seconds: image-ids.ts).
-      const [imageId, nodes] = await Promise.all([imageIds.resolve(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
+      // No store read on the way, usually: the nodes' committed resources are kept in memory and
+      // refreshed behind the creates (node-ledger.ts), the image's id remembered (image-ids.ts).
+      const [imageId, view] = await Promise.all([imageIds.resolve(typeof body.image === 'string' ? body.image : 'default'), ledger.view()]);
       const demand = {
         vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
         memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
         imageId,
       };
-      const t1 = performance.now();
-      const node = place(nodes, demand, { k: o.k });
-      const t2 = performance.now();
-      if (!node) throw new KilnError('KILN_ERR_CAPACITY', `no ready node has ${demand.vcpus} vCPUs and ${demand.memoryMib} MiB free`);
-      // Where the time went, for bench/cluster (Server-Timing: a standard header, no body change).
-      void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
-      return fwd.forward(req, reply, node, req.body as Buffer, {}, (upstreamMs) =>
-        `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
+      let nodes = view;
+      const skipped = new Set<string>();
+      for (;;) {
+        const t1 = performance.now();
+        const node = place(nodes.filter((n) => !skipped.has(n.id)), demand, { k: o.k });
+        const t2 = performance.now();
+        if (!node) throw new KilnError('KILN_ERR_CAPACITY', `no ready node has ${demand.vcpus} vCPUs and ${demand.memoryMib} MiB free`, skipped.size ? { unreachable: [...skipped] } : undefined);
+        // Where the time went, for bench/cluster (Server-Timing: a standard header, no body change).
+        void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
+        const placed = ledger.reserve(node.id, demand);
+        try {
+          const sent = await fwd.forward(req, reply, node, req.body as Buffer, {}, (upstreamMs) =>
+            `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
+          placed(reply.statusCode < 300);
+          return sent;
+        } catch (e) {
+          placed(false);
+          // A node that refused the connection never saw the create (it died, or the view is from
+          // before it was marked lost): place it again without that node, on a view read now.
+          if (!notDelivered(e)) throw e;
+          skipped.add(node.id);
+          await ledger.refresh();
+          nodes = await ledger.view();
+        }
+      }
     });
 
     app.get('/v1/vms', async () => {
@@ -238,18 +258,6 @@ function parseJson(body: unknown): Record<string, unknown> {
     throw new KilnError('KILN_ERR_INVALID_JSON', `body is not JSON: ${(e as Error).message}`);
   }
   throw new KilnError('KILN_ERR_VALIDATION', 'body must be a JSON object');
-}
-
-/**
- * Nodes with what they have committed as the store says now (the sum of their VM rows in
- * committing states, computed by the database), or as their last heartbeat said, whichever is
- * more: a create placed a moment ago is counted before the node's next heartbeat reports it.
- */
-async function freshNodes(store: Store): Promise<NodeRecord[]> {
-  return (await store.listNodesWithCommitted(COMMITTING_STATES)).map(({ node: n, committed: c }) => ({
-    ...n,
-    capacity: { ...n.capacity, committedVcpus: Math.max(n.capacity.committedVcpus, c.vcpus), committedMemoryMib: Math.max(n.capacity.committedMemoryMib, c.memoryMib) },
-  }));
 }
 
 export function nodeView(n: NodeRecord) {
