@@ -72,7 +72,8 @@ export class ApiRole {
     const fwd = new NodeForwarder(o.token);
     const events = new StoreEventFollower(o.store, o.log);
     const imageIds = new ImageIds(o.store);
-    const ledger = new NodeLedger(o.store, COMMITTING_STATES);
+    const ledger = new NodeLedger(o.store, COMMITTING_STATES).start();
+    app.addHook('onClose', async () => ledger.close());
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.

@@ -115,3 +115,25 @@ test('a refresh that fails keeps the last view and is retried by the next create
   fail = false;
   assert.equal((await l.view()).length, 1);
 });
+
+test('started, the view is kept fresh in the background: a create after a quiet spell does not wait for the store', async () => {
+  const f = fakeStore(() => [{ node: node('a'), committed: { vcpus: 0, memoryMib: 0 } }]);
+  const l = new NodeLedger(f.store, ['ready'], { refreshMs: 20, maxAgeMs: 5000 }).start();
+  try {
+    await l.view();
+    await new Promise((r) => setTimeout(r, 200));
+    assert.ok(f.calls.n >= 4, `read in the background (${f.calls.n} reads)`);
+    const open = f.hold();
+    // The next background read now hangs; a view is still served from the last one at once.
+    await new Promise((r) => setTimeout(r, 25));
+    const t0 = performance.now();
+    await l.view();
+    assert.ok(performance.now() - t0 < 15, 'served without waiting');
+    open();
+  } finally {
+    l.close();
+  }
+  const n = f.calls.n;
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(f.calls.n, n, 'closed: no more reads');
+});

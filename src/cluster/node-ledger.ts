@@ -2,9 +2,11 @@
 // memory and refreshed from the store in the background, so a create does not wait for a
 // database round trip (it was a third of the API → node overhead: docs/cluster.md "Measured").
 //
-// How fresh: a view older than `refreshMs` is served while a refresh runs behind it (stale
-// while revalidate); one older than `maxAgeMs` (the first create, or after a quiet spell) is
-// refreshed before it is used. What this API process placed since is added on top as
+// How fresh: once started, the view is read every `refreshMs` in the background (one query:
+// the nodes joined with their VMs' sums), whether creates come or not, since creates come
+// seconds apart as often as in bursts; a view older than `refreshMs` is served while a refresh
+// runs behind it (stale while revalidate); one older than `maxAgeMs` (the first create, or the
+// store failing to answer) is refreshed before it is used. What this API process placed since is added on top as
 // reservations, dropped once a refresh that began after the node answered has seen the VM's
 // row, so a burst of creates through one API process spreads as if each had read the store.
 // Creates through other API processes reach this view at the next refresh (≤ refreshMs later);
@@ -33,6 +35,7 @@ export class NodeLedger {
   private readAt = -Infinity;
   private refreshing: Promise<void> | null = null;
   private readonly reservations = new Set<Reservation>();
+  private timer: NodeJS.Timeout | null = null;
   private readonly refreshMs: number;
   private readonly maxAgeMs: number;
   private readonly now: () => number;
@@ -97,6 +100,17 @@ export class NodeLedger {
       }
     })();
     return this.refreshing;
+  }
+
+  /** Keeps the view fresh in the background until close(); a failed read is retried at the next tick. */
+  start(): this {
+    this.timer ??= setInterval(() => void this.refresh().catch(() => {}), this.refreshMs).unref();
+    return this;
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
   }
 
   /** Reservations not yet seen in the store (tests, /healthz). */
