@@ -106,6 +106,8 @@ const sandbox = (id: string, startedAt: number, metadata: Record<string, string>
   cpuCount: 1, memoryMb: 512, startedAt, endAt: startedAt + 300_000,
 });
 
+// Large nodes: a's four VMs and b's two leave them within locality's bonus of each other.
+const big = capacity({ vcpus: 64, memoryMib: 65536 });
 let dir: string;
 let store: SqliteStore;
 let a: FakeNode;
@@ -121,13 +123,13 @@ before(async () => {
   await a.start();
   await b.start();
   await store.insertImage(image);
-  await store.registerNode({ id: 'node-a', name: 'a', url: 'http://127.0.0.1:1', e2bUrl: a.url, capacity: capacity() }, Date.now());
-  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: b.url, capacity: capacity() }, Date.now());
+  await store.registerNode({ id: 'node-a', name: 'a', url: 'http://127.0.0.1:1', e2bUrl: a.url, capacity: big }, Date.now());
+  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: b.url, capacity: big }, Date.now());
   // A node without an E2B listener is never asked.
   await store.registerNode({ id: 'node-c', name: 'c', url: 'http://127.0.0.1:1', capacity: capacity() }, Date.now());
   for (const [n, node] of [[a, 'node-a'], [b, 'node-b']] as const) {
     for (const s of n.sandboxes) {
-      await store.insertVm({ ...vm(s.vmId, s.id), nodeId: node, state: s.state === 'paused' ? 'paused' : 'ready', memoryMib: 512, labels: { 'kiln.kind': 'sandbox', 'e2b.sandbox': s.id, 'e2b.template': node === 'node-b' ? 'tpl-on-b' : 'base' } });
+      await store.insertVm({ ...vm(s.vmId, s.id), nodeId: node, state: s.state === 'paused' ? 'paused' : 'ready', memoryMib: 512, labels: { 'kiln.kind': 'sandbox', 'e2b.sandbox': s.id, 'e2b.template': node === 'node-a' ? 'tpl-on-a' : 'base' } });
     }
   }
   // A plain VM named like a sandbox id is not one.
@@ -157,21 +159,23 @@ test('the control plane needs the cluster\'s E2B API key (the one every node der
 });
 
 test('creates are placed with template locality, relayed as they came, and moved off a node that refuses the connection', async () => {
-  const body = JSON.stringify({ templateID: 'tpl-on-b', timeout: 60 });
+  const body = JSON.stringify({ templateID: 'tpl-on-a', timeout: 60 });
   const r = await call('/sandboxes', { method: 'POST', body, headers: { 'content-type': 'application/json' } });
   assert.equal(r.status, 201);
-  assert.equal(r.headers.get('x-kiln-node'), 'b', 'the node that runs sandboxes of the template');
-  assert.deepEqual(await r.json(), { sandboxID: 'new-on-b', templateID: 'tpl-on-b' });
-  const got = b.seen.at(-1)!;
+  assert.equal(r.headers.get('x-kiln-node'), 'a', 'the node that runs sandboxes of the template, though b has more free');
+  assert.deepEqual(await r.json(), { sandboxID: 'new-on-a', templateID: 'tpl-on-a' });
+  const got = a.seen.at(-1)!;
   assert.equal(got.body, body);
   assert.equal(got.headers['x-api-key'], KEY);
-  // Node a has the template now; b's listener goes away: nothing is created there, a takes it.
+  const other = await call('/sandboxes', { method: 'POST', body: JSON.stringify({ templateID: 'elsewhere' }) });
+  assert.equal(other.headers.get('x-kiln-node'), 'b', 'without locality: the node with more free');
+  // b's listener goes away: nothing is created there, a takes it.
   const bUrl = b.url;
-  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: `http://127.0.0.1:${await freePort()}`, capacity: capacity() }, Date.now());
-  const moved = await call('/v2/sandboxes', { method: 'POST', body: JSON.stringify({ templateID: 'tpl-on-b' }) });
+  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: `http://127.0.0.1:${await freePort()}`, capacity: big }, Date.now());
+  const moved = await call('/v2/sandboxes', { method: 'POST', body: JSON.stringify({ templateID: 'base' }) });
   assert.equal(moved.status, 201);
   assert.equal(moved.headers.get('x-kiln-node'), 'a');
-  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: bUrl, capacity: capacity() }, Date.now());
+  await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: bUrl, capacity: big }, Date.now());
   assert.equal((await call('/sandboxes', { method: 'POST', body: '{not json' })).status, 400);
 });
 
@@ -252,7 +256,7 @@ test('a WebSocket upgrade to a sandbox port is piped to the owner node', async (
 test('a lost node\'s sandboxes: E2B\'s 404 on the control plane, 502 on the sandbox plane; they are not listed', async () => {
   await store.markNodesLost(Date.now() + 1, Date.now());
   // Only a and b were marked; bring a back so the list has a node to ask.
-  await store.registerNode({ id: 'node-a', name: 'a', url: 'http://127.0.0.1:1', e2bUrl: a.url, capacity: capacity() }, Date.now());
+  await store.registerNode({ id: 'node-a', name: 'a', url: 'http://127.0.0.1:1', e2bUrl: a.url, capacity: big }, Date.now());
   for (const s of a.sandboxes) await store.updateVm(s.vmId, { state: 'ready' });
   const r = await call('/sandboxes/sbb1', { method: 'DELETE' });
   assert.equal(r.status, 404);

@@ -65,12 +65,13 @@ test('image locality breaks near-ties, not real imbalance', () => {
 });
 
 test('other locality (an E2B template’s snapshot and clone pool) breaks near-ties like a cached image', () => {
-  const warm = node('warm', { committedMemoryMib: 512 });
-  const cold = node('cold');
+  // Memory is the tighter resource on both (16 vCPUs): warm has one sandbox's 512 MiB less free.
+  const warm = node('warm', { vcpus: 16, committedMemoryMib: 512 });
+  const cold = node('cold', { vcpus: 16 });
   const local = new Set([warm.id]);
   assert.equal(place([warm, cold], { vcpus: 1, memoryMib: 512, local }, { k: 2 })?.name, 'warm');
   assert.equal(place([warm, cold], { vcpus: 1, memoryMib: 512 }, { k: 2 })?.name, 'cold', 'without it, the emptier node');
-  const busy = node('busy', { committedMemoryMib: 6144 });
+  const busy = node('busy', { vcpus: 16, committedMemoryMib: 6144 });
   assert.equal(place([busy, cold], { vcpus: 1, memoryMib: 512, local: new Set([busy.id]) }, { k: 2 })?.name, 'cold');
 });
 
