@@ -169,6 +169,11 @@ test('creates are placed with template locality, relayed as they came, and moved
   assert.equal(got.headers['x-api-key'], KEY);
   const other = await call('/sandboxes', { method: 'POST', body: JSON.stringify({ templateID: 'elsewhere' }) });
   assert.equal(other.headers.get('x-kiln-node'), 'b', 'without locality: the node with more free');
+  const pinned = await call('/sandboxes', { method: 'POST', body, headers: { 'x-kiln-node': 'b' } });
+  assert.equal(pinned.headers.get('x-kiln-node'), 'b', 'x-kiln-node pins the create');
+  const pinnedNowhere = await call('/sandboxes', { method: 'POST', body, headers: { 'x-kiln-node': 'c' } });
+  assert.equal(pinnedNowhere.status, 503, 'c serves no E2B');
+  assert.match(((await pinnedNowhere.json()) as { message: string }).message, /^KILN_ERR_NODE_UNAVAILABLE: /);
   // b's listener goes away: nothing is created there, a takes it.
   const bUrl = b.url;
   await store.registerNode({ id: 'node-b', name: 'b', url: 'http://127.0.0.1:1', e2bUrl: `http://127.0.0.1:${await freePort()}`, capacity: big }, Date.now());

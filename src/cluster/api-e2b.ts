@@ -8,7 +8,7 @@
 //    sandbox, Host and headers kept (the node routes by them), WebSocket upgrades piped.
 //  - Control plane: creates are placed on a node (placement.ts: best of K by free capacity,
 //    preferring nodes that run sandboxes of the same template: its snapshot files and warm clone
-//    pool are there) and relayed to it; lists (v1 and v2, filters and paging) are every ready
+//    pool are there; `x-kiln-node: NAME` pins one) and relayed to it; lists (v1 and v2, filters and paging) are every ready
 //    node's, merged; everything about one sandbox goes to its owner.
 //
 // A sandbox is a VM labelled `e2b.sandbox=<id>` and named by the id, so its owner is read from
@@ -159,6 +159,12 @@ export class ClusterE2b {
       throw new E2bError(400, `body is not JSON: ${(e as Error).message}`);
     }
     let candidates = await this.candidates(typeof templateID === 'string' ? templateID : null);
+    // `x-kiln-node: NAME` pins the create to one node (as for function invokes): operators, tests.
+    const pin = req.headers['x-kiln-node'];
+    if (typeof pin === 'string' && pin) {
+      candidates = candidates.filter((c) => c.node.name === pin);
+      if (!candidates.length) throw new KilnError('KILN_ERR_NODE_UNAVAILABLE', `x-kiln-node: no ready node named ${JSON.stringify(pin)} serves E2B's API`, { node: pin });
+    }
     const local = new Set(candidates.filter((c) => c.local).map((c) => c.node.id));
     let nodes = candidates.map((c) => c.node);
     for (;;) {

@@ -156,6 +156,8 @@ export function relay(
     headers['content-length'] = String(o.body.length);
   }
   const up = http.request({ host: bare(target.hostname), port: target.port, method: req.method, path: req.url, headers, agent });
+  // No idle limit while in use (a silent command stream); the agent's applies again once it is free.
+  up.setTimeout(0);
   let answered = false;
   up.on('response', (pres) => {
     answered = true;
