@@ -29,6 +29,8 @@ const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = FENCE_TIMING;
 const NODES = ['e1', 'e2'] as const;
 /** The first create builds `base`'s template (image from the recipe cache, one boot, a snapshot). */
 const FIRST_CREATE_MS = 600_000;
+/** Every sandbox outlives the test (E2B's default of 5 min is shorter than a slow run). */
+const LIFE_MS = 1_800_000;
 const newDatabase = postgresPerFile();
 const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 
@@ -74,17 +76,17 @@ test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to
 
     const meta = { suite: 'cluster-e2b', run: String(process.pid) };
     const tFirst = Date.now();
-    const a = await Sandbox.create('base', { metadata: { ...meta, n: 'a' }, requestTimeoutMs: FIRST_CREATE_MS });
+    const a = await Sandbox.create('base', { metadata: { ...meta, n: 'a' }, requestTimeoutMs: FIRST_CREATE_MS, timeoutMs: LIFE_MS });
     made.push(a);
     const home = await nodeOf(a.sandboxId);
     const other = NODES.find((n) => n !== home)!;
     t.diagnostic(`first sandbox (template built) on ${home}: ${stamp(tFirst)}`);
     // Template locality: the next one goes where the template's sandboxes run.
-    const b = await Sandbox.create('base', { metadata: { ...meta, n: 'b' }, requestTimeoutMs: FIRST_CREATE_MS });
+    const b = await Sandbox.create('base', { metadata: { ...meta, n: 'b' }, requestTimeoutMs: FIRST_CREATE_MS, timeoutMs: LIFE_MS });
     made.push(b);
     assert.equal(await nodeOf(b.sandboxId), home, 'placed beside the template\'s other sandbox');
     // Pinned to the other node: it clones the same template there.
-    const c = await Sandbox.create('base', { metadata: { ...meta, n: 'c' }, requestTimeoutMs: FIRST_CREATE_MS, apiHeaders: { 'x-kiln-node': other } });
+    const c = await Sandbox.create('base', { metadata: { ...meta, n: 'c' }, requestTimeoutMs: FIRST_CREATE_MS, timeoutMs: LIFE_MS, apiHeaders: { 'x-kiln-node': other } });
     made.push(c);
     assert.equal(await nodeOf(c.sandboxId), other);
     t.diagnostic(`three sandboxes: ${stamp(tFirst)}`);
