@@ -214,7 +214,14 @@ export class ApiRole {
     const addr = app.server.address();
     const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
     const e2b = o.e2b ? new ClusterE2b({ store: o.store, token: o.token, host: o.e2b.host, port: o.e2b.port, log: o.log.child({ component: 'e2b' }), ...(o.k ? { k: o.k } : {}) }) : null;
-    const e2bUrl = e2b ? await e2b.listen() : null;
+    const e2bUrl = e2b ? await e2b.listen().catch(async (e) => {
+      // Nothing half-made: an E2B listener that cannot start takes the API listener down with it.
+      events.close();
+      await ports.close();
+      await app.close();
+      await fwd.close();
+      throw e;
+    }) : null;
     return new ApiRole(app, fwd, events, ports, url, e2b, e2bUrl);
   }
 
