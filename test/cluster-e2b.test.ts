@@ -101,6 +101,21 @@ test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to
       assert.equal((await s.commands.run('cat /home/user/from-api.txt')).stdout, `written to ${s.sandboxId}\n`);
     }
 
+    // What the relay costs: the same envd call through the API role and straight to the node.
+    const homeE2b = rows.find((n) => n.name === home)!.e2bUrl!;
+    const direct = await Sandbox.connect(a.sandboxId, { apiUrl: homeE2b, sandboxUrl: homeE2b, timeoutMs: LIFE_MS });
+    const medianRead = async (s: Sandbox) => {
+      const times: number[] = [];
+      for (let i = 0; i < 21; i++) {
+        const t1 = performance.now();
+        assert.equal(await s.files.read('/home/user/from-api.txt'), `written to ${a.sandboxId}\n`);
+        times.push(performance.now() - t1);
+      }
+      return times.sort((x, y) => x - y)[10]!;
+    };
+    const [viaApi, viaNode] = [await medianRead(a), await medianRead(direct)];
+    t.diagnostic(`files.read median of 21: ${viaApi.toFixed(1)} ms through the API role, ${viaNode.toFixed(1)} ms straight to the node (load ${(await fs.readFile('/proc/loadavg', 'utf8')).split(' ')[0]})`);
+
     // The list is both nodes', filtered by metadata; v2 paging crosses nodes.
     const listed = await Sandbox.list({ query: { metadata: meta } }).nextItems();
     assert.deepEqual(listed.map((s) => s.sandboxId).sort(), [a, b, c].map((s) => s.sandboxId).sort());
