@@ -5,7 +5,7 @@ import type { NodeRecord } from '../store/store.ts';
 import { invokeOrder } from './api-functions.ts';
 
 const node = (name: string, functions?: Record<string, number>): NodeRecord => ({
-  id: `node-${name}`, name, url: `http://${name}`, state: 'ready', incarnation: 1, capacity: { ...capacity({ images: [] }), ...(functions ? { functions } : {}) },
+  id: `node-${name}`, name, url: `http://${name}`, e2bUrl: null, state: 'ready', incarnation: 1, capacity: { ...capacity({ images: [] }), ...(functions ? { functions } : {}) },
   registeredAt: 0, heartbeatAt: 0, lostAt: null,
 });
 

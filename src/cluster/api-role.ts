@@ -19,6 +19,7 @@ import { KilnError, isKilnError } from '../errors.ts';
 import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
 import { COMMITTING_STATES } from '../vm/admission.ts';
+import { ClusterE2b } from './api-e2b.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
 import { ImageIds } from './image-ids.ts';
 import { PortProxy } from './port-proxy.ts';
@@ -40,6 +41,8 @@ export interface ApiRoleOptions {
   bodyLimit?: number;
   /** How often the published ports proxied here are read from the store (default 1 s). */
   portSyncMs?: number;
+  /** `--e2b-listen`: also serve E2B's API here, in front of the nodes' (api-e2b.ts). */
+  e2b?: { host: string; port: number };
 }
 
 const DEFAULT_MEMORY_MIB = 256;
@@ -49,7 +52,7 @@ const NOT_ROUTED: [RegExp, string][] = [
   [/^\/v1\/(volumes|snapshots|templates)(\/|$)/, 'volumes, snapshots and templates are per node: call the node that holds them (GET /v1/nodes lists their URLs)'],
   [/^\/v1\/containers(\/|$)/, 'containers are created on a node: call it directly (its VMs are reachable here under /v1/vms)'],
   [/^\/v1\/images\/(gc|import|upload)$/, 'image files are per node: import, upload and collect garbage on each node'],
-  [/^\/(v2\/)?sandboxes(\/|$)/, 'the E2B-compatible API is served by each node, not by the API role'],
+  [/^\/(v2\/)?sandboxes(\/|$)/, 'the E2B-compatible API is served on the API role\'s own E2B listener (--e2b-listen), not on this port'],
   [/^\/(metrics|openapi\.json|ui)(\/|$)/, 'metrics, the OpenAPI document and the dashboard are served by each node'],
 ];
 
@@ -60,6 +63,9 @@ export class ApiRole {
     private readonly events: StoreEventFollower,
     private readonly ports: PortProxy,
     readonly url: string,
+    private readonly e2b: ClusterE2b | null,
+    /** The E2B listener's URL (E2B_API_URL, E2B_SANDBOX_URL); null without --e2b-listen. */
+    readonly e2bUrl: string | null,
   ) {}
 
   static async start(o: ApiRoleOptions): Promise<ApiRole> {
@@ -230,10 +236,20 @@ export class ApiRole {
     await ports.start();
     const addr = app.server.address();
     const url = typeof addr === 'object' && addr ? `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : String(addr);
-    return new ApiRole(app, fwd, events, ports, url);
+    const e2b = o.e2b ? new ClusterE2b({ store: o.store, token: o.token, host: o.e2b.host, port: o.e2b.port, log: o.log.child({ component: 'e2b' }), ...(o.k ? { k: o.k } : {}) }) : null;
+    const e2bUrl = e2b ? await e2b.listen().catch(async (e) => {
+      // Nothing half-made: an E2B listener that cannot start takes the API listener down with it.
+      events.close();
+      await ports.close();
+      await app.close();
+      await fwd.close();
+      throw e;
+    }) : null;
+    return new ApiRole(app, fwd, events, ports, url, e2b, e2bUrl);
   }
 
   async close(): Promise<void> {
+    await this.e2b?.close();
     this.events.close();
     await this.ports.close();
     await this.app.close();
@@ -263,7 +279,7 @@ function parseJson(body: unknown): Record<string, unknown> {
 
 export function nodeView(n: NodeRecord) {
   return {
-    id: n.id, name: n.name, url: n.url, state: n.state, incarnation: n.incarnation,
+    id: n.id, name: n.name, url: n.url, e2b_url: n.e2bUrl, state: n.state, incarnation: n.incarnation,
     capacity: {
       vcpus: n.capacity.vcpus, memory_mib: n.capacity.memoryMib, committed_vcpus: n.capacity.committedVcpus,
       committed_memory_mib: n.capacity.committedMemoryMib, vms: n.capacity.vms, disk_free_bytes: n.capacity.diskFreeBytes,

@@ -91,41 +91,98 @@ export class NodeForwarder {
    * closed. A node that cannot be reached gets `onUnavailable`'s answer.
    */
   upgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, node: NodeRecord, onUnavailable: (e: KilnError) => void): void {
-    const target = new URL(req.url ?? '/', node.url);
     const headers: Record<string, string | string[]> = {};
     // Host is the node's; Origin was the API's to judge (the node would refuse the API's host as foreign).
     for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && k !== 'host' && k !== 'origin') headers[k] = v;
-    const up = http.request({ host: target.hostname, port: target.port, path: target.pathname + target.search, method: req.method, headers, timeout: 10_000, agent: false });
-    const fail = (e: Error) => onUnavailable(unavailable(node, e));
-    up.once('timeout', () => up.destroy(new Error('no answer to the upgrade within 10 s')));
-    up.once('error', fail);
-    socket.once('error', () => up.destroy());
-    up.once('upgrade', (res, upstream, upHead) => {
-      up.off('error', fail);
-      socket.write(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}\r\n${rawHeaders(res.rawHeaders)}\r\n`);
-      if (upHead.length) socket.write(upHead);
-      if (head.length) upstream.write(head);
-      upstream.setTimeout(0);
-      upstream.on('error', () => socket.destroy());
-      socket.on('error', () => upstream.destroy());
-      upstream.pipe(socket).on('close', () => upstream.destroy());
-      socket.pipe(upstream).on('close', () => socket.destroy());
-      upstream.once('close', () => socket.destroy());
-      socket.once('close', () => upstream.destroy());
-    });
-    up.once('response', (res) => {
-      up.off('error', fail);
-      // A refusal before the upgrade (no such VM, not running): the node's JSON error as it is.
-      socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ''}\r\n${rawHeaders(res.rawHeaders, true)}connection: close\r\n\r\n`);
-      res.pipe(socket);
-      res.once('error', () => socket.destroy());
-    });
-    up.end();
+    pipeUpgrade(req, socket, head, new URL(req.url ?? '/', node.url), headers, (e) => onUnavailable(unavailable(node, e)));
   }
 
   async close(): Promise<void> {
     await this.agent.close();
   }
+}
+
+/**
+ * Sends a WebSocket upgrade on to `target` with `headers`. After the upstream's 101 the sockets
+ * are piped byte for byte; any other answer is relayed as it came and the socket closed. An
+ * upstream that cannot be reached (no answer within 10 s) gets `onFail`.
+ */
+export function pipeUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer, target: URL, headers: http.OutgoingHttpHeaders, onFail: (e: Error) => void): void {
+  const up = http.request({ host: bare(target.hostname), port: target.port, path: target.pathname + target.search, method: req.method, headers, timeout: 10_000, agent: false });
+  up.once('timeout', () => up.destroy(new Error('no answer to the upgrade within 10 s')));
+  up.once('error', onFail);
+  socket.once('error', () => up.destroy());
+  up.once('upgrade', (res, upstream, upHead) => {
+    up.off('error', onFail);
+    socket.write(`HTTP/1.1 101 ${res.statusMessage ?? 'Switching Protocols'}\r\n${rawHeaders(res.rawHeaders)}\r\n`);
+    if (upHead.length) socket.write(upHead);
+    if (head.length) upstream.write(head);
+    upstream.setTimeout(0);
+    upstream.on('error', () => socket.destroy());
+    socket.on('error', () => upstream.destroy());
+    upstream.pipe(socket).on('close', () => upstream.destroy());
+    socket.pipe(upstream).on('close', () => socket.destroy());
+    upstream.once('close', () => socket.destroy());
+    socket.once('close', () => upstream.destroy());
+  });
+  up.once('response', (res) => {
+    up.off('error', onFail);
+    // A refusal before the upgrade (no such VM, not running): the upstream's answer as it is.
+    socket.write(`HTTP/1.1 ${res.statusCode} ${res.statusMessage ?? ''}\r\n${rawHeaders(res.rawHeaders, true)}connection: close\r\n\r\n`);
+    res.pipe(socket);
+    res.once('error', () => socket.destroy());
+  });
+  up.end();
+}
+
+/**
+ * Relays an HTTP request to `base` (another kiln listener) as it came: method, path, headers
+ * (Host included: the E2B listener routes sandboxes by it), the body streamed (or `body`, when
+ * it was read already); the answer's status, headers and body streamed back as they arrive
+ * (Connect-RPC server streams, downloads). A client that goes away ends the upstream request.
+ * `onFail` answers when the upstream could not be reached (nothing was written back yet).
+ */
+export function relay(
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  base: string,
+  agent: http.Agent,
+  o: { body?: Buffer; onFail: (e: Error) => void; extraHeaders?: Record<string, string> },
+): void {
+  const target = new URL(base);
+  const headers: http.OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && (k === 'host' || k === 'content-length' || k === 'transfer-encoding' || !HOP.has(k))) headers[k] = v;
+  if (o.body) {
+    delete headers['transfer-encoding'];
+    headers['content-length'] = String(o.body.length);
+  }
+  const up = http.request({ host: bare(target.hostname), port: target.port, method: req.method, path: req.url, headers, agent });
+  // No idle limit while in use (a silent command stream); the agent's applies again once it is free.
+  up.setTimeout(0);
+  let answered = false;
+  up.on('response', (pres) => {
+    answered = true;
+    const out: http.OutgoingHttpHeaders = { ...o.extraHeaders };
+    for (const [k, v] of Object.entries(pres.headers)) if (v !== undefined && (k === 'content-length' || !HOP.has(k))) out[k] = v;
+    res.writeHead(pres.statusCode ?? 502, out);
+    // Each chunk is written as it comes (a server stream's messages do not wait), with back-pressure.
+    pres.pipe(res);
+    pres.on('error', () => res.destroy());
+  });
+  up.on('error', (e) => {
+    if (!answered && !res.headersSent) return o.onFail(e);
+    res.destroy();
+  });
+  res.on('close', () => {
+    if (!res.writableFinished) up.destroy();
+  });
+  if (o.body) up.end(o.body);
+  else req.pipe(up);
+}
+
+/** A URL's host name without IPv6 brackets (what node:http wants). */
+function bare(hostname: string): string {
+  return hostname.startsWith('[') ? hostname.slice(1, -1) : hostname;
 }
 
 function rawHeaders(raw: string[], dropHop = false): string {

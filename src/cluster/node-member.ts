@@ -97,10 +97,17 @@ export class NodeMember {
   }
 
   private url = '';
+  /** Where this node serves E2B's API (its E2B listener, advertised); null: it serves none. */
+  private e2bUrl: string | null = null;
+
+  /** Advertises this node's E2B listener from its next registration on (set before start()). */
+  advertiseE2b(url: string): void {
+    this.e2bUrl = url;
+  }
 
   private async register(event: 'node.registered' | 'node.rejoined'): Promise<NodeRecord> {
     const now = Date.now();
-    const node = await this.o.store.registerNode({ id: this.o.nodeId, name: this.o.name, url: this.url, capacity: await this.o.capacity() }, now);
+    const node = await this.o.store.registerNode({ id: this.o.nodeId, name: this.o.name, url: this.url, e2bUrl: this.e2bUrl, capacity: await this.o.capacity() }, now);
     this.node = node;
     this.lastBeatAt = now;
     await this.beat(now);

@@ -5,7 +5,7 @@ import type { NodeRecord } from '../store/store.ts';
 import { headroom, place } from './placement.ts';
 
 const node = (name: string, over: Partial<NodeRecord['capacity']> = {}, state: NodeRecord['state'] = 'ready'): NodeRecord => ({
-  id: `node-${name}`, name, url: `http://${name}`, state, incarnation: 1, capacity: capacity({ images: [], ...over }),
+  id: `node-${name}`, name, url: `http://${name}`, e2bUrl: null, state, incarnation: 1, capacity: capacity({ images: [], ...over }),
   registeredAt: 0, heartbeatAt: 0, lostAt: null,
 });
 
@@ -62,6 +62,17 @@ test('image locality breaks near-ties, not real imbalance', () => {
   assert.equal(place([cached, empty], { vcpus: 1, memoryMib: 256, imageId: 'img-x' }, { k: 2 })?.name, 'cached');
   const busy = node('busy', { images: ['img-x'], committedMemoryMib: 6144 });
   assert.equal(place([busy, empty], { vcpus: 1, memoryMib: 256, imageId: 'img-x' }, { k: 2 })?.name, 'empty');
+});
+
+test('other locality (an E2B template’s snapshot and clone pool) breaks near-ties like a cached image', () => {
+  // Memory is the tighter resource on both (16 vCPUs): warm has one sandbox's 512 MiB less free.
+  const warm = node('warm', { vcpus: 16, committedMemoryMib: 512 });
+  const cold = node('cold', { vcpus: 16 });
+  const local = new Set([warm.id]);
+  assert.equal(place([warm, cold], { vcpus: 1, memoryMib: 512, local }, { k: 2 })?.name, 'warm');
+  assert.equal(place([warm, cold], { vcpus: 1, memoryMib: 512 }, { k: 2 })?.name, 'cold', 'without it, the emptier node');
+  const busy = node('busy', { vcpus: 16, committedMemoryMib: 6144 });
+  assert.equal(place([busy, cold], { vcpus: 1, memoryMib: 512, local: new Set([busy.id]) }, { k: 2 })?.name, 'cold');
 });
 
 test('best of K samples: with K=1 placement is uniform over the nodes that fit', () => {

@@ -10,6 +10,11 @@ export interface PlacementDemand {
   memoryMib: number;
   /** The image the VM boots: a node that has it skips the pull/convert. */
   imageId?: string;
+  /**
+   * Nodes (ids) with a local advantage beyond the image, e.g. an E2B template's snapshot and
+   * warm clone pool (src/cluster/api-e2b.ts): the same bonus as a cached image.
+   */
+  local?: ReadonlySet<string>;
 }
 
 export interface PlacementOptions {
@@ -26,9 +31,10 @@ export function headroom(n: NodeRecord, d: PlacementDemand): number {
   return Math.min(cpu, mem);
 }
 
-/** Score of a candidate: headroom, plus a bonus worth a tenth of a node for a cached image. */
+/** Score of a candidate: headroom, plus a bonus worth a tenth of a node for a cached image (or other locality). */
 export function score(n: NodeRecord, d: PlacementDemand): number {
-  return headroom(n, d) + (d.imageId && n.capacity.images.includes(d.imageId) ? 0.1 : 0);
+  const local = (d.imageId && n.capacity.images.includes(d.imageId)) || d.local?.has(n.id);
+  return headroom(n, d) + (local ? 0.1 : 0);
 }
 
 /** The chosen node, or null when no ready node can fit the VM. */

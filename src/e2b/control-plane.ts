@@ -102,7 +102,7 @@ export function parseMetadataQuery(q: string | undefined): Record<string, string
   return out;
 }
 
-export function pageToken(s: SandboxRecord): string {
+export function pageToken(s: Pick<SandboxRecord, 'startedAt' | 'id'>): string {
   return Buffer.from(JSON.stringify([s.startedAt, s.id])).toString('base64url');
 }
 

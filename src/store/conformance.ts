@@ -407,6 +407,19 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual((await s.listNodesWithCommitted([])).map((r) => r.committed.vcpus), [0, 0, 0]);
   });
 
+  c('nodes: the E2B listener a node advertises is kept with its row, replaced by each registration', async (s) => {
+    const a = await s.registerNode({ id: 'node-e', name: 'e', url: 'http://10.0.0.5:18080', e2bUrl: 'http://10.0.0.5:3000', capacity: capacity() }, 1000);
+    assert.equal(a.e2bUrl, 'http://10.0.0.5:3000');
+    const b = await s.registerNode({ id: 'node-f', name: 'f', url: 'http://10.0.0.6:18080', capacity: capacity() }, 1000);
+    assert.equal(b.e2bUrl, null, 'a node without an E2B listener advertises none');
+    const beat = await s.heartbeatNode('node-e', 1, capacity({ vms: 2 }), 2000);
+    assert.equal(beat?.e2bUrl, 'http://10.0.0.5:3000', 'a heartbeat keeps it');
+    assert.equal((await s.getNode('node-e'))?.e2bUrl, 'http://10.0.0.5:3000');
+    const again = await s.registerNode({ id: 'node-e', name: 'e', url: 'http://10.0.0.5:18080', e2bUrl: null, capacity: capacity() }, 3000);
+    assert.equal(again.e2bUrl, null, 'restarted without --e2b-listen: no longer advertised');
+    assert.deepEqual((await s.listNodes()).map((n) => [n.name, n.e2bUrl]), [['e', null], ['f', null]]);
+  });
+
   c('node subnets: racing nodes lease different ones, a lease is kept until the node is removed, a full range is refused', async (s) => {
     // Eight nodes at once for the four /26s of a /24: four get one each, four are refused.
     const range = '10.200.0.0/24';

@@ -189,4 +189,9 @@ export const MIGRATIONS: readonly string[] = [
     FOREIGN KEY (function, version) REFERENCES function_versions(function, version) ON DELETE CASCADE
   );
   `,
+  // v13 (cluster, issue #17): where a node serves E2B's API (its --e2b-listen, advertised), so
+  // the API role can forward sandboxes to it (src/cluster/api-e2b.ts). NULL: it serves none.
+  `
+  ALTER TABLE nodes ADD COLUMN e2b_url TEXT;
+  `,
 ];

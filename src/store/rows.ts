@@ -190,6 +190,7 @@ export function nodeFromRow(r: Row): NodeRecord {
     id: r.id as string,
     name: r.name as string,
     url: r.url as string,
+    e2bUrl: (r.e2b_url as string | null | undefined) ?? null,
     state: r.state as NodeRecord['state'],
     incarnation: r.incarnation as number,
     capacity: JSON.parse(r.capacity as string),

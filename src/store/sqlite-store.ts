@@ -8,7 +8,7 @@ import {
   LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
   vmFromRow, vmToRow, volumeFromRow, type Row,
 } from './rows.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -372,18 +372,18 @@ export class SqliteStore implements Store {
 
   // ---- cluster nodes (v9); a single host never registers one ----
 
-  async registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord> {
+  async registerNode(n: NodeRegistration, now: number): Promise<NodeRecord> {
     let row: Row | undefined;
     uniqueName(() => {
       row = this.db
         .prepare(
-          `INSERT INTO nodes (id, name, url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
-           VALUES (?, ?, ?, 'ready', 1, ?, ?, ?, NULL)
-           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, state = 'ready', incarnation = nodes.incarnation + 1,
+          `INSERT INTO nodes (id, name, url, e2b_url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
+           VALUES (?, ?, ?, ?, 'ready', 1, ?, ?, ?, NULL)
+           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, e2b_url = excluded.e2b_url, state = 'ready', incarnation = nodes.incarnation + 1,
              capacity = excluded.capacity, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at, lost_at = NULL
            RETURNING *`,
         )
-        .get(n.id, n.name, n.url, JSON.stringify(n.capacity), now, now) as Row;
+        .get(n.id, n.name, n.url, n.e2bUrl ?? null, JSON.stringify(n.capacity), now, now) as Row;
     }, `a node named ${JSON.stringify(n.name)} is already registered`);
     return nodeFromRow(row!);
   }

@@ -278,6 +278,8 @@ export interface NodeRecord {
   name: string;
   /** Where the API role reaches this node's kilnd. */
   url: string;
+  /** Where the API role reaches this node's E2B listener (`--e2b-listen`); null: it serves none. */
+  e2bUrl: string | null;
   state: NodeState;
   /** Bumped by every registration: a heartbeat from an older incarnation is refused. */
   incarnation: number;
@@ -293,10 +295,19 @@ export interface NodeCommitted {
   committed: { vcpus: number; memoryMib: number };
 }
 
+/** What a node registers with; `e2bUrl` absent or null: it serves no E2B API. */
+export interface NodeRegistration {
+  id: string;
+  name: string;
+  url: string;
+  e2bUrl?: string | null;
+  capacity: NodeCapacity;
+}
+
 /** Cluster membership (src/cluster/): registration, heartbeats, the lost-node sweep. */
 export interface NodeStore {
   /** Registers (or re-registers) a node: state ready, incarnation + 1, heartbeat now. */
-  registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord>;
+  registerNode(n: NodeRegistration, now: number): Promise<NodeRecord>;
   /**
    * Compare-and-set heartbeat: only while the node is ready at `incarnation`. Null when it was
    * marked lost (or re-registered) meanwhile: the node must register again and reconcile.

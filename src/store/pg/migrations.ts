@@ -201,4 +201,9 @@ export const PG_MIGRATIONS: readonly string[] = [
     FOREIGN KEY (function, version) REFERENCES function_versions (function, version) ON DELETE CASCADE
   );
   `,
+  // v6 (cluster, issue #17): where a node serves E2B's API (its --e2b-listen, advertised), so
+  // the API role can forward sandboxes to it (src/cluster/api-e2b.ts). NULL: it serves none.
+  `
+  ALTER TABLE nodes ADD COLUMN e2b_url text;
+  `,
 ];

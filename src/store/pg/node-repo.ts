@@ -1,22 +1,22 @@
 // Cluster membership on PostgreSQL: node registration, compare-and-set heartbeats, and the
 // lost-node sweep that moves a silent node's VMs to `lost` in the same transaction.
 import { LOSABLE_STATES, nodeFromRow } from '../rows.ts';
-import type { NodeCapacity, NodeCommitted, NodeRecord, NodeStore, VmState } from '../store.ts';
+import type { NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, NodeStore, VmState } from '../store.ts';
 import { LOCKS, mapUnique, type PgDb } from './db.ts';
 
 export class PgNodeRepo implements NodeStore {
   constructor(private readonly db: PgDb) {}
 
-  async registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number): Promise<NodeRecord> {
+  async registerNode(n: NodeRegistration, now: number): Promise<NodeRecord> {
     const row = await mapUnique(
       () =>
         this.db.row(
-          `INSERT INTO nodes (id, name, url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
-           VALUES ($1, $2, $3, 'ready', 1, $4, $5, $5, NULL)
-           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, state = 'ready', incarnation = nodes.incarnation + 1,
+          `INSERT INTO nodes (id, name, url, e2b_url, state, incarnation, capacity, registered_at, heartbeat_at, lost_at)
+           VALUES ($1, $2, $3, $6, 'ready', 1, $4, $5, $5, NULL)
+           ON CONFLICT (id) DO UPDATE SET name = excluded.name, url = excluded.url, e2b_url = excluded.e2b_url, state = 'ready', incarnation = nodes.incarnation + 1,
              capacity = excluded.capacity, registered_at = excluded.registered_at, heartbeat_at = excluded.heartbeat_at, lost_at = NULL
            RETURNING *`,
-          [n.id, n.name, n.url, JSON.stringify(n.capacity), now],
+          [n.id, n.name, n.url, JSON.stringify(n.capacity), now, n.e2bUrl ?? null],
         ),
       { nodes_name_key: ['KILN_ERR_NAME_CONFLICT', `a node named ${JSON.stringify(n.name)} is already registered`] },
     );

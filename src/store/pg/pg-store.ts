@@ -5,7 +5,7 @@
 // kilnds writing one database never overwrite each other's columns.
 import { KilnError } from '../../errors.ts';
 import type { FunctionStore } from '../function-store.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
+import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
 import { LOCKS, PgDb } from './db.ts';
 import { PgEventRepo } from './event-repo.ts';
 import { PgFunctionRepo } from './function-repo.ts';
@@ -96,7 +96,7 @@ export class PgStore implements Store {
   deleteTemplate(id: string) { return this.snapshots.deleteTemplate(id); }
 
   // ---- cluster nodes ----
-  registerNode(n: { id: string; name: string; url: string; capacity: NodeCapacity }, now: number) { return this.nodes.registerNode(n, now); }
+  registerNode(n: NodeRegistration, now: number) { return this.nodes.registerNode(n, now); }
   heartbeatNode(id: string, incarnation: number, capacity: NodeCapacity, now: number) { return this.nodes.heartbeatNode(id, incarnation, capacity, now); }
   getNode(id: string) { return this.nodes.getNode(id); }
   listNodes() { return this.nodes.listNodes(); }
