@@ -131,6 +131,9 @@ export class Daemon {
         puller: pullImage,
         insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
         credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
+        // A cluster node records its image copies under its id and fetches the files it lacks
+        // from peers, with the cluster's token (the same on every process).
+        ...(nodeId ? { nodeId, peerToken: () => apiToken ?? null } : {}),
       });
       await images.recover();
       await ensureDefaultImage(images);
@@ -180,7 +183,7 @@ export class Daemon {
       if (nodeId) {
         daemon.cluster = new NodeMember({
           store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
-          capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
+          capacity: () => nodeCapacity({ admission, images, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
           publish: (type, vmId, data) => bus.publish(type, vmId, data),
           fence: {
             kill: (reason) => vms.fence(reason),
