@@ -164,9 +164,9 @@ export class Daemon {
         const swept = await sweepCgroups(qemuConfinement.cgroups, keep);
         if (swept.length) log.info({ cgroups: swept }, 'removed cgroups of VMs no longer running');
       }
-      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log, metrics });
+      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log, metrics, nodeId });
       await snapshots.sweep();
-      const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
+      const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log, nodeId });
       await templates.sweep();
       await snapshots.pool.sweep();
       const functions = new FunctionService({
