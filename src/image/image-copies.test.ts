@@ -133,3 +133,19 @@ test('recover() forgets a fetch a crash interrupted and removes its temporary fi
   assert.equal(await fs.stat(temp).catch(() => null), null);
   assert.ok((await b.ensureLocal(await b.get(id))).path, 'and fetches it afresh when asked');
 });
+
+test("recover() removes this node's interrupted pull, not another node's pull under way", async () => {
+  const pulling = (id: string) => ({
+    id, name: `reg.example/${id}:1`, digest: '', format: 'squashfs' as const, path: '', sizeBytes: 0, config: { cmd: ['/bin/sh'], env: {}, workdir: '/', user: '0:0' },
+    createdAt: Date.now(), state: 'pulling' as const, source: `reg.example/${id}:1`, manifestDigest: null, layers: [], builder: null,
+  });
+  const mark = (imageId: string, nodeId: string) => store.putImageCopy({ imageId, nodeId, path: '', sizeBytes: 0, sha256: '', state: 'fetching', updatedAt: Date.now() });
+  await store.insertImage(pulling('img-mine'));
+  await mark('img-mine', 'node-b');
+  await store.insertImage(pulling('img-theirs'));
+  await mark('img-theirs', 'node-a');
+  await b.recover();
+  assert.equal(await store.getImage('img-mine'), null);
+  assert.equal((await store.getImage('img-theirs'))?.state, 'pulling');
+  await store.deleteImage('img-theirs');
+});

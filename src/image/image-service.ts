@@ -111,7 +111,11 @@ export class ImageService {
   async recover(): Promise<void> {
     const images = await this.store.listImages();
     for (const img of images) {
-      if (img.state === 'pulling') await this.store.deleteImage(img.id);
+      if (img.state !== 'pulling') continue;
+      // This node's pull, cut by its stop (or one from before pulls were marked): not another
+      // cluster node's, which is still under way.
+      const marks = await this.store.listImageCopies({ imageId: img.id });
+      if (marks.length === 0 || marks.some((c) => c.nodeId === this.nodeId)) await this.store.deleteImage(img.id);
     }
     // This node's copies: a fetch that a crash interrupted (still 'fetching'), or a file
     // removed behind kiln's back, is no copy. The GC below removes the files.
@@ -297,6 +301,8 @@ export class ImageService {
       createdAt: Date.now(), state: 'pulling', source: ref, manifestDigest: null, layers: [], builder: null,
     };
     await this.store.insertImage(placeholder);
+    // Marks the pull as this node's (a start-up removes only its own interrupted pulls).
+    await this.store.putImageCopy({ imageId: id, nodeId: this.nodeId, path: '', sizeBytes: 0, sha256: '', state: 'fetching', updatedAt: Date.now() });
     this.bus.publish('image.pulling', null, { id, ref });
     const done = this.runPull(placeholder, req).finally(() => this.inflight.delete(key));
     this.inflight.set(key, done);
