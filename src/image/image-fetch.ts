@@ -39,7 +39,7 @@ export async function fetchImageFile(r: FetchFileRequest): Promise<{ sizeBytes: 
   await fs.mkdir(r.imagesDir, { recursive: true });
   const tmp = path.join(r.imagesDir, `${FETCH_PREFIX}${r.imageId}-${process.pid}-${Math.random().toString(16).slice(2, 10)}`);
   try {
-    const res = await request(r);
+    const { res, stalled } = await request(r);
     const hash = createHash('sha256');
     let bytes = 0;
     let announced = false;
@@ -59,7 +59,7 @@ export async function fetchImageFile(r: FetchFileRequest): Promise<{ sizeBytes: 
     try {
       await pipeline(res, tap, out);
     } catch (e) {
-      throw new KilnError('KILN_ERR_IMAGE_FETCH_FAILED', `the transfer of image ${r.imageId} from ${r.url} broke off after ${bytes} bytes: ${(e as Error).message}`);
+      throw new KilnError('KILN_ERR_IMAGE_FETCH_FAILED', `the transfer of image ${r.imageId} from ${r.url} broke off after ${bytes} bytes: ${stalled() ?? (e as Error).message}`);
     }
     const sha256 = `sha256:${hash.digest('hex')}`;
     if (bytes !== r.sizeBytes || sha256 !== r.sha256) {
@@ -77,10 +77,12 @@ export async function fetchImageFile(r: FetchFileRequest): Promise<{ sizeBytes: 
   }
 }
 
-function request(r: FetchFileRequest): Promise<http.IncomingMessage> {
+function request(r: FetchFileRequest): Promise<{ res: http.IncomingMessage; stalled: () => string | undefined }> {
   const url = new URL(`/v1/images/${encodeURIComponent(r.imageId)}/file`, r.url);
   const mod = url.protocol === 'https:' ? https : http;
   const idleMs = r.idleMs ?? DEFAULT_IDLE_MS;
+  let stall: string | undefined;
+  const stalled = () => stall;
   return new Promise((resolve, reject) => {
     const fail = (why: string) => reject(new KilnError('KILN_ERR_IMAGE_FETCH_FAILED', `could not fetch image ${r.imageId} from ${r.url}: ${why}`));
     const req = mod.get(url, { headers: r.token ? { authorization: `Bearer ${r.token}` } : {} }, (res) => {
@@ -92,10 +94,13 @@ function request(r: FetchFileRequest): Promise<http.IncomingMessage> {
         res.on('error', (e) => fail(e.message));
         return;
       }
-      resolve(res);
+      resolve({ res, stalled });
     });
     // An idle socket (no connect, no headers, a stalled body) is destroyed: the body stream errors.
-    req.setTimeout(idleMs, () => req.destroy(new Error(`no data for ${idleMs} ms`)));
+    req.setTimeout(idleMs, () => {
+      stall = `no data for ${idleMs} ms`;
+      req.destroy(new Error(stall));
+    });
     req.on('error', (e) => fail(e.message));
   });
 }
