@@ -93,6 +93,7 @@ test('a node fetches an image file it lacks from the node that holds it, verifie
     const fetched = (await store.listEvents({ limit: 10_000 })).filter((e) => e.type === 'image.fetched' && e.data.id === img.id);
     assert.equal(fetched.length, 1, `one fetch for two VMs: ${JSON.stringify(fetched.map((e) => e.data))}`);
     assert.equal(fetched[0]!.data.from, 'n1');
+    t.diagnostic(`image.fetch: ${fetched[0]!.data.bytes} bytes from n1 in ${fetched[0]!.data.ms} ms (load ${(await fs.readFile('/proc/loadavg', 'utf8')).split(' ').slice(0, 3).join(' ')})`);
     for (const v of vms) {
       const phases = (await store.listPhases(v.id, 1)).map((p) => p.name);
       assert.ok(phases.includes('image.fetch'), `the timeline shows the fetch: ${phases}`);
