@@ -2,7 +2,8 @@
 // in its own network namespace with its own state dir. An image imported on n1 exists as a
 // file only there; a VM created on n2 with it makes n2 fetch the file from n1 (node to node,
 // the cluster token, streamed, verified against the sha256 n1 recorded) as the VM's
-// image.fetch step, once for two VMs created together, and the VMs run. A copy tampered with
+// image.fetch step, once for two VMs created together, and the VMs run. Each node builds its
+// own template of it; a snapshot taken on n1 is refused on n2. A copy tampered with
 // on n1 is refused (KILN_ERR_DIGEST_MISMATCH) and leaves no file on n2; n2 SIGKILLed in the
 // middle of a transfer leaves a temporary file that its restart removes, and nothing else.
 // Boots VMs: run under `flock /tmp/kiln-vm.lock`.
@@ -101,6 +102,25 @@ test('a node fetches an image file it lacks from the node that holds it, verifie
     }
     await until("n2's heartbeat reports its copy", async () => (await store.getNode(id2))!.capacity.images.includes(img.id), 10_000, 100);
     assert.deepEqual((await entries(n2)).filter((e) => e.startsWith(FETCH_PREFIX)), [], 'no temporary file left');
+
+    // ---- templates are per node -----------------------------------------------------------
+    // Each node builds its own (its key includes the node) from its own copy of the image, in
+    // its own state dir; a clone on n2 of n1's template id is restored from n2's; n1's snapshot
+    // itself is refused on n2 (its files are n1's).
+    const tpl1 = await n1.client.createTemplate('fetched');
+    const tpl2 = await n2.client.createTemplate('fetched');
+    assert.equal(tpl1.state, 'ready');
+    assert.equal(tpl2.state, 'ready');
+    assert.notEqual(tpl2.id, tpl1.id, "n2 built its own template, not n1's");
+    const snapDir = (n: TestDaemon, id: string) => fs.stat(path.join(n.stateDir, 'snapshots', id)).then(() => true, () => false);
+    assert.ok(await snapDir(n1, tpl1.snapshot!) && !(await snapDir(n2, tpl1.snapshot!)), "n1's template snapshot is on n1 only");
+    assert.ok(await snapDir(n2, tpl2.snapshot!) && !(await snapDir(n1, tpl2.snapshot!)), "n2's template snapshot is on n2 only");
+    const clone = await n2.client.createVm({ template: tpl1.id, name: 'clone-on-n2' }, { wait: true, timeoutMs: 240_000 });
+    assert.equal(clone.state, 'ready');
+    assert.equal(await store.snapshotOfVm(clone.id), tpl2.snapshot, "restored from n2's own template");
+    await assert.rejects(n2.client.createVm({ snapshot: tpl1.snapshot!, name: 'foreign' }),
+      (e: Error & { code?: string }) => e.code === 'KILN_ERR_SNAPSHOT_NOT_FOUND' && /another node/.test(e.message));
+    await n2.client.deleteVm(clone.id);
 
     // ---- a tampered copy on n1 is refused --------------------------------------------------
     const bad = await n1.client.importImagePath({ name: 'tampered', path: await makeTree(trees, 'tampered'), cmd: SLEEP, env: PATH_ENV });
