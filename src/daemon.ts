@@ -134,6 +134,9 @@ export class Daemon {
         puller: pullImage,
         insecureRegistries: (process.env.KILN_INSECURE_REGISTRIES ?? '').split(',').filter(Boolean),
         credentialsFile: process.env.KILN_REGISTRY_AUTH_FILE || undefined,
+        // A cluster node records its image copies under its id and fetches the files it lacks
+        // from peers, with the cluster's token (the same on every process).
+        ...(nodeId ? { nodeId, peerToken: () => apiToken ?? null } : {}),
       });
       await images.recover();
       await ensureDefaultImage(images);
@@ -164,9 +167,9 @@ export class Daemon {
         const swept = await sweepCgroups(qemuConfinement.cgroups, keep);
         if (swept.length) log.info({ cgroups: swept }, 'removed cgroups of VMs no longer running');
       }
-      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log, metrics });
+      const snapshots = new SnapshotService({ config, store, vms, images, driver, network, assets, accelerator: accel.accelerator, bus, log, metrics, nodeId });
       await snapshots.sweep();
-      const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log });
+      const templates = new TemplateService({ config, store, vms, images, snapshots, bus, log, nodeId });
       await templates.sweep();
       await snapshots.pool.sweep();
       const functions = new FunctionService({
@@ -184,7 +187,7 @@ export class Daemon {
         daemon.fenceLease = new FenceLease(config.stateDir);
         daemon.cluster = new NodeMember({
           store: shared, nodeId, name: config.cluster.nodeName, heartbeatMs: config.cluster.heartbeatMs, lostAfterMs: config.cluster.lostAfterMs, log,
-          capacity: () => nodeCapacity({ admission, store, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
+          capacity: () => nodeCapacity({ admission, images, stateDir: config.stateDir, warm: () => functions.pool.describe(), functions: () => functions.served() }),
           publish: (type, vmId, data) => bus.publish(type, vmId, data),
           onBeat: (at) => daemon.fenceLease!.renew(at),
           fence: {

@@ -34,6 +34,7 @@ export const ERRORS = {
   KILN_ERR_REGISTRY_UNREACHABLE: { status: 502, summary: 'The registry could not be reached or kept dropping the connection' },
   KILN_ERR_REGISTRY_ERROR: { status: 502, summary: 'The registry answered with an unexpected status or malformed content' },
   KILN_ERR_DIGEST_MISMATCH: { status: 502, summary: 'Downloaded content does not match its digest' },
+  KILN_ERR_IMAGE_FETCH_FAILED: { status: 502, summary: "No cluster node holding the image's file could send it, and it could not be pulled again from its registry" },
   KILN_ERR_IMAGE_UNSUPPORTED: { status: 422, summary: 'The image uses a media type, schema or platform kiln cannot use' },
   KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
   KILN_ERR_NODE_UNAVAILABLE: { status: 503, summary: 'The cluster node that runs the VM is lost or did not answer' },

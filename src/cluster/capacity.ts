@@ -1,14 +1,15 @@
 // What a node reports with each heartbeat, from the sources of truth it already has:
 // admission (committed vs capacity, read from the store), the state dir's filesystem, the
-// images it holds and its warm function pools.
+// images it holds a copy of and its warm function pools.
 import fs from 'node:fs/promises';
+import type { ImageService } from '../image/image-service.ts';
 import type { Admission } from '../vm/admission.ts';
-import type { NodeCapacity, Store } from '../store/store.ts';
+import type { NodeCapacity } from '../store/store.ts';
 
 export interface CapacitySources {
   admission: Admission;
-  /** The node-scoped store. */
-  store: Store;
+  /** Its images: the ones it holds a copy of (image_copies), not the cluster's catalogue. */
+  images: Pick<ImageService, 'localImageIds'>;
   stateDir: string;
   /** Warm pool contents (FunctionService.pool.describe()). */
   warm?: () => { runtime: string; vcpus: number; memory_mib: number; ready: number }[];
@@ -19,7 +20,7 @@ export interface CapacitySources {
 export async function nodeCapacity(s: CapacitySources): Promise<NodeCapacity> {
   const r = await s.admission.report();
   const fsStat = await fs.statfs(s.stateDir);
-  const images = (await s.store.listImages()).filter((i) => i.state === 'ready').map((i) => i.id);
+  const images = await s.images.localImageIds();
   const warm: Record<string, number> = {};
   for (const p of s.warm?.() ?? []) warm[`${p.runtime}/${p.vcpus}x${p.memory_mib}`] = p.ready;
   return {

@@ -2,6 +2,11 @@
 // Sources: OCI registries (pulled, flattened and converted once per manifest digest), host
 // directories and uploaded tars. Records are content-addressed; a pull in progress is a
 // 'pulling' record that nothing can boot, removed again if the pull fails.
+//
+// The image rows are a catalogue (cluster-wide on PostgreSQL); the files are this node's own,
+// each recorded as an image copy under the node's id with its sha256. A record's `path` is
+// where the node that made it put it: never read here. A node booting an image it has no
+// copy of fetches one from a peer that has (image-fetch.ts), or pulls it again.
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -11,12 +16,13 @@ import { pipeline } from 'node:stream/promises';
 import { failpoint } from '../util/failpoints.ts';
 import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
-import type { ImageConfig, ImageRecord, Store } from '../store/store.ts';
+import type { ImageConfig, ImageCopy, ImageRecord, NodeRecord, Store } from '../store/store.ts';
 import type { GcResult } from '../api/schemas.ts';
 import { tempSibling } from '../util/atomic.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
+import { fetchImageFile } from './image-fetch.ts';
 import { unpackTar } from './flatten/flatten.ts';
 import { DEFAULT_UNPACK_LIMITS, type UnpackLimits } from './flatten/root-writer.ts';
 import { BlobStore } from './oci/blob-store.ts';
@@ -49,7 +55,19 @@ export interface ImageServiceOptions {
   puller: Puller;
   insecureRegistries?: string[];
   credentialsFile?: string;
+  /** The id its copies are recorded under: the cluster node's, or LOCAL_NODE on a single host. */
+  nodeId?: string;
+  /**
+   * In a cluster: the token peers accept (the cluster's API token), for fetching image files
+   * from them. Absent on a single host: an image without a copy here is pulled again or refused.
+   */
+  peerToken?: () => string | null;
+  /** How long a fetch from a peer may stall (no byte received) before it is abandoned. */
+  fetchIdleMs?: number;
 }
+
+/** The node id of a single host's copies (it has no cluster node id). */
+export const LOCAL_NODE = 'local';
 
 async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256');
@@ -62,6 +80,10 @@ const PROGRESS_INTERVAL_MS = 250;
 
 export class ImageService {
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Fetches of image files under way, by image id: concurrent boots wait on one. */
+  private readonly fetches = new Map<string, Promise<ImageRecord>>();
+  private fetching = 0;
+  readonly nodeId: string;
   /** Imports under way (directory, rootfs file, uploaded tar): GC must not touch their files. */
   private importing = 0;
   private readonly startLock = new KeyedLock();
@@ -77,6 +99,7 @@ export class ImageService {
     private readonly opts: ImageServiceOptions,
   ) {
     this.imagesDir = path.join(opts.stateDir, 'images');
+    this.nodeId = opts.nodeId ?? LOCAL_NODE;
   }
 
   /**
@@ -86,17 +109,162 @@ export class ImageService {
    * and blobs removes exactly that.
    */
   async recover(): Promise<void> {
-    for (const img of await this.store.listImages()) {
-      if (img.state === 'pulling') await this.store.deleteImage(img.id);
+    const images = await this.store.listImages();
+    for (const img of images) {
+      if (img.state !== 'pulling') continue;
+      // This node's pull, cut by its stop (or one from before pulls were marked): not another
+      // cluster node's, which is still under way.
+      const marks = await this.store.listImageCopies({ imageId: img.id });
+      if (marks.length === 0 || marks.some((c) => c.nodeId === this.nodeId)) await this.store.deleteImage(img.id);
+    }
+    // This node's copies: a fetch that a crash interrupted (still 'fetching'), or a file
+    // removed behind kiln's back, is no copy. The GC below removes the files.
+    const mine = new Map<string, ImageCopy>();
+    for (const c of await this.store.listImageCopies({ nodeId: this.nodeId })) {
+      if (c.state === 'ready' && (await fs.stat(c.path).catch(() => null))?.isFile()) mine.set(c.imageId, c);
+      else await this.store.deleteImageCopy(c.imageId, this.nodeId);
+    }
+    // Files made before copies were recorded (a store from an older kiln): an image whose
+    // path lies in this node's images dir and exists there is this node's copy.
+    for (const img of images) {
+      if (img.state !== 'ready' || mine.has(img.id) || !this.isOwnPath(img.path)) continue;
+      if ((await fs.stat(img.path).catch(() => null))?.isFile()) await this.recordCopy(img.id, img.path);
     }
     // Publishes what it removed (image.gc).
     await this.gc();
   }
 
+  private isOwnPath(p: string): boolean {
+    return !!p && p.startsWith(this.imagesDir + path.sep);
+  }
+
+  /** Records `file` (complete, in its final place) as this node's copy of the image. */
+  private async recordCopy(imageId: string, file: string, sha256?: string): Promise<ImageCopy> {
+    const copy: ImageCopy = {
+      imageId, nodeId: this.nodeId, path: file, sizeBytes: (await fs.stat(file)).size,
+      sha256: sha256 ?? (await sha256File(file)), state: 'ready', updatedAt: Date.now(),
+    };
+    await this.store.putImageCopy(copy);
+    return copy;
+  }
+
+  /** This node's complete copy of the image, or null (a copy whose file is gone is forgotten). */
+  async localCopy(imageId: string): Promise<ImageCopy | null> {
+    const [c] = await this.store.listImageCopies({ imageId, nodeId: this.nodeId });
+    if (!c || c.state !== 'ready') return null;
+    if ((await fs.stat(c.path).catch(() => null))?.isFile()) return c;
+    await this.store.deleteImageCopy(imageId, this.nodeId);
+    return null;
+  }
+
+  /** The image with `path` set to this node's copy, or '' when it has none (see ensureLocal). */
   async get(idOrName: string): Promise<ImageRecord> {
     const img = await this.store.getImage(idOrName);
     if (!img) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `no image ${JSON.stringify(idOrName)}`);
-    return img;
+    if (img.state !== 'ready') return img;
+    return { ...img, path: (await this.localCopy(img.id))?.path ?? '' };
+  }
+
+  /** Ids of the ready images this node holds a copy of (the heartbeat's report, placement's locality). */
+  async localImageIds(): Promise<string[]> {
+    return (await this.store.listImageCopies({ nodeId: this.nodeId })).filter((c) => c.state === 'ready').map((c) => c.imageId);
+  }
+
+  /**
+   * The image with `path` on this node's disk: its copy, else one fetched now from a peer node
+   * that has one (verified against the sha256 that node recorded), else — for an image pulled
+   * from a registry — pulled again by its manifest digest. Concurrent callers share one fetch.
+   */
+  async ensureLocal(img: ImageRecord): Promise<ImageRecord> {
+    if (img.state !== 'ready') throw new KilnError('KILN_ERR_INVALID_STATE', `image ${img.name} is still being pulled`);
+    const have = await this.localCopy(img.id);
+    if (have) return { ...img, path: have.path };
+    let running = this.fetches.get(img.id);
+    if (!running) {
+      running = this.fetchCopy(img).finally(() => this.fetches.delete(img.id));
+      this.fetches.set(img.id, running);
+    }
+    return running;
+  }
+
+  /** Where this node keeps a copy it fetched: its own directory per image id. */
+  private copyPath(img: ImageRecord): string {
+    return path.join(this.imagesDir, img.id, `rootfs.${img.format}`);
+  }
+
+  private async fetchCopy(img: ImageRecord): Promise<ImageRecord> {
+    this.fetching++;
+    try {
+      // A fetch that finished between the caller's check and this one.
+      const again = await this.localCopy(img.id);
+      if (again) return { ...img, path: again.path };
+      const dest = this.copyPath(img);
+      const t0 = performance.now();
+      const tried: string[] = [];
+      let mismatch: KilnError | null = null;
+      const token = this.opts.peerToken?.();
+      if (this.opts.peerToken) {
+        const nodes = new Map<string, NodeRecord>((await this.store.listNodes()).filter((n) => n.state === 'ready' && n.id !== this.nodeId).map((n) => [n.id, n]));
+        // Freshest heartbeat first: the likeliest to answer.
+        const sources = (await this.store.listImageCopies({ imageId: img.id }))
+          .filter((c) => c.state === 'ready' && nodes.has(c.nodeId))
+          .sort((a, b) => nodes.get(b.nodeId)!.heartbeatAt - nodes.get(a.nodeId)!.heartbeatAt);
+        if (sources.length) {
+          await this.store.putImageCopy({ imageId: img.id, nodeId: this.nodeId, path: dest, sizeBytes: 0, sha256: '', state: 'fetching', updatedAt: Date.now() });
+        }
+        for (const src of sources) {
+          const node = nodes.get(src.nodeId)!;
+          try {
+            const got = await fetchImageFile({
+              url: node.url, token: token ?? null, imageId: img.id, sha256: src.sha256, sizeBytes: src.sizeBytes,
+              imagesDir: this.imagesDir, dest, ...(this.opts.fetchIdleMs ? { idleMs: this.opts.fetchIdleMs } : {}),
+            });
+            await this.recordCopy(img.id, dest, got.sha256);
+            this.bus.publish('image.fetched', null, { id: img.id, name: img.name, from: node.name, bytes: got.sizeBytes, ms: Math.round(performance.now() - t0) });
+            return { ...img, path: dest };
+          } catch (e) {
+            const err = asKilnError(e);
+            if (err.code === 'KILN_ERR_DIGEST_MISMATCH') mismatch = err;
+            tried.push(`${node.name}: ${err.code}: ${err.message}`);
+          }
+        }
+      }
+      if (img.source && img.manifestDigest) {
+        try {
+          const copy = await this.pullCopy(img);
+          this.bus.publish('image.fetched', null, { id: img.id, name: img.name, from: 'registry', bytes: copy.sizeBytes, ms: Math.round(performance.now() - t0) });
+          return { ...img, path: copy.path };
+        } catch (e) {
+          const err = asKilnError(e);
+          tried.push(`registry ${img.source}: ${err.code}: ${err.message}`);
+        }
+      }
+      if ((await this.store.listImageCopies({ imageId: img.id, nodeId: this.nodeId }))[0]?.state === 'fetching') {
+        await this.store.deleteImageCopy(img.id, this.nodeId);
+      }
+      this.bus.publish('image.fetch_failed', null, { id: img.id, name: img.name, tried });
+      // A copy that arrived but did not verify is the finding that matters: reported as such.
+      if (mismatch) throw new KilnError('KILN_ERR_DIGEST_MISMATCH', mismatch.message, { ...mismatch.details, tried });
+      throw new KilnError('KILN_ERR_IMAGE_FETCH_FAILED', tried.length
+        ? `this node has no copy of image ${img.name} and could not get one: ${tried.join('; ')}`
+        : `this node has no copy of image ${img.name}, no ready node holds one${img.source ? '' : ', and it was not pulled from a registry'}`, { image: img.id, tried });
+    } finally {
+      this.fetching--;
+    }
+  }
+
+  /** A registry image pulled again, pinned to its manifest digest, converted here, recorded as this node's copy. */
+  private async pullCopy(img: ImageRecord): Promise<ImageCopy> {
+    const ref = parseImageReference(img.source!);
+    const pinned = `${ref.registry}/${ref.repository}@${img.manifestDigest}`;
+    const pulled = await this.opts.puller(pinned, {
+      stateDir: this.opts.stateDir, insecureRegistries: this.opts.insecureRegistries, credentialsFile: this.opts.credentialsFile,
+    });
+    if (pulled.manifestDigest !== img.manifestDigest) {
+      throw new KilnError('KILN_ERR_DIGEST_MISMATCH', `${pinned} resolved to ${pulled.manifestDigest}`);
+    }
+    const r = await convertPulled(pulled, this.imagesDir, { format: img.format, limits: this.limits });
+    return this.recordCopy(img.id, r.path);
   }
 
   list(): Promise<ImageRecord[]> {
@@ -133,6 +301,8 @@ export class ImageService {
       createdAt: Date.now(), state: 'pulling', source: ref, manifestDigest: null, layers: [], builder: null,
     };
     await this.store.insertImage(placeholder);
+    // Marks the pull as this node's (a start-up removes only its own interrupted pulls).
+    await this.store.putImageCopy({ imageId: id, nodeId: this.nodeId, path: '', sizeBytes: 0, sha256: '', state: 'fetching', updatedAt: Date.now() });
     this.bus.publish('image.pulling', null, { id, ref });
     const done = this.runPull(placeholder, req).finally(() => this.inflight.delete(key));
     this.inflight.set(key, done);
@@ -161,14 +331,21 @@ export class ImageService {
       const pullMs = performance.now() - t0;
       failpoint('image.pull:after');
       const layers = pulled.layers.map((l) => l.digest);
-      // Same manifest already converted under another ref (or tag): share its file.
-      const twin = (await this.store.listImages()).find(
-        (i) => i.state === 'ready' && i.manifestDigest === pulled.manifestDigest && (!req.format || i.format === req.format),
-      );
+      // Same manifest already converted under another ref (or tag), and on this node: share its file.
+      let twin: ImageRecord | undefined;
+      let twinCopy: ImageCopy | null = null;
+      for (const i of await this.store.listImages()) {
+        if (i.state !== 'ready' || i.manifestDigest !== pulled.manifestDigest || (req.format && i.format !== req.format)) continue;
+        twinCopy = await this.localCopy(i.id);
+        if (twinCopy) {
+          twin = i;
+          break;
+        }
+      }
       let patch: Partial<ImageRecord>;
       let convertMs = 0;
-      if (twin) {
-        patch = { path: twin.path, format: twin.format, sizeBytes: twin.sizeBytes, config: twin.config, builder: twin.builder };
+      if (twin && twinCopy) {
+        patch = { path: twinCopy.path, format: twin.format, sizeBytes: twin.sizeBytes, config: twin.config, builder: twin.builder };
       } else {
         const t1 = performance.now();
         const r = await convertPulled(pulled, this.imagesDir, { format: req.format, onProgress: (p: ConvertProgress) => progress(p), limits: this.limits });
@@ -177,6 +354,8 @@ export class ImageService {
         failpoint('image.convert:after');
         patch = { path: r.path, format: r.format, sizeBytes: r.sizeBytes, config: r.config, builder: r.builder || null };
       }
+      // The copy first: a ready image always has the copy of the node that made it.
+      await this.recordCopy(rec.id, patch.path!, twinCopy?.sha256);
       const ready = await this.store.updateImage(rec.id, {
         ...patch, state: 'ready', digest: pulled.manifestDigest, manifestDigest: pulled.manifestDigest, layers: [pulled.configDigest, ...layers],
       });
@@ -292,6 +471,7 @@ export class ImageService {
       builder,
     };
     await this.store.insertImage(record);
+    await this.recordCopy(record.id, dest, digest);
     this.bus.publish('image.created', null, { id: record.id, name, digest, format: fmt, builder });
     return record;
   }
@@ -327,21 +507,25 @@ export class ImageService {
    * is touched.
    */
   async gc(opts: { images?: boolean; keep?: string[] } = {}): Promise<GcResult> {
-    const res: GcResult = { removed_images: [], removed_files: 0, removed_blobs: 0, freed_bytes: 0, skipped_in_flight: this.inflight.size > 0 || this.importing > 0 };
+    const res: GcResult = { removed_images: [], removed_files: 0, removed_blobs: 0, freed_bytes: 0, skipped_in_flight: this.inflight.size > 0 || this.importing > 0 || this.fetching > 0 };
     if (opts.images) {
       for (const img of await this.store.listImages()) {
         if (img.state !== 'ready' || opts.keep?.includes(img.name)) continue;
         if ((await this.store.countVmsUsingImage(img.id)) > 0) continue;
-        const before = await du(path.dirname(img.path));
+        const file = (await this.localCopy(img.id))?.path;
+        const before = file ? await du(path.dirname(file)) : 0;
         await this.delete(img.id).catch(() => {});
         if (!(await this.store.getImage(img.id))) {
           res.removed_images.push(img.id);
-          if (!(await fs.stat(img.path).catch(() => null))) res.freed_bytes += before;
+          if (file && !(await fs.stat(file).catch(() => null))) res.freed_bytes += before;
         }
       }
     }
     const images = await this.store.listImages();
-    const usedDirs = new Set(images.filter((i) => i.path).map((i) => path.basename(path.dirname(i.path))));
+    // What is kept is this node's copies (a cluster's other nodes' paths mean nothing here);
+    // another node's deletion of an image took its copy rows, so its file goes here.
+    const usedDirs = new Set((await this.store.listImageCopies({ nodeId: this.nodeId }))
+      .filter((c) => this.isOwnPath(c.path)).map((c) => path.relative(this.imagesDir, c.path).split(path.sep)[0]!));
     for (const f of await fs.readdir(this.imagesDir).catch(() => [] as string[])) {
       // While a pull or an import runs, anything unrecorded may be its output on the way to
       // its record (a staging tree, a temp file, a finished dir not yet recorded): kept.
@@ -370,9 +554,12 @@ export class ImageService {
     if (img.state === 'pulling') throw new KilnError('KILN_ERR_INVALID_STATE', `image ${img.name} is still being pulled`);
     const users = await this.store.countVmsUsingImage(img.id);
     if (users > 0) throw new KilnError('KILN_ERR_IMAGE_IN_USE', `image ${img.name} is used by ${users} VM(s)`);
+    const [own] = await this.store.listImageCopies({ imageId: img.id, nodeId: this.nodeId });
+    // Its copies' rows go with it; the other nodes' files are theirs to remove (their GC
+    // removes what no copy of theirs is recorded for).
     await this.store.deleteImage(img.id);
-    const sharers = (await this.store.listImages()).filter((i) => i.path === img.path);
-    if (sharers.length === 0 && img.path) await fs.rm(path.dirname(img.path), { recursive: true, force: true });
+    const sharers = (await this.store.listImageCopies({ nodeId: this.nodeId })).filter((c) => c.path === own?.path);
+    if (own && sharers.length === 0 && this.isOwnPath(own.path)) await fs.rm(path.dirname(own.path), { recursive: true, force: true });
     this.bus.publish('image.deleted', null, { id: img.id, name: img.name });
   }
 }

@@ -60,6 +60,8 @@ export class SnapshotService {
       bus: EventBus;
       log: Logger;
       metrics: Metrics;
+      /** The cluster node this kilnd is (absent on a single host): its snapshots are the ones in its state dir. */
+      nodeId?: string | null;
     },
   ) {
     this.pool = new ClonePool({
@@ -90,10 +92,14 @@ export class SnapshotService {
     return this.#compat;
   }
 
+  /**
+   * The snapshot, its `path` this node's directory for it: a record's path is where the node
+   * that took it put it, and in a cluster that is another machine's disk (never read here).
+   */
   async get(id: string): Promise<SnapshotRecord> {
     const s = await this.deps.store.getSnapshot(id);
     if (!s) throw new KilnError('KILN_ERR_SNAPSHOT_NOT_FOUND', `no snapshot ${JSON.stringify(id)}`);
-    return s;
+    return { ...s, path: path.join(this.dir, path.basename(s.path)) };
   }
 
   list(): Promise<SnapshotRecord[]> {
@@ -250,6 +256,10 @@ export class SnapshotService {
   /** Checks a snapshot can be restored here: compatibility, then its files. */
   async verify(id: string): Promise<SnapshotRecord> {
     const s = await this.get(id);
+    if (this.deps.nodeId && !(await fs.stat(s.path).catch(() => null))) {
+      throw new KilnError('KILN_ERR_SNAPSHOT_NOT_FOUND',
+        `snapshot ${id}'s files are on another node: a cluster's snapshots are restored on the node that took them`, { snapshot: id, elsewhere: true });
+    }
     assertCompatible(id, s.meta, await this.compat());
     await verifyFiles(id, s.path, s.meta.files);
     return s;

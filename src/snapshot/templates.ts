@@ -8,7 +8,13 @@
 // initramfs/kiln-init, backend and VMM version, accelerator, size): when any of them changes
 // the key changes, and the next ensure() builds a new one (the old one is removed once no
 // clone runs from it).
+//
+// In a cluster the snapshot's files are on the node that built it, so the key includes the
+// node: each node builds its own template of an image (from its own copy of the image's
+// file, fetched from a peer if it had none) and never clones, supersedes or fails another's.
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { KilnConfig } from '../config.ts';
 import { KilnError } from '../errors.ts';
@@ -50,14 +56,25 @@ export class TemplateService {
       snapshots: SnapshotService;
       bus: EventBus;
       log: Logger;
+      /** The cluster node this kilnd is (null or absent on a single host): part of every key. */
+      nodeId?: string | null;
     },
   ) {}
+
+  /** Whether the template's snapshot files are on this node (on a single host: always). */
+  private async isOwn(t: TemplateRecord): Promise<boolean> {
+    if (!this.deps.nodeId) return true;
+    if (!t.snapshotId) return false;
+    return !!(await fs.stat(path.join(this.deps.snapshots.dir, t.snapshotId)).catch(() => null));
+  }
 
   async key(image: Pick<ImageRecord, 'id' | 'digest'>, vcpus: number, memoryMib: number, env: Record<string, string> = {}): Promise<string> {
     const compat = await this.deps.snapshots.compat();
     // Env joins the key only when set, so templates made without one keep their keys.
     const sortedEnv = Object.keys(env).length ? Object.fromEntries(Object.entries(env).sort(([a], [b]) => a.localeCompare(b))) : undefined;
-    const material = JSON.stringify({ image: image.id, digest: image.digest, vcpus, memoryMib, compat, ...(sortedEnv ? { env: sortedEnv } : {}) });
+    const material = JSON.stringify({
+      image: image.id, digest: image.digest, vcpus, memoryMib, compat, ...(sortedEnv ? { env: sortedEnv } : {}), ...(this.deps.nodeId ? { node: this.deps.nodeId } : {}),
+    });
     return createHash('sha256').update(material).digest('hex').slice(0, 32);
   }
 
@@ -157,6 +174,10 @@ export class TemplateService {
   async sweep(): Promise<void> {
     for (const t of await this.deps.store.listTemplates()) {
       if (t.state !== 'building') continue;
+      // In a cluster another node's build may be under way: only a build whose golden VM is
+      // this node's is this node's (one cut before its golden VM existed is replaced by the
+      // next ensure() of its key, which only this node computes).
+      if (this.deps.nodeId && !(await this.deps.store.getVm(`${t.id}-golden`))) continue;
       await this.deps.store.updateTemplate(t.id, { state: 'failed', stateReason: 'KILN_ERR_INTERNAL: kilnd stopped while the template was being built' });
       const golden = await this.deps.store.getVm(`${t.id}-golden`);
       if (golden) await this.deps.vms.delete(golden.id).catch((e) => this.deps.log.error({ vm: golden.id, err: e }, 'removing an interrupted build\'s golden VM failed'));
@@ -168,6 +189,7 @@ export class TemplateService {
   private async removeSuperseded(current: TemplateRecord): Promise<void> {
     for (const t of await this.deps.store.listTemplates()) {
       if (t.id === current.id || t.imageId !== current.imageId || t.vcpus !== current.vcpus || t.memoryMib !== current.memoryMib) continue;
+      if (!(await this.isOwn(t))) continue;
       await this.remove(t).catch((e) => this.deps.log.info({ template: t.id, err: (e as Error).message }, 'superseded template kept while clones run'));
     }
   }

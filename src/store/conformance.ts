@@ -255,6 +255,25 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual((await s.listImages()).map((i) => i.id), ['img-1']);
   });
 
+  c('image copies: one row per (image, node), replaced in place, listed by image or node, gone with the image', async (s) => {
+    await s.insertImage(image);
+    await s.insertImage({ ...image, id: 'img-2', name: 'other', digest: 'sha256:cd' });
+    const copy = { imageId: 'img-1', nodeId: 'node-a', path: '/a/images/img-1/rootfs.squashfs', sizeBytes: 5 * 2 ** 32, sha256: 'sha256:f1', state: 'ready' as const, updatedAt: 10 };
+    await s.putImageCopy(copy);
+    await s.putImageCopy({ ...copy, nodeId: 'node-b', path: '/b/x', state: 'fetching', updatedAt: 11 });
+    await s.putImageCopy({ ...copy, imageId: 'img-2', updatedAt: 12 });
+    assert.deepEqual(await s.listImageCopies({ imageId: 'img-1' }), [copy, { ...copy, nodeId: 'node-b', path: '/b/x', state: 'fetching', updatedAt: 11 }]);
+    // A node's fetch finishing replaces its row (an upsert, not a second row).
+    await s.putImageCopy({ ...copy, nodeId: 'node-b', path: '/b/y', state: 'ready', updatedAt: 13 });
+    assert.deepEqual((await s.listImageCopies({ nodeId: 'node-b' })).map((c) => [c.imageId, c.path, c.state]), [['img-1', '/b/y', 'ready']]);
+    assert.deepEqual((await s.listImageCopies({ imageId: 'img-1', nodeId: 'node-a' })), [copy], 'sizes beyond 32 bits');
+    assert.equal((await s.listImageCopies({})).length, 3);
+    await s.deleteImageCopy('img-2', 'node-a');
+    assert.deepEqual(await s.listImageCopies({ imageId: 'img-2' }), []);
+    await s.deleteImage('img-1');
+    assert.deepEqual(await s.listImageCopies({}), [], "an image's copies go with it");
+  });
+
   c('containers: a row per container VM, column-level restart state, removed with its VM', async (s) => {
     await s.insertImage(image);
     await s.insertVm({ ...vm('vm-c', 'web'), process: { entrypoint: ['/bin/echo'], user: 'app', stdio: 'tagged' } });

@@ -194,4 +194,19 @@ export const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE nodes ADD COLUMN e2b_url TEXT;
   `,
+  // v14 (cluster, issue #17): each node's own copies of images (the images table is the
+  // catalogue; files are per node). A single host records its copies here too.
+  `
+  CREATE TABLE image_copies (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    node_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (image_id, node_id)
+  );
+  CREATE INDEX image_copies_node ON image_copies(node_id);
+  `,
 ];

@@ -3,7 +3,7 @@
 // JSON-shaped fields are JSON text in both (PostgreSQL's jsonb columns are read back as text:
 // pg/pool.ts), booleans are 1/0 on the way in (PostgreSQL's boolean accepts '1'/'0') and
 // 1/0 or true/false on the way out.
-import type { ContainerRecord, ImageRecord, NodeRecord, SnapshotRecord, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, ImageCopy, ImageRecord, NodeRecord, SnapshotRecord, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 export type Row = Record<string, unknown>;
 
@@ -79,6 +79,32 @@ export function vmToRow(vm: VmRecord): Row {
     created_at: vm.createdAt,
     updated_at: vm.updatedAt,
   };
+}
+
+export function imageCopyFromRow(r: Row): ImageCopy {
+  return {
+    imageId: r.image_id as string,
+    nodeId: r.node_id as string,
+    path: r.path as string,
+    sizeBytes: Number(r.size_bytes),
+    sha256: r.sha256 as string,
+    state: r.state as ImageCopy['state'],
+    updatedAt: Number(r.updated_at),
+  };
+}
+
+/** The columns of an image copy, in the order both stores' upserts list them. */
+export function imageCopyParams(c: ImageCopy): unknown[] {
+  return [c.imageId, c.nodeId, c.path, c.sizeBytes, c.sha256, c.state, c.updatedAt];
+}
+
+/** Filters of listImageCopies as a WHERE clause with `?`-style placeholders (both engines renumber). */
+export function imageCopyFilter(f: { imageId?: string; nodeId?: string }): { where: string; params: string[] } {
+  const conds: string[] = [];
+  const params: string[] = [];
+  if (f.imageId !== undefined) { conds.push('image_id = ?'); params.push(f.imageId); }
+  if (f.nodeId !== undefined) { conds.push('node_id = ?'); params.push(f.nodeId); }
+  return { where: conds.length ? `WHERE ${conds.join(' AND ')}` : '', params };
 }
 
 export function imageFromRow(r: Row): ImageRecord {

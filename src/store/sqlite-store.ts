@@ -5,10 +5,10 @@ import { KilnError } from '../errors.ts';
 import { SqliteFunctionStore, type FunctionStore } from './function-store.ts';
 import { MIGRATIONS } from './migrations.ts';
 import {
-  LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
+  LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageCopyFilter, imageCopyFromRow, imageCopyParams, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
   vmFromRow, vmToRow, volumeFromRow, type Row,
 } from './rows.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageCopy, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -230,6 +230,21 @@ export class SqliteStore implements Store {
 
   async deleteImage(id: string): Promise<void> {
     this.stmt.deleteImage.run(id);
+  }
+
+  async putImageCopy(c: ImageCopy): Promise<void> {
+    this.db.prepare(`INSERT INTO image_copies (image_id, node_id, path, size_bytes, sha256, state, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (image_id, node_id) DO UPDATE SET path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+      state = excluded.state, updated_at = excluded.updated_at`).run(...imageCopyParams(c));
+  }
+
+  async listImageCopies(filter: { imageId?: string; nodeId?: string }): Promise<ImageCopy[]> {
+    const { where, params } = imageCopyFilter(filter);
+    return (this.db.prepare(`SELECT * FROM image_copies ${where} ORDER BY updated_at, image_id, node_id`).all(...params) as Row[]).map(imageCopyFromRow);
+  }
+
+  async deleteImageCopy(imageId: string, nodeId: string): Promise<void> {
+    this.db.prepare('DELETE FROM image_copies WHERE image_id = ? AND node_id = ?').run(imageId, nodeId);
   }
 
   async recordPhase(p: PhaseRecord): Promise<void> {

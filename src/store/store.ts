@@ -188,6 +188,25 @@ export interface ImageRecord {
   builder: string | null;
 }
 
+export type ImageCopyState = 'fetching' | 'ready';
+
+/**
+ * One node's own file of an image (a cluster's catalogue is shared, files are per node; a
+ * single host records its copies under its one node id too). `path` is on that node's disk
+ * and means nothing on another; `sha256` is the file's, computed when the node wrote it and
+ * what a node fetching it from this one verifies against.
+ */
+export interface ImageCopy {
+  imageId: string;
+  nodeId: string;
+  path: string;
+  sizeBytes: number;
+  sha256: string;
+  /** 'fetching': the node is fetching it (nothing may read it); 'ready': complete and verified. */
+  state: ImageCopyState;
+  updatedAt: number;
+}
+
 export interface PhaseRecord {
   vmId: string;
   boot: number;
@@ -361,6 +380,11 @@ export interface Store extends SnapshotStore, NodeStore {
   listImages(): Promise<ImageRecord[]>;
   deleteImage(id: string): Promise<void>;
   updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord>;
+  /** Records (or replaces) a node's copy of an image. Deleting the image deletes its copies. */
+  putImageCopy(c: ImageCopy): Promise<void>;
+  /** Copies of one image, of one node, or both; oldest first. */
+  listImageCopies(filter: { imageId?: string; nodeId?: string }): Promise<ImageCopy[]>;
+  deleteImageCopy(imageId: string, nodeId: string): Promise<void>;
 
   insertVolume(v: VolumeRecord): Promise<void>;
   getVolume(idOrName: string): Promise<VolumeRecord | null>;

@@ -94,8 +94,9 @@ export class Reconciler {
       return;
     }
     if (!ACTIVE.includes(vm.state)) return;
-    const { store, assets, volumes, log } = core.deps;
-    const image = await store.getImage(vm.imageId);
+    const { store, assets, volumes, log, images } = core.deps;
+    // Its path on this node (its copy), which the running VMM has open.
+    const image = await images.get(vm.imageId).catch(() => null);
     const dir = core.runtimeDir(vm.id);
     const driver = this.driverFor(vm.backend);
     const extra = await volumes.drivesFor(vm, dir).catch(() => []);

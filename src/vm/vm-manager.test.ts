@@ -20,9 +20,9 @@ const exists = (p: string) => fs.stat(p).then(() => true, () => false);
 
 test('restore and classic are edits of the boot list, not paths of their own', () => {
   const { boot, classic, restore } = l.manager.stepNames();
-  assert.deepEqual(boot, ['rootfs.prepare', 'network.prepare', 'vmm.spawn', 'vm.track', 'vm.booting']);
+  assert.deepEqual(boot, ['image.fetch', 'rootfs.prepare', 'network.prepare', 'vmm.spawn', 'vm.track', 'vm.booting']);
   assert.deepEqual(classic, boot, 'classic replaces rootfs.prepare in place');
-  assert.deepEqual(restore, ['rootfs.prepare', 'network.prepare', 'vmm.restore', 'vm.track', 'vmm.resume', 'guest.identity', 'agent.await', 'vm.booting']);
+  assert.deepEqual(restore, ['image.fetch', 'rootfs.prepare', 'network.prepare', 'vmm.restore', 'vm.track', 'vmm.resume', 'guest.identity', 'agent.await', 'vm.booting']);
 });
 
 test('a boot goes creating → booting → ready, with its intent on disk and its phases timed', async () => {

@@ -1,3 +1,4 @@
+import { createReadStream } from 'node:fs';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { FastifyInstance } from 'fastify';
 import { Type } from 'typebox';
@@ -45,6 +46,24 @@ export function registerImageRoutes(root: FastifyInstance, daemon: Daemon): void
   app.get('/v1/images/:id', {
     schema: { summary: 'Get an image by id or name', tags: ['images'], params: IdParams, response: { 200: Image, ...errors } },
   }, async (req) => imageView(await daemon.images.get(req.params.id)));
+
+  app.get('/v1/images/:id/file', {
+    schema: {
+      summary: "This node's copy of the image's root filesystem file (cluster nodes fetch images they lack from each other)",
+      description: 'Streams the file; `x-kiln-sha256` is the sha256 this node recorded for its copy, which the fetching node '
+        + 'verifies the transfer against (as it does against the copy\'s row in the store). 404 when this node holds no copy.',
+      tags: ['images'], params: IdParams, response: { 404: ErrorBody, 409: ErrorBody, 500: ErrorBody },
+    },
+  }, async (req, reply) => {
+    const img = await daemon.images.get(req.params.id);
+    const copy = img.state === 'ready' ? await daemon.images.localCopy(img.id) : null;
+    if (!copy) throw new KilnError('KILN_ERR_IMAGE_NOT_FOUND', `this node holds no copy of image ${img.name}`, { image: img.id });
+    return reply
+      .header('content-type', 'application/octet-stream')
+      .header('content-length', String(copy.sizeBytes))
+      .header('x-kiln-sha256', copy.sha256)
+      .send(createReadStream(copy.path) as never);
+  });
 
   app.delete('/v1/images/:id', {
     schema: { summary: 'Delete an image (refused while a VM uses it)', tags: ['images'], params: IdParams, response: { 204: Type.Null(), ...errors } },

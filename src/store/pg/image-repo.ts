@@ -1,8 +1,8 @@
 // Images and volumes on PostgreSQL: named, content-addressed artefacts each node keeps on
 // its own disk; the rows are the cluster's catalogue of them.
 import { KilnError } from '../../errors.ts';
-import { imageFromRow, imageToRow, patchColumns, volumeFromRow } from '../rows.ts';
-import type { ImageRecord, VolumeRecord } from '../store.ts';
+import { imageCopyFilter, imageCopyFromRow, imageCopyParams, imageFromRow, imageToRow, patchColumns, volumeFromRow } from '../rows.ts';
+import type { ImageCopy, ImageRecord, VolumeRecord } from '../store.ts';
 import { mapUnique, type PgDb } from './db.ts';
 
 const BY_ID_OR_NAME = 'WHERE id = $1 OR name = $1 ORDER BY (id = $1) DESC LIMIT 1';
@@ -35,6 +35,23 @@ export class PgImageRepo {
 
   async deleteImage(id: string): Promise<void> {
     await this.db.exec('DELETE FROM images WHERE id = $1', [id]);
+  }
+
+  async putImageCopy(c: ImageCopy): Promise<void> {
+    await this.db.exec(`INSERT INTO image_copies (image_id, node_id, path, size_bytes, sha256, state, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+      ON CONFLICT (image_id, node_id) DO UPDATE SET path = excluded.path, size_bytes = excluded.size_bytes, sha256 = excluded.sha256,
+      state = excluded.state, updated_at = excluded.updated_at`, imageCopyParams(c));
+  }
+
+  async listImageCopies(filter: { imageId?: string; nodeId?: string }): Promise<ImageCopy[]> {
+    const { where, params } = imageCopyFilter(filter);
+    let i = 0;
+    const sql = `SELECT * FROM image_copies ${where.replace(/\?/g, () => `$${++i}`)} ORDER BY updated_at, image_id, node_id`;
+    return (await this.db.rows(sql, params)).map(imageCopyFromRow);
+  }
+
+  async deleteImageCopy(imageId: string, nodeId: string): Promise<void> {
+    await this.db.exec('DELETE FROM image_copies WHERE image_id = $1 AND node_id = $2', [imageId, nodeId]);
   }
 
   async updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>): Promise<ImageRecord> {

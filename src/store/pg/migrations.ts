@@ -206,4 +206,19 @@ export const PG_MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE nodes ADD COLUMN e2b_url text;
   `,
+  // v7 (cluster, issue #17): each node's own copies of images (the images table is the
+  // catalogue; files are per node, fetched from a peer that has one: src/image/image-fetch.ts).
+  `
+  CREATE TABLE image_copies (
+    image_id text NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    node_id text NOT NULL,
+    path text NOT NULL,
+    size_bytes bigint NOT NULL,
+    sha256 text NOT NULL,
+    state text NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (image_id, node_id)
+  );
+  CREATE INDEX image_copies_node ON image_copies (node_id);
+  `,
 ];

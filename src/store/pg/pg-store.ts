@@ -5,7 +5,7 @@
 // kilnds writing one database never overwrite each other's columns.
 import { KilnError } from '../../errors.ts';
 import type { FunctionStore } from '../function-store.ts';
-import type { ContainerRecord, EventRecord, ImageRecord, NodeCapacity, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
+import type { ContainerRecord, EventRecord, ImageCopy, ImageRecord, NodeCapacity, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from '../store.ts';
 import { LOCKS, PgDb } from './db.ts';
 import { PgEventRepo } from './event-repo.ts';
 import { PgFunctionRepo } from './function-repo.ts';
@@ -68,6 +68,9 @@ export class PgStore implements Store {
   listImages() { return this.images.listImages(); }
   deleteImage(id: string) { return this.images.deleteImage(id); }
   updateImage(id: string, patch: Partial<Omit<ImageRecord, 'id'>>) { return this.images.updateImage(id, patch); }
+  putImageCopy(c: ImageCopy) { return this.images.putImageCopy(c); }
+  listImageCopies(filter: { imageId?: string; nodeId?: string }) { return this.images.listImageCopies(filter); }
+  deleteImageCopy(imageId: string, nodeId: string) { return this.images.deleteImageCopy(imageId, nodeId); }
   insertVolume(v: VolumeRecord) { return this.images.insertVolume(v); }
   getVolume(idOrName: string) { return this.images.getVolume(idOrName); }
   listVolumes() { return this.images.listVolumes(); }

@@ -1,5 +1,7 @@
 // The base provisioning list, a cold boot:
-//   rootfs.prepare ∥ network.prepare → vmm.spawn → vm.track → vm.booting
+//   image.fetch → rootfs.prepare ∥ network.prepare → vmm.spawn → vm.track → vm.booting
+// image.fetch is instant when this node has a copy of the image; in a cluster, a node that
+// has none fetches it from a peer (or pulls it again) first, and the timeline shows how long.
 // A classic VM replaces rootfs.prepare (classicSteps); a template clone edits the list
 // further (restore.ts). The two prepare steps are independent and run concurrently.
 import fs from 'node:fs/promises';
@@ -23,12 +25,22 @@ export interface StepParts {
 }
 
 export function bootSteps(p: StepParts): ProvisionSteps {
-  return new StepList<ProvisionCtx>([rootfsStep(p), networkStep(p), spawnStep(p), trackStep(p, true), bootingStep(p)]);
+  return new StepList<ProvisionCtx>([imageStep(p), rootfsStep(p), networkStep(p), spawnStep(p), trackStep(p, true), bootingStep(p)]);
 }
 
 /** A classic VM: its own disk (kept across boots) and config drive instead of a writable layer. */
 export function classicSteps(p: StepParts): ProvisionSteps {
   return bootSteps(p).replace('rootfs.prepare', classicRootfsStep(p));
+}
+
+/** This node's copy of the VM's image: ctx.image.path is on this node's disk afterwards. */
+export function imageStep({ core }: StepParts): ProvisionStep {
+  return {
+    name: 'image.fetch',
+    async run(ctx) {
+      ctx.image = await core.deps.images.ensureLocal(ctx.image);
+    },
+  };
 }
 
 function rootfsStep({ core }: StepParts): ProvisionStep {

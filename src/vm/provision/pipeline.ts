@@ -18,7 +18,8 @@ import type { VmNetAttachment } from '../vm-spec.ts';
 
 export interface ProvisionCtx {
   readonly vm: VmRecord;
-  readonly image: ImageRecord;
+  /** Its `path` is this node's copy once image.fetch ran (ImageService.ensureLocal). */
+  image: ImageRecord;
   readonly timeline: Timeline;
   readonly undo: CleanupStack;
   /** `<state>/vms/<id>`. */

@@ -215,7 +215,7 @@ export async function vmLayer(opts: { maxConcurrentBoots?: number } = {}): Promi
   const assets = { kernel: { path: '/nonexistent/vmlinuz' }, initramfs: { path: '/nonexistent/initrd' }, scratchTemplate } as unknown as GuestAssets;
   const admission = new Admission({ ...config.capacity, vmmOverheadMib: 0 }, { vcpus: 64, memoryMib: 65536 }, () => store.listVms());
   const agents: AgentHub = { listener: null, pushUnavailable: 'unit test', pushTarget: '10.99.0.1:1', neighbours: new EventEmitter() as never };
-  const images = { get: async () => IMAGE, resolveForVm: async () => IMAGE } as unknown as ImageService;
+  const images = { get: async () => IMAGE, resolveForVm: async () => IMAGE, ensureLocal: async () => IMAGE } as unknown as ImageService;
   const manager = new VmManager({
     config, store, bus, images, volumes: volumes as unknown as VolumeService, driver, metrics, network: network as unknown as NetworkManager,
     agents, log, assets, accelerator: 'tcg', admission,
