@@ -18,11 +18,13 @@ import { tokenMatches } from '../api/auth/token-file.ts';
 import { KilnError, isKilnError } from '../errors.ts';
 import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
-import { COMMITTING_STATES } from '../vm/admission.ts';
+import { registerClusterContainerRoutes } from './api-containers.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { ApiMetrics, registerApiMetricsRoute } from './api-metrics.ts';
+import { forwardCreate, type ClusterRouteContext } from './api-placement.ts';
+import { registerClusterStorageRoutes } from './api-storage.ts';
 import { PortProxy } from './port-proxy.ts';
 import { NodeForwarder } from './node-forward.ts';
-import { place } from './placement.ts';
 import { StoreEventFollower } from './store-events.ts';
 
 export interface ApiRoleOptions {
@@ -44,11 +46,8 @@ const DEFAULT_MEMORY_MIB = 256;
 
 /** Node routes the API role does not forward yet, and where to reach them instead. */
 const NOT_ROUTED: [RegExp, string][] = [
-  [/^\/v1\/(volumes|snapshots|templates)(\/|$)/, 'volumes, snapshots and templates are per node: call the node that holds them (GET /v1/nodes lists their URLs)'],
-  [/^\/v1\/containers(\/|$)/, 'containers are created on a node: call it directly (its VMs are reachable here under /v1/vms)'],
-  [/^\/v1\/images\/(gc|import|upload)$/, 'image files are per node: import, upload and collect garbage on each node'],
   [/^\/(v2\/)?sandboxes(\/|$)/, 'the E2B-compatible API is served by each node, not by the API role'],
-  [/^\/(metrics|openapi\.json|ui)(\/|$)/, 'metrics, the OpenAPI document and the dashboard are served by each node'],
+  [/^\/(openapi\.json|ui)(\/|$)/, 'the OpenAPI document and the dashboard are served by each node'],
 ];
 
 export class ApiRole {
@@ -67,7 +66,9 @@ export class ApiRole {
       // The node's validation rules for the routes served here (events): unknown fields are errors.
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true } },
     });
-    const fwd = new NodeForwarder(o.token);
+    const metrics = new ApiMetrics(o.store);
+    const fwd = new NodeForwarder(o.token, (...a) => metrics.forward(...a));
+    const ctx: ClusterRouteContext = { store: o.store, fwd, metrics, k: o.k };
     const events = new StoreEventFollower(o.store, o.log);
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
@@ -104,25 +105,9 @@ export class ApiRole {
 
     app.get('/v1/nodes', async () => (await o.store.listNodes()).map(nodeView));
 
-    app.post('/v1/vms', async (req, reply) => {
-      const t0 = performance.now();
-      const body = parseJson(req.body);
-      // The three store reads at once (each its own pooled connection): one round trip's wait.
-      const [image, nodes] = await Promise.all([o.store.getImage(typeof body.image === 'string' ? body.image : 'default'), freshNodes(o.store)]);
-      const demand = {
-        vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
-        memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId: image?.id,
-      };
-      const t1 = performance.now();
-      const node = place(nodes, demand, { k: o.k });
-      const t2 = performance.now();
-      if (!node) throw new KilnError('KILN_ERR_CAPACITY', `no ready node has ${demand.vcpus} vCPUs and ${demand.memoryMib} MiB free`);
-      // Where the time went, for bench/cluster (Server-Timing: a standard header, no body change).
-      void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
-      return fwd.forward(req, reply, node, req.body as Buffer, {}, (upstreamMs) =>
-        `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
-    });
+    // Placed like every create (api-placement.ts): its snapshot's or volumes' node, a node with
+    // its template, else best of K by free capacity with image locality.
+    app.post('/v1/vms', (req, reply) => forwardCreate(ctx, req, reply, 'vm', { vcpus: 1, memoryMib: DEFAULT_MEMORY_MIB }));
 
     app.get('/v1/vms', async () => {
       const nodes = (await o.store.listNodes()).filter((n) => n.state === 'ready');
@@ -197,11 +182,10 @@ export class ApiRole {
       void reply.header('x-kiln-node', nodes[0].name);
       return fwd.forward(req, reply, nodes[0], req.body as Buffer | undefined);
     });
-    app.delete('/v1/images/:id', async () => {
-      throw new KilnError('KILN_ERR_NOT_ROUTED', 'image files are per node: delete the image on each node that holds it', { path: '/v1/images/{id}' });
-    });
-
     registerClusterFunctionRoutes(app, { store: o.store, fwd });
+    registerClusterContainerRoutes(app, ctx);
+    registerClusterStorageRoutes(app, ctx);
+    registerApiMetricsRoute(app, metrics);
 
     await app.listen({ host: o.listenHost, port: o.listenPort });
     await ports.start();
@@ -225,39 +209,6 @@ function upgradeToken(req: IncomingMessage): string | null {
   const protos = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
   const p = protos.find((x) => x.startsWith(WS_TOKEN_PREFIX));
   return p ? p.slice(WS_TOKEN_PREFIX.length) : null;
-}
-
-function parseJson(body: unknown): Record<string, unknown> {
-  if (body === undefined || body === null || (Buffer.isBuffer(body) && body.length === 0)) return {};
-  try {
-    const v = JSON.parse(Buffer.isBuffer(body) ? body.toString('utf8') : String(body));
-    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch (e) {
-    throw new KilnError('KILN_ERR_INVALID_JSON', `body is not JSON: ${(e as Error).message}`);
-  }
-  throw new KilnError('KILN_ERR_VALIDATION', 'body must be a JSON object');
-}
-
-/**
- * Ready nodes with what they have committed as the store says now (VM rows in committing
- * states), or as their last heartbeat said, whichever is more: a create placed a moment ago is
- * counted before the node's next heartbeat reports it.
- */
-async function freshNodes(store: Store): Promise<NodeRecord[]> {
-  const [vms, nodes] = await Promise.all([store.listVms(), store.listNodes()]);
-  const committed = new Map<string, { vcpus: number; memoryMib: number }>();
-  for (const vm of vms) {
-    if (!vm.nodeId || !COMMITTING_STATES.includes(vm.state)) continue;
-    const c = committed.get(vm.nodeId) ?? { vcpus: 0, memoryMib: 0 };
-    c.vcpus += vm.vcpus;
-    c.memoryMib += vm.memoryMib;
-    committed.set(vm.nodeId, c);
-  }
-  return nodes.map((n) => {
-    const c = committed.get(n.id);
-    if (!c) return n;
-    return { ...n, capacity: { ...n.capacity, committedVcpus: Math.max(n.capacity.committedVcpus, c.vcpus), committedMemoryMib: Math.max(n.capacity.committedMemoryMib, c.memoryMib) } };
-  });
 }
 
 export function nodeView(n: NodeRecord) {
