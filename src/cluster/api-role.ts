@@ -4,9 +4,12 @@
 // (exec, files, logs, the console WebSocket, …) go to the node that runs it; the VM list is
 // every ready node's. Events and images are read from the store (cluster-wide tables);
 // functions are deployed through one node and invoked where they are warm (api-functions.ts);
-// published TCP ports of VMs are listened on here and piped to their node (port-proxy.ts).
-// It runs no VMM and needs no host setup. What it does not forward yet answers
-// KILN_ERR_NOT_ROUTED, naming where to go instead.
+// published TCP ports of VMs are listened on here and piped to their node (port-proxy.ts);
+// containers (api-containers.ts), volumes, snapshots, templates and image files
+// (api-storage.ts) go to the node that holds them, creates placed by what they use
+// (api-placement.ts); /metrics is this process's own (api-metrics.ts). It runs no VMM and
+// needs no host setup. What it does not forward yet answers KILN_ERR_NOT_ROUTED, naming where
+// to go instead.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
