@@ -5,7 +5,8 @@
 // it names, a container attaching it placed there (its logs followed live, exec, the volume's
 // file), a create whose volumes are on two nodes refused with KILN_ERR_NODE_CONFLICT; a
 // snapshot of a VM on one node and the clone restored from it placed on that node, counted as a
-// pinned placement in the API role's /metrics. Boots three guests: run under
+// pinned placement in the API role's /metrics; a template built through the API, asked for
+// again and cloned on the node that built it. Boots five guests: run under
 // `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -25,7 +26,7 @@ const NODES = ['n1', 'n2'] as const;
 const newDatabase = postgresPerFile();
 const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 
-test('through the API role only: image upload/delete/gc, a volume and the container that attaches it, a snapshot and its clone on the snapshot\'s node, metrics', async (t) => {
+test('through the API role only: image upload/delete/gc, a volume and the container that attaches it, a snapshot and its clone on the snapshot\'s node, a template and its clone on its node, metrics', async (t) => {
   const t0 = Date.now();
   const url = await newDatabase();
   const store = await PgStore.open(url);
@@ -151,11 +152,36 @@ test('through the API role only: image upload/delete/gc, a volume and the contai
     assert.equal((await c.exec(clone.id, { cmd: ['cat', '/root/mark'] })).stdout, 'before-snapshot\n', 'the clone has the snapshot\'s state');
     t.diagnostic(`snapshot + clone: ${stamp(t0)}`);
 
+    // ---- a template built through the API on one node; a clone of that image's template goes there.
+    const tr = await call('POST', '/v1/templates', { image: 'default', memory_mib: 128 });
+    assert.equal(tr.status, 201, await tr.clone().text());
+    const builtOn = tr.headers.get('x-kiln-node')!;
+    const template = (await tr.json()) as { id: string; state: string };
+    assert.equal(template.state, 'ready');
+    assert.equal(nameOf.get((await store.getTemplate(template.id))!.nodeId!), builtOn, 'the row names the node that built it');
+    const tpls = (await (await call('GET', '/v1/templates')).json()) as { templates: { id: string; node: string }[] };
+    assert.deepEqual(tpls.templates.map((x) => [x.id, x.node]), [[template.id, builtOn]]);
+    const again = await call('POST', '/v1/templates', { image: 'default', memory_mib: 128 });
+    assert.deepEqual([again.status, again.headers.get('x-kiln-node'), ((await again.json()) as { id: string }).id], [201, builtOn, template.id], 'asked again: answered by its node, not built twice');
+    const fromTpl = await call('POST', '/v1/vms', { name: 'from-template', template: 'default', memory_mib: 128 });
+    assert.equal(fromTpl.status, 201, await fromTpl.clone().text());
+    assert.equal(fromTpl.headers.get('x-kiln-node'), builtOn, 'template locality: the clone goes where the template is');
+    const tclone = await waitForState(c, ((await fromTpl.json()) as { id: string }).id, ['ready', 'failed'], 240_000);
+    assert.equal(tclone.state, 'ready', tclone.state_reason ?? '');
+    assert.equal((await c.exec(tclone.id, { cmd: ['echo', 'cloned'] })).stdout, 'cloned\n');
+    await c.deleteVm(tclone.id);
+    const tdel = await call('DELETE', `/v1/templates/${template.id}`);
+    assert.deepEqual([tdel.status, tdel.headers.get('x-kiln-node')], [204, builtOn]);
+    assert.deepEqual(((await (await call('GET', '/v1/templates')).json()) as { templates: unknown[] }).templates, []);
+    t.diagnostic(`template + clone: ${stamp(t0)}`);
+
     // ---- the API role's own metrics.
     const metrics = await (await call('GET', '/metrics')).text();
     for (const n of NODES) assert.match(metrics, new RegExp(`^kiln_cluster_node_up\\{node="${n}"\\} 1$`, 'm'));
     assert.match(metrics, /^kiln_api_forwarded_requests_total\{node="n1",method="POST",status="201"\} \d+$/m);
     assert.match(metrics, /^kiln_api_placements_total\{what="container",kind="pinned"\} 1$/m);
+    assert.match(metrics, /^kiln_api_placements_total\{what="vm",kind="template"\} 1$/m);
+    assert.match(metrics, /^kiln_api_placements_total\{what="template",kind="template"\} 1$/m, 'the second template request went to its node by locality');
 
     await c.deleteVm(clone.id);
     await c.deleteSnapshot(snap.id);
