@@ -38,6 +38,7 @@ export const ERRORS = {
   KILN_ERR_IMAGE_UNSUPPORTED: { status: 422, summary: 'The image uses a media type, schema or platform kiln cannot use' },
   KILN_ERR_SHUTTING_DOWN: { status: 503, summary: 'The daemon is shutting down' },
   KILN_ERR_NODE_UNAVAILABLE: { status: 503, summary: 'The cluster node that runs the VM is lost or did not answer' },
+  KILN_ERR_NODE_CONFLICT: { status: 409, summary: 'The volumes, snapshot or node a cluster create names are on different nodes: no one node can serve it' },
   KILN_ERR_NOT_ROUTED: { status: 501, summary: 'The cluster API role does not forward this route: call the node that holds the resource' },
   KILN_ERR_CLUSTER_RANGE_FULL: { status: 503, summary: 'Every VM subnet of the cluster range is leased to a node' },
   KILN_ERR_AGENT_UNAVAILABLE: { status: 503, summary: 'The guest agent cannot be reached (VM not running, no agent channel)' },

@@ -108,7 +108,7 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     assert.deepEqual(NODES.map((n) => on(n).length), [4, 4, 4], `placement by free capacity: ${JSON.stringify([...nodeOf])}`);
     assert.equal((await c.listVms()).length, VMS, 'the list is every node’s');
     assert.ok((await c.listImages()).some((i) => i.name === 'default'), 'images from the cluster catalogue');
-    await expectApiError(c.request('GET', '/v1/volumes'), 501, 'KILN_ERR_NOT_ROUTED');
+    await expectApiError(c.request('GET', '/openapi.json'), 501, 'KILN_ERR_NOT_ROUTED');
 
     // A published port through the API process: it listens on the port and pipes to the node.
     const web = vms[VMS - 1]!;

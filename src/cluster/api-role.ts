@@ -4,9 +4,12 @@
 // (exec, files, logs, the console WebSocket, …) go to the node that runs it; the VM list is
 // every ready node's. Events and images are read from the store (cluster-wide tables);
 // functions are deployed through one node and invoked where they are warm (api-functions.ts);
-// published TCP ports of VMs are listened on here and piped to their node (port-proxy.ts).
-// It runs no VMM and needs no host setup. What it does not forward yet answers
-// KILN_ERR_NOT_ROUTED, naming where to go instead.
+// published TCP ports of VMs are listened on here and piped to their node (port-proxy.ts);
+// containers (api-containers.ts), volumes, snapshots, templates and image files
+// (api-storage.ts) go to the node that holds them, creates placed by what they use
+// (api-placement.ts); /metrics is this process's own (api-metrics.ts). It runs no VMM and
+// needs no host setup. What it does not forward yet answers KILN_ERR_NOT_ROUTED, naming where
+// to go instead.
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -19,13 +22,16 @@ import { KilnError, isKilnError } from '../errors.ts';
 import { WS_TOKEN_PREFIX } from '../sdk/api-token.ts';
 import type { NodeRecord, Store, VmRecord } from '../store/store.ts';
 import { COMMITTING_STATES } from '../vm/admission.ts';
+import { registerClusterContainerRoutes } from './api-containers.ts';
 import { ClusterE2b } from './api-e2b.ts';
 import { registerClusterFunctionRoutes } from './api-functions.ts';
+import { ApiMetrics, registerApiMetricsRoute } from './api-metrics.ts';
+import { forwardCreate, type ClusterRouteContext } from './api-placement.ts';
+import { registerClusterStorageRoutes } from './api-storage.ts';
 import { ImageIds } from './image-ids.ts';
 import { PortProxy } from './port-proxy.ts';
-import { NodeForwarder, notDelivered } from './node-forward.ts';
+import { NodeForwarder } from './node-forward.ts';
 import { NodeLedger } from './node-ledger.ts';
-import { place } from './placement.ts';
 import { StoreEventFollower } from './store-events.ts';
 
 export interface ApiRoleOptions {
@@ -49,11 +55,8 @@ const DEFAULT_MEMORY_MIB = 256;
 
 /** Node routes the API role does not forward yet, and where to reach them instead. */
 const NOT_ROUTED: [RegExp, string][] = [
-  [/^\/v1\/(volumes|snapshots|templates)(\/|$)/, 'volumes, snapshots and templates are per node: call the node that holds them (GET /v1/nodes lists their URLs)'],
-  [/^\/v1\/containers(\/|$)/, 'containers are created on a node: call it directly (its VMs are reachable here under /v1/vms)'],
-  [/^\/v1\/images\/(gc|import|upload)$/, 'image files are per node: import, upload and collect garbage on each node'],
   [/^\/(v2\/)?sandboxes(\/|$)/, 'the E2B-compatible API is served on the API role\'s own E2B listener (--e2b-listen), not on this port'],
-  [/^\/(metrics|openapi\.json|ui)(\/|$)/, 'metrics, the OpenAPI document and the dashboard are served by each node'],
+  [/^\/(openapi\.json|ui)(\/|$)/, 'the OpenAPI document and the dashboard are served by each node'],
 ];
 
 export class ApiRole {
@@ -75,11 +78,15 @@ export class ApiRole {
       // The node's validation rules for the routes served here (events): unknown fields are errors.
       ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: true } },
     });
-    const fwd = new NodeForwarder(o.token);
-    const events = new StoreEventFollower(o.store, o.log);
-    const imageIds = new ImageIds(o.store);
+    const metrics = new ApiMetrics(o.store);
+    const fwd = new NodeForwarder(o.token, (...a) => metrics.forward(...a));
+    // Creates are placed on an in-memory view of the nodes (node-ledger.ts), kept fresh in the
+    // background, and images resolved from a short cache (image-ids.ts): no store read on the
+    // way of a plain create.
     const ledger = new NodeLedger(o.store, COMMITTING_STATES).start();
     app.addHook('onClose', async () => ledger.close());
+    const ctx: ClusterRouteContext = { store: o.store, fwd, metrics, k: o.k, ledger, images: new ImageIds(o.store) };
+    const events = new StoreEventFollower(o.store, o.log);
     const ports = new PortProxy({ store: o.store, listenHost: o.listenHost, syncMs: o.portSyncMs ?? 1000, log: o.log });
     app.removeAllContentTypeParsers();
     // Bodies are forwarded as they came: kept as bytes, parsed only where placement needs them.
@@ -115,43 +122,9 @@ export class ApiRole {
 
     app.get('/v1/nodes', async () => (await o.store.listNodes()).map(nodeView));
 
-    app.post('/v1/vms', async (req, reply) => {
-      const t0 = performance.now();
-      const body = parseJson(req.body);
-      // No store read on the way, usually: the nodes' committed resources are kept in memory and
-      // refreshed behind the creates (node-ledger.ts), the image's id remembered (image-ids.ts).
-      const [imageId, view] = await Promise.all([imageIds.resolve(typeof body.image === 'string' ? body.image : 'default'), ledger.view()]);
-      const demand = {
-        vcpus: typeof body.vcpus === 'number' ? body.vcpus : 1,
-        memoryMib: typeof body.memory_mib === 'number' ? body.memory_mib : DEFAULT_MEMORY_MIB,
-        imageId,
-      };
-      let nodes = view;
-      const skipped = new Set<string>();
-      for (;;) {
-        const t1 = performance.now();
-        const node = place(nodes.filter((n) => !skipped.has(n.id)), demand, { k: o.k });
-        const t2 = performance.now();
-        if (!node) throw new KilnError('KILN_ERR_CAPACITY', `no ready node has ${demand.vcpus} vCPUs and ${demand.memoryMib} MiB free`, skipped.size ? { unreachable: [...skipped] } : undefined);
-        // Where the time went, for bench/cluster (Server-Timing: a standard header, no body change).
-        void reply.header('x-kiln-node', node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
-        const placed = ledger.reserve(node.id, demand);
-        try {
-          const sent = await fwd.forward(req, reply, node, req.body as Buffer, {}, (upstreamMs) =>
-            `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
-          placed(reply.statusCode < 300);
-          return sent;
-        } catch (e) {
-          placed(false);
-          // A node that refused the connection never saw the create (it died, or the view is from
-          // before it was marked lost): place it again without that node, on a view read now.
-          if (!notDelivered(e)) throw e;
-          skipped.add(node.id);
-          await ledger.refresh();
-          nodes = await ledger.view();
-        }
-      }
-    });
+    // Placed like every create (api-placement.ts): its snapshot's or volumes' node, a node with
+    // its template, else best of K by free capacity with image locality.
+    app.post('/v1/vms', (req, reply) => forwardCreate(ctx, req, reply, 'vm', { vcpus: 1, memoryMib: DEFAULT_MEMORY_MIB }));
 
     app.get('/v1/vms', async () => {
       const nodes = (await o.store.listNodes()).filter((n) => n.state === 'ready');
@@ -226,11 +199,10 @@ export class ApiRole {
       void reply.header('x-kiln-node', nodes[0].name);
       return fwd.forward(req, reply, nodes[0], req.body as Buffer | undefined);
     });
-    app.delete('/v1/images/:id', async () => {
-      throw new KilnError('KILN_ERR_NOT_ROUTED', 'image files are per node: delete the image on each node that holds it', { path: '/v1/images/{id}' });
-    });
-
     registerClusterFunctionRoutes(app, { store: o.store, fwd });
+    registerClusterContainerRoutes(app, ctx);
+    registerClusterStorageRoutes(app, ctx);
+    registerApiMetricsRoute(app, metrics);
 
     await app.listen({ host: o.listenHost, port: o.listenPort });
     await ports.start();
@@ -264,17 +236,6 @@ function upgradeToken(req: IncomingMessage): string | null {
   const protos = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
   const p = protos.find((x) => x.startsWith(WS_TOKEN_PREFIX));
   return p ? p.slice(WS_TOKEN_PREFIX.length) : null;
-}
-
-function parseJson(body: unknown): Record<string, unknown> {
-  if (body === undefined || body === null || (Buffer.isBuffer(body) && body.length === 0)) return {};
-  try {
-    const v = JSON.parse(Buffer.isBuffer(body) ? body.toString('utf8') : String(body));
-    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
-  } catch (e) {
-    throw new KilnError('KILN_ERR_INVALID_JSON', `body is not JSON: ${(e as Error).message}`);
-  }
-  throw new KilnError('KILN_ERR_VALIDATION', 'body must be a JSON object');
 }
 
 export function nodeView(n: NodeRecord) {

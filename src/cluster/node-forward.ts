@@ -11,7 +11,7 @@
 // the node's on anything (a `ws` server + client pair would re-encode every frame and map close
 // codes by hand).
 import http from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { Agent, request, type Dispatcher } from 'undici';
 import { KilnError } from '../errors.ts';
@@ -20,16 +20,20 @@ import type { NodeRecord } from '../store/store.ts';
 /** Headers that describe one hop, not the message. */
 const HOP = new Set(['host', 'connection', 'keep-alive', 'transfer-encoding', 'content-length', 'upgrade', 'proxy-connection', 'te', 'trailer']);
 
+/** Told of every request sent to a node: its status, or 'unavailable' (the API role's metrics). */
+export type ForwardObserver = (node: string, method: string, status: number | 'unavailable', ms: number) => void;
+
 export class NodeForwarder {
   private readonly agent: Dispatcher;
 
-  constructor(private readonly token: string) {
+  constructor(private readonly token: string, private readonly observe: ForwardObserver = () => {}) {
     this.agent = new Agent({ keepAliveTimeout: 60_000, keepAliveMaxTimeout: 600_000, connect: { timeout: 5_000 } });
   }
 
   /** A request of the API role's own (not a client's), answered as parsed JSON with its status. */
   async json<T>(node: NodeRecord, method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: T; headers: Record<string, string | string[] | undefined> }> {
     let res;
+    const t0 = performance.now();
     try {
       res = await request(new URL(path, node.url), {
         dispatcher: this.agent,
@@ -40,8 +44,10 @@ export class NodeForwarder {
         bodyTimeout: 0,
       });
     } catch (e) {
+      this.observe(node.name, method, 'unavailable', performance.now() - t0);
       throw unavailable(node, e);
     }
+    this.observe(node.name, method, res.statusCode, performance.now() - t0);
     const text = await res.body.text();
     return { status: res.statusCode, body: (text ? JSON.parse(text) : null) as T, headers: res.headers };
   }
@@ -51,7 +57,8 @@ export class NodeForwarder {
     req: FastifyRequest,
     reply: FastifyReply,
     node: NodeRecord,
-    body: Buffer | string | undefined,
+    /** Bytes as they came, or a stream (an image upload, never held whole in memory). */
+    body: Buffer | string | NodeJS.ReadableStream | undefined,
     extraHeaders: Record<string, string> = {},
     /** A Server-Timing value from the time until the node's answer came (headers). */
     timing?: (upstreamMs: number) => string,
@@ -69,15 +76,17 @@ export class NodeForwarder {
         dispatcher: this.agent,
         method: req.method as 'GET',
         headers,
-        body: req.method === 'GET' || req.method === 'HEAD' ? undefined : body,
+        body: req.method === 'GET' || req.method === 'HEAD' ? undefined : (body as Buffer | string | Readable | undefined),
         signal: ac.signal,
         // Creates with ?wait=1, execs and followed logs last as long as they last.
         headersTimeout: 0,
         bodyTimeout: 0,
       });
     } catch (e) {
+      this.observe(node.name, req.method, 'unavailable', performance.now() - t0);
       throw unavailable(node, e);
     }
+    this.observe(node.name, req.method, res.statusCode, performance.now() - t0);
     void reply.code(res.statusCode);
     for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
     // The node's own entry (its handler's time) first, then the API's.

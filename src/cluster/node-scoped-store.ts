@@ -1,13 +1,18 @@
 // A node's view of a shared store: the VMs (and containers) it runs. Every node-local service
 // (VM manager, admission, network, containers) lists and reconciles "all VMs"; on a shared
 // PostgreSQL that must mean this node's, or one node's start would fail another's VMs as
-// "VMM vanished". New VMs are stamped with the node's id. Everything else passes through.
-import type { ContainerRecord, Store, VmRecord } from '../store/store.ts';
+// "VMM vanished". New VMs are stamped with the node's id, and so are new volumes, snapshots
+// and templates (their files are on this node's disk: the API role routes to it and places
+// VMs that use them here). Everything else passes through.
+import type { ContainerRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VolumeRecord } from '../store/store.ts';
 
 export function scopeStoreToNode(store: Store, nodeId: string): Store {
   const mine = (vm: VmRecord | null) => (vm && vm.nodeId === nodeId ? vm : null);
   const overrides: Partial<Store> = {
     insertVm: (vm: VmRecord) => store.insertVm({ ...vm, nodeId }),
+    insertVolume: (v: VolumeRecord) => store.insertVolume({ ...v, nodeId }),
+    insertSnapshot: (s: SnapshotRecord) => store.insertSnapshot({ ...s, nodeId }),
+    insertTemplate: (t: TemplateRecord) => store.insertTemplate({ ...t, nodeId }),
     getVm: async (idOrName: string) => mine(await store.getVm(idOrName)),
     listVms: async () => (await store.listVms()).filter((v) => v.nodeId === nodeId),
     listContainers: async () => {

@@ -439,6 +439,25 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual((await s.listNodes()).map((n) => [n.name, n.e2bUrl]), [['e', null], ['f', null]]);
   });
 
+  c('volumes, snapshots and templates record the node holding their files; a template update keeps it', async (s) => {
+    await s.insertImage(image);
+    await s.insertVolume({ id: 'vol-a', name: 'on-a', sizeMib: 64, path: '/a/v', createdAt: 1, nodeId: 'node-a' });
+    await s.insertVolume({ id: 'vol-x', name: 'single', sizeMib: 64, path: '/x/v', createdAt: 2 });
+    assert.equal((await s.getVolume('on-a'))?.nodeId, 'node-a');
+    assert.equal((await s.getVolume('vol-x'))?.nodeId, null, 'a single host leaves it empty');
+    assert.deepEqual((await s.listVolumes()).map((v) => v.nodeId), ['node-a', null]);
+    const meta = { format: 1, memory: 'full', guest: { env: {} } } as unknown as SnapshotMeta;
+    await s.insertSnapshot({ id: 'snap-b', sourceVmId: null, templateId: null, path: '/b/s', meta, sizeBytes: 1, createdAt: 3, nodeId: 'node-b' });
+    await s.insertSnapshot({ id: 'snap-x', sourceVmId: null, templateId: null, path: '/x/s', meta, sizeBytes: 1, createdAt: 4 });
+    assert.equal((await s.getSnapshot('snap-b'))?.nodeId, 'node-b');
+    assert.deepEqual((await s.listSnapshots()).map((x) => x.nodeId), ['node-b', null]);
+    const tpl = { id: 'tpl-c', imageId: 'img-1', vcpus: 1, memoryMib: 256, key: 'kc', state: 'building' as const, stateReason: null, snapshotId: null, createdAt: 5, updatedAt: 5, nodeId: 'node-c' };
+    await s.insertTemplate(tpl);
+    assert.equal((await s.updateTemplate('tpl-c', { state: 'ready', snapshotId: 'snap-b' })).nodeId, 'node-c', 'a patch without the node keeps it');
+    assert.equal((await s.getTemplateByKey('kc'))?.nodeId, 'node-c');
+    assert.deepEqual((await s.listTemplates()).map((t) => t.nodeId), ['node-c']);
+  });
+
   c('node subnets: racing nodes lease different ones, a lease is kept until the node is removed, a full range is refused', async (s) => {
     // Eight nodes at once for the four /26s of a /24: four get one each, four are refused.
     const range = '10.200.0.0/24';

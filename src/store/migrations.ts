@@ -209,4 +209,12 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX image_copies_node ON image_copies(node_id);
   `,
+  // v15 (cluster, issue #17): the node whose disk holds a volume's, snapshot's or template's
+  // files, so the API role routes to it and places VMs that use them there. NULL on a single
+  // host and for rows made before.
+  `
+  ALTER TABLE volumes ADD COLUMN node_id TEXT;
+  ALTER TABLE snapshots ADD COLUMN node_id TEXT;
+  ALTER TABLE templates ADD COLUMN node_id TEXT;
+  `,
 ];

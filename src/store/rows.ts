@@ -144,7 +144,7 @@ export function imageToRow(image: ImageRecord): Row {
 }
 
 export function volumeFromRow(r: Row): VolumeRecord {
-  return { id: r.id as string, name: r.name as string, sizeMib: r.size_mib as number, path: r.path as string, createdAt: r.created_at as number };
+  return { id: r.id as string, name: r.name as string, sizeMib: r.size_mib as number, path: r.path as string, createdAt: r.created_at as number, nodeId: (r.node_id as string | null | undefined) ?? null };
 }
 
 export function containerFromRow(r: Row): ContainerRecord {
@@ -171,6 +171,7 @@ export function snapshotFromRow(r: Row): SnapshotRecord {
     meta: JSON.parse(r.meta as string),
     sizeBytes: r.size_bytes as number,
     createdAt: r.created_at as number,
+    nodeId: (r.node_id as string | null | undefined) ?? null,
   };
 }
 
@@ -201,6 +202,7 @@ export function templateFromRow(r: Row): TemplateRecord {
     snapshotId: (r.snapshot_id as string | null) ?? null,
     createdAt: r.created_at as number,
     updatedAt: r.updated_at as number,
+    nodeId: (r.node_id as string | null | undefined) ?? null,
   };
 }
 
@@ -208,6 +210,7 @@ export function templateToRow(t: TemplateRecord): Row {
   return {
     id: t.id, image_id: t.imageId, vcpus: t.vcpus, memory_mib: t.memoryMib, key: t.key, state: t.state,
     state_reason: t.stateReason, snapshot_id: t.snapshotId, created_at: t.createdAt, updated_at: t.updatedAt,
+    node_id: t.nodeId ?? null,
   };
 }
 

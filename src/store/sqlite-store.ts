@@ -48,7 +48,7 @@ export class SqliteStore implements Store {
       countVmsUsingImage: p('SELECT COUNT(*) AS n FROM vms WHERE image_id = ?'),
       insertImage: p(`INSERT INTO images (id, name, digest, format, path, size_bytes, config, created_at, state, source, manifest_digest, layers, builder)
         VALUES (@id, @name, @digest, @format, @path, @size_bytes, @config, @created_at, @state, @source, @manifest_digest, @layers, @builder)`),
-      insertVolume: p('INSERT INTO volumes (id, name, size_mib, path, created_at) VALUES (@id, @name, @size_mib, @path, @created_at)'),
+      insertVolume: p('INSERT INTO volumes (id, name, size_mib, path, created_at, node_id) VALUES (@id, @name, @size_mib, @path, @created_at, @node_id)'),
       getVolume: p('SELECT * FROM volumes WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1'),
       listVolumes: p('SELECT * FROM volumes ORDER BY created_at, id'),
       deleteVolume: p('DELETE FROM volumes WHERE id = ?'),
@@ -177,7 +177,7 @@ export class SqliteStore implements Store {
 
   async insertVolume(v: VolumeRecord): Promise<void> {
     uniqueName(
-      () => this.stmt.insertVolume.run({ id: v.id, name: v.name, size_mib: v.sizeMib, path: v.path, created_at: v.createdAt }),
+      () => this.stmt.insertVolume.run({ id: v.id, name: v.name, size_mib: v.sizeMib, path: v.path, created_at: v.createdAt, node_id: v.nodeId ?? null }),
       `a volume named ${JSON.stringify(v.name)} already exists`,
     );
   }
@@ -304,16 +304,16 @@ export class SqliteStore implements Store {
   private prepareSnapshotStatements() {
     const p = (sql: string) => this.db.prepare(sql);
     return {
-      insertSnapshot: p(`INSERT INTO snapshots (id, source_vm_id, template_id, path, meta, size_bytes, created_at)
-        VALUES (@id, @source_vm_id, @template_id, @path, @meta, @size_bytes, @created_at)`),
+      insertSnapshot: p(`INSERT INTO snapshots (id, source_vm_id, template_id, path, meta, size_bytes, created_at, node_id)
+        VALUES (@id, @source_vm_id, @template_id, @path, @meta, @size_bytes, @created_at, @node_id)`),
       getSnapshot: p('SELECT * FROM snapshots WHERE id = ?'),
       listSnapshots: p('SELECT * FROM snapshots ORDER BY created_at, id'),
       deleteSnapshot: p('DELETE FROM snapshots WHERE id = ?'),
       linkClone: p('INSERT OR REPLACE INTO vm_snapshots (vm_id, snapshot_id) VALUES (?, ?)'),
       listClones: p('SELECT vm_id FROM vm_snapshots WHERE snapshot_id = ? ORDER BY vm_id'),
       snapshotOfVm: p('SELECT snapshot_id FROM vm_snapshots WHERE vm_id = ?'),
-      insertTemplate: p(`INSERT INTO templates (id, image_id, vcpus, memory_mib, key, state, state_reason, snapshot_id, created_at, updated_at)
-        VALUES (@id, @image_id, @vcpus, @memory_mib, @key, @state, @state_reason, @snapshot_id, @created_at, @updated_at)`),
+      insertTemplate: p(`INSERT INTO templates (id, image_id, vcpus, memory_mib, key, state, state_reason, snapshot_id, created_at, updated_at, node_id)
+        VALUES (@id, @image_id, @vcpus, @memory_mib, @key, @state, @state_reason, @snapshot_id, @created_at, @updated_at, @node_id)`),
       getTemplate: p('SELECT * FROM templates WHERE id = ?'),
       getTemplateByKey: p('SELECT * FROM templates WHERE key = ?'),
       listTemplates: p('SELECT * FROM templates ORDER BY created_at, id'),
@@ -328,7 +328,7 @@ export class SqliteStore implements Store {
   async insertSnapshot(s: SnapshotRecord): Promise<void> {
     this.snap.insertSnapshot.run({
       id: s.id, source_vm_id: s.sourceVmId, template_id: s.templateId, path: s.path,
-      meta: JSON.stringify(s.meta), size_bytes: s.sizeBytes, created_at: s.createdAt,
+      meta: JSON.stringify(s.meta), size_bytes: s.sizeBytes, created_at: s.createdAt, node_id: s.nodeId ?? null,
     });
   }
 

@@ -153,6 +153,8 @@ export interface VolumeRecord {
   sizeMib: number;
   path: string;
   createdAt: number;
+  /** The cluster node whose disk holds the file (null on a single host). */
+  nodeId?: string | null;
 }
 
 export interface ImageConfig {
@@ -234,6 +236,8 @@ export interface SnapshotRecord {
   meta: SnapshotMeta;
   sizeBytes: number;
   createdAt: number;
+  /** The cluster node whose disk holds the files (null on a single host). */
+  nodeId?: string | null;
 }
 
 export type TemplateState = 'building' | 'ready' | 'failed';
@@ -251,6 +255,8 @@ export interface TemplateRecord {
   snapshotId: string | null;
   createdAt: number;
   updatedAt: number;
+  /** The cluster node that built it (its golden snapshot's files are there; null on a single host). */
+  nodeId?: string | null;
 }
 
 export interface SnapshotStore {

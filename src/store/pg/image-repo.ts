@@ -64,7 +64,7 @@ export class PgImageRepo {
 
   async insertVolume(v: VolumeRecord): Promise<void> {
     await mapUnique(
-      () => this.db.exec('INSERT INTO volumes (id, name, size_mib, path, created_at) VALUES ($1, $2, $3, $4, $5)', [v.id, v.name, v.sizeMib, v.path, v.createdAt]),
+      () => this.db.exec('INSERT INTO volumes (id, name, size_mib, path, created_at, node_id) VALUES ($1, $2, $3, $4, $5, $6)', [v.id, v.name, v.sizeMib, v.path, v.createdAt, v.nodeId ?? null]),
       { volumes_name_key: ['KILN_ERR_NAME_CONFLICT', `a volume named ${JSON.stringify(v.name)} already exists`] },
     );
   }

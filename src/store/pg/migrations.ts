@@ -221,4 +221,11 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX image_copies_node ON image_copies (node_id);
   `,
+  // v8 (cluster, issue #17): the node whose disk holds a volume's, snapshot's or template's
+  // files (the API role routes to it and places VMs that use them there); NULL for rows made before.
+  `
+  ALTER TABLE volumes ADD COLUMN node_id text;
+  ALTER TABLE snapshots ADD COLUMN node_id text;
+  ALTER TABLE templates ADD COLUMN node_id text;
+  `,
 ];

@@ -9,8 +9,8 @@ export class PgSnapshotRepo implements SnapshotStore {
 
   async insertSnapshot(s: SnapshotRecord): Promise<void> {
     await this.db.exec(
-      'INSERT INTO snapshots (id, source_vm_id, template_id, path, meta, size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)',
-      [s.id, s.sourceVmId, s.templateId, s.path, JSON.stringify(s.meta), s.sizeBytes, s.createdAt],
+      'INSERT INTO snapshots (id, source_vm_id, template_id, path, meta, size_bytes, created_at, node_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)',
+      [s.id, s.sourceVmId, s.templateId, s.path, JSON.stringify(s.meta), s.sizeBytes, s.createdAt, s.nodeId ?? null],
     );
   }
 
