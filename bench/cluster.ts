@@ -206,7 +206,17 @@ async function timedCreate(c: KilnClient, name: string): Promise<{ ms: number; i
 }
 
 /** Polls until the VM is ready (no event stream in the way of the timed creates). */
-const ready = (c: KilnClient, id: string) => until(`VM ${id} ready`, async () => ((await c.getVm(id)).state === 'ready' ? true : null), 600_000, 100);
+const ready = async (c: KilnClient, id: string) => {
+  let last = '';
+  await until(`VM ${id} ready`, async () => {
+    const vm = await c.getVm(id);
+    last = `${vm.state}${vm.state_reason ? `: ${vm.state_reason}` : ''}`;
+    if (vm.state === 'failed') throw new Error(`VM ${id} failed: ${vm.state_reason}`);
+    return vm.state === 'ready' ? true : null;
+  }, 600_000, 100).catch((e: Error) => {
+    throw new Error(`${e.message} (last seen ${last})`);
+  });
+};
 
 async function burst(c: KilnClient, tag: string): Promise<{ answeredPerS: number; readyPerS: number }> {
   const t0 = process.hrtime.bigint();
