@@ -16,9 +16,9 @@ import { test } from 'node:test';
 import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { REJOIN_REASON } from '../src/cluster/node-member.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
-import { listNetns } from '../src/tools/ip.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { freePort } from './helpers/ports.ts';
@@ -91,6 +91,18 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     assert.deepEqual(listed.map((n) => [n.name, n.state]), NODES.map((n) => [n, 'ready']));
     for (const [i, n] of listed.entries()) assert.ok(n.url.startsWith(`http://${spaces[i]!.nsIp}:`), `${n.name} advertises its namespace's address: ${n.url}`);
     t.diagnostic(`cluster up: ${stamp(t0)}`);
+
+    // Image files are per node: n1 built the default image, n2 and n3 fetch it at their first
+    // boot. Until they hold it, image locality rightly prefers n1; so each boots one VM of it
+    // first (straight to the node), and the spread below is by free capacity alone.
+    await Promise.all(nodes.slice(1).map(async (d, i) => {
+      const v = await d.client.createVm({ name: `fetch-${i}`, memory_mib: 128 });
+      assert.equal((await waitForState(d.client, v.id, ['ready', 'failed'], 300_000)).state, 'ready');
+      await d.client.deleteVm(v.id);
+    }));
+    const defaultImage = (await store.getImage('default'))!;
+    await until('every node reports the default image in its heartbeat', async () => ((await store.listNodes()).every((n) => n.capacity.images.includes(defaultImage.id)) ? true : null), 30_000, 100);
+    t.diagnostic(`the default image on every node: ${stamp(t0)}`);
 
     // 12 creates, answered one after the other (each placement sees the last), booting together.
     const tCreate = Date.now();
@@ -249,14 +261,8 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     for (const id of nodeOf.keys()) await c.deleteVm(id);
     assert.deepEqual((await c.listVms()).map((v) => v.id), [], 'deletes went through the API to each node');
   } finally {
-    await api?.dispose();
-    for (const d of nodes) await d.dispose();
-    for (const s of spaces) await s.dispose();
-    await store.close();
+    await stopCluster({ api, nodes, spaces, store });
   }
-  // Nothing left: no namespace, no VMM of any node's state dir.
-  const left = await listNetns();
-  assert.deepEqual(spaces.filter((s) => left.includes(s.name)).map((s) => s.name), [], 'namespaces removed');
-  for (const dir of stateDirs) assert.deepEqual(await vmmPids(dir), [], `no VMM of ${dir}`);
+  await assertClusterGone(spaces, stateDirs);
   t.diagnostic(`total: ${stamp(t0)}`);
 });

@@ -15,9 +15,9 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { NotFoundError, Sandbox } from 'e2b';
 import { PgStore } from '../src/store/pg/pg-store.ts';
-import { listNetns } from '../src/tools/ip.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
-import { startKilnd, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
+import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
+import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
@@ -162,13 +162,8 @@ test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to
     made.splice(made.indexOf(a), 1);
   } finally {
     for (const s of made) await s.kill().catch(() => {});
-    await api?.dispose();
-    for (const d of nodes) await d.dispose();
-    for (const s of spaces) await s.dispose();
-    await store.close();
+    await stopCluster({ api, nodes, spaces, store });
   }
-  const left = await listNetns();
-  assert.deepEqual(spaces.filter((s) => left.includes(s.name)).map((s) => s.name), [], 'namespaces removed');
-  for (const d of nodes) assert.deepEqual(await vmmPids(d.stateDir), [], `no VMM of ${d.stateDir}`);
+  await assertClusterGone(spaces, nodes.map((d) => d.stateDir));
   t.diagnostic(`total: ${stamp(t0)}`);
 });

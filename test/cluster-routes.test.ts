@@ -14,9 +14,9 @@ import { test } from 'node:test';
 import { makeTar } from '../src/image/flatten/testing/tar-writer.ts';
 import type { KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
-import { listNetns } from '../src/tools/ip.ts';
 import { expectApiError } from './helpers/api-errors.ts';
-import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
@@ -189,14 +189,9 @@ test('through the API role only: image upload/delete/gc, a volume and the contai
     await c.deleteVm(origin.id);
     assert.deepEqual(await c.listVms(), []);
   } finally {
-    await api?.dispose();
-    for (const d of nodes) await d.dispose();
-    for (const s of spaces) await s.dispose();
-    await store.close();
+    await stopCluster({ api, nodes, spaces, store });
   }
-  const left = await listNetns();
-  assert.deepEqual(spaces.filter((s) => left.includes(s.name)).map((s) => s.name), [], 'namespaces removed');
-  for (const dir of stateDirs) assert.deepEqual(await vmmPids(dir), [], `no VMM of ${dir}`);
+  await assertClusterGone(spaces, stateDirs);
   t.diagnostic(`total: ${stamp(t0)}`);
 });
 

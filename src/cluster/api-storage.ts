@@ -12,7 +12,7 @@
 //   named by `x-kiln-node`: an import reads a directory of that host), a delete and a gc to
 //   every ready node, answered with what each did.
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { KilnError } from '../errors.ts';
+import { KilnError, type ErrorCode } from '../errors.ts';
 import type { NodeRecord } from '../store/store.ts';
 import { gatherLists, mergeLists, type Json } from './api-merge.ts';
 import { chooseNode, holderOf, parseJsonObject, resolveNeeds, type ClusterRouteContext } from './api-placement.ts';
@@ -27,6 +27,27 @@ export function registerClusterStorageRoutes(app: FastifyInstance, c: ClusterRou
     return c.fwd.forward(req, reply, node, body);
   };
 
+  /**
+   * A resource whose files are on one node's disk (its row's node_id): the list is every ready
+   * node's, merged, each item tagged with its holder; a get or a delete goes to the holder.
+   */
+  const held = <R extends { id: string; nodeId?: string | null }>(
+    plural: 'volumes' | 'snapshots' | 'templates', rows: () => Promise<R[]>, one: (id: string) => Promise<R | null>, notFound: ErrorCode, label: (r: R) => string,
+  ) => {
+    app.get(`/v1/${plural}`, async () => {
+      const [lists, all, n] = await Promise.all([gatherLists(c.store, c.fwd, `/v1/${plural}`, plural), rows(), names()]);
+      const holder = new Map(all.map((r) => [r.id, r.nodeId]));
+      return { [plural]: mergeLists(lists, (id) => holder.get(id), n) };
+    });
+    const toHolder = async (req: IdReq, reply: FastifyReply) => {
+      const r = await one(req.params.id);
+      if (!r) throw new KilnError(notFound, `no ${plural.slice(0, -1)} ${JSON.stringify(req.params.id)}`);
+      return send(req, reply, await holderOf(c.store, r.nodeId, label(r)));
+    };
+    app.get(`/v1/${plural}/:id`, toHolder);
+    app.delete(`/v1/${plural}/:id`, toHolder);
+  };
+
   // ---- volumes
   app.post('/v1/volumes', async (req, reply) => {
     const t0 = performance.now();
@@ -39,39 +60,13 @@ export function registerClusterStorageRoutes(app: FastifyInstance, c: ClusterRou
     // The node's schema knows no `node`: the body goes on without it.
     return send(req, reply, node, JSON.stringify(rest));
   });
-  app.get('/v1/volumes', async () => {
-    const [lists, rows, n] = await Promise.all([gatherLists(c.store, c.fwd, '/v1/volumes', 'volumes'), c.store.listVolumes(), names()]);
-    const holder = new Map(rows.map((v) => [v.id, v.nodeId]));
-    return { volumes: mergeLists(lists, (id) => holder.get(id), n) };
-  });
-  const toVolume = async (req: IdReq, reply: FastifyReply) => {
-    const v = await c.store.getVolume(req.params.id);
-    if (!v) throw new KilnError('KILN_ERR_VOLUME_NOT_FOUND', `no volume ${JSON.stringify(req.params.id)}`);
-    return send(req, reply, await holderOf(c.store, v.nodeId, `volume ${v.name}`));
-  };
-  app.get('/v1/volumes/:id', toVolume);
-  app.delete('/v1/volumes/:id', toVolume);
+  held('volumes', () => c.store.listVolumes(), (id) => c.store.getVolume(id), 'KILN_ERR_VOLUME_NOT_FOUND', (v) => `volume ${v.name}`);
 
   // ---- snapshots (made through /v1/vms/{id}/snapshots, the VM's node)
-  app.get('/v1/snapshots', async () => {
-    const [lists, rows, n] = await Promise.all([gatherLists(c.store, c.fwd, '/v1/snapshots', 'snapshots'), c.store.listSnapshots(), names()]);
-    const holder = new Map(rows.map((s) => [s.id, s.nodeId]));
-    return { snapshots: mergeLists(lists, (id) => holder.get(id), n) };
-  });
-  const toSnapshot = async (req: IdReq, reply: FastifyReply) => {
-    const s = await c.store.getSnapshot(req.params.id);
-    if (!s) throw new KilnError('KILN_ERR_SNAPSHOT_NOT_FOUND', `no snapshot ${JSON.stringify(req.params.id)}`);
-    return send(req, reply, await holderOf(c.store, s.nodeId, `snapshot ${s.id}`));
-  };
-  app.get('/v1/snapshots/:id', toSnapshot);
-  app.delete('/v1/snapshots/:id', toSnapshot);
+  held('snapshots', () => c.store.listSnapshots(), (id) => c.store.getSnapshot(id), 'KILN_ERR_SNAPSHOT_NOT_FOUND', (x) => `snapshot ${x.id}`);
 
   // ---- templates
-  app.get('/v1/templates', async () => {
-    const [lists, rows, n] = await Promise.all([gatherLists(c.store, c.fwd, '/v1/templates', 'templates'), c.store.listTemplates(), names()]);
-    const holder = new Map(rows.map((t) => [t.id, t.nodeId]));
-    return { templates: mergeLists(lists, (id) => holder.get(id), n) };
-  });
+  held('templates', () => c.store.listTemplates(), (id) => c.store.getTemplate(id), 'KILN_ERR_TEMPLATE_NOT_FOUND', (t) => `template ${t.id}`);
   app.post('/v1/templates', async (req, reply) => {
     const t0 = performance.now();
     const body = parseJsonObject(req.body);
@@ -93,13 +88,6 @@ export function registerClusterStorageRoutes(app: FastifyInstance, c: ClusterRou
     c.metrics.placed('template', chosen.kind, performance.now() - t0);
     return send(req, reply, chosen.node);
   });
-  const toTemplate = async (req: IdReq, reply: FastifyReply) => {
-    const t = await c.store.getTemplate(req.params.id);
-    if (!t) throw new KilnError('KILN_ERR_TEMPLATE_NOT_FOUND', `no template ${JSON.stringify(req.params.id)}`);
-    return send(req, reply, await holderOf(c.store, t.nodeId, `template ${t.id}`));
-  };
-  app.get('/v1/templates/:id', toTemplate);
-  app.delete('/v1/templates/:id', toTemplate);
 
   // ---- image files
   // An upload is streamed to its node, never held whole in this process.

@@ -164,11 +164,14 @@ class QemuInstance implements VmmInstance {
     await fs.rm(sock, { force: true });
     const server = net.createServer();
     let received: Promise<void> | null = null;
+    let onConnected: () => void = () => {};
+    const connected = new Promise<void>((r) => (onConnected = r));
     server.on('connection', (conn) => {
       if (received) return conn.destroy(); // one stream only
       received = pipeline(conn, createWriteStream(stateFile, { mode: 0o600 }));
       received.catch(() => {}); // awaited below, unless the migration failed first
       server.close();
+      onConnected();
     });
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(sock, resolve));
     try {
@@ -181,6 +184,10 @@ class QemuInstance implements VmmInstance {
         const writeError = received ? await Promise.race([(received as Promise<void>).then(() => null, (w: Error) => w), sleep(1000).then(() => null)]) : null;
         throw writeError ?? e;
       }
+      // QMP's "completed" and the accept of QEMU's connection are two events of one poll: on a
+      // loaded host the answer can be read first. The stream is complete by then; its accept
+      // follows at once.
+      if (!received) await Promise.race([connected, sleep(5000)]);
       if (!received) throw new KilnError('KILN_ERR_SNAPSHOT_FAILED', 'QEMU reported the snapshot complete without connecting to the snapshot socket');
       await received;
     } finally {
