@@ -8,7 +8,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readApiToken } from '../../src/sdk/api-token.ts';
 import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
-import { deleteLink, linkExists } from '../../src/tools/ip.ts';
+import { deleteLink, deleteNetns, linkExists, listNetns } from '../../src/tools/ip.ts';
+import { cloneNetnsName } from '../../src/net/clone-netns.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
 import { tablesFor } from '../../src/net/ruleset.ts';
 import { TEST_ASSETS_DIR } from './assets.ts';
@@ -133,6 +134,12 @@ export async function startKilnd(
       // A cluster node's fence watchdog outlives kilnd by design; the test's is stopped here.
       await killFenceWatchdog(stateDir);
       for (const pid of await qemuPids(stateDir)) process.kill(pid, 'SIGKILL');
+      // VMs the API does not list or could not delete (a clone pool's, which a kilnd leaves for
+      // its next start to sweep; those of a kilnd the test killed): their clone namespaces.
+      const namespaces = new Set(await listNetns().catch(() => []));
+      for (const id of await fs.readdir(path.join(stateDir, 'vms')).catch(() => [])) {
+        if (namespaces.has(cloneNetnsName(id))) await deleteNetns(cloneNetnsName(id)).catch(() => {});
+      }
       await removeTestNetwork(network);
       await fs.rm(stateDir, { recursive: true, force: true });
     },
