@@ -97,6 +97,11 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     await n1.client.createFunction({ name: 'echo', runtime: 'python', code: FUNCTION_CODE, handler: 'handler', memory_mb: 128 });
     assert.deepEqual((await n1.client.invoke('echo', { on: 'n1' })).result, { echo: { on: 'n1' } });
     assert.equal((await vmmPids(n1.stateDir)).length, 4, 'three VMs and a function instance');
+    // Image files are per node: n2 boots the default image once (fetching its file from n1), so
+    // it holds a copy when it takes n1's container over with n1 cut off.
+    const fetcher = await n2.client.createVm({ name: 'fetch-default', memory_mib: 128 }, { wait: true });
+    assert.equal(fetcher.state, 'ready');
+    await n2.client.deleteVm(fetcher.id);
     const beforeCut = (await store.getNode(id1))!;
 
     cutPath.cut();
