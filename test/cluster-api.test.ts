@@ -10,7 +10,6 @@
 // second VMM (VMM processes counted per VM). Cleanup leaves no namespace, veth or VMM behind.
 // Boots 12 VMs and 3 function instances: run under `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { test } from 'node:test';
 import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
@@ -18,7 +17,7 @@ import { REJOIN_REASON } from '../src/cluster/node-member.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
-import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
+import { assertClusterGone, clusterEnv, startClusterNode, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { freePort } from './helpers/ports.ts';
@@ -52,24 +51,13 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
   const t0 = Date.now();
   const url = await newDatabase();
   const store = await PgStore.open(url);
-  const token = randomBytes(24).toString('hex');
-  const env = {
-    KILN_API_TOKEN: token, KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS),
-    // Two emulated CPUs for three nodes: two boots at a time per node keeps each within its deadline.
-    KILN_MAX_CONCURRENT_BOOTS: '2',
-    // Function instances boot on the call (no pool of blank VMs, no template build beside the test).
-    KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0',
-  };
+  // Two emulated CPUs for three nodes: two boots at a time per node keeps each within its deadline.
+  const env = clusterEnv({ KILN_MAX_CONCURRENT_BOOTS: '2' });
   const spaces: TestNetns[] = [];
   const nodes: TestDaemon[] = [];
   const stateDirs: string[] = [];
   let api: TestDaemon | null = null;
-  const startNode = (i: number, from?: TestDaemon) =>
-    startKilnd({
-      serveArgs: ['--store', url, '--role', 'node', '--node-name', NODES[i]!, '--accel', process.env.KILN_ACCEL ?? 'tcg'],
-      env, netns: spaces[i]!.name, listen: `${spaces[i]!.nsIp}:0`,
-      ...(from ? { stateDir: from.stateDir, network: from.network } : {}),
-    });
+  const startNode = (i: number, from?: TestDaemon) => startClusterNode(url, NODES[i]!, spaces[i]!, env, from ? { from } : {});
   try {
     // One after the other: the first imports the default image, the others find it.
     for (let i = 0; i < NODES.length; i++) {

@@ -9,7 +9,6 @@
 // (NotFoundError, kill() false, not running, not listed) while the other node's still works.
 // Boots a template's golden VM and three clones: run under `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -17,7 +16,7 @@ import { NotFoundError, Sandbox } from 'e2b';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
-import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
+import { assertClusterGone, clusterEnv, startClusterNode, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
@@ -25,7 +24,7 @@ import { until } from './helpers/until.ts';
 // Sandboxes are snapshot clones: QEMU (as test/e2b.test.ts).
 const skip = BACKEND_SKIP || (process.env.KILN_BACKEND === 'firecracker' ? 'KILN_BACKEND=firecracker: sandbox clones are exercised on QEMU' : false);
 // A template build (boot + snapshot) under TCG on a loaded machine: slow heartbeats must not fence.
-const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = FENCE_TIMING;
+const { lostAfterMs: LOST_AFTER_MS } = FENCE_TIMING;
 const NODES = ['e1', 'e2'] as const;
 /** The first create builds `base`'s template (image from the recipe cache, one boot, a snapshot). */
 const FIRST_CREATE_MS = 600_000;
@@ -38,11 +37,7 @@ test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to
   const t0 = Date.now();
   const url = await newDatabase();
   const store = await PgStore.open(url);
-  const token = randomBytes(24).toString('hex');
-  const env = {
-    KILN_API_TOKEN: token, KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS),
-    KILN_MAX_CONCURRENT_BOOTS: '2', KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0', KILN_CLONE_POOL_SIZE: '0',
-  };
+  const env = clusterEnv({ KILN_MAX_CONCURRENT_BOOTS: '2', KILN_CLONE_POOL_SIZE: '0' });
   const spaces: TestNetns[] = [];
   const nodes: TestDaemon[] = [];
   let api: TestDaemon | null = null;
@@ -51,10 +46,7 @@ test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to
     for (const name of NODES) {
       const ns = await createNetns();
       spaces.push(ns);
-      nodes.push(await startKilnd({
-        backend: 'qemu', env, netns: ns.name, listen: `${ns.nsIp}:0`,
-        serveArgs: ['--store', url, '--role', 'node', '--node-name', name, '--accel', process.env.KILN_ACCEL ?? 'tcg', '--e2b-listen', `${ns.nsIp}:0`],
-      }));
+      nodes.push(await startClusterNode(url, name, ns, env, { backend: 'qemu', args: ['--e2b-listen', `${ns.nsIp}:0`] }));
     }
     api = await startKilnd({ serveArgs: ['--store', url, '--role', 'api', '--e2b-listen', '127.0.0.1:0'], env });
     const e2bUrl = /kiln e2b server on (http:\/\/\S+)/.exec(api.output())?.[1];

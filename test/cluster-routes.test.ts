@@ -9,19 +9,17 @@
 // again and cloned on the node that built it. Boots five guests: run under
 // `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { makeTar } from '../src/image/flatten/testing/tar-writer.ts';
 import type { KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, waitForState, type TestDaemon } from './helpers/kilnd.ts';
-import { assertClusterGone, stopCluster } from './helpers/cluster.ts';
+import { assertClusterGone, clusterEnv, startClusterNode, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
-import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
+import { postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
 
-const { heartbeatMs: HEARTBEAT_MS, lostAfterMs: LOST_AFTER_MS } = FENCE_TIMING;
 const NODES = ['n1', 'n2'] as const;
 const newDatabase = postgresPerFile();
 const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
@@ -30,11 +28,7 @@ test('through the API role only: image upload/delete/gc, a volume and the contai
   const t0 = Date.now();
   const url = await newDatabase();
   const store = await PgStore.open(url);
-  const token = randomBytes(24).toString('hex');
-  const env = {
-    KILN_API_TOKEN: token, KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS),
-    KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0',
-  };
+  const env = clusterEnv();
   const spaces: TestNetns[] = [];
   const nodes: TestDaemon[] = [];
   const stateDirs: string[] = [];
@@ -42,10 +36,7 @@ test('through the API role only: image upload/delete/gc, a volume and the contai
   try {
     for (let i = 0; i < NODES.length; i++) {
       spaces.push(await createNetns());
-      nodes.push(await startKilnd({
-        serveArgs: ['--store', url, '--role', 'node', '--node-name', NODES[i]!, '--accel', process.env.KILN_ACCEL ?? 'tcg'],
-        env, netns: spaces[i]!.name, listen: `${spaces[i]!.nsIp}:0`,
-      }));
+      nodes.push(await startClusterNode(url, NODES[i]!, spaces[i]!, env));
       stateDirs.push(nodes[i]!.stateDir);
     }
     api = await startKilnd({ serveArgs: ['--store', url, '--role', 'api'], env: { ...env, KILN_PLACEMENT_K: '2' } });
