@@ -17,6 +17,7 @@ import { contains, parseSubnet } from '../src/net/ipv4.ts';
 import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
+import { clusterEnv } from './helpers/cluster.ts';
 import { startKilnd, testNetwork, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
 import { FENCE_TIMING, pgPath, startPostgres, type TestPostgres } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
@@ -63,12 +64,9 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
   // A random /24 of the test ranges, in /26s: n1 leases the first, n2 the second.
   const range = testNetwork().cidr;
   const args = (name: string, storeUrl: string) => ['--store', storeUrl, '--role', 'node', '--node-name', name, '--cluster-cidr', range, '--accel', process.env.KILN_ACCEL ?? 'tcg'];
-  const env = {
-    KILN_CIDR: '', KILN_NODE_SUBNET_PREFIX: '26', KILN_LOG_LEVEL: 'warn',
-    // Function instances boot on demand only (no pool, no template builds): the VMM counts below are exact.
-    KILN_FN_POOL_SIZE: '0', KILN_FN_RESTORE: '0',
-    KILN_NODE_HEARTBEAT_MS: String(HEARTBEAT_MS), KILN_NODE_LOST_AFTER_MS: String(LOST_AFTER_MS),
-  };
+  // One API token for the cluster (a node fetches image files from another with it); function
+  // instances boot on demand only (no pool, no template builds): the VMM counts below are exact.
+  const env = clusterEnv({ KILN_CIDR: '', KILN_NODE_SUBNET_PREFIX: '26', KILN_LOG_LEVEL: 'warn' });
   let n1: TestDaemon | null = null;
   let n2: TestDaemon | null = null;
   try {
