@@ -7,7 +7,7 @@ import { openSync, closeSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
-import { killAndWait } from '../vm/vmm-sweep.ts';
+import { killAndWait, signalAndWait } from '../vm/vmm-sweep.ts';
 import { LEASE_FILE, LOG_FILE, PID_FILE, type WatchdogConfig } from './fence-watchdog.ts';
 
 const WATCHDOG_BIN = fileURLToPath(new URL('../../bin/kiln-fence-watchdog.js', import.meta.url));
@@ -74,19 +74,6 @@ async function isWatchdogOf(pid: number, stateDir: string): Promise<boolean> {
 
 /** SIGTERM (it exits at once), then SIGKILL after a second; bounded either way. */
 async function stop(pid: number): Promise<void> {
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch {
-    return;
-  }
-  const deadline = Date.now() + 1000;
-  while (Date.now() < deadline) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  await killAndWait(pid, 2000);
+  const gone = await signalAndWait(pid, 'SIGTERM', 1000).catch(() => true);
+  if (!gone) await killAndWait(pid, 2000);
 }

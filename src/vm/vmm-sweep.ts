@@ -42,9 +42,14 @@ async function isZombie(pid: number, procDir = '/proc'): Promise<boolean> {
 }
 
 /** SIGKILLs a process that is not our child and waits (bounded) until it is gone or a zombie. */
-export async function killAndWait(pid: number, timeoutMs = 5000): Promise<boolean> {
+export function killAndWait(pid: number, timeoutMs = 5000): Promise<boolean> {
+  return signalAndWait(pid, 'SIGKILL', timeoutMs);
+}
+
+/** Sends `signal` to a process that is not our child and waits (bounded) until it is gone or a zombie. */
+export async function signalAndWait(pid: number, signal: NodeJS.Signals, timeoutMs: number): Promise<boolean> {
   try {
-    process.kill(pid, 'SIGKILL');
+    process.kill(pid, signal);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ESRCH') return true;
     throw e;
