@@ -18,7 +18,7 @@ import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { clusterEnv } from './helpers/cluster.ts';
-import { startKilnd, testNetwork, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
+import { startKilnd, testNetwork, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
 import { FENCE_TIMING, pgPath, startPostgres, type TestPostgres } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
 
@@ -95,11 +95,20 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     await n1.client.createFunction({ name: 'echo', runtime: 'python', code: FUNCTION_CODE, handler: 'handler', memory_mb: 128 });
     assert.deepEqual((await n1.client.invoke('echo', { on: 'n1' })).result, { echo: { on: 'n1' } });
     assert.equal((await vmmPids(n1.stateDir)).length, 4, 'three VMs and a function instance');
-    // Image files are per node: n2 boots the default image once (fetching its file from n1), so
-    // it holds a copy when it takes n1's container over with n1 cut off.
-    const fetcher = await n2.client.createVm({ name: 'fetch-default', memory_mib: 128 }, { wait: true });
-    assert.equal(fetcher.state, 'ready');
-    await n2.client.deleteVm(fetcher.id);
+    // Image files are per node, and with n1 cut off there is no peer to fetch one from: n2 boots
+    // the default image and the python runtime's once now (fetching their files from n1), so it
+    // holds both when it takes n1's container over and serves its function.
+    const images = (await store.listImages()).filter((i) => i.name === 'default' || i.name.startsWith('kiln-runtime-python'));
+    assert.equal(images.length, 2, `the default and python runtime images: ${images.map((i) => i.name)}`);
+    for (const image of images) {
+      const v = await n2.client.createVm({ name: `fetch-${image.id}`, image: image.id, memory_mib: 128 });
+      await waitForState(n2.client, v.id, ['ready', 'stopped', 'failed'], 300_000);
+      await n2.client.deleteVm(v.id);
+    }
+    await until('n2 reports both images in its heartbeat', async () => {
+      const held = (await store.getNode(id2))!.capacity.images;
+      return images.every((i) => held.includes(i.id)) ? true : null;
+    }, 30_000, 100);
     const beforeCut = (await store.getNode(id1))!;
 
     cutPath.cut();
