@@ -6,6 +6,7 @@ import path from 'node:path';
 import { KilnError } from '../errors.ts';
 import { run } from '../util/process.ts';
 import type { ImageRecord } from '../store/store.ts';
+import { buildRootfs } from './builders/builders.ts';
 import type { ImageService } from './image-service.ts';
 
 export const DEFAULT_IMAGE_NAME = 'default';
@@ -41,15 +42,22 @@ export async function buildBusyboxTree(dir: string): Promise<void> {
 }
 
 export async function ensureDefaultImage(images: ImageService): Promise<ImageRecord> {
-  const have = (await images.list()).find((i) => i.name === DEFAULT_IMAGE_NAME);
-  if (have) return have;
+  const img = (await images.list()).find((i) => i.name === DEFAULT_IMAGE_NAME)
+    ?? await withBusyboxTree((tree) => images.importDir(DEFAULT_IMAGE_NAME, tree, {
+      cmd: ['/bin/sh', '-c', 'echo "kiln default image on $(uname -sr), hostname $(hostname)"; while :; do sleep 3600; done'],
+      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
+    }));
+  // In a cluster the image may have been built on another node: if every node holding a copy
+  // is lost, this one builds its own from its own busybox rather than fail the boot.
+  images.setLocalBuild(img.id, (dest, format) => withBusyboxTree(async (tree) => void (await buildRootfs(tree, dest, format))));
+  return img;
+}
+
+async function withBusyboxTree<T>(use: (tree: string) => Promise<T>): Promise<T> {
   const tree = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-default-image-'));
   try {
     await buildBusyboxTree(tree);
-    return await images.importDir(DEFAULT_IMAGE_NAME, tree, {
-      cmd: ['/bin/sh', '-c', 'echo "kiln default image on $(uname -sr), hostname $(hostname)"; while :; do sleep 3600; done'],
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
-    });
+    return await use(tree);
   } finally {
     await fs.rm(tree, { recursive: true, force: true });
   }

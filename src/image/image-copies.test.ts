@@ -4,7 +4,7 @@
 // callers, verified; a tampered copy is refused and leaves nothing; with no peer the error
 // says so; A's deletion makes B's GC remove B's copy.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -102,12 +102,60 @@ test('a copy tampered with on A is refused with KILN_ERR_DIGEST_MISMATCH and lea
 
 test('with no ready peer holding it, an imported image cannot be fetched: KILN_ERR_IMAGE_FETCH_FAILED', async () => {
   const id = await imageOnA('alone');
+  await withALost(async () => {
+    await assert.rejects(b.ensureLocal(await b.get(id)), (e: KilnError) => e.code === 'KILN_ERR_IMAGE_FETCH_FAILED' && /no ready node holds one/.test(e.message));
+  });
+});
+
+/** Runs `body` while A counts as lost (no ready peer for B), then makes A ready again. */
+async function withALost(body: () => Promise<void>): Promise<void> {
   await store.markNodesLost(Date.now() + 60_000, Date.now());
   try {
-    await assert.rejects(b.ensureLocal(await b.get(id)), (e: KilnError) => e.code === 'KILN_ERR_IMAGE_FETCH_FAILED' && /no ready node holds one/.test(e.message));
+    await body();
   } finally {
     await store.registerNode({ id: 'node-a', name: 'a', url: (await store.getNode('node-a'))!.url, capacity: capacity({ images: [] }) }, Date.now());
   }
+}
+
+test('with no ready peer holding it, an image this node can build itself (a recipe\'s) is built here: its own copy, its own hash', async () => {
+  const id = await imageOnA('recipe-made');
+  const built = randomBytes(1 << 20);
+  let builds = 0;
+  b.setLocalBuild(id, async (dest, format) => {
+    builds++;
+    assert.equal(format, 'squashfs');
+    assert.ok(path.basename(dest).startsWith(FETCH_PREFIX), `built under a temporary name: ${dest}`);
+    await fs.writeFile(dest, built);
+  });
+  const seqBefore = (await store.listEvents({})).at(-1)?.seq ?? 0;
+  await withALost(async () => {
+    const img = await b.get(id);
+    const [x, y] = await Promise.all([b.ensureLocal(img), b.ensureLocal(img)]);
+    assert.equal(builds, 1, 'one build for two callers');
+    assert.equal(x.path, y.path);
+    assert.ok(x.path.startsWith(b.imagesDir + path.sep), x.path);
+    assert.deepEqual(await fs.readFile(x.path), built);
+  });
+  const copy = (await b.localCopy(id))!;
+  assert.equal(copy.sha256, `sha256:${createHash('sha256').update(built).digest('hex')}`, "B's copy is recorded with the hash of what B built");
+  assert.notEqual(copy.sha256, (await a.localCopy(id))!.sha256, "not A's file: a rebuild need not be byte-identical");
+  const fetched = (await store.listEvents({ afterSeq: seqBefore })).filter((e) => e.type === 'image.fetched');
+  assert.deepEqual(fetched.map((e) => (e.data as { from: string }).from), ['local build']);
+  assert.deepEqual((await leftovers(b)).filter((e) => e.startsWith(FETCH_PREFIX)), []);
+});
+
+test('a local build that fails: KILN_ERR_IMAGE_FETCH_FAILED saying so, and nothing is kept', async () => {
+  const id = await imageOnA('recipe-broken');
+  b.setLocalBuild(id, async (dest) => {
+    await fs.writeFile(dest, 'half a build');
+    throw new Error('debootstrap: the mirror is unreachable');
+  });
+  await withALost(async () => {
+    await assert.rejects(b.ensureLocal(await b.get(id)),
+      (e: KilnError) => e.code === 'KILN_ERR_IMAGE_FETCH_FAILED' && /local build: .*mirror is unreachable/.test(e.message));
+  });
+  assert.deepEqual((await leftovers(b)).filter((e) => e.startsWith(FETCH_PREFIX) || e === id), [], 'no temporary, no file');
+  assert.deepEqual(await store.listImageCopies({ imageId: id, nodeId: 'node-b' }), []);
 });
 
 test("an image deleted through A: its copy rows go, and B's GC removes B's file", async () => {

@@ -6,7 +6,8 @@
 // The image rows are a catalogue (cluster-wide on PostgreSQL); the files are this node's own,
 // each recorded as an image copy under the node's id with its sha256. A record's `path` is
 // where the node that made it put it: never read here. A node booting an image it has no
-// copy of fetches one from a peer that has (image-fetch.ts), or pulls it again.
+// copy of fetches one from a peer that has (image-fetch.ts), pulls it again, or — for an image
+// kiln builds itself (the default image, a recipe's) — builds its own (setLocalBuild).
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -22,7 +23,7 @@ import { tempSibling } from '../util/atomic.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
-import { fetchImageFile } from './image-fetch.ts';
+import { FETCH_PREFIX, fetchImageFile } from './image-fetch.ts';
 import { unpackTar } from './flatten/flatten.ts';
 import { DEFAULT_UNPACK_LIMITS, type UnpackLimits } from './flatten/root-writer.ts';
 import { BlobStore } from './oci/blob-store.ts';
@@ -32,6 +33,12 @@ import type { PullOptions, PullProgress, PulledImage } from './oci/types.ts';
 export const DEFAULT_IMAGE_CONFIG: ImageConfig = { cmd: ['/bin/sh'], env: {}, workdir: '/', user: '0:0' };
 
 export type Puller = (ref: string, opts: PullOptions, onProgress?: (p: PullProgress) => void) => Promise<PulledImage>;
+
+/**
+ * Writes a root filesystem file of `format` at `dest` (a temporary name the caller renames):
+ * how a node makes its own copy of an image kiln builds itself, when no peer has one.
+ */
+export type LocalBuild = (dest: string, format: ImageFormat) => Promise<void>;
 
 export interface PullRequest {
   ref: string;
@@ -87,6 +94,8 @@ export class ImageService {
   /** Imports under way (directory, rootfs file, uploaded tar): GC must not touch their files. */
   private importing = 0;
   private readonly startLock = new KeyedLock();
+  /** By image id: how this node builds its own copy of an image made here from a recipe. */
+  private readonly localBuilds = new Map<string, LocalBuild>();
   readonly imagesDir: string;
 
   private get limits(): UnpackLimits {
@@ -187,6 +196,16 @@ export class ImageService {
     return running;
   }
 
+  /**
+   * Registers how this node builds image `imageId` itself (the default image, a recipe's):
+   * the last resort of ensureLocal when no ready peer holds a copy, e.g. in a cluster whose
+   * only holders were lost. Keyed by id, not name: an image deleted and another imported
+   * under its name is not rebuilt as the old one.
+   */
+  setLocalBuild(imageId: string, build: LocalBuild): void {
+    this.localBuilds.set(imageId, build);
+  }
+
   /** Where this node keeps a copy it fetched: its own directory per image id. */
   private copyPath(img: ImageRecord): string {
     return path.join(this.imagesDir, img.id, `rootfs.${img.format}`);
@@ -239,6 +258,17 @@ export class ImageService {
           tried.push(`registry ${img.source}: ${err.code}: ${err.message}`);
         }
       }
+      const build = this.localBuilds.get(img.id);
+      if (build) {
+        try {
+          const copy = await this.buildCopy(img, dest, build);
+          this.bus.publish('image.fetched', null, { id: img.id, name: img.name, from: 'local build', bytes: copy.sizeBytes, ms: Math.round(performance.now() - t0) });
+          return { ...img, path: copy.path };
+        } catch (e) {
+          const err = asKilnError(e);
+          tried.push(`local build: ${err.code}: ${err.message}`);
+        }
+      }
       if ((await this.store.listImageCopies({ imageId: img.id, nodeId: this.nodeId }))[0]?.state === 'fetching') {
         await this.store.deleteImageCopy(img.id, this.nodeId);
       }
@@ -250,6 +280,25 @@ export class ImageService {
         : `this node has no copy of image ${img.name}, no ready node holds one${img.source ? '' : ', and it was not pulled from a registry'}`, { image: img.id, tried });
     } finally {
       this.fetching--;
+    }
+  }
+
+  /**
+   * This node's own build of an image it knows how to make: written under a fetch's temporary
+   * name (a crash leaves only that, which recover() removes), renamed into place, recorded
+   * with the sha256 of what was built. A rebuild need not be byte-identical to the holder's
+   * file (timestamps differ): each copy is verified against its own node's record.
+   */
+  private async buildCopy(img: ImageRecord, dest: string, build: LocalBuild): Promise<ImageCopy> {
+    await fs.mkdir(this.imagesDir, { recursive: true });
+    const tmp = path.join(this.imagesDir, `${FETCH_PREFIX}${img.id}-build-${process.pid}-${randomBytes(4).toString('hex')}`);
+    try {
+      await build(tmp, img.format);
+      await fs.mkdir(path.dirname(dest), { recursive: true });
+      await fs.rename(tmp, dest);
+      return await this.recordCopy(img.id, dest);
+    } finally {
+      await fs.rm(tmp, { force: true });
     }
   }
 

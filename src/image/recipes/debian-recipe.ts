@@ -83,16 +83,30 @@ export class RecipeBuilder {
 
   private async ensureUncoalesced(recipe: DebianRecipe, key: string): Promise<ImageRecord> {
     const name = `${recipe.name}-${key.slice(0, 12)}`;
-    const have = (await this.o.images.list()).find((i) => i.name === name && i.state === 'ready');
-    if (have) return have;
+    let img = (await this.o.images.list()).find((i) => i.name === name && i.state === 'ready');
+    if (!img) {
+      const { file, format, builder } = await this.cachedBuild(recipe, key);
+      img = await this.o.images.importRootfsFile(name, file, format, builder, recipe.config ?? {});
+    }
+    // In a cluster the image may have been registered by another node: if every node holding
+    // a copy is lost, this one makes its own from the recipe (its cache, else a build).
+    this.o.images.setLocalBuild(img.id, async (dest) => {
+      const { file } = await this.cachedBuild(recipe, key);
+      await fs.copyFile(file, dest, fs.constants.COPYFILE_FICLONE);
+    });
+    return img;
+  }
+
+  /** The recipe's built rootfs file in the host's cache, built first if missing. */
+  private async cachedBuild(recipe: DebianRecipe, key: string): Promise<{ file: string; format: ImageFormat; builder: string }> {
     const format = recipe.format ?? 'squashfs';
-    const cached = path.join(this.dir, `${key}.${format}`);
+    const file = path.join(this.dir, `${key}.${format}`);
     const meta = path.join(this.dir, `${key}.json`);
-    if (!(await fs.stat(cached).catch(() => null)) || !(await fs.stat(meta).catch(() => null))) {
-      await this.build(recipe, cached, meta, format);
+    if (!(await fs.stat(file).catch(() => null)) || !(await fs.stat(meta).catch(() => null))) {
+      await this.build(recipe, file, meta, format);
     }
     const { builder } = JSON.parse(await fs.readFile(meta, 'utf8')) as { builder: string };
-    return this.o.images.importRootfsFile(name, cached, format, builder, recipe.config ?? {});
+    return { file, format, builder };
   }
 
   private async build(recipe: DebianRecipe, out: string, meta: string, format: ImageFormat): Promise<void> {
