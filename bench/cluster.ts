@@ -182,7 +182,7 @@ async function main(): Promise<void> {
   }
 }
 
-/** The API role's Server-Timing of a create: its store reads, placement, the node's answer. */
+/** The API role's Server-Timing of a create: before placing (`store`: reads only for a snapshot's, template's or volumes' rows), placement, the node's answer. */
 type Timing = Partial<Record<'store' | 'place' | 'node' | 'app', number>>;
 
 function serverTiming(h: string | null): Timing {
@@ -292,7 +292,7 @@ async function withProcesses(pg: TestPostgres): Promise<void> {
     console.log(table(['POST /v1/vms answered', 'median ms', 'p95 ms'], [
       ['straight to a node', median(straight), quantile(straight, 0.95)],
       ['through the API role', median(viaApi), quantile(viaApi, 0.95)],
-      ['  API: store reads (nodes with committed sums; image id cached)', median(phases.store), quantile(phases.store, 0.95)],
+      ['  API: before placing (body, image id cached, node view in memory)', median(phases.store), quantile(phases.store, 0.95)],
       ['  API: place()', median(phases.place), quantile(phases.place, 0.95)],
       ['  API: node answered (forward → headers)', median(phases.node), quantile(phases.node, 0.95)],
       ['node handler time (its Server-Timing app), both kinds', median(phases.app), quantile(phases.app, 0.95)],

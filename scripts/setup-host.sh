@@ -47,6 +47,8 @@ needs=(
   useradd:passwd
   # the dashboard's browser tests drive Debian's Chromium (playwright-core never downloads one)
   chromium:chromium
+  # the deploy tests check the cluster's systemd units with systemd-analyze verify
+  systemd-analyze:systemd
 )
 missing=()
 for pair in "${needs[@]}"; do

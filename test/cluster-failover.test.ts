@@ -2,7 +2,8 @@
 // real VMs. The nodes lease their VM subnets from one cluster range (no KILN_CIDR). Node n1
 // reaches the database through a path the test can cut: cut, it fences itself (kills its
 // VMMs) before the cluster's deadline; n2 marks it lost, starts n1's restart-policy container
-// (no volumes) itself with an address from its own subnet, and leaves the one with a volume
+// (no volumes) itself with an address from its own subnet (building its own copy of the image,
+// which only n1 held), and leaves the one with a volume
 // lost with the reason. A function deployed through n1 is served by n2 meanwhile (n2 loads
 // its code from the store). The path restored, n1 rejoins: its lost VMs are recorded stopped,
 // the moved container stays on n2 only, and n1 boots and serves the function again.
@@ -18,7 +19,7 @@ import { KilnApiError, type KilnClient } from '../src/sdk/client.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { clusterEnv } from './helpers/cluster.ts';
-import { startKilnd, testNetwork, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
+import { startKilnd, testNetwork, vmmPids, type TestDaemon } from './helpers/kilnd.ts';
 import { FENCE_TIMING, pgPath, startPostgres, type TestPostgres } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
 
@@ -95,20 +96,12 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     await n1.client.createFunction({ name: 'echo', runtime: 'python', code: FUNCTION_CODE, handler: 'handler', memory_mb: 128 });
     assert.deepEqual((await n1.client.invoke('echo', { on: 'n1' })).result, { echo: { on: 'n1' } });
     assert.equal((await vmmPids(n1.stateDir)).length, 4, 'three VMs and a function instance');
-    // Image files are per node, and with n1 cut off there is no peer to fetch one from: n2 boots
-    // the default image and the python runtime's once now (fetching their files from n1), so it
-    // holds both when it takes n1's container over and serves its function.
+    // Image files are per node: n2 has never booted the default image nor the python runtime's,
+    // and with n1 cut off no peer holds them. It builds its own copies (from busybox, from the
+    // recipe's cache) when it takes the container over and serves the function.
     const images = (await store.listImages()).filter((i) => i.name === 'default' || i.name.startsWith('kiln-runtime-python'));
     assert.equal(images.length, 2, `the default and python runtime images: ${images.map((i) => i.name)}`);
-    for (const image of images) {
-      const v = await n2.client.createVm({ name: `fetch-${image.id}`, image: image.id, memory_mib: 128 });
-      await waitForState(n2.client, v.id, ['ready', 'stopped', 'failed'], 300_000);
-      await n2.client.deleteVm(v.id);
-    }
-    await until('n2 reports both images in its heartbeat', async () => {
-      const held = (await store.getNode(id2))!.capacity.images;
-      return images.every((i) => held.includes(i.id)) ? true : null;
-    }, 30_000, 100);
+    assert.deepEqual(await store.listImageCopies({ nodeId: id2 }), [], 'n2 holds no image file yet');
     const beforeCut = (await store.getNode(id1))!;
 
     cutPath.cut();
@@ -150,6 +143,13 @@ test('per-node subnets from the cluster range; a node cut from the database fenc
     assert.deepEqual((await n2.client.invoke('echo', { on: 'n2' })).result, { echo: { on: 'n2' } });
     assert.ok(await fs.stat(path.join(n2.stateDir, 'functions/echo/v1.code')), "n2 loaded the code from the store");
     assert.equal((await vmmPids(n2.stateDir)).length, 2, 'the moved container and a function instance');
+    for (const image of images) {
+      const copy = (await store.listImageCopies({ imageId: image.id, nodeId: id2 }))[0];
+      assert.equal(copy?.state, 'ready', `n2 holds its own copy of ${image.name}`);
+      assert.ok(copy.path.startsWith(n2.stateDir + path.sep), copy.path);
+    }
+    const built = (await store.listEvents({ limit: 100_000 })).filter((e) => e.type === 'image.fetched' && images.some((i) => i.id === (e.data as { id: string }).id));
+    assert.deepEqual(built.map((e) => (e.data as { from: string }).from), ['local build', 'local build'], 'built on n2, as no ready node held a copy');
 
     cutPath.restore();
     const back = await until('n1 rejoined', async () => {
