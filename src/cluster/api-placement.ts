@@ -193,17 +193,28 @@ export async function forwardCreate(
   // A create pinned to one node (its snapshot's, its volumes', x-kiln-node) must find that
   // node's state as it is now, not up to one refresh ago: it has read the store already.
   let nodes = resolved.pins.length ? (await c.ledger.refresh(), await c.ledger.view()) : view;
-  const skipped = new Set<string>();
+  // Nodes this create has been to: one that never took the connection, or (unpinned creates
+  // only) one whose admission refused it as over capacity before making anything, as it may be
+  // when another API process placed there since this one's view was read. Each node is tried
+  // once, so a create is sent at most once per node.
+  const unreachable = new Set<string>();
+  const full = new Set<string>();
+  const tried = (id: string) => unreachable.has(id) || full.has(id);
+  const movable = resolved.pins.length === 0;
+  const timing = (t0: number, t1: number, t2: number) => (upstreamMs: number) =>
+    `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`;
   for (;;) {
     const t1 = performance.now();
     let chosen;
     try {
-      chosen = chooseNode(nodes.filter((n) => !skipped.has(n.id)), resolved, { k: c.k });
+      chosen = chooseNode(nodes.filter((n) => !tried(n.id)), resolved, { k: c.k });
     } catch (e) {
       c.metrics.placed(what, 'failed', performance.now() - t0);
-      // Every other node refused the connection: say so rather than just "no capacity".
-      if (skipped.size && isKilnError(e) && e.code === 'KILN_ERR_CAPACITY') {
-        throw new KilnError('KILN_ERR_CAPACITY', `${e.message} (not reachable: ${[...skipped].join(', ')})`, { ...e.details, unreachable: [...skipped] });
+      // Every other node was tried: say which and why rather than just "no capacity".
+      if ((unreachable.size || full.size) && isKilnError(e) && e.code === 'KILN_ERR_CAPACITY') {
+        const names = (ids: Iterable<string>) => [...ids].map((id) => nodes.find((n) => n.id === id)?.name ?? id);
+        const why = [unreachable.size ? `not reachable: ${names(unreachable).join(', ')}` : '', full.size ? `at capacity when asked: ${names(full).join(', ')}` : ''].filter(Boolean).join('; ');
+        throw new KilnError('KILN_ERR_CAPACITY', `${e.message} (${why})`, { ...e.details, unreachable: names(unreachable), full: names(full) });
       }
       throw e;
     }
@@ -213,20 +224,25 @@ export async function forwardCreate(
     void reply.header('x-kiln-node', chosen.node.name).header('x-kiln-placement-ms', (t2 - t0).toFixed(3));
     const placed = c.ledger.reserve(chosen.node.id, resolved.demand);
     try {
-      const sent = await c.fwd.forward(req, reply, chosen.node, req.body as Buffer | undefined, {}, (upstreamMs) =>
-        `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`);
-      placed(reply.statusCode < 300);
-      return sent;
+      const sent = await c.fwd.forwardUnlessRefused(req, reply, chosen.node, req.body as Buffer | undefined,
+        (status, code) => movable && status === 429 && code === 'KILN_ERR_CAPACITY', timing(t0, t1, t2));
+      if ('reply' in sent) {
+        placed(reply.statusCode < 300);
+        return sent.reply;
+      }
+      placed(false);
+      full.add(chosen.node.id);
     } catch (e) {
       placed(false);
       // A node that refused the connection never saw the create (it died, or the view is from
-      // before it was marked lost): placed again without it, on a view read now. A pinned create
-      // then finds its node gone (KILN_ERR_NODE_UNAVAILABLE or KILN_ERR_CAPACITY naming it).
+      // before it was marked lost): placed again without it. A pinned create then finds its
+      // node gone (KILN_ERR_NODE_UNAVAILABLE or KILN_ERR_CAPACITY naming it).
       if (!notDelivered(e)) throw e;
-      skipped.add(chosen.node.id);
-      await c.ledger.refresh();
-      nodes = await c.ledger.view();
+      unreachable.add(chosen.node.id);
     }
+    // Placed again on a view read now.
+    await c.ledger.refresh();
+    nodes = await c.ledger.view();
   }
 }
 

@@ -12,6 +12,7 @@ import pino from 'pino';
 import { capacity, image, vm } from '../store/conformance.ts';
 import { SqliteStore } from '../store/sqlite-store.ts';
 import type { SnapshotRecord } from '../store/store.ts';
+import { until } from '../../test/helpers/until.ts';
 import { ApiRole } from './api-role.ts';
 
 interface Seen { method: string; url: string; type: string | undefined; body: string; raw: Buffer }
@@ -189,4 +190,49 @@ test('/metrics: the API role\'s requests to nodes, its placements, each node\'s 
   assert.match(text, /^kiln_cluster_node_up\{node="a"\} 1$/m);
   assert.match(text, /^kiln_cluster_nodes\{state="lost"\} 1$/m);
   assert.match(text, /^kiln_cluster_node_disk_free_bytes\{node="b"\} 5000000000$/m);
+});
+
+test('a create a node refuses as over capacity (another API placed there first) goes to the next node; a pinned one gets the refusal as it came', async () => {
+  const full = (_q: http.IncomingMessage, res: http.ServerResponse) => json(res, 429, { code: 'KILN_ERR_CAPACITY', message: 'this host is at capacity (vCPUs: 4 committed + 1 asked > 4)', details: {} });
+  const made = (name: string) => (_q: http.IncomingMessage, res: http.ServerResponse) => json(res, 201, { id: `vm-${name}`, state: 'creating' });
+  const body = JSON.stringify({ name: 'one', memory_mib: 128 });
+
+  // The API's node view is refreshed every 250 ms: it may not show a and b ready again (an
+  // earlier test re-registered them) yet. Until it does, a create is refused without being sent.
+  a.handler = made('a');
+  await until('the API places creates on a', async () => (await call('POST', '/v1/vms', body)).status === 201, 5_000, 50);
+  reset();
+  a.handler = full; // a has the more free memory: placed there first
+  b.handler = made('b');
+  const moved = await call('POST', '/v1/vms', body);
+  assert.equal(moved.status, 201);
+  assert.equal(moved.headers.get('x-kiln-node'), 'b');
+  assert.deepEqual(await moved.json(), { id: 'vm-b', state: 'creating' });
+  assert.deepEqual([a.seen.length, b.seen.length], [1, 1], 'sent once to each');
+  assert.equal(b.seen[0]!.body, body, 'the same bytes to the second node');
+
+  reset();
+  const pinned = await fetch(`${api.url}/v1/vms`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json', 'x-kiln-node': 'a' }, body });
+  assert.equal(pinned.status, 429);
+  assert.equal((await pinned.json()).message, 'this host is at capacity (vCPUs: 4 committed + 1 asked > 4)', "the node's own refusal");
+  assert.deepEqual([a.seen.length, b.seen.length], [1, 0], 'a pinned create goes nowhere else');
+
+  reset();
+  b.handler = full;
+  const none = await call('POST', '/v1/vms', body);
+  assert.equal(none.status, 429);
+  const err = await none.json();
+  assert.equal(err.code, 'KILN_ERR_CAPACITY');
+  assert.match(err.message, /at capacity when asked: a, b/);
+  assert.deepEqual(err.details.full, ['a', 'b']);
+  assert.deepEqual([a.seen.length, b.seen.length], [1, 1]);
+
+  // Any other refusal is the answer: not sent on (the node judged the create itself).
+  reset();
+  a.handler = (_q, res) => json(res, 400, { code: 'KILN_ERR_VALIDATION', message: 'bad kernel args' });
+  const bad = await call('POST', '/v1/vms', body);
+  assert.deepEqual([bad.status, (await bad.json()).code], [400, 'KILN_ERR_VALIDATION']);
+  assert.deepEqual([a.seen.length, b.seen.length], [1, 0]);
+  a.handler = (_q, res) => json(res, 200, {});
+  b.handler = (_q, res) => json(res, 200, {});
 });

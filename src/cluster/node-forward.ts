@@ -63,16 +63,52 @@ export class NodeForwarder {
     /** A Server-Timing value from the time until the node's answer came (headers). */
     timing?: (upstreamMs: number) => string,
   ): Promise<FastifyReply> {
+    const { res, t0 } = await this.send(req, reply, node, body, extraHeaders);
+    return answer(reply, res, res.body, t0, timing);
+  }
+
+  /**
+   * forward() for a create that may still go to another node: an error answer `refused` picks
+   * by its status and code (a node's admission refusing before it made anything) is not relayed
+   * but returned, for the caller to place the create again; any other answer is relayed.
+   */
+  async forwardUnlessRefused(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    node: NodeRecord,
+    body: Buffer | undefined,
+    refused: (status: number, code: string | undefined) => boolean,
+    timing?: (upstreamMs: number) => string,
+  ): Promise<{ refused: { status: number; code: string } } | { reply: FastifyReply }> {
+    const { res, t0 } = await this.send(req, reply, node, body, {});
+    if (res.statusCode < 400) return { reply: await answer(reply, res, res.body, t0, timing) };
+    // An error answer is one small JSON object: read whole to look at its code.
+    const text = await res.body.text();
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(text) as { code?: string }).code;
+    } catch { /* not kiln's JSON: relayed as it is */ }
+    if (code && refused(res.statusCode, code)) return { refused: { status: res.statusCode, code } };
+    return { reply: await answer(reply, res, text, t0, timing) };
+  }
+
+  /** The request sent on to `node` with the client's headers (minus hop-by-hop ones): its answer's head. */
+  private async send(
+    req: FastifyRequest,
+    reply: FastifyReply,
+    node: NodeRecord,
+    body: Buffer | string | NodeJS.ReadableStream | undefined,
+    extraHeaders: Record<string, string>,
+  ): Promise<{ res: Dispatcher.ResponseData; t0: number }> {
     const headers: Record<string, string> = {};
     for (const [k, v] of Object.entries(req.headers)) if (v !== undefined && !HOP.has(k)) headers[k] = Array.isArray(v) ? v.join(', ') : v;
     Object.assign(headers, extraHeaders);
     const ac = new AbortController();
     // A client that goes away (a followed log, an exec stream) ends the upstream request too.
     reply.raw.on('close', () => ac.abort());
-    let res;
     const t0 = performance.now();
     try {
-      res = await request(new URL(req.url, node.url), {
+      const res = await request(new URL(req.url, node.url), {
         dispatcher: this.agent,
         method: req.method as 'GET',
         headers,
@@ -82,16 +118,12 @@ export class NodeForwarder {
         headersTimeout: 0,
         bodyTimeout: 0,
       });
+      this.observe(node.name, req.method, res.statusCode, performance.now() - t0);
+      return { res, t0 };
     } catch (e) {
       this.observe(node.name, req.method, 'unavailable', performance.now() - t0);
       throw unavailable(node, e);
     }
-    this.observe(node.name, req.method, res.statusCode, performance.now() - t0);
-    void reply.code(res.statusCode);
-    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
-    // The node's own entry (its handler's time) first, then the API's.
-    if (timing) void reply.header('server-timing', [res.headers['server-timing'], timing(performance.now() - t0)].flat().filter(Boolean).join(', '));
-    return reply.send(res.body);
   }
 
   /**
@@ -109,6 +141,14 @@ export class NodeForwarder {
   async close(): Promise<void> {
     await this.agent.close();
   }
+}
+
+/** The node's answer to the client: its status, headers (the API's Server-Timing entries after the node's own) and body. */
+function answer(reply: FastifyReply, res: Dispatcher.ResponseData, body: Readable | string, t0: number, timing?: (upstreamMs: number) => string): FastifyReply {
+  void reply.code(res.statusCode);
+  for (const [k, v] of Object.entries(res.headers)) if (v !== undefined && !HOP.has(k)) void reply.header(k, v);
+  if (timing) void reply.header('server-timing', [res.headers['server-timing'], timing(performance.now() - t0)].flat().filter(Boolean).join(', '));
+  return reply.send(body);
 }
 
 /**
