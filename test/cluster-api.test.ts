@@ -4,7 +4,8 @@
 // the unix socket), and one `kiln serve --role api` in the root namespace, every one a
 // separate process. Through the API only: 12 VMs spread 4/4/4 by free capacity; exec, logs,
 // images, events (SSE, replay and live) and the console WebSocket (output out, input in) for VMs
-// on every node; a function deployed once and invoked on every node. SIGKILL of one node: its
+// on every node, also through a second API process; a function deployed once and invoked on
+// every node. SIGKILL of one node: its
 // VMs are `lost` within the deadline, the API answers for them with KILN_ERR_NODE_UNAVAILABLE,
 // the function is answered by another node; restarted, the node rejoins and no VM has a
 // second VMM (VMM processes counted per VM). Cleanup leaves no namespace, veth or VMM behind.
@@ -47,7 +48,7 @@ async function vmmsOf(id: string): Promise<number> {
 
 const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 
-test('one API, three nodes in their own network namespaces: spread, exec/logs/console/events/functions on every node, a lost node routed around, its rejoin runs nothing twice', async (t) => {
+test('an API (and a second one), three nodes in their own network namespaces: spread, exec/logs/console/events/functions on every node, a lost node routed around, its rejoin runs nothing twice', async (t) => {
   const t0 = Date.now();
   const url = await newDatabase();
   const store = await PgStore.open(url);
@@ -57,6 +58,7 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
   const nodes: TestDaemon[] = [];
   const stateDirs: string[] = [];
   let api: TestDaemon | null = null;
+  let api2: TestDaemon | null = null;
   const startNode = (i: number, from?: TestDaemon) => startClusterNode(url, NODES[i]!, spaces[i]!, env, from ? { from } : {});
   try {
     // One after the other: the first imports the default image, the others find it.
@@ -109,6 +111,18 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     assert.equal((await c.listVms()).length, VMS, 'the list is every node’s');
     assert.ok((await c.listImages()).some((i) => i.name === 'default'), 'images from the cluster catalogue');
     await expectApiError(c.request('GET', '/openapi.json'), 501, 'KILN_ERR_NOT_ROUTED');
+
+    // A second API process on the same store (the role keeps no state of its own, so any number
+    // may run behind one address): the same VMs, and exec and logs on every node through it.
+    api2 = await startKilnd({ serveArgs: ['--store', url, '--role', 'api'], env });
+    const c2 = api2.client;
+    assert.deepEqual((await c2.listVms()).map((v) => v.id).sort(), vms.map((v) => v.id).sort(), 'the second API lists every node’s VMs');
+    for (const name of NODES) {
+      const id = on(name)[2]!;
+      const r = await c2.exec(id, { cmd: ['/bin/sh', '-c', 'echo second-$(hostname)'] });
+      assert.equal(r.stdout.trim(), `second-${(await c2.getVm(id)).name}`, `exec through the second API on ${name}`);
+      assert.match(await c2.logs(id), /kiln default image/);
+    }
 
     // A published port through the API process: it listens on the port and pipes to the node.
     const web = vms[VMS - 1]!;
@@ -249,7 +263,7 @@ test('one API, three nodes in their own network namespaces: spread, exec/logs/co
     for (const id of nodeOf.keys()) await c.deleteVm(id);
     assert.deepEqual((await c.listVms()).map((v) => v.id), [], 'deletes went through the API to each node');
   } finally {
-    await stopCluster({ api, nodes, spaces, store });
+    await stopCluster({ api, apis: [api2], nodes, spaces, store });
   }
   await assertClusterGone(spaces, stateDirs);
   t.diagnostic(`total: ${stamp(t0)}`);

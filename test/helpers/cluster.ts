@@ -9,8 +9,8 @@ import type { TestNetns } from './netns.ts';
 import { FENCE_TIMING } from './postgres.ts';
 
 /** The API first (it forwards to the nodes), then the nodes, their namespaces, and the store's pool. */
-export async function stopCluster(c: { api?: TestDaemon | null; nodes: readonly TestDaemon[]; spaces: readonly TestNetns[]; store: { close(): Promise<void> } }): Promise<void> {
-  await c.api?.dispose();
+export async function stopCluster(c: { api?: TestDaemon | null; apis?: readonly (TestDaemon | null)[]; nodes: readonly TestDaemon[]; spaces: readonly TestNetns[]; store: { close(): Promise<void> } }): Promise<void> {
+  for (const a of [c.api, ...(c.apis ?? [])]) await a?.dispose();
   for (const d of c.nodes) await d.dispose();
   for (const s of c.spaces) await s.dispose();
   await c.store.close();
