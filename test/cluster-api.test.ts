@@ -3,12 +3,12 @@
 // /30 to the root namespace; it listens on its own address there and reaches PostgreSQL over
 // the unix socket), and one `kiln serve --role api` in the root namespace, every one a
 // separate process. Through the API only: 12 VMs spread 4/4/4 by free capacity; exec, logs,
-// images, events (SSE, replay and live) and the console WebSocket (output out, input in) for VMs
-// on every node, also through a second API process; a function deployed once and invoked on
-// every node. SIGKILL of one node: its
-// VMs are `lost` within the deadline, the API answers for them with KILN_ERR_NODE_UNAVAILABLE,
-// the function is answered by another node; restarted, the node rejoins and no VM has a
-// second VMM (VMM processes counted per VM). Cleanup leaves no namespace, veth or VMM behind.
+// images, events (SSE, replay and live) and the console WebSocket (output out, input in) for
+// VMs on every node, exec and logs also through a second API process; a function deployed once
+// and invoked on every node. SIGKILL of one node: its VMs are `lost` within the deadline, the
+// API answers for them with KILN_ERR_NODE_UNAVAILABLE, the function is answered by another
+// node; restarted, the node rejoins and no VM has a second VMM (VMM processes counted per VM).
+// Cleanup leaves no namespace, veth or VMM behind.
 // Boots 12 VMs and 3 function instances: run under `flock /tmp/kiln-vm.lock`.
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';

@@ -125,7 +125,7 @@ test('a lost container moves to exactly one of the racing nodes; one with volume
       await s.insertContainer(container(id, over));
     }
     await s.insertVm({ ...vm('plain'), nodeId: 'node-dead', state: 'ready' });
-    assert.deepEqual(await s.markNodesLost(2000, 3000), [{ node: 'node-dead', vms: ['ctr-done', 'ctr-move', 'ctr-no', 'ctr-user', 'ctr-vol', 'plain'] }]);
+    assert.deepEqual(await s.markNodesLost(2000, 3000), [{ node: 'node-dead', vms: ['ctr-done', 'ctr-move', 'ctr-no', 'ctr-user', 'ctr-vol', 'plain'], pulls: [] }]);
     const started: string[] = [];
     const takeover = (nodeId: string, octet: number) =>
       new Takeover({

@@ -182,9 +182,9 @@ export class NodeMember {
         await this.register('node.rejoined');
       }
     }
-    for (const { node, vms } of await this.o.store.markNodesLost(now - this.o.lostAfterMs, now)) {
-      this.o.log.warn({ node, vms }, 'node stopped heartbeating: marked lost with its VMs');
-      this.o.publish?.('node.lost', null, { node, vms });
+    for (const { node, vms, pulls } of await this.o.store.markNodesLost(now - this.o.lostAfterMs, now)) {
+      this.o.log.warn({ node, vms, pulls }, 'node stopped heartbeating: marked lost with its VMs (its image pulls under way dropped)');
+      this.o.publish?.('node.lost', null, { node, vms, pulls });
       for (const vm of vms) this.o.publish?.('vm.lost', vm, { node });
     }
     // Only a node whose heartbeat just counted takes work over; never a fenced one. In the

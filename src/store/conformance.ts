@@ -388,7 +388,24 @@ export function storeConformance(engine: string, factory: StoreFactory): void {
     assert.deepEqual(beat?.capacity.warm, { 'python/1x128': 2 });
     assert.equal(beat?.heartbeatAt, 5000);
     assert.equal(await s.heartbeatNode('node-b', 7, capacity(), 5000), null, 'a stale incarnation is refused');
-    assert.deepEqual(await s.markNodesLost(3000, 6000), [{ node: 'node-a', vms: ['v1', 'v4'] }], 'only the silent node, only its live VMs');
+    // Image work under way: a's pull and b's pull (each marked by its node's fetching row), a's
+    // interrupted fetch of a ready image, and a's finished copy of it.
+    const pulling = (id: string): ImageRecord => ({ ...image, id, name: `reg.example/${id}:1`, digest: '', state: 'pulling', source: `reg.example/${id}:1` });
+    const mark = (imageId: string, nodeId: string, state: 'fetching' | 'ready') =>
+      s.putImageCopy({ imageId, nodeId, path: state === 'ready' ? `/${nodeId}/${imageId}` : '', sizeBytes: 0, sha256: '', state, updatedAt: 1 });
+    await s.insertImage(pulling('img-pull-a'));
+    await mark('img-pull-a', 'node-a', 'fetching');
+    await s.insertImage(pulling('img-pull-b'));
+    await mark('img-pull-b', 'node-b', 'fetching');
+    await s.insertImage({ ...image, id: 'img-fetched', name: 'fetched', digest: 'sha256:fe' });
+    await mark('img-fetched', 'node-a', 'fetching');
+    await mark('img-1', 'node-a', 'ready');
+    assert.deepEqual(await s.markNodesLost(3000, 6000), [{ node: 'node-a', vms: ['v1', 'v4'], pulls: ['img-pull-a'] }], 'only the silent node, only its live VMs, its pulls under way');
+    assert.equal(await s.getImage('img-pull-a'), null, "the lost node's pull is dropped: nothing will finish it");
+    assert.equal((await s.getImage('img-pull-b'))?.state, 'pulling', "another node's pull goes on");
+    assert.deepEqual(await s.listImageCopies({ nodeId: 'node-a' }), [{ imageId: 'img-1', nodeId: 'node-a', path: '/node-a/img-1', sizeBytes: 0, sha256: '', state: 'ready', updatedAt: 1 }],
+      "its interrupted fetch is gone, its finished copy stays (its files are on its disk)");
+    assert.equal((await s.getImage('img-fetched'))?.state, 'ready', 'an image it was fetching stays in the catalogue');
     assert.deepEqual(await s.markNodesLost(3000, 6001), [], 'a lost node is marked once');
     const lostA = (await s.getNode('node-a'))!;
     assert.equal(lostA.state, 'lost');

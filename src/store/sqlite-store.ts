@@ -8,7 +8,7 @@ import {
   LOSABLE_STATES, nodeFromRow, containerFromRow, containerToRow, imageCopyFilter, imageCopyFromRow, imageCopyParams, imageFromRow, imageToRow, patchColumns, snapshotFromRow, templateFromRow, templateToRow,
   vmFromRow, vmToRow, volumeFromRow, type Row,
 } from './rows.ts';
-import type { ContainerRecord, EventRecord, ImageCopy, ImageRecord, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
+import type { ContainerRecord, EventRecord, ImageCopy, ImageRecord, LostNode, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, PhaseRecord, SnapshotRecord, Store, TemplateRecord, VmRecord, VmState, VolumeRecord } from './store.ts';
 
 /** Names are UNIQUE columns: a clash is the API's name conflict, not an internal error. */
 function uniqueName(insert: () => unknown, message: string): void {
@@ -449,7 +449,7 @@ export class SqliteStore implements Store {
     }).immediate();
   }
 
-  async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {
+  async markNodesLost(heartbeatBefore: number, now: number): Promise<LostNode[]> {
     return this.db.transaction(() => {
       const lost = this.db
         .prepare(`UPDATE nodes SET state = 'lost', lost_at = ? WHERE state = 'ready' AND heartbeat_at < ? RETURNING id`)
@@ -457,10 +457,16 @@ export class SqliteStore implements Store {
       const markVms = this.db.prepare(
         `UPDATE vms SET state = 'lost', state_reason = ?, updated_at = ? WHERE node_id = ? AND state IN (${LOSABLE_STATES.map(() => '?').join(', ')}) RETURNING id`,
       );
-      return lost.map(({ id }) => ({
-        node: id,
-        vms: (markVms.all(`node ${id} stopped heartbeating`, now, id, ...LOSABLE_STATES) as { id: string }[]).map((r) => r.id).sort(),
-      }));
+      const dropPulls = this.db.prepare(
+        `DELETE FROM images WHERE state = 'pulling' AND id IN (SELECT image_id FROM image_copies WHERE node_id = ? AND state = 'fetching') RETURNING id`,
+      );
+      const dropFetches = this.db.prepare(`DELETE FROM image_copies WHERE node_id = ? AND state = 'fetching'`);
+      return lost.map(({ id }) => {
+        const vms = (markVms.all(`node ${id} stopped heartbeating`, now, id, ...LOSABLE_STATES) as { id: string }[]).map((r) => r.id).sort();
+        const pulls = (dropPulls.all(id) as { id: string }[]).map((r) => r.id).sort();
+        dropFetches.run(id);
+        return { node: id, vms, pulls };
+      });
     })();
   }
 

@@ -357,9 +357,19 @@ export interface NodeStore {
   leaseNodeSubnet(nodeId: string, pick: (taken: ReadonlySet<string>) => string | null): Promise<string | null>;
   /**
    * Marks every ready node whose last heartbeat is older than `heartbeatBefore` lost, and
-   * its VMs in a live state `lost`, in one transaction; what it marked.
+   * its VMs in a live state `lost`, in one transaction; what it marked. Its image pulls under
+   * way (the catalogue's `pulling` rows it marked with a `fetching` copy) are dropped with its
+   * other `fetching` copy rows: nothing will finish them, and a pull of the same reference
+   * through another node must not find one still running.
    */
-  markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]>;
+  markNodesLost(heartbeatBefore: number, now: number): Promise<LostNode[]>;
+}
+
+/** What the lost sweep marked of one node: its VMs now `lost`, its interrupted pulls (image ids) removed. */
+export interface LostNode {
+  node: string;
+  vms: string[];
+  pulls: string[];
 }
 
 export interface Store extends SnapshotStore, NodeStore {

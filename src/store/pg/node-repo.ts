@@ -1,7 +1,7 @@
 // Cluster membership on PostgreSQL: node registration, compare-and-set heartbeats, and the
 // lost-node sweep that moves a silent node's VMs to `lost` in the same transaction.
 import { LOSABLE_STATES, nodeFromRow } from '../rows.ts';
-import type { NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, NodeStore, VmState } from '../store.ts';
+import type { LostNode, NodeCapacity, NodeCommitted, NodeRecord, NodeRegistration, NodeStore, VmState } from '../store.ts';
 import { LOCKS, mapUnique, type PgDb } from './db.ts';
 
 export class PgNodeRepo implements NodeStore {
@@ -72,7 +72,7 @@ export class PgNodeRepo implements NodeStore {
     });
   }
 
-  async markNodesLost(heartbeatBefore: number, now: number): Promise<{ node: string; vms: string[] }[]> {
+  async markNodesLost(heartbeatBefore: number, now: number): Promise<LostNode[]> {
     return this.db.tx(async (c) => {
       // SKIP LOCKED: two API instances sweeping at once split the work instead of waiting.
       const lost = await this.db.rows(
@@ -82,14 +82,19 @@ export class PgNodeRepo implements NodeStore {
         [now, heartbeatBefore],
         c,
       );
-      const out: { node: string; vms: string[] }[] = [];
+      const out: LostNode[] = [];
       for (const { id } of lost) {
         const vms = await this.db.rows(
           `UPDATE vms SET state = 'lost', state_reason = $1, updated_at = $2 WHERE node_id = $3 AND state = ANY($4::text[]) RETURNING id`,
           [`node ${id} stopped heartbeating`, now, id, [...LOSABLE_STATES]],
           c,
         );
-        out.push({ node: id as string, vms: vms.map((r) => r.id as string).sort() });
+        const pulls = await this.db.rows(
+          `DELETE FROM images WHERE state = 'pulling' AND id IN (SELECT image_id FROM image_copies WHERE node_id = $1 AND state = 'fetching') RETURNING id`,
+          [id], c,
+        );
+        await this.db.rows(`DELETE FROM image_copies WHERE node_id = $1 AND state = 'fetching'`, [id], c);
+        out.push({ node: id as string, vms: vms.map((r) => r.id as string).sort(), pulls: pulls.map((r) => r.id as string).sort() });
       }
       return out.sort((a, b) => a.node.localeCompare(b.node));
     });
