@@ -200,7 +200,14 @@ export async function forwardCreate(
   const unreachable = new Set<string>();
   const full = new Set<string>();
   const tried = (id: string) => unreachable.has(id) || full.has(id);
-  const movable = resolved.pins.length === 0;
+  // Pinned creates have nowhere else to go; a template's clone may have built the template
+  // (a golden VM and its snapshot) before its admission refused: neither is sent on again.
+  const movable = resolved.pins.length === 0 && body.template === undefined;
+  // A client that went away while the create was being placed again is not followed up.
+  let gone = false;
+  reply.raw.once('close', () => {
+    if (!reply.raw.writableFinished) gone = true;
+  });
   const timing = (t0: number, t1: number, t2: number) => (upstreamMs: number) =>
     `store;dur=${(t1 - t0).toFixed(3)}, place;dur=${(t2 - t1).toFixed(3)}, node;dur=${upstreamMs.toFixed(3)}`;
   for (;;) {
@@ -240,6 +247,9 @@ export async function forwardCreate(
       if (!notDelivered(e)) throw e;
       unreachable.add(chosen.node.id);
     }
+    // Not placed there after all: the answer, whatever it is, must not name that node.
+    reply.removeHeader('x-kiln-node').removeHeader('x-kiln-placement-ms');
+    if (gone) return reply;
     // Placed again on a view read now.
     await c.ledger.refresh();
     nodes = await c.ledger.view();

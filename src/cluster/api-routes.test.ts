@@ -225,7 +225,15 @@ test('a create a node refuses as over capacity (another API placed there first) 
   assert.equal(err.code, 'KILN_ERR_CAPACITY');
   assert.match(err.message, /at capacity when asked: a, b/);
   assert.deepEqual(err.details.full, ['a', 'b']);
+  assert.equal(none.headers.get('x-kiln-node'), null, 'placed nowhere: no node named');
   assert.deepEqual([a.seen.length, b.seen.length], [1, 1]);
+
+  // A template's clone is not sent on: the node may have built the template before refusing.
+  reset();
+  b.handler = made('b');
+  const fromTemplate = await call('POST', '/v1/vms', JSON.stringify({ template: 'default', memory_mib: 128 }));
+  assert.deepEqual([fromTemplate.status, (await fromTemplate.json()).code], [429, 'KILN_ERR_CAPACITY']);
+  assert.deepEqual([a.seen.length, b.seen.length], [1, 0]);
 
   // Any other refusal is the answer: not sent on (the node judged the create itself).
   reset();

@@ -41,15 +41,18 @@ export async function buildBusyboxTree(dir: string): Promise<void> {
   await fs.writeFile(path.join(dir, 'etc/group'), 'root:x:0:\nnogroup:x:65534:\n');
 }
 
+/** The default image's command: also how kiln knows an image named "default" is its own. */
+const DEFAULT_CMD = ['/bin/sh', '-c', 'echo "kiln default image on $(uname -sr), hostname $(hostname)"; while :; do sleep 3600; done'];
+
 export async function ensureDefaultImage(images: ImageService): Promise<ImageRecord> {
   const img = (await images.list()).find((i) => i.name === DEFAULT_IMAGE_NAME)
-    ?? await withBusyboxTree((tree) => images.importDir(DEFAULT_IMAGE_NAME, tree, {
-      cmd: ['/bin/sh', '-c', 'echo "kiln default image on $(uname -sr), hostname $(hostname)"; while :; do sleep 3600; done'],
-      env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' },
-    }));
+    ?? await withBusyboxTree((tree) => images.importDir(DEFAULT_IMAGE_NAME, tree, { cmd: DEFAULT_CMD, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' } }));
   // In a cluster the image may have been built on another node: if every node holding a copy
-  // is lost, this one builds its own from its own busybox rather than fail the boot.
-  images.setLocalBuild(img.id, (dest, format) => withBusyboxTree(async (tree) => void (await buildRootfs(tree, dest, format))));
+  // is lost, this one builds its own from its own busybox rather than fail the boot. Only for
+  // kiln's own: a user's image imported as "default" (after deleting kiln's) is not rebuilt as busybox.
+  if (img.source === null && JSON.stringify(img.config.cmd) === JSON.stringify(DEFAULT_CMD)) {
+    images.setLocalBuild(img.id, (dest, format) => withBusyboxTree(async (tree) => void (await buildRootfs(tree, dest, format))));
+  }
   return img;
 }
 

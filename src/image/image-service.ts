@@ -294,6 +294,9 @@ export class ImageService {
     const tmp = path.join(this.imagesDir, `${FETCH_PREFIX}${img.id}-build-${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
       await build(tmp, img.format);
+      // On disk before it is recorded: a copy recorded ready is never a torn file after a power loss.
+      const fh = await fs.open(tmp, 'r');
+      await fh.sync().finally(() => fh.close());
       await fs.mkdir(path.dirname(dest), { recursive: true });
       await fs.rename(tmp, dest);
       return await this.recordCopy(img.id, dest);
