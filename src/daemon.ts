@@ -16,6 +16,8 @@ import { ImageService } from './image/image-service.ts';
 import { pullImage } from './image/oci/index.ts';
 import { RecipeBuilder } from './image/recipes/debian-recipe.ts';
 import { CLASSIC_RECIPE } from './image/recipes/debian-classic.ts';
+import { BASE_RECIPE } from './e2b/base-template.ts';
+import { RUNTIMES, runtimeRecipe } from './functions/runtimes.ts';
 import { VolumeService } from './image/volume-service.ts';
 import { Metrics } from './metrics/metrics.ts';
 import { NetworkManager } from './net/network-manager.ts';
@@ -148,6 +150,9 @@ export class Daemon {
       agents = await startAgentHub(config, network, log);
       const driverFor = (name: BackendName) => createDriver(name, { assetsDir: config.assetsDir, firecrackerBinary: config.firecrackerBinary, jailer: jail?.jailer, qemuConfinement });
       const recipes = new RecipeBuilder({ images, assetsDir: config.assetsDir, mirror: config.debianMirror, log });
+      // Every recipe kiln has: their images are ones this node can build itself (a cluster node
+      // whose peers holding one are lost), whatever first asks for them here.
+      recipes.know([CLASSIC_RECIPE, BASE_RECIPE, ...await Promise.all(RUNTIMES.map(runtimeRecipe))]);
       const classicBase = () => recipes.ensure(CLASSIC_RECIPE);
       // A VM commits its guest RAM plus what its VMM may use beyond it: the same allowance its
       // cgroup gives it (src/config.ts vmmMemoryOverheadMib).

@@ -94,8 +94,10 @@ export class ImageService {
   /** Imports under way (directory, rootfs file, uploaded tar): GC must not touch their files. */
   private importing = 0;
   private readonly startLock = new KeyedLock();
-  /** By image id: how this node builds its own copy of an image made here from a recipe. */
+  /** By image id: how this node builds its own copy of an image kiln made (the default image). */
   private readonly localBuilds = new Map<string, LocalBuild>();
+  /** Asked in turn for an image without an entry above (recipes know their images by name). */
+  private readonly localBuilders: ((img: ImageRecord) => LocalBuild | undefined)[] = [];
   readonly imagesDir: string;
 
   private get limits(): UnpackLimits {
@@ -206,6 +208,21 @@ export class ImageService {
     this.localBuilds.set(imageId, build);
   }
 
+  /** Registers a source of local builds asked by image (RecipeBuilder: the images its recipes name). */
+  addLocalBuilder(builder: (img: ImageRecord) => LocalBuild | undefined): void {
+    this.localBuilders.push(builder);
+  }
+
+  private localBuildOf(img: ImageRecord): LocalBuild | undefined {
+    const byId = this.localBuilds.get(img.id);
+    if (byId) return byId;
+    for (const b of this.localBuilders) {
+      const found = b(img);
+      if (found) return found;
+    }
+    return undefined;
+  }
+
   /** Where this node keeps a copy it fetched: its own directory per image id. */
   private copyPath(img: ImageRecord): string {
     return path.join(this.imagesDir, img.id, `rootfs.${img.format}`);
@@ -258,7 +275,7 @@ export class ImageService {
           tried.push(`registry ${img.source}: ${err.code}: ${err.message}`);
         }
       }
-      const build = this.localBuilds.get(img.id);
+      const build = this.localBuildOf(img);
       if (build) {
         try {
           const copy = await this.buildCopy(img, dest, build);

@@ -58,16 +58,40 @@ export function recipeKey(r: DebianRecipe, mirror: string): string {
 
 export class RecipeBuilder {
   private readonly inflight = new Map<string, Promise<ImageRecord>>();
+  /** Recipes by the name of their image: what this node can build itself (see know()). */
+  private readonly known = new Map<string, DebianRecipe>();
 
-  constructor(private readonly o: RecipeBuilderOptions) {}
+  constructor(private readonly o: RecipeBuilderOptions) {
+    // In a cluster a recipe's image may have been built on another node: if every node holding
+    // a copy is lost, this one makes its own from the recipe (its cache, else a build). Only
+    // for a catalogue image by a recipe's name that nobody pulled (the name carries the recipe's key).
+    o.images.addLocalBuilder((img) => {
+      const recipe = img.source === null ? this.known.get(img.name) : undefined;
+      if (!recipe) return undefined;
+      return async (dest) => {
+        const { file } = await this.cachedBuild(recipe, recipeKey(recipe, this.o.mirror));
+        await fs.copyFile(file, dest, fs.constants.COPYFILE_FICLONE);
+      };
+    });
+  }
 
   private get dir(): string {
     return path.join(this.o.assetsDir, 'recipes');
   }
 
+  /**
+   * Makes the recipes' images ones this node can build itself when no peer has a copy, also
+   * before anything here asked for them (a create naming one; called at start with every
+   * recipe kiln has). ensure() does the same for the recipe it is given.
+   */
+  know(recipes: readonly DebianRecipe[]): void {
+    for (const r of recipes) this.known.set(this.imageName(r), r);
+  }
+
   /** The image for a recipe: registered already, or adopted from the cached build, or built. */
   ensure(recipe: DebianRecipe): Promise<ImageRecord> {
     const key = recipeKey(recipe, this.o.mirror);
+    this.know([recipe]);
     let p = this.inflight.get(key);
     if (!p) {
       p = this.ensureUncoalesced(recipe, key).finally(() => this.inflight.delete(key));
@@ -83,18 +107,10 @@ export class RecipeBuilder {
 
   private async ensureUncoalesced(recipe: DebianRecipe, key: string): Promise<ImageRecord> {
     const name = `${recipe.name}-${key.slice(0, 12)}`;
-    let img = (await this.o.images.list()).find((i) => i.name === name && i.state === 'ready');
-    if (!img) {
-      const { file, format, builder } = await this.cachedBuild(recipe, key);
-      img = await this.o.images.importRootfsFile(name, file, format, builder, recipe.config ?? {});
-    }
-    // In a cluster the image may have been registered by another node: if every node holding
-    // a copy is lost, this one makes its own from the recipe (its cache, else a build).
-    this.o.images.setLocalBuild(img.id, async (dest) => {
-      const { file } = await this.cachedBuild(recipe, key);
-      await fs.copyFile(file, dest, fs.constants.COPYFILE_FICLONE);
-    });
-    return img;
+    const have = (await this.o.images.list()).find((i) => i.name === name && i.state === 'ready');
+    if (have) return have;
+    const { file, format, builder } = await this.cachedBuild(recipe, key);
+    return this.o.images.importRootfsFile(name, file, format, builder, recipe.config ?? {});
   }
 
   /** The recipe's built rootfs file in the host's cache, built first if missing. */
