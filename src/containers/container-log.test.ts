@@ -2,14 +2,20 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ContainerLog, renderLog, type LogRecord } from './container-log.ts';
 
 const piece = (boot: number, seq: number, text: string, stream: 'stdout' | 'stderr' = 'stdout', partial = false) => ({ boot, seq, text, stream, partial });
 
+const dirs: string[] = [];
 async function tmp(): Promise<string> {
-  return fs.mkdtemp(path.join(os.tmpdir(), 'kiln-clog-'));
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-clog-'));
+  dirs.push(dir);
+  return dir;
 }
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true });
+});
 
 test('keeps pieces in order, drops a replay of pieces already stored (also after reopening)', async () => {
   const dir = await tmp();

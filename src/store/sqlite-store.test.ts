@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import Database from 'better-sqlite3';
 import type { KilnError } from '../errors.ts';
 import { MIGRATIONS } from './migrations.ts';
@@ -22,10 +22,16 @@ const vm = (id: string, name = id): VmRecord => ({
   exitCode: null, volumes: [], createdAt: 1, updatedAt: 1,
 });
 
+const dirs: string[] = [];
 async function tmpStore() {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-store-'));
+  dirs.push(dir);
   return { dir, file: path.join(dir, 'kiln.db') };
 }
+// Every test's dir, also of one that failed before removing its own.
+after(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true });
+});
 
 test('round-trips VMs and images through a real SQLite file, surviving reopen', async () => {
   const { dir, file } = await tmpStore();

@@ -4,7 +4,7 @@
 // networking; nothing leaves the private bridge.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,10 +35,12 @@ async function ip(...args: string[]): Promise<void> {
   await run('ip', args);
 }
 
-/** The busybox squashfs, built once per test run. */
+/** The busybox squashfs, built once per test process and shared by its VMs; removed when the process exits. */
 let rootImage: Promise<string> | undefined;
-function busyboxRoot(dir: string): Promise<string> {
+function busyboxRoot(): Promise<string> {
   rootImage ??= (async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-agent-root-'));
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
     const tree = path.join(dir, 'tree');
     await buildBusyboxTree(tree);
     const out = path.join(dir, 'root.squashfs');
@@ -60,7 +62,7 @@ export async function bootAgentVm(opts: {
 }): Promise<AgentVm> {
   const assets = await prepareGuestAssets(TEST_ASSETS_DIR, () => {});
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-agent-vm-'));
-  const root = await busyboxRoot(await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-agent-root-')));
+  const root = await busyboxRoot();
   const suffix = randomBytes(3).toString('hex');
   const bridge = opts.bridge ?? `kab${suffix}`;
   const tap = `kat${suffix}`;

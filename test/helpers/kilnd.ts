@@ -10,6 +10,7 @@ import { readApiToken } from '../../src/sdk/api-token.ts';
 import { KilnApiError, KilnClient } from '../../src/sdk/client.ts';
 import { deleteLink, deleteNetns, linkExists, listNetns } from '../../src/tools/ip.ts';
 import { cloneNetnsName } from '../../src/net/clone-netns.ts';
+import { tapName } from '../../src/net/network-manager.ts';
 import { nftDeleteTable } from '../../src/tools/nft.ts';
 import { tablesFor } from '../../src/net/ruleset.ts';
 import { TEST_ASSETS_DIR } from './assets.ts';
@@ -135,10 +136,12 @@ export async function startKilnd(
       await killFenceWatchdog(stateDir);
       for (const pid of await qemuPids(stateDir)) process.kill(pid, 'SIGKILL');
       // VMs the API does not list or could not delete (a clone pool's, which a kilnd leaves for
-      // its next start to sweep; those of a kilnd the test killed): their clone namespaces.
+      // its next start to sweep; those of a kilnd the test killed): their clone namespaces and
+      // taps (persistent taps outlive their VMM and, once the bridge is gone, their master).
       const namespaces = new Set(await listNetns().catch(() => []));
       for (const id of await fs.readdir(path.join(stateDir, 'vms')).catch(() => [])) {
         if (namespaces.has(cloneNetnsName(id))) await deleteNetns(cloneNetnsName(id)).catch(() => {});
+        if (await linkExists(tapName(id)).catch(() => false)) await deleteLink(tapName(id)).catch(() => {});
       }
       await removeTestNetwork(network);
       await fs.rm(stateDir, { recursive: true, force: true });
