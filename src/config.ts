@@ -6,6 +6,9 @@ import type { UnpackLimits } from './image/flatten/root-writer.ts';
 import type { CapacityConfig } from './vm/admission.ts';
 import type { BackendName } from './vmm/driver.ts';
 
+/** Where recipes' images are built from (KILN_DEBIAN_MIRROR overrides). */
+export const DEFAULT_DEBIAN_MIRROR = 'http://deb.debian.org/debian';
+
 export interface KilnConfig {
   /** Where the SQLite file, VM runtime dirs and images live. */
   stateDir: string;
@@ -190,7 +193,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): KilnConfig 
       cidrGiven: !!env.KILN_CIDR,
       agentPort: Number(env.KILN_AGENT_PORT ?? 18081),
     },
-    debianMirror: env.KILN_DEBIAN_MIRROR ?? 'http://deb.debian.org/debian',
+    debianMirror: env.KILN_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR,
     functions: { poolSize: Number(env.KILN_FN_POOL_SIZE ?? 1), restore: env.KILN_FN_RESTORE !== '0' },
     clonePoolSize: count(env, 'KILN_CLONE_POOL_SIZE', 0),
     maxConcurrentBoots: env.KILN_MAX_CONCURRENT_BOOTS ? positive(env, 'KILN_MAX_CONCURRENT_BOOTS', 1) : undefined,

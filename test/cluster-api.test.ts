@@ -18,7 +18,8 @@ import { REJOIN_REASON } from '../src/cluster/node-member.ts';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { expectApiError } from './helpers/api-errors.ts';
 import { startKilnd, vmmPids, waitForState, type TestDaemon } from './helpers/kilnd.ts';
-import { assertClusterGone, clusterEnv, startClusterNode, stopCluster } from './helpers/cluster.ts';
+import { runtimeRecipe } from '../src/functions/runtimes.ts';
+import { assertClusterGone, clusterEnv, prebuildRecipes, startClusterNode, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { freePort } from './helpers/ports.ts';
@@ -51,6 +52,8 @@ const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 test('an API (and a second one), three nodes in their own network namespaces: spread, exec/logs/console/events/functions on every node, a lost node routed around, its rejoin runs nothing twice', async (t) => {
   const t0 = Date.now();
   const url = await newDatabase();
+  // The function below runs on node's runtime image: built here if the cache lacks it (the nodes' namespaces have no route to Debian's archive).
+  await prebuildRecipes([await runtimeRecipe('node')]);
   const store = await PgStore.open(url);
   // Two emulated CPUs for three nodes: two boots at a time per node keeps each within its deadline.
   const env = clusterEnv({ KILN_MAX_CONCURRENT_BOOTS: '2' });

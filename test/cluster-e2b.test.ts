@@ -16,7 +16,8 @@ import { NotFoundError, Sandbox } from 'e2b';
 import { PgStore } from '../src/store/pg/pg-store.ts';
 import { BACKEND_SKIP } from './helpers/backend.ts';
 import { startKilnd, type TestDaemon } from './helpers/kilnd.ts';
-import { assertClusterGone, clusterEnv, startClusterNode, stopCluster } from './helpers/cluster.ts';
+import { BASE_RECIPE } from '../src/e2b/base-template.ts';
+import { assertClusterGone, clusterEnv, prebuildRecipes, startClusterNode, stopCluster } from './helpers/cluster.ts';
 import { createNetns, type TestNetns } from './helpers/netns.ts';
 import { FENCE_TIMING, postgresPerFile } from './helpers/postgres.ts';
 import { until } from './helpers/until.ts';
@@ -36,6 +37,8 @@ const stamp = (t0: number) => `${((Date.now() - t0) / 1000).toFixed(1)} s`;
 test('the e2b SDK against the API role: sandboxes on both nodes, envd relayed to the owner, a merged list, a lost node\'s sandbox gone', { skip }, async (t) => {
   const t0 = Date.now();
   const url = await newDatabase();
+  // The sandboxes' base image: built here if the cache lacks it (the nodes' namespaces have no route to Debian's archive).
+  await prebuildRecipes([BASE_RECIPE]);
   const store = await PgStore.open(url);
   const env = clusterEnv({ KILN_MAX_CONCURRENT_BOOTS: '2', KILN_CLONE_POOL_SIZE: '0' });
   const spaces: TestNetns[] = [];

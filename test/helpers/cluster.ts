@@ -3,7 +3,17 @@
 // stopped in the order that leaves nothing behind, then the check that nothing did.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { DEFAULT_DEBIAN_MIRROR } from '../../src/config.ts';
+import { EventBus } from '../../src/events/event-bus.ts';
+import { ImageService } from '../../src/image/image-service.ts';
+import { RecipeBuilder, type DebianRecipe } from '../../src/image/recipes/debian-recipe.ts';
+import { SqliteStore } from '../../src/store/sqlite-store.ts';
 import { listNetns } from '../../src/tools/ip.ts';
+import { TEST_ASSETS_DIR } from './assets.ts';
 import { startKilnd, vmmPids, type TestDaemon } from './kilnd.ts';
 import type { TestNetns } from './netns.ts';
 import { FENCE_TIMING } from './postgres.ts';
@@ -50,4 +60,28 @@ export function startClusterNode(
     ...(o.backend ? { backend: o.backend } : {}),
     ...(o.from ? { stateDir: o.from.stateDir, network: o.from.network } : {}),
   });
+}
+
+/**
+ * Builds recipes' images into the shared assets cache from this (the root) namespace, where
+ * Debian's archive is reachable: nodes in their own namespaces (no route out) then find them
+ * built instead of running debootstrap. Keyed like kilnd's (the same mirror setting).
+ */
+export async function prebuildRecipes(recipes: readonly DebianRecipe[]): Promise<void> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kiln-recipes-'));
+  const store = new SqliteStore(path.join(dir, 'kiln.db'));
+  try {
+    const log = pino({ level: 'silent' });
+    const images = new ImageService(store, new EventBus(store, log), {
+      stateDir: dir,
+      puller: async () => {
+        throw new Error('recipes pull nothing');
+      },
+    });
+    const builder = new RecipeBuilder({ images, assetsDir: TEST_ASSETS_DIR, mirror: process.env.KILN_DEBIAN_MIRROR ?? DEFAULT_DEBIAN_MIRROR, log });
+    for (const r of recipes) await builder.ensure(r);
+  } finally {
+    await store.close();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
 }
