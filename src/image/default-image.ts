@@ -51,7 +51,8 @@ export async function ensureDefaultImage(images: ImageService): Promise<ImageRec
   // is lost, this one builds its own from its own busybox rather than fail the boot. Only for
   // kiln's own: a user's image imported as "default" (after deleting kiln's) is not rebuilt as busybox.
   if (img.source === null && JSON.stringify(img.config.cmd) === JSON.stringify(DEFAULT_CMD)) {
-    images.setLocalBuild(img.id, (dest, format) => withBusyboxTree(async (tree) => void (await buildRootfs(tree, dest, format))));
+    images.addLocalBuilder((i) => i.id !== img.id ? undefined
+      : (dest, format) => withBusyboxTree(async (tree) => void (await buildRootfs(tree, dest, format))));
   }
   return img;
 }

@@ -121,7 +121,7 @@ test('with no ready peer holding it, an image this node can build itself (a reci
   const id = await imageOnA('recipe-made');
   const built = randomBytes(1 << 20);
   let builds = 0;
-  b.setLocalBuild(id, async (dest, format) => {
+  b.addLocalBuilder((img) => img.id !== id ? undefined : async (dest, format) => {
     builds++;
     assert.equal(format, 'squashfs');
     assert.ok(path.basename(dest).startsWith(FETCH_PREFIX), `built under a temporary name: ${dest}`);
@@ -146,7 +146,7 @@ test('with no ready peer holding it, an image this node can build itself (a reci
 
 test('a local build that fails: KILN_ERR_IMAGE_FETCH_FAILED saying so, and nothing is kept', async () => {
   const id = await imageOnA('recipe-broken');
-  b.setLocalBuild(id, async (dest) => {
+  b.addLocalBuilder((img) => img.id !== id ? undefined : async (dest) => {
     await fs.writeFile(dest, 'half a build');
     throw new Error('debootstrap: the mirror is unreachable');
   });

@@ -12,6 +12,7 @@ import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { KilnError } from '../errors.ts';
+import { fsyncFile } from '../util/atomic.ts';
 import { failpoint } from '../util/failpoints.ts';
 
 /** Temporary files of fetches under way start with this (top level of the images dir). */
@@ -67,8 +68,7 @@ export async function fetchImageFile(r: FetchFileRequest): Promise<{ sizeBytes: 
         `image ${r.imageId} from ${r.url} is ${bytes} bytes hashing to ${sha256}; its node recorded ${r.sizeBytes} bytes, ${r.sha256}`,
         { image: r.imageId, peer: r.url, expected: r.sha256, got: sha256 });
     }
-    const fh = await fs.open(tmp, 'r');
-    await fh.sync().finally(() => fh.close());
+    await fsyncFile(tmp);
     await fs.mkdir(path.dirname(r.dest), { recursive: true });
     await fs.rename(tmp, r.dest);
     return { sizeBytes: bytes, sha256 };

@@ -7,7 +7,7 @@
 // each recorded as an image copy under the node's id with its sha256. A record's `path` is
 // where the node that made it put it: never read here. A node booting an image it has no
 // copy of fetches one from a peer that has (image-fetch.ts), pulls it again, or — for an image
-// kiln builds itself (the default image, a recipe's) — builds its own (setLocalBuild).
+// kiln builds itself (the default image, a recipe's) — builds its own (addLocalBuilder).
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
@@ -19,7 +19,7 @@ import { KilnError, asKilnError } from '../errors.ts';
 import type { EventBus } from '../events/event-bus.ts';
 import type { ImageConfig, ImageCopy, ImageRecord, NodeRecord, Store } from '../store/store.ts';
 import type { GcResult } from '../api/schemas.ts';
-import { tempSibling } from '../util/atomic.ts';
+import { fsyncFile, tempSibling } from '../util/atomic.ts';
 import { KeyedLock } from '../util/keyed-lock.ts';
 import { buildRootfs, pickFormat, type ImageFormat } from './builders/builders.ts';
 import { STAGING_PREFIX, convertPulled, type ConvertProgress } from './convert.ts';
@@ -94,9 +94,7 @@ export class ImageService {
   /** Imports under way (directory, rootfs file, uploaded tar): GC must not touch their files. */
   private importing = 0;
   private readonly startLock = new KeyedLock();
-  /** By image id: how this node builds its own copy of an image kiln made (the default image). */
-  private readonly localBuilds = new Map<string, LocalBuild>();
-  /** Asked in turn for an image without an entry above (recipes know their images by name). */
+  /** Asked in turn how this node builds its own copy of an image (default-image.ts, RecipeBuilder). */
   private readonly localBuilders: ((img: ImageRecord) => LocalBuild | undefined)[] = [];
   readonly imagesDir: string;
 
@@ -199,23 +197,16 @@ export class ImageService {
   }
 
   /**
-   * Registers how this node builds image `imageId` itself (the default image, a recipe's):
-   * the last resort of ensureLocal when no ready peer holds a copy, e.g. in a cluster whose
-   * only holders were lost. Keyed by id, not name: an image deleted and another imported
-   * under its name is not rebuilt as the old one.
+   * Registers a source of local builds: given an image, how this node builds it itself, or
+   * undefined when it is not one of the builder's (each checks the image is kiln's own, not a
+   * user's under the same name). The last resort of ensureLocal when no ready peer holds a
+   * copy, e.g. in a cluster whose only holders were lost.
    */
-  setLocalBuild(imageId: string, build: LocalBuild): void {
-    this.localBuilds.set(imageId, build);
-  }
-
-  /** Registers a source of local builds asked by image (RecipeBuilder: the images its recipes name). */
   addLocalBuilder(builder: (img: ImageRecord) => LocalBuild | undefined): void {
     this.localBuilders.push(builder);
   }
 
   private localBuildOf(img: ImageRecord): LocalBuild | undefined {
-    const byId = this.localBuilds.get(img.id);
-    if (byId) return byId;
     for (const b of this.localBuilders) {
       const found = b(img);
       if (found) return found;
@@ -312,8 +303,7 @@ export class ImageService {
     try {
       await build(tmp, img.format);
       // On disk before it is recorded: a copy recorded ready is never a torn file after a power loss.
-      const fh = await fs.open(tmp, 'r');
-      await fh.sync().finally(() => fh.close());
+      await fsyncFile(tmp);
       await fs.mkdir(path.dirname(dest), { recursive: true });
       await fs.rename(tmp, dest);
       return await this.recordCopy(img.id, dest);

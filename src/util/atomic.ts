@@ -7,6 +7,12 @@ export function tempSibling(target: string): string {
   return `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
 }
 
+/** Flushes a file's data to disk (before it is renamed into place and recorded). */
+export async function fsyncFile(file: string): Promise<void> {
+  const fh = await fs.open(file, 'r');
+  await fh.sync().finally(() => fh.close());
+}
+
 export async function exists(p: string): Promise<boolean> {
   try {
     await fs.access(p);
